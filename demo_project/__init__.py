@@ -1,0 +1,1 @@
+"""A small Django project that runs django_raft for development, tests and demos."""
