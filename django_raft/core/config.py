@@ -1,0 +1,92 @@
+"""Configuration of one Raft node, validated in one place.
+
+Time is counted in ticks: the host calls ``tick()`` at a fixed interval, so the
+go-raft defaults (heartbeat 50 ms, election timeout 150 ms) are, with a 10 ms tick,
+``heartbeat_tick=5`` and ``election_tick=15``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Protocol
+
+from .errors import ConfigError
+
+MAX_ENTRIES_PER_MESSAGE = 2000
+"""go-raft's MaxLogEntriesPerRequest."""
+
+
+class RandomSource(Protocol):
+    """The randomness the core needs; ``random.Random`` satisfies it."""
+
+    def randrange(self, start: int, stop: int) -> int:
+        """Return an integer in [start, stop)."""
+        ...
+
+
+class SplitMix64:
+    """A small seeded generator, so the core needs no global random state."""
+
+    def __init__(self, seed: int) -> None:
+        self._state = seed & 0xFFFFFFFFFFFFFFFF
+
+    def randrange(self, start: int, stop: int) -> int:
+        """Return an integer in [start, stop)."""
+        if stop <= start:
+            raise ValueError("empty range")
+        self._state = (self._state + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        z = self._state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+        z ^= z >> 31
+        return start + z % (stop - start)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Settings of one node.
+
+    ``rng`` drives the randomized election timeout; when omitted a generator seeded
+    from the node id is used, which keeps runs reproducible but differs per node.
+    """
+
+    id: str
+    election_tick: int = 10
+    heartbeat_tick: int = 1
+    applied: int = 0
+    max_entries_per_message: int = MAX_ENTRIES_PER_MESSAGE
+    max_inflight_messages: int = 256
+    max_committed_per_ready: int = 10_000
+    pre_vote: bool = True
+    check_quorum: bool = True
+    rng: RandomSource | None = None
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the first invalid setting."""
+        if not isinstance(self.id, str) or not self.id:
+            raise ConfigError("id must be a non-empty string")
+        for name in (
+            "election_tick",
+            "heartbeat_tick",
+            "max_entries_per_message",
+            "max_inflight_messages",
+            "max_committed_per_ready",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+        if self.election_tick <= self.heartbeat_tick:
+            raise ConfigError(
+                f"election_tick ({self.election_tick}) must be greater than "
+                f"heartbeat_tick ({self.heartbeat_tick})"
+            )
+        if isinstance(self.applied, bool) or not isinstance(self.applied, int) or self.applied < 0:
+            raise ConfigError(f"applied must be a non-negative integer, not {self.applied!r}")
+        for name in ("pre_vote", "check_quorum"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False")
+
+    def random_source(self) -> RandomSource:
+        """Return the injected generator, or a per-node deterministic one."""
+        return self.rng if self.rng is not None else SplitMix64(zlib.crc32(self.id.encode()))

@@ -1,0 +1,175 @@
+"""The Raft log as the core sees it: stable entries in storage plus unstable ones in memory.
+
+Unstable entries are those appended since the host last persisted a ``Ready``. They
+always sit after (or replace the tail of) what storage holds, so reads check the
+unstable part first and fall back to storage.
+"""
+
+from __future__ import annotations
+
+from .errors import CompactedError, UnavailableError
+from .storage import Storage
+from .types import Entry
+
+
+class RaftLog:
+    """Entries, the commit index and the applied index of one node."""
+
+    __slots__ = ("applied", "committed", "offset", "storage", "unstable")
+
+    def __init__(self, storage: Storage, applied: int = 0) -> None:
+        self.storage = storage
+        self.unstable: list[Entry] = []
+        self.offset = storage.last_index() + 1
+        """Index of ``unstable[0]``."""
+        hard_state, _ = storage.initial_state()
+        self.committed = hard_state.commit
+        self.applied = max(applied, storage.first_index() - 1)
+
+    def first_index(self) -> int:
+        """Return the first index that can still be read."""
+        return self.storage.first_index()
+
+    def last_index(self) -> int:
+        """Return the index of the last entry, persisted or not."""
+        if self.unstable:
+            return self.unstable[-1].index
+        return self.storage.last_index()
+
+    def last_term(self) -> int:
+        """Return the term of the last entry."""
+        return self.term(self.last_index())
+
+    def term(self, index: int) -> int:
+        """Return the term at ``index``, or 0 when it is unknown (compacted or absent)."""
+        if index >= self.offset:
+            position = index - self.offset
+            if position < len(self.unstable):
+                return self.unstable[position].term
+            return 0
+        try:
+            return self.storage.term(index)
+        except (CompactedError, UnavailableError):
+            return 0
+
+    def match_term(self, index: int, term: int) -> bool:
+        """Whether the entry at ``index`` has ``term`` (index 0 always matches term 0)."""
+        return self.term(index) == term
+
+    def is_up_to_date(self, last_index: int, last_term: int) -> bool:
+        """§5.4.1: a log is at least as up to date as ours if its last term is later,
+        or equal with an index at least as large."""
+        our_term = self.last_term()
+        return last_term > our_term or (last_term == our_term and last_index >= self.last_index())
+
+    def find_conflict(self, entries: tuple[Entry, ...]) -> int:
+        """Return the index of the first entry that is new or conflicts, or 0.
+
+        Entries we already hold with the same term are not conflicts: truncating them
+        would let a delayed message delete entries we already acknowledged.
+        """
+        for entry in entries:
+            if not self.match_term(entry.index, entry.term):
+                return entry.index
+        return 0
+
+    def find_conflict_by_term(self, index: int, term: int) -> tuple[int, int]:
+        """Return the largest (index, term) at or below ``index`` whose term is <= ``term``.
+
+        This is the fast-backtracking hint: every entry between there and ``index`` has
+        a larger term, so it cannot match a log whose entry at ``index`` has ``term``.
+        """
+        first = self.first_index()
+        while index >= first:
+            entry_term = self.term(index)
+            if entry_term <= term:
+                return index, entry_term
+            index -= 1
+        return index, self.term(index)
+
+    def maybe_append(
+        self, prev_index: int, prev_term: int, commit: int, entries: tuple[Entry, ...]
+    ) -> int | None:
+        """Apply an AppendEntries (§5.3); return the last index it covers, or None.
+
+        None means the consistency check failed: we have no entry at ``prev_index`` with
+        ``prev_term``. Otherwise entries are appended from the first conflict on, and the
+        commit index advances to min(leaderCommit, index of last new entry).
+        """
+        if not self.match_term(prev_index, prev_term):
+            return None
+        last_new = prev_index + len(entries)
+        conflict = self.find_conflict(entries)
+        if conflict:
+            if conflict <= self.committed:
+                raise AssertionError(
+                    f"entry {conflict} conflicts with committed entry (committed={self.committed})"
+                )
+            self.append(entries[conflict - prev_index - 1 :])
+        self.commit_to(min(commit, last_new))
+        return last_new
+
+    def append(self, entries: tuple[Entry, ...] | list[Entry]) -> int:
+        """Append entries, replacing any from ``entries[0].index`` on; return last index."""
+        if not entries:
+            return self.last_index()
+        first = entries[0].index
+        if first <= self.committed:
+            raise AssertionError(f"cannot overwrite committed entry {first} ({self.committed})")
+        if first == self.offset + len(self.unstable):
+            self.unstable.extend(entries)
+        elif first <= self.offset:
+            self.offset = first
+            self.unstable = list(entries)
+        else:
+            del self.unstable[first - self.offset :]
+            self.unstable.extend(entries)
+        return self.last_index()
+
+    def commit_to(self, index: int) -> None:
+        """Advance the commit index; it never moves back."""
+        if index > self.committed:
+            if index > self.last_index():
+                raise AssertionError(f"commit {index} is past the last index {self.last_index()}")
+            self.committed = index
+
+    def maybe_commit(self, index: int, term: int) -> bool:
+        """§5.4.2: commit ``index`` by counting only if its entry is from ``term``."""
+        if index > self.committed and self.term(index) == term:
+            self.commit_to(index)
+            return True
+        return False
+
+    def entries(self, lo: int, max_count: int) -> list[Entry]:
+        """Return up to ``max_count`` entries from ``lo`` on."""
+        hi = min(self.last_index() + 1, lo + max_count)
+        if lo >= hi:
+            return []
+        result: list[Entry] = []
+        if lo < self.offset:
+            result = self.storage.entries(lo, min(hi, self.offset), hi - lo)
+            if len(result) < min(hi, self.offset) - lo:
+                return result
+        if hi > self.offset:
+            start = max(lo, self.offset) - self.offset
+            result.extend(self.unstable[start : hi - self.offset])
+        return result
+
+    def next_committed(self, max_count: int) -> list[Entry]:
+        """Return committed entries not yet applied."""
+        if self.committed <= self.applied:
+            return []
+        return self.entries(self.applied + 1, min(max_count, self.committed - self.applied))
+
+    def stable_to(self, index: int, term: int) -> None:
+        """Forget unstable entries up to ``index`` once the host persisted them."""
+        if index < self.offset or self.term(index) != term:
+            return
+        del self.unstable[: index + 1 - self.offset]
+        self.offset = index + 1
+
+    def applied_to(self, index: int) -> None:
+        """Record that entries up to ``index`` were applied."""
+        if index > self.committed or index < self.applied:
+            raise AssertionError(f"applied {index} outside [{self.applied}, {self.committed}]")
+        self.applied = index

@@ -1,0 +1,129 @@
+"""The host's handle on the core: feed it ticks and messages, take ``Ready``, ``advance``.
+
+A host loop looks like this (the ordering contract is written down once, in ``Ready``)::
+
+    node = RawNode(Config(id="a"), storage)
+    while running:
+        node.tick()                       # at a fixed interval
+        node.step(message)                # for each message received
+        if node.has_ready():
+            ready = node.ready()
+            storage.persist(ready.hard_state, ready.entries)   # atomic and synced
+            transport.send(ready.messages)
+            apply(ready.committed_entries)
+            node.advance(ready)
+"""
+
+from __future__ import annotations
+
+from .config import Config
+from .errors import RaftError
+from .raft import Raft
+from .storage import Storage
+from .types import (
+    LOCAL_MESSAGES,
+    ConfState,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    Ready,
+    SoftState,
+)
+
+
+class RawNode:
+    """A Raft node without I/O, threads or clock."""
+
+    def __init__(self, config: Config, storage: Storage) -> None:
+        self.raft = Raft(config, storage)
+        self._prev_hard_state = self.raft.hard_state()
+        self._prev_soft_state = self.raft.soft_state()
+
+    @property
+    def id(self) -> str:
+        """This node's id."""
+        return self.raft.id
+
+    def tick(self) -> None:
+        """Advance logical time by one tick (elections and heartbeats count ticks)."""
+        self.raft.tick()
+
+    def campaign(self) -> None:
+        """Start an election now instead of waiting for the timeout."""
+        self.raft.step(Message(type=MessageType.HUP, sender=self.raft.id))
+
+    def propose(self, data: bytes) -> int:
+        """Propose a command; return the index it was appended at on this leader.
+
+        Raise ``NotLeaderError`` when this node is not the leader. An index is not a
+        promise: the entry may still be overwritten if leadership changes before it
+        commits, which the host sees as a different entry applied at that index.
+        """
+        return self.raft.propose(data, EntryType.NORMAL)
+
+    def step(self, message: Message) -> None:
+        """Hand the core one message received from a peer."""
+        if message.type in LOCAL_MESSAGES:
+            raise RaftError(f"{message.type.value} is a local message and cannot be received")
+        self.raft.step(message)
+
+    def has_ready(self) -> bool:
+        """Whether there is anything to persist, send or apply."""
+        raft = self.raft
+        if raft.messages or raft.log.unstable:
+            return True
+        if raft.log.committed > raft.log.applied:
+            return True
+        if raft.soft_state() != self._prev_soft_state:
+            return True
+        return raft.hard_state() != self._prev_hard_state
+
+    def ready(self) -> Ready:
+        """Collect what the host must do now; messages are handed over exactly once."""
+        raft = self.raft
+        soft_state: SoftState | None = None
+        current = raft.soft_state()
+        if current != self._prev_soft_state:
+            soft_state = self._prev_soft_state = current
+        hard_state: HardState | None = raft.hard_state()
+        if hard_state == self._prev_hard_state:
+            hard_state = None
+        messages = tuple(raft.messages)
+        raft.messages.clear()
+        return Ready(
+            soft_state=soft_state,
+            hard_state=hard_state,
+            entries=tuple(raft.log.unstable),
+            committed_entries=tuple(raft.log.next_committed(raft.config.max_committed_per_ready)),
+            messages=messages,
+        )
+
+    def advance(self, ready: Ready) -> None:
+        """Tell the core that ``ready`` was persisted, sent and applied."""
+        log = self.raft.log
+        if ready.hard_state is not None:
+            self._prev_hard_state = ready.hard_state
+        if ready.entries:
+            last = ready.entries[-1]
+            log.stable_to(last.index, last.term)
+        if ready.committed_entries:
+            log.applied_to(ready.committed_entries[-1].index)
+
+    def conf_state(self) -> ConfState:
+        """Return the current membership."""
+        return self.raft.conf_state()
+
+    def status(self) -> dict[str, object]:
+        """Return a snapshot of this node's state for reporting."""
+        raft = self.raft
+        return {
+            "id": raft.id,
+            "state": raft.state.value,
+            "term": raft.term,
+            "vote": raft.vote,
+            "leader": raft.lead,
+            "commit": raft.log.committed,
+            "applied": raft.log.applied,
+            "last_index": raft.log.last_index(),
+        }
