@@ -108,7 +108,10 @@ class Raft:
                 commit=self.log.committed,
             )
         )
-        progress.sent_entries(entries[-1].index if entries else prev_index)
+        if entries:
+            # Only messages carrying entries are pipelined: an empty one (a probe of an
+            # up-to-date follower, or news of a commit) must not hold an in-flight slot.
+            progress.sent_entries(entries[-1].index)
         return True
 
     def _send_heartbeat(self, to: str) -> None:
