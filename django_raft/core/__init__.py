@@ -4,17 +4,29 @@ The host drives a ``RawNode`` with ``tick()``, ``step(message)`` and ``propose(d
 takes a ``Ready`` describing what to persist, send and apply, and calls ``advance``.
 """
 
-from .config import MAX_ENTRIES_PER_MESSAGE, Config, RandomSource, SplitMix64
+from .config import (
+    ENTRIES_AFTER_SNAPSHOT,
+    MAX_ENTRIES_PER_MESSAGE,
+    Config,
+    RandomSource,
+    SplitMix64,
+)
 from .errors import (
     CompactedError,
+    ConfChangePendingError,
     ConfigError,
+    DuplicatePeerError,
+    MembershipError,
     NotLeaderError,
     ProposalDroppedError,
     RaftError,
+    StoppedError,
     StorageError,
     UnavailableError,
+    UnknownPeerError,
 )
 from .log import RaftLog
+from .membership import apply_conf_change, bootstrap, validate_conf_change
 from .progress import Inflights, Progress, ProgressState
 from .raft import Raft
 from .rawnode import RawNode
@@ -22,29 +34,40 @@ from .storage import MemoryStorage, Storage
 from .types import (
     LOCAL_MESSAGES,
     NONE,
+    ConfChange,
+    ConfChangeType,
     ConfState,
     Entry,
     EntryType,
     HardState,
     Message,
     MessageType,
+    ReadState,
     Ready,
+    Snapshot,
+    SnapshotMetadata,
     SoftState,
     StateType,
 )
 
 __all__ = [
+    "ENTRIES_AFTER_SNAPSHOT",
     "LOCAL_MESSAGES",
     "MAX_ENTRIES_PER_MESSAGE",
     "NONE",
     "CompactedError",
+    "ConfChange",
+    "ConfChangePendingError",
+    "ConfChangeType",
     "ConfState",
     "Config",
     "ConfigError",
+    "DuplicatePeerError",
     "Entry",
     "EntryType",
     "HardState",
     "Inflights",
+    "MembershipError",
     "MemoryStorage",
     "Message",
     "MessageType",
@@ -57,11 +80,19 @@ __all__ = [
     "RaftLog",
     "RandomSource",
     "RawNode",
+    "ReadState",
     "Ready",
+    "Snapshot",
+    "SnapshotMetadata",
     "SoftState",
     "SplitMix64",
     "StateType",
+    "StoppedError",
     "Storage",
     "StorageError",
     "UnavailableError",
+    "UnknownPeerError",
+    "apply_conf_change",
+    "bootstrap",
+    "validate_conf_change",
 ]

@@ -15,6 +15,8 @@ from .errors import ConfigError
 
 MAX_ENTRIES_PER_MESSAGE = 2000
 """go-raft's MaxLogEntriesPerRequest."""
+ENTRIES_AFTER_SNAPSHOT = 200
+"""go-raft's NumberOfLogEntriesAfterSnapshot: kept so slightly slow followers need no snapshot."""
 
 
 class RandomSource(Protocol):
@@ -58,6 +60,11 @@ class Config:
     max_entries_per_message: int = MAX_ENTRIES_PER_MESSAGE
     max_inflight_messages: int = 256
     max_committed_per_ready: int = 10_000
+    snapshot_threshold: int = 10_000
+    """Applied entries since the last snapshot after which ``snapshot_due()`` says yes."""
+    entries_after_snapshot: int = ENTRIES_AFTER_SNAPSHOT
+    max_snapshot_chunk: int = 1 << 20
+    """Bytes of snapshot data per InstallSnapshot message."""
     pre_vote: bool = True
     check_quorum: bool = True
     rng: RandomSource | None = None
@@ -72,6 +79,8 @@ class Config:
             "max_entries_per_message",
             "max_inflight_messages",
             "max_committed_per_ready",
+            "snapshot_threshold",
+            "max_snapshot_chunk",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -81,8 +90,10 @@ class Config:
                 f"election_tick ({self.election_tick}) must be greater than "
                 f"heartbeat_tick ({self.heartbeat_tick})"
             )
-        if isinstance(self.applied, bool) or not isinstance(self.applied, int) or self.applied < 0:
-            raise ConfigError(f"applied must be a non-negative integer, not {self.applied!r}")
+        for name in ("applied", "entries_after_snapshot"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative integer, not {value!r}")
         for name in ("pre_vote", "check_quorum"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False")

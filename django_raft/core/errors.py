@@ -38,3 +38,23 @@ class CompactedError(StorageError):
 
 class UnavailableError(StorageError):
     """The requested index is past the end of the stored log."""
+
+
+class StoppedError(RaftError):
+    """The node was stopped (go-raft's StopError); it takes no more input."""
+
+
+class MembershipError(RaftError, ValueError):
+    """A membership change is not valid against the current configuration."""
+
+
+class DuplicatePeerError(MembershipError):
+    """The node to add is already a member in that role (go-raft's DuplicatePeerError)."""
+
+
+class UnknownPeerError(MembershipError):
+    """The node named is not a member of the cluster."""
+
+
+class ConfChangePendingError(ProposalDroppedError):
+    """A membership change is still uncommitted; only one may be in flight at a time."""

@@ -2,39 +2,83 @@
 
 Unstable entries are those appended since the host last persisted a ``Ready``. They
 always sit after (or replace the tail of) what storage holds, so reads check the
-unstable part first and fall back to storage.
+unstable part first and fall back to storage. A snapshot received from the leader is
+unstable too until persisted; while it is, storage is stale and is not read at all.
+
+The log also knows the membership: a change takes effect as soon as its entry is in
+the log (thesis §4.1), and is undone if that entry is truncated.
 """
 
 from __future__ import annotations
 
 from .errors import CompactedError, UnavailableError
+from .membership import apply_conf_change
 from .storage import Storage
-from .types import Entry
+from .types import ConfChange, ConfState, Entry, EntryType, Snapshot
 
 
 class RaftLog:
     """Entries, the commit index and the applied index of one node."""
 
-    __slots__ = ("applied", "committed", "offset", "storage", "unstable")
+    __slots__ = (
+        "applied",
+        "committed",
+        "conf_history",
+        "offset",
+        "pending_snapshot",
+        "storage",
+        "unstable",
+    )
 
     def __init__(self, storage: Storage, applied: int = 0) -> None:
         self.storage = storage
         self.unstable: list[Entry] = []
         self.offset = storage.last_index() + 1
         """Index of ``unstable[0]``."""
-        hard_state, _ = storage.initial_state()
-        self.committed = hard_state.commit
-        self.applied = max(applied, storage.first_index() - 1)
+        self.pending_snapshot: Snapshot | None = None
+        hard_state, conf_state = storage.initial_state()
+        snapshot_index = storage.snapshot().metadata.index
+        self.committed = max(hard_state.commit, snapshot_index)
+        self.applied = max(applied, snapshot_index)
+        self.conf_history: list[tuple[int, ConfState]] = [(snapshot_index, conf_state)]
+        """(index, membership) from the snapshot on, one item per change in the log."""
+        self._track_conf_changes(storage.conf_entries(snapshot_index + 1, self.offset))
 
     def first_index(self) -> int:
         """Return the first index that can still be read."""
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.metadata.index + 1
         return self.storage.first_index()
 
     def last_index(self) -> int:
         """Return the index of the last entry, persisted or not."""
         if self.unstable:
             return self.unstable[-1].index
+        if self.pending_snapshot is not None:
+            return self.pending_snapshot.metadata.index
         return self.storage.last_index()
+
+    def conf_state(self) -> ConfState:
+        """Return the membership in force: the latest one in the log."""
+        return self.conf_history[-1][1]
+
+    def last_conf_index(self) -> int:
+        """Return the index of the latest membership change (or of the snapshot)."""
+        return self.conf_history[-1][0]
+
+    def conf_state_at(self, index: int) -> ConfState:
+        """Return the membership in force at ``index`` (for snapshots)."""
+        for conf_index, conf_state in reversed(self.conf_history):
+            if conf_index <= index:
+                return conf_state
+        raise CompactedError(index)
+
+    def _track_conf_changes(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
+        history = self.conf_history
+        for entry in entries:
+            if entry.type is EntryType.CONF_CHANGE:
+                change = ConfChange.decode(entry.data)
+                history.append((entry.index, apply_conf_change(history[-1][1], change)))
 
     def last_term(self) -> int:
         """Return the term of the last entry."""
@@ -47,6 +91,9 @@ class RaftLog:
             if position < len(self.unstable):
                 return self.unstable[position].term
             return 0
+        if self.pending_snapshot is not None:
+            metadata = self.pending_snapshot.metadata
+            return metadata.term if index == metadata.index else 0
         try:
             return self.storage.term(index)
         except (CompactedError, UnavailableError):
@@ -116,6 +163,10 @@ class RaftLog:
         first = entries[0].index
         if first <= self.committed:
             raise AssertionError(f"cannot overwrite committed entry {first} ({self.committed})")
+        history = self.conf_history
+        while history[-1][0] >= first:
+            history.pop()
+        self._track_conf_changes(entries)
         if first == self.offset + len(self.unstable):
             self.unstable.extend(entries)
         elif first <= self.offset:
@@ -141,7 +192,9 @@ class RaftLog:
         return False
 
     def entries(self, lo: int, max_count: int) -> list[Entry]:
-        """Return up to ``max_count`` entries from ``lo`` on."""
+        """Return up to ``max_count`` entries from ``lo`` on; raise if ``lo`` was compacted."""
+        if lo < self.first_index():
+            raise CompactedError(lo)
         hi = min(self.last_index() + 1, lo + max_count)
         if lo >= hi:
             return []
@@ -156,8 +209,8 @@ class RaftLog:
         return result
 
     def next_committed(self, max_count: int) -> list[Entry]:
-        """Return committed entries not yet applied."""
-        if self.committed <= self.applied:
+        """Return committed entries not yet applied (none while a snapshot is pending)."""
+        if self.committed <= self.applied or self.pending_snapshot is not None:
             return []
         return self.entries(self.applied + 1, min(max_count, self.committed - self.applied))
 
@@ -167,6 +220,27 @@ class RaftLog:
             return
         del self.unstable[: index + 1 - self.offset]
         self.offset = index + 1
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Replace the whole log by a snapshot received from the leader."""
+        metadata = snapshot.metadata
+        self.pending_snapshot = snapshot
+        self.unstable = []
+        self.offset = metadata.index + 1
+        self.committed = metadata.index
+        self.conf_history = [(metadata.index, metadata.conf_state)]
+
+    def snapshot_persisted(self, index: int) -> None:
+        """Note that the host persisted the pending snapshot and restored the state machine."""
+        if self.pending_snapshot is not None and self.pending_snapshot.metadata.index == index:
+            self.pending_snapshot = None
+            self.applied = max(self.applied, index)
+
+    def compacted(self, index: int) -> None:
+        """Forget membership history made obsolete by a snapshot at ``index``."""
+        history = self.conf_history
+        while len(history) > 1 and history[1][0] <= index:
+            history.pop(0)
 
     def applied_to(self, index: int) -> None:
         """Record that entries up to ``index`` were applied."""

@@ -5,7 +5,9 @@ A follower is in one of two modes (etcd-io/raft's design):
 - probe: the leader does not know where the logs agree; it sends one AppendEntries
   and waits for the answer (or the next heartbeat) before sending another;
 - replicate: the logs agree up to ``match``; the leader streams entries optimistically,
-  advancing ``next`` as it sends, with at most ``max_inflight`` messages unanswered.
+  advancing ``next`` as it sends, with at most ``max_inflight`` messages unanswered;
+- snapshot: the entries the follower needs were compacted; the leader sends its
+  snapshot one chunk at a time, resuming from the last byte the follower confirmed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ class ProgressState(enum.Enum):
 
     PROBE = "probe"
     REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"
 
 
 class Inflights:
@@ -63,7 +66,16 @@ class Progress:
     ``match`` is matchIndex of Figure 2 and ``next`` is nextIndex.
     """
 
-    __slots__ = ("inflights", "match", "next", "probe_sent", "recent_active", "state")
+    __slots__ = (
+        "inflights",
+        "match",
+        "next",
+        "probe_sent",
+        "recent_active",
+        "snapshot_index",
+        "snapshot_offset",
+        "state",
+    )
 
     def __init__(self, next_index: int, max_inflight: int) -> None:
         self.match = 0
@@ -72,11 +84,27 @@ class Progress:
         self.probe_sent = False
         self.recent_active = False
         self.inflights = Inflights(max_inflight)
+        self.snapshot_index = 0
+        """In snapshot mode: the index of the snapshot being sent."""
+        self.snapshot_offset = 0
+        """In snapshot mode: the next byte the follower confirmed it expects."""
 
     def become_probe(self) -> None:
         """Fall back to sending one message at a time from just past ``match``."""
+        if self.state is ProgressState.SNAPSHOT:
+            self.next = max(self.match, self.snapshot_index) + 1
+        else:
+            self.next = self.match + 1
         self.state = ProgressState.PROBE
-        self.next = self.match + 1
+        self.probe_sent = False
+        self.inflights.reset()
+        self.snapshot_index = 0
+
+    def become_snapshot(self, snapshot_index: int) -> None:
+        """Start sending the snapshot at ``snapshot_index`` from its first byte."""
+        self.state = ProgressState.SNAPSHOT
+        self.snapshot_index = snapshot_index
+        self.snapshot_offset = 0
         self.probe_sent = False
         self.inflights.reset()
 
@@ -86,10 +114,11 @@ class Progress:
         self.next = self.match + 1
         self.probe_sent = False
         self.inflights.reset()
+        self.snapshot_index = 0
 
     def is_paused(self) -> bool:
-        """Whether the leader should hold back AppendEntries with entries."""
-        if self.state is ProgressState.PROBE:
+        """Whether the leader should hold back AppendEntries with entries (or a chunk)."""
+        if self.state is not ProgressState.REPLICATE:
             return self.probe_sent
         return self.inflights.full()
 
@@ -117,6 +146,8 @@ class Progress:
         Return False when the rejection is stale (answers a message sent before the
         leader already moved ``next``), True when ``next`` was moved back.
         """
+        if self.state is ProgressState.SNAPSHOT:
+            return False
         if self.state is ProgressState.REPLICATE:
             if rejected <= self.match:
                 return False

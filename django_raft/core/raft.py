@@ -9,28 +9,62 @@ Raft paper (Ongaro and Ousterhout, 2014) and the thesis (Ongaro, 2014).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from .config import Config
-from .errors import NotLeaderError
+from .errors import (
+    ConfChangePendingError,
+    MembershipError,
+    NotLeaderError,
+    ProposalDroppedError,
+    UnknownPeerError,
+)
 from .log import RaftLog
+from .membership import validate_conf_change
 from .progress import Progress, ProgressState
 from .storage import Storage
 from .types import (
     NONE,
+    ConfChange,
     ConfState,
     Entry,
     EntryType,
     HardState,
     Message,
     MessageType,
+    ReadState,
+    Snapshot,
+    SnapshotMetadata,
     SoftState,
     StateType,
 )
 
-_VOTE_RESPONSE = {
+_VOTE_REPLY = {
     MessageType.REQUEST_VOTE: MessageType.REQUEST_VOTE_RESPONSE,
     MessageType.PRE_VOTE: MessageType.PRE_VOTE_RESPONSE,
 }
+_FROM_LEADER = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT)
+
+
+@dataclass
+class _PendingRead:
+    """A ReadIndex request waiting for a quorum to confirm our leadership (thesis §6.4)."""
+
+    context: bytes
+    index: int
+    requester: str
+    acks: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _IncomingSnapshot:
+    """Chunks of a snapshot received so far, from one leader in one term."""
+
+    leader: str
+    term: int
+    metadata: SnapshotMetadata
+    data: bytearray
 
 
 class Raft:
@@ -42,9 +76,10 @@ class Raft:
         self.config = config
         self._rng = config.random_source()
         self.log = RaftLog(storage, config.applied)
-        hard_state, conf_state = storage.initial_state()
-        self.voters: tuple[str, ...] = tuple(conf_state.voters)
-        self.learners: tuple[str, ...] = tuple(conf_state.learners)
+        hard_state, _ = storage.initial_state()
+        self._conf = self.log.conf_state()
+        self.voters: tuple[str, ...] = self._conf.voters
+        self.learners: tuple[str, ...] = self._conf.learners
         self.term = hard_state.term
         self.vote = hard_state.vote
         self.lead = NONE
@@ -52,6 +87,12 @@ class Raft:
         self.progress: dict[str, Progress] = {}
         self.votes: dict[str, bool] = {}
         self.messages: list[Message] = []
+        self.read_states: list[ReadState] = []
+        self.pending_reads: list[_PendingRead] = []
+        self.reads_awaiting_commit: list[Message] = []
+        self.incoming_snapshot: _IncomingSnapshot | None = None
+        self.pending_conf_index = 0
+        self.lead_transferee = NONE
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = config.election_tick
@@ -71,15 +112,70 @@ class Raft:
 
     def conf_state(self) -> ConfState:
         """Return the current membership."""
-        return ConfState(voters=self.voters, learners=self.learners)
+        return self._conf
 
     def quorum(self) -> int:
         """Return how many voters make a majority."""
         return len(self.voters) // 2 + 1
 
     def promotable(self) -> bool:
-        """Whether this node may campaign: it must be a voter."""
-        return self.id in self.voters
+        """Whether this node may campaign.
+
+        A voter may; so may a node that a not-yet-committed change removed, as long as it
+        is a voter of the committed membership: its log may be the only up-to-date one
+        (a leader that removed itself and lost office before the removal committed), and
+        without it the remaining voters could never elect anyone.
+        """
+        if self.id in self.voters:
+            return True
+        log = self.log
+        return log.last_conf_index() > log.committed and (
+            self.id in log.conf_state_at(log.committed).voters
+        )
+
+    # -- membership ---------------------------------------------------------------------
+
+    def _sync_conf(self) -> None:
+        """Follow the membership in the log: it takes effect when appended (thesis §4.1)."""
+        conf = self.log.conf_state()
+        if conf is self._conf:
+            return
+        self._conf = conf
+        self.voters, self.learners = conf.voters, conf.learners
+        members = (*conf.voters, *conf.learners)
+        next_index = self.log.last_index() + 1
+        for gone in [member for member in self.progress if member not in members]:
+            del self.progress[gone]
+        for member in members:
+            if member not in self.progress:
+                progress = Progress(next_index, self.config.max_inflight_messages)
+                if member == self.id:
+                    progress.match = self.log.last_index()
+                self.progress[member] = progress
+        if self.lead_transferee not in conf.voters:
+            self.lead_transferee = NONE
+        if self.state is StateType.LEADER:
+            self._maybe_commit()
+
+    def _conf_committed_without_us(self) -> bool:
+        return self.id not in self.voters and self.log.committed >= self.log.last_conf_index()
+
+    def propose_conf_change(self, change: ConfChange) -> int:
+        """Append a single-server membership change; return its index.
+
+        Only one change may be uncommitted at a time, and a new leader accepts none
+        until an entry of its own term has committed (the fix to the single-server
+        change bug described on raft-dev in 2015).
+        """
+        self._check_can_propose()
+        if self.pending_conf_index > self.log.committed:
+            raise ConfChangePendingError(
+                f"the membership change at index {self.pending_conf_index} is not committed yet"
+            )
+        validate_conf_change(self._conf, change)
+        index = self._propose_entry(EntryType.CONF_CHANGE, change.encode())
+        self.pending_conf_index = index
+        return index
 
     # -- sending ------------------------------------------------------------------------
 
@@ -87,12 +183,20 @@ class Raft:
         self.messages.append(message)
 
     def _send_append(self, to: str, send_if_empty: bool = True) -> bool:
-        """Send entries (or an empty probe) to ``to``; return whether a message went out."""
+        """Send entries (or an empty probe) to ``to``; return whether a message went out.
+
+        When the follower needs entries that were compacted, send the snapshot instead.
+        """
         progress = self.progress[to]
         if progress.is_paused():
             return False
+        if progress.state is ProgressState.SNAPSHOT:
+            return self._send_snapshot_chunk(to, progress)
         prev_index = progress.next - 1
         prev_term = self.log.term(prev_index)
+        if progress.next < self.log.first_index() or (prev_term == 0 and prev_index > 0):
+            progress.become_snapshot(self.log.storage.snapshot().metadata.index)
+            return self._send_snapshot_chunk(to, progress)
         entries = self.log.entries(progress.next, self.config.max_entries_per_message)
         if not entries and not send_if_empty:
             return False
@@ -114,13 +218,40 @@ class Raft:
             progress.sent_entries(entries[-1].index)
         return True
 
-    def _send_heartbeat(self, to: str) -> None:
+    def _send_snapshot_chunk(self, to: str, progress: Progress) -> bool:
+        snapshot = self.log.storage.snapshot()
+        if snapshot.metadata.index != progress.snapshot_index:
+            # A newer snapshot replaced the one being sent: start over with it.
+            progress.become_snapshot(snapshot.metadata.index)
+        offset = progress.snapshot_offset
+        chunk = snapshot.data[offset : offset + self.config.max_snapshot_chunk]
+        self._send(
+            Message(
+                type=MessageType.SNAPSHOT,
+                to=to,
+                sender=self.id,
+                term=self.term,
+                snapshot=snapshot.metadata,
+                offset=offset,
+                data=chunk,
+                done=offset + len(chunk) >= len(snapshot.data),
+            )
+        )
+        progress.probe_sent = True
+        return True
+
+    def _send_heartbeat(self, to: str, context: bytes = b"") -> None:
         # A follower may not yet hold entries up to our commit index; it must never be
         # told to commit past what it matches.
         commit = min(self.progress[to].match, self.log.committed)
         self._send(
             Message(
-                type=MessageType.HEARTBEAT, to=to, sender=self.id, term=self.term, commit=commit
+                type=MessageType.HEARTBEAT,
+                to=to,
+                sender=self.id,
+                term=self.term,
+                commit=commit,
+                context=context,
             )
         )
 
@@ -133,9 +264,10 @@ class Raft:
             self._send_append(peer)
 
     def broadcast_heartbeat(self) -> None:
-        """Assert leadership to every follower."""
+        """Assert leadership to every follower (repeating the newest pending read)."""
+        context = self.pending_reads[-1].context if self.pending_reads else b""
         for peer in self._peers():
-            self._send_heartbeat(peer)
+            self._send_heartbeat(peer, context)
 
     # -- role changes -------------------------------------------------------------------
 
@@ -150,6 +282,9 @@ class Raft:
             self.config.election_tick, 2 * self.config.election_tick
         )
         self.votes = {}
+        self.lead_transferee = NONE
+        self.pending_reads = []
+        self.reads_awaiting_commit = []
         next_index = self.log.last_index() + 1
         self.progress = {
             member: Progress(next_index, self.config.max_inflight_messages)
@@ -196,9 +331,14 @@ class Raft:
         self.state = StateType.LEADER
         self._tick = self._tick_heartbeat
         self._step_role = self._step_leader
-        self.progress[self.id].become_replicate()
+        own = self.progress.get(self.id)
+        if own is not None:  # None when a pending change removed us (see promotable)
+            own.become_replicate()
         for peer, progress in self.progress.items():
             progress.recent_active = peer == self.id
+        # Any membership change in the log may still be uncommitted; no new one is
+        # accepted before the no-op (an entry of this term) commits.
+        self.pending_conf_index = self.log.last_index() + 1
         self.append_entries([Entry(index=0, term=0)])
 
     # -- elections ----------------------------------------------------------------------
@@ -216,6 +356,9 @@ class Raft:
             self.election_elapsed = 0
             if self.config.check_quorum:
                 self.step(Message(type=MessageType.CHECK_QUORUM, sender=self.id))
+            if self.state is StateType.LEADER and self.lead_transferee != NONE:
+                # The transfer did not finish within an election timeout: give up on it.
+                self.lead_transferee = NONE
         if self.state is StateType.LEADER and self.heartbeat_elapsed >= self.config.heartbeat_tick:
             self.heartbeat_elapsed = 0
             self.step(Message(type=MessageType.BEAT, sender=self.id))
@@ -224,22 +367,25 @@ class Raft:
         """Advance logical time by one tick."""
         self._tick()
 
-    def _hup(self) -> None:
+    def _hup(self, transfer: bool = False) -> None:
         if self.state is StateType.LEADER or not self.promotable():
             return
-        if self.config.pre_vote:
+        if self.log.pending_snapshot is not None:
+            # Campaign with a log we have not yet made durable: not allowed.
+            return
+        if self.config.pre_vote and not transfer:
             self._campaign(MessageType.PRE_VOTE)
         else:
-            self._campaign(MessageType.REQUEST_VOTE)
+            self._campaign(MessageType.REQUEST_VOTE, transfer)
 
-    def _campaign(self, kind: MessageType) -> None:
+    def _campaign(self, kind: MessageType, transfer: bool = False) -> None:
         if kind is MessageType.PRE_VOTE:
             self.become_pre_candidate()
             term = self.term + 1
         else:
             self.become_candidate()
             term = self.term
-        if self._poll(self.id, _VOTE_RESPONSE[kind], granted=True):
+        if self._poll(self.id, _VOTE_REPLY[kind], granted=True):
             return
         last_index = self.log.last_index()
         last_term = self.log.last_term()
@@ -253,6 +399,7 @@ class Raft:
                         term=term,
                         index=last_index,
                         log_term=last_term,
+                        transfer=transfer,
                     )
                 )
 
@@ -287,18 +434,21 @@ class Raft:
 
     def step(self, message: Message) -> None:
         """Handle one message: first the term rules common to every role, then the role's."""
+        kind = message.type
+        if kind in _VOTE_REPLY and self._ignore_vote_request(message):
+            return
         if message.term > self.term:
-            if message.type in _VOTE_RESPONSE and self._in_lease():
+            if kind in _VOTE_REPLY and not message.transfer and self._in_lease():
                 # Check-quorum: a follower that heard from a leader within the minimum
                 # election timeout ignores vote requests, so a node that was cut off and
                 # comes back cannot depose a healthy leader (§4.2.3 of the thesis).
                 return
-            if message.type is MessageType.PRE_VOTE:
+            if kind is MessageType.PRE_VOTE:
                 pass
-            elif message.type is MessageType.PRE_VOTE_RESPONSE and not message.reject:
+            elif kind is MessageType.PRE_VOTE_RESPONSE and not message.reject:
                 # We asked with our term + 1; the term is raised only if the real vote runs.
                 pass
-            elif message.type in (MessageType.APPEND, MessageType.HEARTBEAT):
+            elif kind in _FROM_LEADER:
                 self.become_follower(message.term, message.sender)
             else:
                 self.become_follower(message.term, NONE)
@@ -306,13 +456,26 @@ class Raft:
             self._step_stale(message)
             return
 
-        kind = message.type
         if kind is MessageType.HUP:
             self._hup()
-        elif kind in _VOTE_RESPONSE:
+        elif kind in _VOTE_REPLY:
             self._step_vote_request(message)
         else:
             self._step_role(message)
+
+    def _ignore_vote_request(self, message: Message) -> bool:
+        """Whether a vote request comes from a node removed from the cluster.
+
+        Such a node, not knowing it was removed, would otherwise raise terms and depose
+        leaders. A non-member whose log is at least as up to date as ours is not
+        ignored: it may have been added by entries we have not received yet, and with
+        an empty membership (a new node) we know of no one, so we ignore no one.
+        """
+        return (
+            bool(self.voters)
+            and message.sender not in self.voters
+            and not self.log.is_up_to_date(message.index, message.log_term)
+        )
 
     def _in_lease(self) -> bool:
         return (
@@ -322,9 +485,7 @@ class Raft:
         )
 
     def _step_stale(self, message: Message) -> None:
-        if message.type in (MessageType.APPEND, MessageType.HEARTBEAT) and (
-            self.config.check_quorum or self.config.pre_vote
-        ):
+        if message.type in _FROM_LEADER and (self.config.check_quorum or self.config.pre_vote):
             # A stale leader that cannot see a higher term (because our pre-votes never
             # raise anyone's term) would otherwise never learn it was replaced.
             self._send(
@@ -347,7 +508,7 @@ class Raft:
             )
 
     def _step_vote_request(self, message: Message) -> None:
-        response = _VOTE_RESPONSE[message.type]
+        response = _VOTE_REPLY[message.type]
         if self._grant_vote(message):
             # A granted pre-vote answers with the term asked for, so the pre-candidate
             # counts it; nothing of ours changes.
@@ -375,6 +536,9 @@ class Raft:
             self.append_entries(list(message.entries))
             self.broadcast_append()
             return
+        if kind is MessageType.READ_INDEX:
+            self._read_index(message.context, message.sender)
+            return
         progress = self.progress.get(message.sender)
         if progress is None:
             return
@@ -383,10 +547,20 @@ class Raft:
             self._handle_append_response(message, progress)
         elif kind is MessageType.HEARTBEAT_RESPONSE:
             progress.recent_active = True
-            progress.probe_sent = False
-            if progress.state is ProgressState.REPLICATE and progress.inflights.full():
-                progress.inflights.free_first()
-            if progress.match < self.log.last_index():
+            self._handle_heartbeat_response(message, progress)
+        elif kind is MessageType.SNAPSHOT_RESPONSE:
+            progress.recent_active = True
+            if (
+                progress.state is ProgressState.SNAPSHOT
+                and message.snapshot is not None
+                and message.snapshot.index == progress.snapshot_index
+                and message.index == progress.snapshot_offset
+            ):
+                # The answer to the chunk in flight (stale and duplicate answers are
+                # ignored, so only one chunk is ever outstanding): go on from where the
+                # follower says it is.
+                progress.snapshot_offset = message.offset
+                progress.probe_sent = False
                 self._send_append(message.sender)
 
     def _handle_append_response(self, message: Message, progress: Progress) -> None:
@@ -407,14 +581,37 @@ class Raft:
             return
         if progress.state is ProgressState.PROBE:
             progress.become_replicate()
+        elif progress.state is ProgressState.SNAPSHOT:
+            if progress.match < progress.snapshot_index:
+                return
+            progress.become_replicate()
         else:
             progress.inflights.free_le(message.index)
         if self._maybe_commit():
+            if self.state is not StateType.LEADER:
+                return
             self.broadcast_append()
         elif was_paused:
             self._send_append(sender)
-        while self._send_append(sender, send_if_empty=False):
+        while self.state is StateType.LEADER and self._send_append(sender, send_if_empty=False):
             pass
+        if (
+            sender == self.lead_transferee
+            and self.state is StateType.LEADER
+            and progress.match == self.log.last_index()
+        ):
+            self._send_timeout_now(sender)
+
+    def _handle_heartbeat_response(self, message: Message, progress: Progress) -> None:
+        progress.probe_sent = False
+        if progress.state is ProgressState.REPLICATE and progress.inflights.full():
+            progress.inflights.free_first()
+        if progress.match < self.log.last_index() or progress.state is ProgressState.SNAPSHOT:
+            # In snapshot mode this resends the last unconfirmed chunk, so a lost chunk
+            # costs one heartbeat interval, not the whole transfer.
+            self._send_append(message.sender)
+        if message.context:
+            self._confirm_read(message.context, message.sender)
 
     def _quorum_active(self) -> bool:
         active = 0
@@ -428,9 +625,21 @@ class Raft:
 
     def _maybe_commit(self) -> bool:
         """Commit the largest index a majority of voters holds, if it is from our term."""
+        if not self.voters:
+            return False
         matches = sorted(self.progress[voter].match for voter in self.voters)
         index = matches[len(matches) - self.quorum()]
-        return self.log.maybe_commit(index, self.term)
+        if not self.log.maybe_commit(index, self.term):
+            return False
+        if self.reads_awaiting_commit:
+            waiting, self.reads_awaiting_commit = self.reads_awaiting_commit, []
+            for request in waiting:
+                self._read_index(request.context, request.sender)
+        if self._conf_committed_without_us():
+            # A leader that removed itself steps down once the removal commits (§4.2.2).
+            self.broadcast_append()
+            self.become_follower(self.term, NONE)
+        return True
 
     def append_entries(self, entries: list[Entry]) -> int:
         """Give entries the leader's next indexes and term and append them; return last."""
@@ -440,20 +649,18 @@ class Raft:
             for offset, entry in enumerate(entries, start=1)
         ]
         last = self.log.append(stamped)
-        self.progress[self.id].maybe_update(last)
+        self._sync_conf()
+        own = self.progress.get(self.id)
+        if own is not None:
+            own.maybe_update(last)
         self._maybe_commit()
         return last
 
     def _step_candidate(self, message: Message) -> None:
         kind = message.type
-        if kind is MessageType.PROPOSE:
-            raise NotLeaderError(NONE)
-        if kind is MessageType.APPEND:
+        if kind in _FROM_LEADER:
             self.become_follower(message.term, message.sender)
-            self._handle_append(message)
-        elif kind is MessageType.HEARTBEAT:
-            self.become_follower(message.term, message.sender)
-            self._handle_heartbeat(message)
+            self._step_follower(message)
         elif (self.state is StateType.PRE_CANDIDATE and kind is MessageType.PRE_VOTE_RESPONSE) or (
             self.state is StateType.CANDIDATE and kind is MessageType.REQUEST_VOTE_RESPONSE
         ):
@@ -461,77 +668,219 @@ class Raft:
 
     def _step_follower(self, message: Message) -> None:
         kind = message.type
-        if kind is MessageType.PROPOSE:
-            raise NotLeaderError(self.lead)
-        if kind is MessageType.APPEND:
+        if kind in _FROM_LEADER:
             self.election_elapsed = 0
             self.lead = message.sender
-            self._handle_append(message)
-        elif kind is MessageType.HEARTBEAT:
-            self.election_elapsed = 0
-            self.lead = message.sender
-            self._handle_heartbeat(message)
+            if kind is MessageType.APPEND:
+                self._handle_append(message)
+            elif kind is MessageType.HEARTBEAT:
+                self._handle_heartbeat(message)
+            else:
+                self._handle_snapshot(message)
+        elif kind is MessageType.TIMEOUT_NOW:
+            self._hup(transfer=True)
+        elif kind is MessageType.READ_INDEX_RESPONSE:
+            self.read_states.append(ReadState(message.index, message.context))
+
+    def _respond(self, message: Message, kind: MessageType, **fields: Any) -> None:
+        self._send(Message(type=kind, to=message.sender, sender=self.id, term=self.term, **fields))
 
     def _handle_append(self, message: Message) -> None:
         if message.index < self.log.committed:
             # Everything up to our commit index already matches the leader's log.
-            self._send(
-                Message(
-                    type=MessageType.APPEND_RESPONSE,
-                    to=message.sender,
-                    sender=self.id,
-                    term=self.term,
-                    index=self.log.committed,
-                )
-            )
+            self._respond(message, MessageType.APPEND_RESPONSE, index=self.log.committed)
             return
         last = self.log.maybe_append(
             message.index, message.log_term, message.commit, message.entries
         )
         if last is not None:
-            self._send(
-                Message(
-                    type=MessageType.APPEND_RESPONSE,
-                    to=message.sender,
-                    sender=self.id,
-                    term=self.term,
-                    index=last,
-                )
-            )
+            self._sync_conf()
+            self._respond(message, MessageType.APPEND_RESPONSE, index=last)
             return
         hint_index = min(message.index, self.log.last_index())
         hint_index, hint_term = self.log.find_conflict_by_term(hint_index, message.log_term)
-        self._send(
-            Message(
-                type=MessageType.APPEND_RESPONSE,
-                to=message.sender,
-                sender=self.id,
-                term=self.term,
-                index=message.index,
-                reject=True,
-                reject_hint=hint_index,
-                log_term=hint_term,
-            )
+        self._respond(
+            message,
+            MessageType.APPEND_RESPONSE,
+            index=message.index,
+            reject=True,
+            reject_hint=hint_index,
+            log_term=hint_term,
         )
 
     def _handle_heartbeat(self, message: Message) -> None:
         self.log.commit_to(message.commit)
-        self._send(
-            Message(
-                type=MessageType.HEARTBEAT_RESPONSE,
-                to=message.sender,
-                sender=self.id,
-                term=self.term,
+        self._respond(message, MessageType.HEARTBEAT_RESPONSE, context=message.context)
+
+    # -- snapshots ----------------------------------------------------------------------
+
+    def _handle_snapshot(self, message: Message) -> None:
+        """Take one chunk; install the snapshot when the last one arrives (Figure 13)."""
+        metadata = message.snapshot
+        if metadata is None:
+            return
+        if metadata.index <= self.log.committed:
+            # We already have everything the snapshot covers.
+            self.incoming_snapshot = None
+            self._respond(message, MessageType.APPEND_RESPONSE, index=self.log.committed)
+            return
+        incoming = self.incoming_snapshot
+        if (
+            incoming is None
+            or incoming.leader != message.sender
+            or incoming.term != message.term
+            or incoming.metadata != metadata
+        ):
+            incoming = None
+            if message.offset == 0:
+                incoming = _IncomingSnapshot(message.sender, message.term, metadata, bytearray())
+            self.incoming_snapshot = incoming
+        if incoming is None or message.offset > len(incoming.data):
+            # A gap, or a transfer we do not hold (we restarted): say where to resume.
+            self._respond(
+                message,
+                MessageType.SNAPSHOT_RESPONSE,
+                snapshot=metadata,
+                index=message.offset,
+                offset=len(incoming.data) if incoming else 0,
+                reject=True,
             )
-        )
+            return
+        # A chunk may overlap what we have (a resend): keep only the new bytes.
+        incoming.data += message.data[len(incoming.data) - message.offset :]
+        if not message.done:
+            self._respond(
+                message,
+                MessageType.SNAPSHOT_RESPONSE,
+                snapshot=metadata,
+                index=message.offset,
+                offset=len(incoming.data),
+            )
+            return
+        self.incoming_snapshot = None
+        self._restore(Snapshot(metadata, bytes(incoming.data)))
+        # We match the leader up to the snapshot; entries we kept after it may still differ.
+        self._respond(message, MessageType.APPEND_RESPONSE, index=self.log.committed)
 
-    def propose(self, data: bytes, entry_type: EntryType = EntryType.NORMAL) -> int:
-        """Append a command to the leader's log; return its index.
+    def _restore(self, snapshot: Snapshot) -> None:
+        metadata = snapshot.metadata
+        if self.log.match_term(metadata.index, metadata.term):
+            # Figure 13, step 6: our log already holds the snapshot's last entry, so the
+            # entries that follow it are kept and only the commit index moves.
+            self.log.commit_to(metadata.index)
+            return
+        self.log.restore(snapshot)
+        self._sync_conf()
 
-        Raise ``NotLeaderError`` (naming the known leader) anywhere but on the leader.
+    def snapshot_at(self, index: int, data: bytes) -> Snapshot:
+        """Describe the host's state machine, as of applied ``index``, as a snapshot."""
+        if index > self.log.applied:
+            raise ValueError(f"cannot snapshot index {index}: only {self.log.applied} applied")
+        term = self.log.term(index)
+        if term == 0 and index > 0:
+            raise ValueError(f"cannot snapshot index {index}: it was compacted")
+        return Snapshot(SnapshotMetadata(index, term, self.log.conf_state_at(index)), data)
+
+    # -- leadership transfer ------------------------------------------------------------
+
+    def transfer_leadership(self, transferee: str) -> None:
+        """Hand leadership to ``transferee`` (thesis §3.10): catch it up, then TimeoutNow.
+
+        Proposals are refused until the transfer ends; it is abandoned after one election
+        timeout.
         """
         if self.state is not StateType.LEADER:
             raise NotLeaderError(self.lead)
+        if transferee == self.id:
+            raise MembershipError("already the leader")
+        if transferee not in self.voters:
+            raise UnknownPeerError(f"{transferee!r} is not a voter")
+        self.lead_transferee = transferee
+        self.election_elapsed = 0
+        if self.progress[transferee].match == self.log.last_index():
+            self._send_timeout_now(transferee)
+        else:
+            self._send_append(transferee)
+
+    def _send_timeout_now(self, to: str) -> None:
+        self._send(Message(type=MessageType.TIMEOUT_NOW, to=to, sender=self.id, term=self.term))
+
+    # -- linearizable reads -------------------------------------------------------------
+
+    def read_index(self, context: bytes) -> None:
+        """Ask for a linearizable read; the answer comes back as a ``ReadState``.
+
+        On the leader it is answered locally once a quorum confirms leadership; on a
+        follower it is forwarded to the leader.
+        """
+        if self.state is StateType.LEADER:
+            self._read_index(context, self.id)
+        elif self.lead != NONE:
+            self._send(
+                Message(type=MessageType.READ_INDEX, to=self.lead, sender=self.id, context=context)
+            )
+        else:
+            raise NotLeaderError(NONE)
+
+    def _read_index(self, context: bytes, requester: str) -> None:
+        if self.log.term(self.log.committed) != self.term:
+            # Until an entry of our term commits we may not know the latest commit index.
+            self.reads_awaiting_commit.append(
+                Message(type=MessageType.READ_INDEX, sender=requester, context=context)
+            )
+            return
+        read = _PendingRead(context, self.log.committed, requester, {self.id})
+        if self.voters == (self.id,):
+            # Alone, we are the majority. A leader that removed itself is no part of the
+            # majority, so even a single remaining voter must confirm its leadership.
+            self._answer_read(read)
+            return
+        self.pending_reads.append(read)
+        for peer in self._peers():
+            self._send_heartbeat(peer, context)
+
+    def _confirm_read(self, context: bytes, voter: str) -> None:
+        if voter not in self.voters:
+            return
+        for position, read in enumerate(self.pending_reads):
+            if read.context == context:
+                read.acks.add(voter)
+                if len(read.acks & set(self.voters)) >= self.quorum():
+                    # A quorum confirmed our leadership after this read (and every earlier
+                    # one) arrived, so all of them may be answered.
+                    confirmed = self.pending_reads[: position + 1]
+                    del self.pending_reads[: position + 1]
+                    for done in confirmed:
+                        self._answer_read(done)
+                return
+
+    def _answer_read(self, read: _PendingRead) -> None:
+        if read.requester == self.id:
+            self.read_states.append(ReadState(read.index, read.context))
+        else:
+            self._send(
+                Message(
+                    type=MessageType.READ_INDEX_RESPONSE,
+                    to=read.requester,
+                    sender=self.id,
+                    term=self.term,
+                    index=read.index,
+                    context=read.context,
+                )
+            )
+
+    # -- proposals ----------------------------------------------------------------------
+
+    def _check_can_propose(self) -> None:
+        if self.state is not StateType.LEADER:
+            raise NotLeaderError(self.lead)
+        if self.lead_transferee != NONE:
+            raise ProposalDroppedError(
+                f"leadership is being transferred to {self.lead_transferee!r}"
+            )
+
+    def _propose_entry(self, entry_type: EntryType, data: bytes) -> int:
+        index = self.log.last_index() + 1
         self.step(
             Message(
                 type=MessageType.PROPOSE,
@@ -539,4 +888,13 @@ class Raft:
                 entries=(Entry(index=0, term=0, type=entry_type, data=data),),
             )
         )
-        return self.log.last_index()
+        return index
+
+    def propose(self, data: bytes) -> int:
+        """Append a command to the leader's log; return its index.
+
+        Raise ``NotLeaderError`` (naming the known leader) anywhere but on the leader, and
+        ``ProposalDroppedError`` during a leadership transfer.
+        """
+        self._check_can_propose()
+        return self._propose_entry(EntryType.NORMAL, data)

@@ -17,17 +17,18 @@ A host loop looks like this (the ordering contract is written down once, in ``Re
 from __future__ import annotations
 
 from .config import Config
-from .errors import RaftError
+from .errors import RaftError, StoppedError
 from .raft import Raft
 from .storage import Storage
 from .types import (
     LOCAL_MESSAGES,
+    ConfChange,
     ConfState,
-    EntryType,
     HardState,
     Message,
     MessageType,
     Ready,
+    Snapshot,
     SoftState,
 )
 
@@ -39,31 +40,91 @@ class RawNode:
         self.raft = Raft(config, storage)
         self._prev_hard_state = self.raft.hard_state()
         self._prev_soft_state = self.raft.soft_state()
+        self._stopped = False
 
     @property
     def id(self) -> str:
         """This node's id."""
         return self.raft.id
 
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise StoppedError(f"node {self.raft.id!r} was stopped")
+
+    def stop(self) -> None:
+        """Refuse all further input (go-raft's Stop); what was persisted stays valid."""
+        self._stopped = True
+
     def tick(self) -> None:
         """Advance logical time by one tick (elections and heartbeats count ticks)."""
+        self._check_running()
         self.raft.tick()
 
     def campaign(self) -> None:
         """Start an election now instead of waiting for the timeout."""
+        self._check_running()
         self.raft.step(Message(type=MessageType.HUP, sender=self.raft.id))
 
     def propose(self, data: bytes) -> int:
         """Propose a command; return the index it was appended at on this leader.
 
-        Raise ``NotLeaderError`` when this node is not the leader. An index is not a
-        promise: the entry may still be overwritten if leadership changes before it
-        commits, which the host sees as a different entry applied at that index.
+        Raise ``NotLeaderError`` when this node is not the leader and
+        ``ProposalDroppedError`` during a leadership transfer. An index is not a promise:
+        the entry may still be overwritten if leadership changes before it commits, which
+        the host sees as a different entry applied at that index.
         """
-        return self.raft.propose(data, EntryType.NORMAL)
+        self._check_running()
+        return self.raft.propose(data)
+
+    def propose_conf_change(self, change: ConfChange) -> int:
+        """Propose a membership change; return its index. It takes effect when appended.
+
+        Raise ``NotLeaderError``, ``ConfChangePendingError`` while another change is
+        uncommitted, ``DuplicatePeerError`` / ``UnknownPeerError`` / ``MembershipError``
+        when the change does not fit the current membership.
+        """
+        self._check_running()
+        return self.raft.propose_conf_change(change)
+
+    def transfer_leadership(self, transferee: str) -> None:
+        """Hand leadership to the voter ``transferee`` (see ``Raft.transfer_leadership``)."""
+        self._check_running()
+        self.raft.transfer_leadership(transferee)
+
+    def read_index(self, context: bytes) -> None:
+        """Request a linearizable read named ``context``; a ``ReadState`` answers it.
+
+        The host serves the read once its state machine has applied the ReadState's
+        index. No answer comes if leadership changes first: the host retries.
+        """
+        self._check_running()
+        self.raft.read_index(context)
+
+    def snapshot_due(self) -> bool:
+        """Whether enough entries were applied since the last snapshot to take a new one."""
+        raft = self.raft
+        last = raft.log.storage.snapshot().metadata.index
+        return raft.log.applied - last >= raft.config.snapshot_threshold
+
+    def create_snapshot(self, index: int, data: bytes) -> Snapshot:
+        """Describe the state machine as of applied ``index`` (``data``) as a snapshot.
+
+        The host stores it and then discards log entries up to ``compact_index(snapshot)``
+        (go-raft keeps 200 entries after the snapshot so that slightly slow followers can
+        still be sent entries rather than the whole snapshot).
+        """
+        self._check_running()
+        snapshot = self.raft.snapshot_at(index, data)
+        self.raft.log.compacted(index)
+        return snapshot
+
+    def compact_index(self, snapshot: Snapshot) -> int:
+        """Return the index up to which the log may be discarded after ``snapshot``."""
+        return max(0, snapshot.metadata.index - self.raft.config.entries_after_snapshot)
 
     def step(self, message: Message) -> None:
         """Hand the core one message received from a peer."""
+        self._check_running()
         if message.type in LOCAL_MESSAGES:
             raise RaftError(f"{message.type.value} is a local message and cannot be received")
         self.raft.step(message)
@@ -71,7 +132,7 @@ class RawNode:
     def has_ready(self) -> bool:
         """Whether there is anything to persist, send or apply."""
         raft = self.raft
-        if raft.messages or raft.log.unstable:
+        if raft.messages or raft.log.unstable or raft.read_states:
             return True
         if raft.log.committed > raft.log.applied:
             return True
@@ -91,12 +152,16 @@ class RawNode:
             hard_state = None
         messages = tuple(raft.messages)
         raft.messages.clear()
+        read_states = tuple(raft.read_states)
+        raft.read_states.clear()
         return Ready(
             soft_state=soft_state,
             hard_state=hard_state,
             entries=tuple(raft.log.unstable),
+            snapshot=raft.log.pending_snapshot,
             committed_entries=tuple(raft.log.next_committed(raft.config.max_committed_per_ready)),
             messages=messages,
+            read_states=read_states,
         )
 
     def advance(self, ready: Ready) -> None:
@@ -104,6 +169,8 @@ class RawNode:
         log = self.raft.log
         if ready.hard_state is not None:
             self._prev_hard_state = ready.hard_state
+        if ready.snapshot is not None:
+            log.snapshot_persisted(ready.snapshot.metadata.index)
         if ready.entries:
             last = ready.entries[-1]
             log.stable_to(last.index, last.term)
@@ -126,4 +193,6 @@ class RawNode:
             "commit": raft.log.committed,
             "applied": raft.log.applied,
             "last_index": raft.log.last_index(),
+            "voters": list(raft.voters),
+            "learners": list(raft.learners),
         }

@@ -10,14 +10,26 @@ from __future__ import annotations
 from typing import Protocol
 
 from .errors import CompactedError, UnavailableError
-from .types import ConfState, Entry, HardState
+from .types import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata
 
 
 class Storage(Protocol):
     """Read access to the persisted log and state."""
 
     def initial_state(self) -> tuple[HardState, ConfState]:
-        """Return the persisted hard state and membership."""
+        """Return the persisted hard state and the membership as of the latest snapshot.
+
+        With no snapshot, that is the bootstrap membership; changes carried in the log
+        after the snapshot are replayed by the core.
+        """
+        ...
+
+    def snapshot(self) -> Snapshot:
+        """Return the latest snapshot (index 0 and empty data when there is none)."""
+        ...
+
+    def conf_entries(self, lo: int, hi: int) -> list[Entry]:
+        """Return the CONF_CHANGE entries in [lo, hi), so startup need not scan the log."""
         ...
 
     def entries(self, lo: int, hi: int, max_count: int) -> list[Entry]:
@@ -46,12 +58,26 @@ class MemoryStorage:
 
     def __init__(self, conf_state: ConfState | None = None) -> None:
         self.hard_state = HardState()
-        self.conf_state = conf_state or ConfState()
+        self._snapshot = Snapshot(SnapshotMetadata(conf_state=conf_state or ConfState()))
         self._entries: list[Entry] = [Entry(index=0, term=0)]
 
     def initial_state(self) -> tuple[HardState, ConfState]:
-        """Return the stored hard state and membership."""
-        return self.hard_state, self.conf_state
+        """Return the stored hard state and the membership as of the snapshot."""
+        return self.hard_state, self._snapshot.metadata.conf_state
+
+    def snapshot(self) -> Snapshot:
+        """Return the latest snapshot."""
+        return self._snapshot
+
+    def conf_entries(self, lo: int, hi: int) -> list[Entry]:
+        """Return the CONF_CHANGE entries in [lo, hi)."""
+        offset = self._offset()
+        lo = max(lo, offset + 1)
+        return [
+            entry
+            for entry in self._entries[lo - offset : max(lo, hi) - offset]
+            if entry.type is EntryType.CONF_CHANGE
+        ]
 
     def _offset(self) -> int:
         return self._entries[0].index
@@ -107,12 +133,43 @@ class MemoryStorage:
         del self._entries[first - offset :]
         self._entries.extend(entries)
 
+    def create_snapshot(self, snapshot: Snapshot) -> None:
+        """Record a snapshot the host made of its own state; the log is left as it is."""
+        if snapshot.metadata.index <= self._snapshot.metadata.index:
+            return
+        if snapshot.metadata.index > self.last_index():
+            raise UnavailableError(snapshot.metadata.index)
+        self._snapshot = snapshot
+
+    def apply_snapshot(self, snapshot: Snapshot) -> None:
+        """Install a snapshot received from the leader (Figure 13, steps 6 and 7).
+
+        Entries after the snapshot are kept if the log holds the snapshot's last entry
+        with the same term; otherwise the whole log is replaced by the snapshot.
+        """
+        index, term = snapshot.metadata.index, snapshot.metadata.term
+        if index <= self._snapshot.metadata.index:
+            return
+        self._snapshot = snapshot
+        if self._offset() <= index <= self.last_index() and self.term(index) == term:
+            self.compact(index)
+        else:
+            self._entries = [Entry(index=index, term=term)]
+
     def compact(self, index: int) -> None:
-        """Discard entries up to and including ``index``, keeping its term as the dummy."""
+        """Discard entries up to and including ``index``, keeping its term as the dummy.
+
+        Only entries a snapshot covers may go: anything else would be lost for good.
+        """
         offset = self._offset()
         if index <= offset:
             return
         if index > self.last_index():
             raise UnavailableError(index)
+        if index > self._snapshot.metadata.index:
+            raise ValueError(
+                f"cannot compact to {index}: the snapshot covers only up to "
+                f"{self._snapshot.metadata.index}"
+            )
         dummy = Entry(index=index, term=self._entries[index - offset].term)
         self._entries = [dummy, *self._entries[index - offset + 1 :]]

@@ -2,25 +2,32 @@
 
 Every node here keeps its state in a ``MemoryStorage``; reading a node's ``Ready``
 persists it there first, as a host would, so a node rebuilt from that storage sees
-what the original had made durable.
+what the original had made durable. ``Network`` goes further and plays the whole host:
+it also keeps a small state machine per node, restored from received snapshots.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from django_raft.core import (
     NONE,
+    ConfChange,
     Config,
     ConfState,
     Entry,
+    EntryType,
     HardState,
     MemoryStorage,
     Message,
     RawNode,
+    ReadState,
     Ready,
+    Snapshot,
     StateType,
+    bootstrap,
 )
 
 Drop = Callable[[Message], bool]
@@ -83,6 +90,15 @@ def new_leader(
     return node
 
 
+def founding_storage(voters: Sequence[str]) -> MemoryStorage:
+    """Return the storage of a founding node of a cluster started with ``bootstrap``."""
+    storage = MemoryStorage()
+    hard_state, entries = bootstrap(tuple(voters))
+    storage.append(entries)
+    storage.set_hard_state(hard_state)
+    return storage
+
+
 def storage_of(node: RawNode) -> MemoryStorage:
     """Return the ``MemoryStorage`` the node was built over."""
     storage = node.raft.log.storage
@@ -91,8 +107,13 @@ def storage_of(node: RawNode) -> MemoryStorage:
 
 
 def persist(node: RawNode, ready: Ready) -> None:
-    """Write a Ready's hard state and entries to the node's storage."""
+    """Write a Ready's snapshot, hard state and entries to the node's storage.
+
+    The snapshot goes first: the entries that come with it follow its last index.
+    """
     storage = storage_of(node)
+    if ready.snapshot is not None:
+        storage.apply_snapshot(ready.snapshot)
     if ready.hard_state is not None:
         storage.set_hard_state(ready.hard_state)
     storage.append(ready.entries)
@@ -136,20 +157,22 @@ def isolate(*node_ids: str) -> Drop:
 
 
 def deliver_all(
-    nodes: Mapping[str, RawNode], *, drop: Drop | None = None, max_rounds: int = 1000
+    nodes: Mapping[str, RawNode],
+    *,
+    drop: Drop | None = None,
+    max_rounds: int = 1000,
+    read: Callable[[RawNode], list[Message]] = read_messages,
 ) -> list[Message]:
     """Run Ready/persist/advance on every node and route messages until none are sent.
 
     Messages to nodes outside ``nodes``, or for which ``drop`` is true, are lost.
-    Return the messages that were delivered, in delivery order.
+    ``read`` handles one node's Ready and returns its messages. Return the messages that
+    were delivered, in delivery order.
     """
     delivered: list[Message] = []
     for _ in range(max_rounds):
         sent = [
-            message
-            for node in nodes.values()
-            if node.has_ready()
-            for message in read_messages(node)
+            message for node in list(nodes.values()) if node.has_ready() for message in read(node)
         ]
         if not sent:
             return delivered
@@ -180,3 +203,194 @@ def elect(nodes: Mapping[str, RawNode], node_id: str) -> RawNode:
 def leaders(nodes: Mapping[str, RawNode]) -> list[str]:
     """Return the ids of the nodes that currently believe they lead."""
     return [node_id for node_id, node in nodes.items() if node.raft.state is StateType.LEADER]
+
+
+def conf_change_entries(node: RawNode) -> list[ConfChange]:
+    """Return the membership changes in the node's readable log, in order."""
+    return [
+        ConfChange.decode(entry.data)
+        for entry in log_entries(node)
+        if entry.type is EntryType.CONF_CHANGE
+    ]
+
+
+class StateMachine:
+    """A replicated list of commands, applied in log order and restorable from a snapshot.
+
+    It checks the host's side of the ordering contract as it goes: entries arrive one
+    index after another, and a snapshot only ever moves it forward.
+    """
+
+    def __init__(self) -> None:
+        self.index = 0
+        """The last index applied (or restored from a snapshot)."""
+        self.commands: list[bytes] = []
+
+    def apply(self, entries: Iterable[Entry]) -> None:
+        """Apply committed entries; no-ops and membership changes leave no command."""
+        for entry in entries:
+            assert entry.index == self.index + 1, (
+                f"entry {entry.index} handed out after applying {self.index}"
+            )
+            self.index = entry.index
+            if entry.type is EntryType.NORMAL and entry.data:
+                self.commands.append(entry.data)
+
+    def snapshot_data(self) -> bytes:
+        """Serialise the commands for a snapshot."""
+        return json.dumps([command.hex() for command in self.commands]).encode()
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Replace the state by a snapshot's."""
+        assert snapshot.metadata.index > self.index, (
+            f"snapshot at {snapshot.metadata.index} handed out after applying {self.index}"
+        )
+        self.commands = [bytes.fromhex(command) for command in json.loads(snapshot.data)]
+        self.index = snapshot.metadata.index
+
+
+class Network:
+    """Nodes on a lock-step network, each driven by a host that follows the Ready contract.
+
+    For each Ready the host persists the snapshot, hard state and entries into the node's
+    ``MemoryStorage``, sends the messages, restores the snapshot into the node's
+    ``StateMachine`` and applies the committed entries, then advances. Messages for which
+    ``drop`` is true, or addressed to nodes not (or no longer) in ``nodes``, are lost.
+    """
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, RawNode] = {}
+        self.machines: dict[str, StateMachine] = {}
+        self.read_states: dict[str, list[ReadState]] = {}
+        self.drop: Drop | None = None
+        self.delivered: list[Message] = []
+        """Every message delivered so far, in delivery order."""
+
+    @classmethod
+    def of(
+        cls,
+        voters: Sequence[str],
+        learners: Sequence[str] = (),
+        *,
+        founded: bool = False,
+        **settings: Any,
+    ) -> Network:
+        """Return a network of nodes that all start with the same membership.
+
+        The membership is given to each node's storage, or with ``founded`` written into
+        the log by ``bootstrap`` (voters only).
+        """
+        network = cls()
+        conf_state = ConfState(voters=tuple(voters), learners=tuple(learners))
+        for node_id in (*voters, *learners):
+            if founded:
+                assert not learners, "bootstrap founds a cluster of voters"
+                storage = founding_storage(voters)
+            else:
+                storage = MemoryStorage(conf_state)
+            network.add(node_id, storage, **settings)
+        return network
+
+    def add(self, node_id: str, storage: MemoryStorage | None = None, **settings: Any) -> RawNode:
+        """Start a node over ``storage``; by default a brand-new, empty one."""
+        node = RawNode(
+            Config(id=node_id, **settings), MemoryStorage() if storage is None else storage
+        )
+        self.nodes[node_id] = node
+        self.machines[node_id] = StateMachine()
+        self.read_states[node_id] = []
+        return node
+
+    def restart(self, node_id: str, **settings: Any) -> RawNode:
+        """Rebuild a node from its storage, with the state machine it had applied."""
+        machine = self.machines[node_id]
+        node = RawNode(
+            Config(id=node_id, applied=machine.index, **settings), storage_of(self.nodes[node_id])
+        )
+        self.nodes[node_id] = node
+        return node
+
+    def handle_ready(self, node: RawNode) -> list[Message]:
+        """Persist, apply and advance one Ready of ``node``; return the messages to send."""
+        ready = node.ready()
+        persist(node, ready)
+        machine = self.machines[node.id]
+        if ready.snapshot is not None:
+            machine.restore(ready.snapshot)
+        machine.apply(ready.committed_entries)
+        self.read_states[node.id].extend(ready.read_states)
+        node.advance(ready)
+        return list(ready.messages)
+
+    def deliver(self) -> list[Message]:
+        """Route messages until the network is quiet; return those delivered."""
+        delivered = deliver_all(self.nodes, drop=self.drop, read=self.handle_ready)
+        self.delivered.extend(delivered)
+        return delivered
+
+    def tick(self, ticks: int = 1) -> None:
+        """Tick every node ``ticks`` times, letting the network go quiet after each tick."""
+        for _ in range(ticks):
+            for node in list(self.nodes.values()):
+                node.tick()
+            self.deliver()
+
+    def elect(self, node_id: str) -> RawNode:
+        """Make ``node_id`` campaign, run the network until quiet, and return it as leader."""
+        node = self.nodes[node_id]
+        node.campaign()
+        self.deliver()
+        assert node.raft.state is StateType.LEADER, f"{node_id} did not win"
+        return node
+
+    def leader(self) -> RawNode:
+        """Return the one node that leads in the latest term any node leads in."""
+        heads = [node for node in self.nodes.values() if node.raft.state is StateType.LEADER]
+        assert heads, "no leader"
+        term = max(node.raft.term for node in heads)
+        current = [node for node in heads if node.raft.term == term]
+        assert len(current) == 1, f"two leaders in term {term}"
+        return current[0]
+
+    def tick_until_leader(self, among: Iterable[str], max_ticks: int = 200) -> RawNode:
+        """Tick until one of ``among`` leads in the latest term; return it."""
+        candidates = set(among)
+        for _ in range(max_ticks):
+            self.tick()
+            heads = [
+                node
+                for node_id, node in self.nodes.items()
+                if node_id in candidates and node.raft.state is StateType.LEADER
+            ]
+            if heads:
+                return max(heads, key=lambda node: node.raft.term)
+        raise AssertionError(f"none of {sorted(candidates)} became leader in {max_ticks} ticks")
+
+    def propose(self, *commands: bytes) -> int:
+        """Propose commands on the leader, deliver, and return the last index."""
+        leader = self.leader()
+        index = 0
+        for command in commands:
+            index = leader.propose(command)
+        self.deliver()
+        return index
+
+    def change(self, change: ConfChange) -> int:
+        """Propose a membership change on the leader, deliver, and return its index."""
+        index = self.leader().propose_conf_change(change)
+        self.deliver()
+        return index
+
+    def take_snapshot(self, node_id: str) -> Snapshot:
+        """Snapshot the node's state machine, store it and compact the log, as a host does."""
+        node = self.nodes[node_id]
+        machine = self.machines[node_id]
+        snapshot = node.create_snapshot(machine.index, machine.snapshot_data())
+        storage = storage_of(node)
+        storage.create_snapshot(snapshot)
+        storage.compact(node.compact_index(snapshot))
+        return snapshot
+
+    def commands(self, node_id: str) -> list[bytes]:
+        """Return the commands the node's state machine has applied."""
+        return self.machines[node_id].commands

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from django_raft.core import Entry, HardState, MemoryStorage, RaftLog
+from django_raft.core import Entry, HardState, MemoryStorage, RaftLog, Snapshot, SnapshotMetadata
 from tests.core.helpers import make_entries
 
 
@@ -38,6 +38,7 @@ def test_new_log_starts_from_storage() -> None:
     and applied at least up to the compaction point."""
     storage = MemoryStorage()
     storage.append(make_entries([1, 1, 2, 2]))
+    storage.create_snapshot(Snapshot(SnapshotMetadata(1, storage.term(1))))
     storage.compact(1)
     storage.set_hard_state(HardState(term=2, commit=3))
     log = RaftLog(storage)
@@ -174,6 +175,7 @@ def test_find_conflict_by_term(index: int, term: int, expected: tuple[int, int])
 def test_find_conflict_by_term_stops_at_compaction() -> None:
     log = new_log([1, 1, 3, 3, 3, 5])
     assert isinstance(log.storage, MemoryStorage)
+    log.storage.create_snapshot(Snapshot(SnapshotMetadata(2, log.storage.term(2))))
     log.storage.compact(2)
     assert log.find_conflict_by_term(6, 2) == (2, 1)
     assert log.find_conflict_by_term(6, 4) == (5, 3)

@@ -10,6 +10,8 @@ from django_raft.core import (
     Entry,
     HardState,
     MemoryStorage,
+    Snapshot,
+    SnapshotMetadata,
     StorageError,
     UnavailableError,
 )
@@ -74,6 +76,7 @@ def test_compact_keeps_term_of_last_compacted_entry() -> None:
     """Compaction discards entries up to an index; that index's term stays readable so
     the entry after it can still be checked against prevLogTerm."""
     storage = stored([1, 2, 3, 4])
+    storage.create_snapshot(Snapshot(SnapshotMetadata(2, storage.term(2))))
     storage.compact(2)
     assert (storage.first_index(), storage.last_index()) == (3, 4)
     assert storage.term(2) == 2
@@ -91,6 +94,7 @@ def test_compact_keeps_term_of_last_compacted_entry() -> None:
 
 def test_append_after_compaction_skips_compacted_part() -> None:
     storage = stored([1, 2, 3])
+    storage.create_snapshot(Snapshot(SnapshotMetadata(2, storage.term(2))))
     storage.compact(2)
     storage.append(make_entries([1, 2, 9, 9]))
     assert (storage.first_index(), storage.term(2)) == (3, 2)
