@@ -11,15 +11,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from django_raft.core import NONE, Entry, HardState, Message, MessageType
+from django_raft.core import (
+    NONE,
+    ConfChange,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    validate_conf_change,
+)
 from django_raft.core.log import RaftLog
-from django_raft.core.raft import Raft
+from django_raft.core.raft import Raft, _PendingRead
 
 from .invariants import (
     CORE_ERROR,
     ELECTION_SAFETY,
     LEADER_APPEND_ONLY,
     LEADER_COMPLETENESS,
+    LINEARIZABILITY,
     LOG_MATCHING,
     STATE_MACHINE_SAFETY,
 )
@@ -29,12 +38,16 @@ _original_maybe_append = RaftLog.maybe_append
 
 @dataclass(frozen=True)
 class Mutant:
-    """A named defect, the property it must break, and how to introduce it."""
+    """A named defect, the property it must break, and how to introduce it.
+
+    ``profile`` is the simulator profile that hunts for it (see ``Faults.draw``).
+    """
 
     name: str
     rule: str
     catches: frozenset[str]
     patches: tuple[tuple[type, str, Callable[..., Any]], ...]
+    profile: str | None = None
 
 
 def _vote_without_one_vote_per_term(self: Raft, message: Message) -> bool:
@@ -88,25 +101,31 @@ def _truncate_matching_tail(
     return last_new
 
 
-def _heartbeat_full_commit(self: Raft, to: str) -> None:
-    self._send(
-        Message(
-            type=MessageType.HEARTBEAT,
-            to=to,
-            sender=self.id,
-            term=self.term,
-            commit=self.log.committed,
-        )
-    )
+def _hand_out_uncommitted(self: RaftLog, max_count: int) -> list[Entry]:
+    if self.pending_snapshot is not None:
+        return []
+    return self.entries(self.applied + 1, max_count)
 
 
-def _follower_commits_unverified_tail(self: Raft, message: Message) -> None:
-    self.log.commit_to(min(message.commit, self.log.last_index()))
-    self._send(
-        Message(
-            type=MessageType.HEARTBEAT_RESPONSE, to=message.sender, sender=self.id, term=self.term
-        )
-    )
+def _applied_to_unchecked(self: RaftLog, index: int) -> None:
+    self.applied = max(self.applied, index)
+
+
+def _read_before_own_commit(self: Raft, context: bytes, requester: str) -> None:
+    read = _PendingRead(context, self.log.committed, requester, {self.id})
+    self.pending_reads.append(read)
+    for peer in self._peers():
+        self._send_heartbeat(peer, context)
+
+
+def _read_without_quorum(self: Raft, context: bytes, requester: str) -> None:
+    self._answer_read(_PendingRead(context, self.log.committed, requester))
+
+
+def _conf_change_without_waiting(self: Raft, change: ConfChange) -> int:
+    self._check_can_propose()
+    validate_conf_change(self.conf_state(), change)
+    return self._propose_entry(EntryType.CONF_CHANGE, change.encode())
 
 
 MUTANTS = (
@@ -121,6 +140,7 @@ MUTANTS = (
         "Figure 2: votedFor is persisted before responding",
         frozenset({ELECTION_SAFETY}),
         ((Raft, "hard_state", _hard_state_without_vote),),
+        "elections",
     ),
     Mutant(
         "leader_overwrites_its_log",
@@ -141,12 +161,12 @@ MUTANTS = (
         ((RaftLog, "is_up_to_date", _vote_ignoring_log),),
     ),
     Mutant(
-        "follower_commits_unverified_tail",
-        "§5.3: commitIndex = min(leaderCommit, index of last new entry)",
+        "apply_before_commit",
+        "Figure 2: apply log[lastApplied] only once commitIndex > lastApplied",
         frozenset({STATE_MACHINE_SAFETY}),
         (
-            (Raft, "_send_heartbeat", _heartbeat_full_commit),
-            (Raft, "_handle_heartbeat", _follower_commits_unverified_tail),
+            (RaftLog, "next_committed", _hand_out_uncommitted),
+            (RaftLog, "applied_to", _applied_to_unchecked),
         ),
     ),
     Mutant(
@@ -154,5 +174,23 @@ MUTANTS = (
         "§5.3: delete only entries that conflict, never entries that match",
         frozenset({LEADER_COMPLETENESS, STATE_MACHINE_SAFETY, CORE_ERROR}),
         ((RaftLog, "maybe_append", _truncate_matching_tail),),
+    ),
+    Mutant(
+        "read_index_before_own_commit",
+        "§6.4 of the thesis: a new leader serves reads only once an entry of its term commits",
+        frozenset({LINEARIZABILITY}),
+        ((Raft, "_read_index", _read_before_own_commit),),
+    ),
+    Mutant(
+        "read_index_without_quorum",
+        "§6.4 of the thesis: a leader confirms it still leads before answering a read",
+        frozenset({LINEARIZABILITY}),
+        ((Raft, "_read_index", _read_without_quorum),),
+    ),
+    Mutant(
+        "concurrent_membership_changes",
+        "§4.1 of the thesis: one membership change at a time",
+        frozenset({ELECTION_SAFETY, LEADER_COMPLETENESS, STATE_MACHINE_SAFETY, LOG_MATCHING}),
+        ((Raft, "propose_conf_change", _conf_change_without_waiting),),
     ),
 )

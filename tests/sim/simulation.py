@@ -11,8 +11,13 @@ Faults, for the first 70 % of a run:
 - partitions: symmetric splits, a leader isolated, one-way link cuts;
 - crashes at four points: before a Ready is persisted (losing what was stepped),
   after it is persisted but before its messages are sent, right after they are sent,
-  or between Readies; a
-  crashed node restarts later from its storage, with an empty state machine.
+  or between Readies; a crashed node restarts later from its storage, restoring its
+  state machine from its snapshot;
+- membership churn: learners and voters added (fresh nodes with empty disks),
+  learners promoted, members removed, the leader included;
+- snapshots: automatic (a small threshold) and forced, with few entries kept after
+  them, so lagging and new nodes are sent snapshots in small chunks;
+- leadership transfers to random voters, and linearizable reads (ReadIndex) on any node.
 
 Then the faults heal and liveness is checked: a leader must emerge, and every proposal
 accepted by a leader that stays in office must commit within a bounded number of ticks.
@@ -20,6 +25,7 @@ accepted by a leader that stays in office must commit within a bounded number of
 
 from __future__ import annotations
 
+import json
 import random
 from collections import defaultdict
 from collections.abc import Callable
@@ -27,27 +33,43 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from django_raft.core import (
+    ConfChange,
+    ConfChangeType,
     Config,
-    ConfState,
     Entry,
+    EntryType,
     MemoryStorage,
     Message,
-    NotLeaderError,
+    ProgressState,
+    RaftError,
     RawNode,
     Ready,
+    Snapshot,
     StateType,
+    bootstrap,
 )
 
-from .invariants import CORE_ERROR, LIVENESS, Checker, InvariantViolation, chain_hash
+from .invariants import (
+    CORE_ERROR,
+    LINEARIZABILITY,
+    LIVENESS,
+    Checker,
+    InvariantViolation,
+    chain_hash,
+)
 
 ELECTION_TICK = 10
 HEARTBEAT_TICK = 2
 COMMIT_BOUND = 40
-"""Ticks within which a proposal to a leader that stays in office must commit, once healed."""
+"""Ticks within which a proposal to a leader that stays in office must commit, once healed,
+when a quorum of its voters is caught up (replicating)."""
+CATCH_UP_BOUND = 250
+"""The same when voters are still catching up (a new voter receiving a snapshot)."""
 LEADER_BOUND = 12 * ELECTION_TICK
-"""Ticks after healing within which one leader must be known to every node."""
-QUIET_TICKS = 60
+"""Ticks after healing within which one leader must be known to every member."""
+QUIET_TICKS = 80
 """Ticks at the end without proposals, so every node can catch up before the last check."""
+MAX_VOTERS = 5
 
 
 @dataclass(frozen=True)
@@ -62,10 +84,39 @@ class Faults:
     crash_rate: float
     restart_rate: float
     propose_rate: float
+    membership_rate: float
+    transfer_rate: float
+    read_rate: float
+    snapshot_threshold: int
+    entries_after_snapshot: int
+    forced_snapshot_rate: float
+    chunk: int
 
     @classmethod
-    def draw(cls, rng: random.Random) -> Faults:
-        """Pick a fault mix: some schedules calm, some brutal."""
+    def draw(cls, rng: random.Random, profile: str) -> Faults:
+        """Pick a fault mix: some schedules calm, some brutal.
+
+        The "elections" profile leaves out membership, snapshots and reads and crashes
+        nodes often, to hunt for bugs in voting and in what survives a restart.
+        """
+        if profile == "elections":
+            return cls(
+                drop=rng.choice((0.05, 0.15)),
+                duplicate=0.1,
+                max_delay=5,
+                stale=0.01,
+                partition_rate=0.02,
+                crash_rate=0.03,
+                restart_rate=0.3,
+                propose_rate=rng.choice((0.2, 1.0)),
+                membership_rate=0.0,
+                transfer_rate=0.0,
+                read_rate=0.0,
+                snapshot_threshold=10_000,
+                entries_after_snapshot=200,
+                forced_snapshot_rate=0.0,
+                chunk=4096,
+            )
         return cls(
             drop=rng.choice((0.0, 0.01, 0.05, 0.15)),
             duplicate=rng.choice((0.0, 0.02, 0.1)),
@@ -75,34 +126,67 @@ class Faults:
             crash_rate=rng.choice((0.0, 0.003, 0.01, 0.03)),
             restart_rate=rng.choice((0.05, 0.3)),
             propose_rate=rng.choice((0.2, 0.5, 1.0)),
+            membership_rate=rng.choice((0.0, 0.0, 0.01, 0.03)),
+            transfer_rate=rng.choice((0.0, 0.005, 0.02)),
+            read_rate=rng.choice((0.0, 0.1, 0.3)),
+            snapshot_threshold=rng.choice((10_000, 40, 100)),
+            entries_after_snapshot=rng.choice((0, 5, 20)),
+            forced_snapshot_rate=rng.choice((0.0, 0.0, 0.005)),
+            chunk=rng.choice((64, 512, 4096)),
         )
 
 
 class SimNode:
-    """One node: its disk (storage, survives crashes) and its process (core, volatile)."""
+    """One node: its disk (storage, survives crashes) and its process (core, volatile).
 
-    def __init__(self, node_id: str, voters: tuple[str, ...]) -> None:
+    The state machine is a digest of every command applied, in order; its snapshot
+    carries that digest, the hash chain of the log at the snapshot index, and filler
+    bytes so that snapshots span several chunks.
+    """
+
+    def __init__(self, node_id: str, founders: tuple[str, ...]) -> None:
         self.id = node_id
-        self.storage = MemoryStorage(ConfState(voters=voters))
+        self.storage = MemoryStorage()
+        self.chain_offset = 0
         self.chain: list[int] = [0]
-        """chain[i] is the hash of persisted entries 1..i (derived from the disk)."""
+        """chain[i - chain_offset] hashes the persisted log up to index i."""
+        if founders:
+            hard_state, entries = bootstrap(founders)
+            self.storage.append(entries)
+            self.storage.set_hard_state(hard_state)
+            for entry in entries:
+                self.chain.append(chain_hash(self.chain[-1], entry))
         self.raw: RawNode | None = None
         self.applied_index = 0
-        self.state_machine: list[bytes] = []
+        self.digest = 0
         self.pending_crash: str | None = None
         self.was_leader = False
 
-    def start(self, rng: random.Random) -> None:
-        """Boot the process from what is on disk; the state machine starts empty."""
+    def chain_at(self, index: int) -> int | None:
+        """The hash of this node's persisted log up to ``index``, if it still knows it."""
+        position = index - self.chain_offset
+        return self.chain[position] if 0 <= position < len(self.chain) else None
+
+    def last_chain_index(self) -> int:
+        return self.chain_offset + len(self.chain) - 1
+
+    def start(self, rng: random.Random, faults: Faults) -> None:
+        """Boot the process from what is on disk; restore the state machine from it."""
+        snapshot = self.storage.snapshot()
+        self.applied_index, self.digest = snapshot.metadata.index, 0
+        if snapshot.data:
+            self.digest = json.loads(snapshot.data.split(b"|")[0])["digest"]
         config = Config(
             id=self.id,
             election_tick=ELECTION_TICK,
             heartbeat_tick=HEARTBEAT_TICK,
+            applied=self.applied_index,
+            snapshot_threshold=faults.snapshot_threshold,
+            entries_after_snapshot=faults.entries_after_snapshot,
+            max_snapshot_chunk=faults.chunk,
             rng=random.Random(rng.getrandbits(64)),
         )
         self.raw = RawNode(config, self.storage)
-        self.applied_index = 0
-        self.state_machine = []
         self.pending_crash = None
         self.was_leader = False
 
@@ -111,6 +195,13 @@ class SimNode:
         self.raw = None
         self.pending_crash = None
         self.was_leader = False
+
+    def snapshot_data(self, rng: random.Random) -> bytes:
+        """Serialise the state machine as of ``applied_index``."""
+        header = json.dumps(
+            {"digest": self.digest, "chain": self.chain_at(self.applied_index)}
+        ).encode()
+        return header + b"|" + b"x" * rng.randint(0, 3000)
 
 
 @dataclass
@@ -122,6 +213,21 @@ class Proposal:
     term: int
     index: int
     data: bytes
+    clock: int = 0
+    """When the commit bound started counting."""
+
+    def __post_init__(self) -> None:
+        self.clock = self.tick
+
+
+@dataclass
+class Read:
+    """A linearizable read: when it began and the newest write acknowledged by then."""
+
+    node: str
+    began: int
+    must_see: int
+    index: int | None = None
 
 
 @dataclass
@@ -135,6 +241,12 @@ class Stats:
     elections: int = 0
     proposals: int = 0
     committed: int = 0
+    conf_changes: int = 0
+    snapshots_sent: int = 0
+    snapshots_installed: int = 0
+    transfers: int = 0
+    reads: int = 0
+    reads_served: int = 0
 
 
 @dataclass
@@ -143,23 +255,39 @@ class Simulation:
 
     seed: int
     ticks: int = 1000
-    nodes_count: int | None = None
+    profile: str | None = None
+    """"full" or "elections"; by default drawn from the seed (one schedule in four
+    is an elections one)."""
     stats: Stats = field(default_factory=Stats)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
-        count = self.nodes_count or self.rng.choice((3, 5))
-        self.ids = tuple(f"n{i}" for i in range(1, count + 1))
-        self.faults = Faults.draw(self.rng)
+        if self.profile is None:
+            self.profile = "elections" if self.rng.random() < 0.25 else "full"
+        sizes = (3, 5) if self.profile == "elections" else (1, 3, 3, 5, 5)
+        count = self.rng.choice(sizes)
+        ids = tuple(f"n{i}" for i in range(1, count + 1))
+        self.next_id = count + 1
+        self.faults = Faults.draw(self.rng, self.profile)
         self.heal_at = int(self.ticks * 0.7)
-        self.nodes = {node_id: SimNode(node_id, self.ids) for node_id in self.ids}
+        self.nodes = {node_id: SimNode(node_id, ids) for node_id in ids}
         self.checker = Checker()
         self.inflight: dict[int, list[Message]] = defaultdict(list)
         self.cut: set[tuple[str, str]] = set()
         self.proposals: list[Proposal] = []
+        self.proposed: dict[tuple[str, int], bytes] = {}
+        self.acknowledged = 0
+        """The highest index of a write a client was told had committed."""
+        self.reads: dict[bytes, Read] = {}
         self.now = 0
         for node in self.nodes.values():
-            node.start(self.rng)
+            self.checker.commit_advanced(node.id, node.chain_at, 0, node.storage.hard_state.commit)
+            node.start(self.rng, self.faults)
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """Every node ever started, members or not."""
+        return tuple(self.nodes)
 
     # -- the host's side of the ordering contract --------------------------------------
 
@@ -176,28 +304,55 @@ class Simulation:
             if node.pending_crash == "after_send" and ready.messages:
                 self._crash(node)
                 return
+            if ready.snapshot is not None:
+                self._restore(node, ready.snapshot)
             for entry in ready.committed_entries:
                 self._apply(node, entry)
+            for read_state in ready.read_states:
+                self._read_answered(node, read_state.index, read_state.context)
             raw.advance(ready)
+            self._serve_reads(node)
+            self._maybe_snapshot(node)
 
     def _persist(self, node: SimNode, ready: Ready) -> None:
         storage = node.storage
         old_commit = storage.hard_state.commit
+        if ready.snapshot is not None:
+            self.stats.snapshots_installed += 1
+            storage.apply_snapshot(ready.snapshot)
+            header = json.loads(ready.snapshot.data.split(b"|")[0])
+            self._rebuild_chain(node, ready.snapshot.metadata.index, header["chain"])
         if ready.entries:
             storage.append(ready.entries)
             first = ready.entries[0].index
-            del node.chain[first:]
+            del node.chain[first - node.chain_offset :]
             previous = node.chain[-1]
             for entry in ready.entries:
                 previous = chain_hash(previous, entry)
                 node.chain.append(previous)
-            self.checker.persisted(node.id, node.chain, ready.entries)
+            self.checker.persisted(node.id, node.chain_at, ready.entries)
         if ready.hard_state is not None:
             storage.set_hard_state(ready.hard_state)
             if ready.hard_state.commit > old_commit:
                 self.checker.commit_advanced(
-                    node.id, node.chain, old_commit, ready.hard_state.commit
+                    node.id, node.chain_at, old_commit, ready.hard_state.commit
                 )
+
+    def _rebuild_chain(self, node: SimNode, index: int, chain: int) -> None:
+        """Derive the chain from the disk after a snapshot replaced (part of) the log."""
+        storage = node.storage
+        node.chain_offset, node.chain = index, [chain]
+        if storage.last_index() > index:
+            previous = chain
+            for entry in storage.entries(index + 1, storage.last_index() + 1, 1 << 30):
+                previous = chain_hash(previous, entry)
+                node.chain.append(previous)
+
+    def _restore(self, node: SimNode, snapshot: Snapshot) -> None:
+        header = json.loads(snapshot.data.split(b"|")[0])
+        node.applied_index = snapshot.metadata.index
+        node.digest = header["digest"]
+        self.checker.restored(node.id, snapshot.metadata.index, node.digest)
 
     def _apply(self, node: SimNode, entry: Entry) -> None:
         if entry.index != node.applied_index + 1:
@@ -206,15 +361,72 @@ class Simulation:
                 f"{node.id} was handed entry {entry.index} after applying {node.applied_index}",
             )
         node.applied_index = entry.index
-        self.checker.applied_entry(node.id, entry)
-        if entry.data:
-            node.state_machine.append(entry.data)
+        if entry.type is EntryType.NORMAL and entry.data:
+            node.digest = hash((node.digest, entry.data))
+        self.checker.applied_entry(node.id, entry, node.digest)
+        if self.proposed.get((node.id, entry.index)) == entry.data:
+            del self.proposed[(node.id, entry.index)]
+            self.acknowledged = max(self.acknowledged, entry.index)
+
+    def _maybe_snapshot(self, node: SimNode) -> None:
+        raw = node.raw
+        if raw is None or node.applied_index == 0:
+            return
+        forced = self.rng.random() < self.faults.forced_snapshot_rate
+        if not (forced or raw.snapshot_due()):
+            return
+        if node.applied_index <= node.storage.snapshot().metadata.index:
+            return
+        snapshot = raw.create_snapshot(node.applied_index, node.snapshot_data(self.rng))
+        node.storage.create_snapshot(snapshot)
+        node.storage.compact(raw.compact_index(snapshot))
+
+    # -- reads -------------------------------------------------------------------------
+
+    def _read(self) -> None:
+        live = [n for n in self.nodes.values() if n.raw is not None]
+        if not live:
+            return
+        node = self.rng.choice(live)
+        assert node.raw is not None
+        self.stats.reads += 1
+        context = f"read-{self.stats.reads}".encode()
+        try:
+            node.raw.read_index(context)
+        except RaftError:
+            return
+        self.reads[context] = Read(node.id, self.now, self.acknowledged)
+        self._after_step(node)
+        self._drain(node)
+
+    def _read_answered(self, node: SimNode, index: int, context: bytes) -> None:
+        read = self.reads.get(context)
+        if read is None:
+            return  # a duplicate answer to a read already served
+        if read.node != node.id:
+            raise InvariantViolation(CORE_ERROR, f"{node.id} answered {read.node}'s read")
+        read.index = index
+        if index < read.must_see:
+            raise InvariantViolation(
+                LINEARIZABILITY,
+                f"read {context!r} on {node.id} (began at tick {read.began}) got read index "
+                f"{index}, older than write {read.must_see} acknowledged before it began",
+            )
+
+    def _serve_reads(self, node: SimNode) -> None:
+        for context, read in list(self.reads.items()):
+            served = read.index is not None and node.applied_index >= read.index
+            if read.node == node.id and served:
+                del self.reads[context]
+                self.stats.reads_served += 1
 
     # -- the network -----------------------------------------------------------------
 
     def _send(self, message: Message) -> None:
         faults = self.faults if self.now < self.heal_at else None
         self.stats.messages += 1
+        if message.snapshot is not None and message.offset == 0:
+            self.stats.snapshots_sent += 1
         if faults is not None and self.rng.random() < faults.drop:
             self.stats.dropped += 1
             return
@@ -245,6 +457,8 @@ class Simulation:
     def _crash(self, node: SimNode) -> None:
         node.crash()
         self.stats.crashes += 1
+        for context in [c for c, read in self.reads.items() if read.node == node.id]:
+            del self.reads[context]
 
     def _inject_faults(self) -> None:
         faults = self.faults
@@ -263,20 +477,26 @@ class Simulation:
                     node.pending_crash = mode
         for node in self.nodes.values():
             if node.raw is None and rng.random() < faults.restart_rate:
-                node.start(rng)
+                node.start(rng, faults)
+        if rng.random() < faults.membership_rate:
+            self._change_membership()
+        if rng.random() < faults.transfer_rate:
+            self._transfer()
 
     def _partition(self) -> None:
         rng = self.rng
         ids = list(self.ids)
         kind = rng.choice(("split", "isolate_leader", "one_way"))
         self.cut.clear()
+        if len(ids) < 2:
+            return
         if kind == "one_way":
             for _ in range(rng.randint(1, len(ids))):
                 a, b = rng.sample(ids, 2)
                 self.cut.add((a, b))
             return
         if kind == "isolate_leader":
-            leaders = [n for n in self.nodes.values() if self._is_leader(n)]
+            leaders = self._leaders()
             alone = [leaders[0].id] if leaders else [rng.choice(ids)]
         else:
             rng.shuffle(ids)
@@ -287,21 +507,71 @@ class Simulation:
                 self.cut.add((a, b))
                 self.cut.add((b, a))
 
+    def _change_membership(self) -> None:
+        leaders = self._leaders()
+        if not leaders:
+            return
+        leader = self.rng.choice(leaders)
+        assert leader.raw is not None
+        conf = leader.raw.conf_state()
+        choices: list[ConfChange] = []
+        if len(conf.voters) < MAX_VOTERS:
+            new_id = f"n{self.next_id}"
+            choices += [
+                ConfChange(ConfChangeType.ADD_VOTER, new_id),
+                ConfChange(ConfChangeType.ADD_LEARNER, new_id),
+            ]
+            choices += [ConfChange(ConfChangeType.ADD_VOTER, n) for n in conf.learners]
+        choices += [ConfChange(ConfChangeType.REMOVE, n) for n in conf.voters + conf.learners]
+        change = self.rng.choice(choices)
+        try:
+            leader.raw.propose_conf_change(change)
+        except RaftError:
+            return
+        self.stats.conf_changes += 1
+        if change.node_id not in self.nodes:
+            self.next_id += 1
+            node = SimNode(change.node_id, ())
+            self.nodes[node.id] = node
+            node.start(self.rng, self.faults)
+        self._after_step(leader)
+        self._drain(leader)
+
+    def _transfer(self) -> None:
+        leaders = self._leaders()
+        if not leaders:
+            return
+        leader = self.rng.choice(leaders)
+        assert leader.raw is not None
+        voters = [v for v in leader.raw.conf_state().voters if v != leader.id]
+        if not voters:
+            return
+        try:
+            leader.raw.transfer_leadership(self.rng.choice(voters))
+        except RaftError:
+            return
+        self.stats.transfers += 1
+        self._after_step(leader)
+        self._drain(leader)
+
     def _heal(self) -> None:
         self.cut.clear()
         for node in self.nodes.values():
             node.pending_crash = None
             if node.raw is None:
-                node.start(self.rng)
+                node.start(self.rng, self.faults)
 
     # -- clients -----------------------------------------------------------------------
+
+    def _leaders(self) -> list[SimNode]:
+        return [n for n in self.nodes.values() if self._is_leader(n)]
 
     @staticmethod
     def _is_leader(node: SimNode) -> bool:
         return node.raw is not None and node.raw.raft.state is StateType.LEADER
 
     def _propose(self) -> None:
-        leaders = [n for n in self.nodes.values() if self._is_leader(n)]
+        leaders = self._leaders()
         if not leaders:
             return
         node = self.rng.choice(leaders)
@@ -309,10 +579,11 @@ class Simulation:
         data = f"{self.seed}:{self.stats.proposals}".encode()
         try:
             index = node.raw.propose(data)
-        except NotLeaderError:
+        except RaftError:
             return
         self.stats.proposals += 1
         self.proposals.append(Proposal(self.now, node.id, node.raw.raft.term, index, data))
+        self.proposed[(node.id, index)] = data
         self._after_step(node)
         self._drain(node)
 
@@ -336,7 +607,7 @@ class Simulation:
         leader = raw.raft.state is StateType.LEADER
         if leader and not node.was_leader:
             self.stats.elections += 1
-            self.checker.became_leader(raw.raft, node.chain)
+            self.checker.became_leader(raw.raft, node.chain_at, node.last_chain_index())
         node.was_leader = leader
 
     def run(self) -> Stats:
@@ -348,23 +619,23 @@ class Simulation:
                     self._inject_faults()
                 elif self.now == self.heal_at:
                     self._heal()
-                for node in self.nodes.values():
+                for node in list(self.nodes.values()):
                     if node.raw is not None:
                         self._guard(node, lambda raw: raw.tick())
                         self._drain(node)
-                if (
-                    self.now < self.ticks - QUIET_TICKS
-                    and self.rng.random() < self.faults.propose_rate
-                ):
+                proposing = self.now < self.ticks - QUIET_TICKS
+                if proposing and self.rng.random() < self.faults.propose_rate:
                     self._propose()
+                if proposing and self.rng.random() < self.faults.read_rate:
+                    self._read()
                 self._deliver_due()
                 if self.now >= self.heal_at:
                     self._check_liveness()
+            self.stats.ticks = self.ticks
+            self._check_converged()
         except InvariantViolation as violation:
             violation.add_note(self.replay_hint())
             raise
-        self.stats.ticks = self.ticks
-        self._check_converged()
         self.stats.committed = len(self.checker.committed) - 1
         return self.stats
 
@@ -377,36 +648,61 @@ class Simulation:
 
     # -- liveness ----------------------------------------------------------------------
 
+    def _members(self) -> list[SimNode]:
+        """The nodes in the membership the newest leader knows (all nodes if none)."""
+        leaders = self._leaders()
+        if not leaders:
+            return list(self.nodes.values())
+        newest = max(leaders, key=lambda n: n.raw.raft.term if n.raw else 0)
+        assert newest.raw is not None
+        conf = newest.raw.conf_state()
+        return [self.nodes[n] for n in conf.voters + conf.learners]
+
     def _check_liveness(self) -> None:
         now = self.now
         if now - self.heal_at == LEADER_BOUND:
-            leaders = {n.raw.raft.lead for n in self.nodes.values() if n.raw is not None}
+            members = self._members()
+            leaders = {n.raw.raft.lead for n in members if n.raw is not None}
             if len(leaders) != 1 or "" in leaders:
                 raise InvariantViolation(
-                    LIVENESS, f"{LEADER_BOUND} ticks after healing, nodes follow {leaders}"
+                    LIVENESS, f"{LEADER_BOUND} ticks after healing, members follow {leaders}"
                 )
-        while self.proposals and now - self.proposals[0].tick > COMMIT_BOUND:
-            proposal = self.proposals.pop(0)
-            if proposal.tick < self.heal_at:
-                continue
+        pending = []
+        for proposal in self.proposals:
             node = self.nodes[proposal.leader]
             raw = node.raw
             if raw is None or raw.raft.term != proposal.term or not self._is_leader(node):
+                continue  # the leader lost office: the proposal may be lost, that is allowed
+            raft = raw.raft
+            if raft.log.committed >= proposal.index:
                 continue
-            if raw.raft.log.committed < proposal.index:
-                raise InvariantViolation(
-                    LIVENESS,
-                    f"proposal at index {proposal.index} to {proposal.leader} (term "
-                    f"{proposal.term}, tick {proposal.tick}) not committed after "
-                    f"{COMMIT_BOUND} ticks with the same leader",
+            if proposal.tick >= self.heal_at:
+                replicating = sum(
+                    1
+                    for voter in raft.voters
+                    if raft.progress[voter].state is ProgressState.REPLICATE
                 )
+                if replicating < raft.quorum():
+                    # Voters are still catching up (a new voter receiving a snapshot):
+                    # the clock starts once a quorum is replicating, within a hard bound.
+                    proposal.clock = now
+                waited = now - proposal.clock
+                if waited > COMMIT_BOUND or now - proposal.tick > CATCH_UP_BOUND:
+                    raise InvariantViolation(
+                        LIVENESS,
+                        f"proposal at index {proposal.index} to {proposal.leader} (term "
+                        f"{proposal.term}, tick {proposal.tick}) not committed after "
+                        f"{now - proposal.tick} ticks with the same leader",
+                    )
+            pending.append(proposal)
+        self.proposals = pending
 
     def _check_converged(self) -> None:
-        applied = {n.id: n.applied_index for n in self.nodes.values()}
+        members = self._members()
+        applied = {n.id: n.applied_index for n in members}
         if len(set(applied.values())) != 1:
             raise InvariantViolation(
-                LIVENESS, f"nodes did not converge after healing: applied {applied}"
+                LIVENESS, f"members did not converge after healing: applied {applied}"
             )
-        machines = {tuple(n.state_machine) for n in self.nodes.values()}
-        if len(machines) != 1:
+        if len({n.digest for n in members}) != 1:
             raise InvariantViolation(LIVENESS, "state machines differ after healing")

@@ -23,7 +23,7 @@ def test_simulator_catches_broken_rule(mutant: Mutant, monkeypatch: pytest.Monke
     seen: dict[str, int] = {}
     for seed in range(MAX_SEEDS):
         try:
-            Simulation(seed).run()
+            Simulation(seed, profile=mutant.profile).run()
         except InvariantViolation as violation:
             seen.setdefault(violation.prop, seed)
             if violation.prop in mutant.catches:
@@ -39,6 +39,7 @@ def test_every_safety_property_has_a_mutant() -> None:
         ELECTION_SAFETY,
         LEADER_APPEND_ONLY,
         LEADER_COMPLETENESS,
+        LINEARIZABILITY,
         LOG_MATCHING,
         STATE_MACHINE_SAFETY,
     )
@@ -50,4 +51,5 @@ def test_every_safety_property_has_a_mutant() -> None:
         LOG_MATCHING,
         LEADER_COMPLETENESS,
         STATE_MACHINE_SAFETY,
+        LINEARIZABILITY,
     }

@@ -56,19 +56,26 @@ def test_schedules_exercise_every_fault() -> None:
     """Guard against a simulator that silently stopped injecting faults."""
     totals = Stats()
     sizes = set()
+    profiles = set()
     for seed in range(40):
         simulation = Simulation(seed, ticks=600)
         stats = simulation.run()
         sizes.add(len(simulation.ids))
-        totals.crashes += stats.crashes
-        totals.dropped += stats.dropped
-        totals.elections += stats.elections
-        totals.committed += stats.committed
-    assert sizes == {3, 5}
+        profiles.add(simulation.profile)
+        for name, value in vars(stats).items():
+            setattr(totals, name, getattr(totals, name) + value)
+    assert {1, 3, 5} <= sizes
+    assert max(sizes) > 5, "membership changes never added a node"
+    assert profiles == {"full", "elections"}
     assert totals.crashes > 20
     assert totals.dropped > 1000
     assert totals.elections > 80
     assert totals.committed > 5000
+    assert totals.conf_changes > 20
+    assert totals.snapshots_sent > 10
+    assert totals.snapshots_installed > 5
+    assert totals.transfers > 5
+    assert totals.reads_served > 100
 
 
 def test_violation_names_the_seed_and_replay_command() -> None:
