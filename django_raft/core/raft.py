@@ -144,8 +144,12 @@ class Raft:
         self.voters, self.learners = conf.voters, conf.learners
         members = (*conf.voters, *conf.learners)
         next_index = self.log.last_index() + 1
+        pending = self.log.last_conf_index() > self.log.committed
         for gone in [member for member in self.progress if member not in members]:
-            del self.progress[gone]
+            if not (pending and self.state is StateType.LEADER):
+                del self.progress[gone]
+            # Otherwise the leader keeps replicating to a removed node until the removal
+            # commits, so that it learns it was removed instead of waiting forever.
         for member in members:
             if member not in self.progress:
                 progress = Progress(next_index, self.config.max_inflight_messages)
@@ -635,6 +639,11 @@ class Raft:
             waiting, self.reads_awaiting_commit = self.reads_awaiting_commit, []
             for request in waiting:
                 self._read_index(request.context, request.sender)
+        if self.log.committed >= self.log.last_conf_index():
+            members = (*self.voters, *self.learners)
+            for gone in [member for member in self.progress if member not in members]:
+                self._send_append(gone)  # carries the commit of its removal
+                del self.progress[gone]
         if self._conf_committed_without_us():
             # A leader that removed itself steps down once the removal commits (§4.2.2).
             self.broadcast_append()

@@ -447,3 +447,15 @@ def test_membership_recovered_on_restart() -> None:
     assert (leader.raft.state, leader.raft.lead) == (StateType.FOLLOWER, NONE)
     assert storage_of(leader).snapshot().metadata.index == 0
     assert conf_change_entries(leader)[-2:] == [add_learner("4"), add_voter("4")]
+
+
+def test_removed_node_learns_its_removal() -> None:
+    """The leader keeps replicating to a removed server until the removal commits, and
+    tells it the commit, so the server knows it was removed (go-raft's removed event)
+    instead of waiting for a leader forever."""
+    network = three_nodes()
+    index = network.change(remove("3"))
+    removed = network.nodes["3"]
+    assert removed.raft.log.committed >= index
+    assert removed.conf_state() == ConfState(voters=("1", "2"))
+    assert not removed.raft.promotable()
