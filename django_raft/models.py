@@ -1,4 +1,180 @@
-"""Models of django_raft.
+"""Models of django_raft: the durable Raft state of this node, and what it reports.
 
-None yet: the log, hard state and snapshot models come with the Django storage.
+``LogEntry``, ``HardState`` and ``Snapshot`` are written only by ``DjangoStorage``;
+``Member`` and ``AppliedState`` only by the ``StateMachine``, in the same transaction
+as the command handlers' changes; ``NodeStatus`` by the running node. Rows of the
+single-row models have the primary key ``SINGLETON``.
 """
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+from .core import EntryType
+
+SINGLETON = 1
+"""The primary key of the one row of each single-row model."""
+
+MAX_NODE_ID_LENGTH = 255
+MAX_ADDRESS_LENGTH = 2048
+MAX_COMMAND_LENGTH = 200
+
+
+class SingletonModel(models.Model):
+    """A model holding one row, whose primary key is ``SINGLETON``."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=SINGLETON, editable=False)
+
+    class Meta:
+        abstract = True
+
+
+class LogEntry(models.Model):
+    """One entry of the Raft log as persisted on this node."""
+
+    class Type(models.IntegerChoices):
+        NORMAL = EntryType.NORMAL.value, "command"
+        CONF_CHANGE = EntryType.CONF_CHANGE.value, "membership change"
+
+    index = models.PositiveBigIntegerField("index", primary_key=True)
+    term = models.PositiveBigIntegerField("term")
+    type = models.PositiveSmallIntegerField("type", choices=Type.choices, default=Type.NORMAL)
+    command = models.CharField(
+        "command",
+        max_length=MAX_COMMAND_LENGTH,
+        blank=True,
+        default="",
+        help_text="The command's name, for entries carrying a command; empty otherwise.",
+    )
+    data = models.BinaryField("data", blank=True, default=b"")
+
+    class Meta:
+        verbose_name = "log entry"
+        verbose_name_plural = "log entries"
+        ordering = ("index",)
+        indexes = (
+            # Membership changes are read back at startup without scanning the log.
+            models.Index(
+                fields=["index"],
+                condition=Q(type=EntryType.CONF_CHANGE.value),
+                name="django_raft_conf_entries",
+            ),
+        )
+
+    def __str__(self) -> str:
+        if self.type == EntryType.CONF_CHANGE:
+            what = "membership change"
+        else:
+            what = self.command or ("no-op" if not self.data else "command")
+        return f"#{self.index} (term {self.term}) {what}"
+
+
+class HardState(SingletonModel):
+    """currentTerm, votedFor and the commit index (Figure 2's persistent state)."""
+
+    term = models.PositiveBigIntegerField("term", default=0)
+    vote = models.CharField(
+        "voted for", max_length=MAX_NODE_ID_LENGTH, blank=True, default="", help_text="Empty: none."
+    )
+    commit = models.PositiveBigIntegerField("commit index", default=0)
+
+    class Meta:
+        verbose_name = "hard state"
+        verbose_name_plural = "hard state"
+
+    def __str__(self) -> str:
+        vote = self.vote or "nobody"
+        return f"term {self.term}, voted for {vote}, commit {self.commit}"
+
+
+class Snapshot(SingletonModel):
+    """The latest snapshot of the state machine, and where the stored log now starts.
+
+    ``compacted_index``/``compacted_term`` name the last entry discarded from the log
+    (never past the snapshot); only its term is kept, to check the entry after it.
+    """
+
+    index = models.PositiveBigIntegerField("last included index", default=0)
+    term = models.PositiveBigIntegerField("last included term", default=0)
+    voters = models.JSONField("voters", default=list)
+    learners = models.JSONField("learners", default=list)
+    data = models.BinaryField("data", blank=True, default=b"")
+    created_at = models.DateTimeField("created at", auto_now=True)
+    compacted_index = models.PositiveBigIntegerField("log compacted up to", default=0)
+    compacted_term = models.PositiveBigIntegerField("term of the last compacted entry", default=0)
+
+    class Meta:
+        verbose_name = "snapshot"
+        verbose_name_plural = "snapshot"
+
+    def __str__(self) -> str:
+        return f"snapshot at #{self.index} (term {self.term})"
+
+
+class Member(models.Model):
+    """A member of the cluster, as of the membership changes applied on this node."""
+
+    class Role(models.TextChoices):
+        VOTER = "voter", "voter"
+        LEARNER = "learner", "learner"
+
+    node_id = models.CharField("node id", max_length=MAX_NODE_ID_LENGTH, primary_key=True)
+    address = models.URLField(
+        "address", max_length=MAX_ADDRESS_LENGTH, blank=True, help_text="Where its peers reach it."
+    )
+    role = models.CharField("role", max_length=16, choices=Role.choices)
+    updated_at = models.DateTimeField("updated at", auto_now=True)
+
+    class Meta:
+        verbose_name = "member"
+        verbose_name_plural = "members"
+        ordering = ("node_id",)
+
+    def __str__(self) -> str:
+        return f"{self.node_id} ({self.role})"
+
+
+class AppliedState(SingletonModel):
+    """The last log entry whose effects are in this database (exactly-once apply)."""
+
+    applied_index = models.PositiveBigIntegerField("applied index", default=0)
+    applied_term = models.PositiveBigIntegerField("applied term", default=0)
+
+    class Meta:
+        verbose_name = "applied state"
+        verbose_name_plural = "applied state"
+
+    def __str__(self) -> str:
+        return f"applied up to #{self.applied_index} (term {self.applied_term})"
+
+
+class NodeStatus(SingletonModel):
+    """What the node process last reported about itself."""
+
+    class State(models.TextChoices):
+        STOPPED = "stopped", "stopped"
+        INITIALIZED = "initialized", "initialized"
+        FOLLOWER = "follower", "follower"
+        PRE_CANDIDATE = "pre-candidate", "pre-candidate"
+        CANDIDATE = "candidate", "candidate"
+        LEADER = "leader", "leader"
+        SNAPSHOTTING = "snapshotting", "snapshotting"
+
+    node_id = models.CharField("node id", max_length=MAX_NODE_ID_LENGTH, blank=True, default="")
+    state = models.CharField("state", max_length=16, choices=State.choices, default=State.STOPPED)
+    term = models.PositiveBigIntegerField("term", default=0)
+    leader = models.CharField(
+        "leader", max_length=MAX_NODE_ID_LENGTH, blank=True, default="", help_text="Empty: unknown."
+    )
+    commit_index = models.PositiveBigIntegerField("commit index", default=0)
+    applied_index = models.PositiveBigIntegerField("applied index", default=0)
+    last_index = models.PositiveBigIntegerField("last log index", default=0)
+    updated_at = models.DateTimeField("updated at", auto_now=True)
+
+    class Meta:
+        verbose_name = "node status"
+        verbose_name_plural = "node status"
+
+    def __str__(self) -> str:
+        return f"{self.node_id or 'node'}: {self.state} in term {self.term}"

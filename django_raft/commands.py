@@ -1,0 +1,157 @@
+"""The registry of command handlers, and of the hooks that snapshot the replicated state.
+
+Apps register their handlers in their ``AppConfig.ready()``::
+
+    from django_raft import commands
+
+    @commands.command("kv.set")
+    def set_value(context: commands.Context, key: str, value: str) -> int:
+        ...
+
+A handler is called as ``handler(context, **arguments)`` on every node, for every
+committed entry carrying its name, inside a database transaction on
+``context.using``; it returns a JSON-serialisable result, or raises to have its
+changes rolled back and its error recorded as the command's outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from django.core.exceptions import ImproperlyConfigured
+from django.db import DEFAULT_DB_ALIAS
+
+__all__ = [
+    "Context",
+    "Handler",
+    "StateHooks",
+    "UnknownCommandError",
+    "command",
+    "get",
+    "get_state_hooks",
+    "names",
+    "register",
+    "reset",
+    "state_hooks",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a handler knows about the entry it applies (go-raft's ``Context``).
+
+    ``using`` is the database alias of the node's replicated state: handlers read and
+    write through it (``Model.objects.using(context.using)``) so their changes share
+    the transaction that records the applied index.
+    """
+
+    node_id: str
+    index: int
+    term: int
+    using: str = DEFAULT_DB_ALIAS
+
+
+Handler = Callable[..., Any]
+"""``handler(context, **arguments) -> JSON-serialisable result``."""
+
+F = TypeVar("F", bound=Handler)
+
+
+@dataclass(frozen=True, slots=True)
+class StateHooks:
+    """An app's own way to snapshot the replicated state instead of the model dump.
+
+    ``save(using)`` returns the state as bytes; ``restore(data, using)`` replaces the
+    state with what ``save`` returned. Both run inside a transaction on ``using``.
+    """
+
+    save: Callable[[str], bytes]
+    restore: Callable[[bytes, str], None]
+
+
+class UnknownCommandError(LookupError):
+    """No handler is registered under the command's name."""
+
+
+_handlers: dict[str, Handler] = {}
+_state_hooks: StateHooks | None = None
+
+
+def register(name: str, handler: Handler) -> None:
+    """Register ``handler`` for the command ``name``.
+
+    Registering the same handler again is a no-op (``ready()`` may run twice); a second,
+    different handler for a name is a configuration error.
+    """
+    if not isinstance(name, str) or not name:
+        raise ImproperlyConfigured(f"a command name must be a non-empty string, not {name!r}")
+    if not callable(handler):
+        raise ImproperlyConfigured(f"the handler of command {name!r} must be callable")
+    existing = _handlers.get(name)
+    if existing is not None and existing is not handler:
+        raise ImproperlyConfigured(
+            f"command {name!r} is already handled by {_describe(existing)}; "
+            f"cannot register {_describe(handler)} too"
+        )
+    _handlers[name] = handler
+
+
+def command(name: str) -> Callable[[F], F]:
+    """Decorator: register the decorated function as the handler of ``name``."""
+
+    def decorator(handler: F) -> F:
+        register(name, handler)
+        return handler
+
+    return decorator
+
+
+def get(name: str) -> Handler:
+    """Return the handler of ``name``; raise ``UnknownCommandError`` if there is none."""
+    try:
+        return _handlers[name]
+    except KeyError:
+        raise UnknownCommandError(f"no handler is registered for command {name!r}") from None
+
+
+def names() -> list[str]:
+    """Return the registered command names, sorted."""
+    return sorted(_handlers)
+
+
+def state_hooks(save: Callable[[str], bytes], restore: Callable[[bytes, str], None]) -> None:
+    """Snapshot the replicated state with ``save``/``restore`` instead of the model dump.
+
+    The pair replaces the dump of ``DJANGO_RAFT["REPLICATED_MODELS"]``; cluster
+    membership is still saved and restored by django_raft around it.
+    """
+    global _state_hooks
+    if not callable(save) or not callable(restore):
+        raise ImproperlyConfigured("state_hooks() takes two callables: save and restore")
+    hooks = StateHooks(save, restore)
+    if _state_hooks is not None and _state_hooks != hooks:
+        raise ImproperlyConfigured(
+            f"state hooks are already set to {_describe(_state_hooks.save)} and "
+            f"{_describe(_state_hooks.restore)}"
+        )
+    _state_hooks = hooks
+
+
+def get_state_hooks() -> StateHooks | None:
+    """Return the hooks set with ``state_hooks``, or None for the model dump."""
+    return _state_hooks
+
+
+def reset() -> None:
+    """Forget every handler and the state hooks (for tests)."""
+    global _state_hooks
+    _handlers.clear()
+    _state_hooks = None
+
+
+def _describe(function: Callable[..., Any]) -> str:
+    module = getattr(function, "__module__", None) or "?"
+    name = getattr(function, "__qualname__", None) or type(function).__name__
+    return f"{module}.{name}"
