@@ -26,6 +26,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "django_raft",
+    "demo_project.kv",
 ]
 
 MIDDLEWARE = [
@@ -79,7 +80,7 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": BASE_DIR / "db.sqlite3",
+            "NAME": os.environ.get("DJANGO_SQLITE_PATH") or BASE_DIR / "db.sqlite3",
         }
     }
 
@@ -99,6 +100,31 @@ STATIC_URL = "static/"
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# Settings of the django_raft app (node id, peers, timeouts, ...): filled in as
-# the Django node is built.
-DJANGO_RAFT: dict[str, Any] = {}
+
+def raft_settings_from_environment(environ: Any) -> dict[str, Any]:
+    """Read this node's DJANGO_RAFT settings from RAFT_* variables (one process per node).
+
+    RAFT_NODE_ID, RAFT_ADDRESS, RAFT_SECRET; RAFT_CLUSTER as "n1=http://...,n2=http://...";
+    numbers such as RAFT_SNAPSHOT_THRESHOLD or RAFT_ELECTION_TIMEOUT as plain numbers.
+    """
+    result: dict[str, Any] = {"REPLICATED_MODELS": ["kv.KeyValue"]}
+    for key, value in environ.items():
+        if not key.startswith("RAFT_") or key == "RAFT_TEST_POSTGRES":
+            continue
+        name = key[len("RAFT_") :]
+        if name == "CLUSTER":
+            pairs = [item.split("=", 1) for item in value.split(",") if item]
+            result[name] = {node_id: address for node_id, address in pairs}
+        elif name in ("NODE_ID", "ADDRESS", "SECRET", "DATABASE", "URL_PREFIX"):
+            result[name] = value
+        else:
+            try:
+                result[name] = int(value)
+            except ValueError:
+                result[name] = float(value)
+    return result
+
+
+# The node's id, address, peers and secret come from the environment, so that one
+# settings module serves every node of the demo cluster.
+DJANGO_RAFT: dict[str, Any] = raft_settings_from_environment(os.environ)

@@ -5,4 +5,19 @@ Add ``"django_raft"`` to ``INSTALLED_APPS`` and configure it with the
 and does not depend on Django.
 """
 
-__all__: list[str] = []
+from typing import Any
+
+__all__ = ["command", "do", "register", "status"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that importing django_raft (for the AppConfig) loads no models.
+    if name in ("do", "status"):
+        from . import client
+
+        return getattr(client, name)
+    if name in ("command", "register"):
+        from . import commands
+
+        return getattr(commands, name)
+    raise AttributeError(f"module 'django_raft' has no attribute {name!r}")

@@ -9,3 +9,7 @@ class DjangoRaftConfig(AppConfig):
     name = "django_raft"
     verbose_name = "Raft"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        """Register the system checks."""
+        from . import checks  # noqa: F401

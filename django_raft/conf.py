@@ -1,0 +1,190 @@
+"""The ``DJANGO_RAFT`` settings dict, read lazily, validated in one place.
+
+``raft_settings.NAME`` returns the user's value or the default. The object re-reads the
+dict when Django's ``setting_changed`` fires (``override_settings`` in tests). Every
+check lives in ``problems()``, which the system checks and ``manage.py raftnode`` share,
+together with the core's own ``Config.validate``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.signals import setting_changed
+
+from .core import Config, ConfigError
+
+DEFAULTS: dict[str, Any] = {
+    "NODE_ID": "",
+    "ADDRESS": "",
+    "CLUSTER": {},
+    "SECRET": "",
+    "DATABASE": "default",
+    "URL_PREFIX": "raft/",
+    "TICK_INTERVAL": 0.01,
+    "HEARTBEAT_INTERVAL": 0.05,
+    "ELECTION_TIMEOUT": 0.15,
+    "ELECTION_TIMEOUT_THRESHOLD_PERCENT": 0.8,
+    "MAX_ENTRIES_PER_REQUEST": 2000,
+    "ENTRIES_AFTER_SNAPSHOT": 200,
+    "SNAPSHOT_THRESHOLD": 10_000,
+    "MAX_SNAPSHOT_CHUNK": 1 << 20,
+    "REPLICATED_MODELS": [],
+    "COMMAND_TIMEOUT": 5.0,
+    "RPC_TIMEOUT": 1.0,
+    "PRE_VOTE": True,
+    "CHECK_QUORUM": True,
+}
+"""Every setting, with go-raft's defaults where go-raft had one."""
+
+
+def _positive_number(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _url(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "NODE_ID": (lambda v: isinstance(v, str) and bool(v) and v.isprintable(), "a non-empty string"),
+    "ADDRESS": (_url, "an http:// or https:// URL where the other nodes reach this one"),
+    "CLUSTER": (
+        lambda v: (
+            isinstance(v, dict) and all(isinstance(k, str) and k and _url(u) for k, u in v.items())
+        ),
+        "a dict of node id -> http(s) URL (the founding members)",
+    ),
+    "SECRET": (lambda v: isinstance(v, str), "a string shared by every node of the cluster"),
+    "DATABASE": (lambda v: isinstance(v, str) and v in settings.DATABASES, "an alias in DATABASES"),
+    "URL_PREFIX": (
+        lambda v: isinstance(v, str) and not v.startswith("/") and (v == "" or v.endswith("/")),
+        'a relative path ending in "/" (or "")',
+    ),
+    "TICK_INTERVAL": (_positive_number, "a positive number of seconds"),
+    "HEARTBEAT_INTERVAL": (_positive_number, "a positive number of seconds"),
+    "ELECTION_TIMEOUT": (_positive_number, "a positive number of seconds"),
+    "ELECTION_TIMEOUT_THRESHOLD_PERCENT": (
+        lambda v: _positive_number(v) and v <= 1,
+        "a fraction in (0, 1]",
+    ),
+    "MAX_ENTRIES_PER_REQUEST": (_positive_int, "a positive integer"),
+    "ENTRIES_AFTER_SNAPSHOT": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "a non-negative integer",
+    ),
+    "SNAPSHOT_THRESHOLD": (_positive_int, "a positive integer"),
+    "MAX_SNAPSHOT_CHUNK": (_positive_int, "a positive number of bytes"),
+    "REPLICATED_MODELS": (
+        lambda v: (
+            isinstance(v, list | tuple) and all(isinstance(m, str) and m.count(".") == 1 for m in v)
+        ),
+        'a list of "app_label.ModelName" strings',
+    ),
+    "COMMAND_TIMEOUT": (_positive_number, "a positive number of seconds"),
+    "RPC_TIMEOUT": (_positive_number, "a positive number of seconds"),
+    "PRE_VOTE": (lambda v: isinstance(v, bool), "True or False"),
+    "CHECK_QUORUM": (lambda v: isinstance(v, bool), "True or False"),
+}
+
+
+class RaftSettings:
+    """Attribute access to ``settings.DJANGO_RAFT`` merged over ``DEFAULTS``."""
+
+    def __init__(self) -> None:
+        self._cached: dict[str, Any] | None = None
+
+    def _user(self) -> dict[str, Any]:
+        if self._cached is None:
+            user = getattr(settings, "DJANGO_RAFT", {})
+            self._cached = dict(user) if isinstance(user, dict) else {"__invalid__": user}
+        return self._cached
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in DEFAULTS:
+            raise AttributeError(f"unknown DJANGO_RAFT setting {name!r}")
+        return self._user().get(name, DEFAULTS[name])
+
+    def reload(self) -> None:
+        """Forget the cached dict; the next access reads settings again."""
+        self._cached = None
+
+    def problems(self, node: bool = False) -> list[str]:
+        """Return one message per invalid setting; ``node`` adds what a node needs to run."""
+        user = self._user()
+        if "__invalid__" in user:
+            return [f"DJANGO_RAFT must be a dict, not {type(user['__invalid__']).__name__}"]
+        found = [
+            f"DJANGO_RAFT[{name!r}]: unknown setting (known: {', '.join(sorted(DEFAULTS))})"
+            for name in user
+            if name not in DEFAULTS
+        ]
+        for name, (rule, expected) in _RULES.items():
+            value = getattr(self, name)
+            if name in ("NODE_ID", "ADDRESS") and value == "" and not node:
+                continue
+            if not rule(value):
+                found.append(f"DJANGO_RAFT[{name!r}] must be {expected}, not {value!r}")
+        if found:
+            return found
+        if self.HEARTBEAT_INTERVAL < self.TICK_INTERVAL:
+            found.append("DJANGO_RAFT['HEARTBEAT_INTERVAL'] must be at least TICK_INTERVAL")
+        if self.ELECTION_TIMEOUT <= self.HEARTBEAT_INTERVAL:
+            found.append("DJANGO_RAFT['ELECTION_TIMEOUT'] must be greater than HEARTBEAT_INTERVAL")
+        if node and self.CLUSTER and self.NODE_ID not in self.CLUSTER:
+            found.append(
+                f"DJANGO_RAFT['NODE_ID'] {self.NODE_ID!r} is not in CLUSTER; a node joining an "
+                "existing cluster leaves CLUSTER empty and is given --join"
+            )
+        if not found:
+            try:
+                self.core_config("validation").validate()
+            except ConfigError as error:
+                found.append(f"DJANGO_RAFT: {error}")
+        return found
+
+    def ticks(self, seconds: float) -> int:
+        """Convert a duration to whole ticks (at least one)."""
+        return max(1, round(seconds / self.TICK_INTERVAL))
+
+    def core_config(self, node_id: str | None = None, applied: int = 0) -> Config:
+        """Build the core's ``Config`` from these settings."""
+        return Config(
+            id=node_id or self.NODE_ID,
+            election_tick=self.ticks(self.ELECTION_TIMEOUT),
+            heartbeat_tick=self.ticks(self.HEARTBEAT_INTERVAL),
+            applied=applied,
+            max_entries_per_message=self.MAX_ENTRIES_PER_REQUEST,
+            snapshot_threshold=self.SNAPSHOT_THRESHOLD,
+            entries_after_snapshot=self.ENTRIES_AFTER_SNAPSHOT,
+            max_snapshot_chunk=self.MAX_SNAPSHOT_CHUNK,
+            pre_vote=self.PRE_VOTE,
+            check_quorum=self.CHECK_QUORUM,
+        )
+
+
+raft_settings = RaftSettings()
+
+
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "DJANGO_RAFT":
+        raft_settings.reload()
+
+
+setting_changed.connect(_reload)

@@ -1,0 +1,198 @@
+"""HTTP transport between nodes: one sender thread and one keep-alive session per peer.
+
+A slow or dead peer only fills its own queue (bounded: the oldest messages are dropped,
+which Raft tolerates), so it never stalls the loop or the other peers. Every request
+is signed with the cluster secret (HMAC-SHA256 of the body); the replies a peer
+produces for a request come back in the response body and are handed to ``deliver``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+
+import requests
+
+from .core import Message, MessageType
+from .wire import WireError, decode_message, encode_message
+
+logger = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Raft-Signature"
+NODE_HEADER = "X-Raft-Node"
+CONTENT_TYPE = "application/x-protobuf"
+MAX_QUEUE = 10_000
+"""Messages held for one peer before the oldest are dropped."""
+
+PATHS = {
+    MessageType.APPEND: "appendEntries",
+    MessageType.HEARTBEAT: "appendEntries",
+    MessageType.APPEND_RESPONSE: "appendEntriesResponse",
+    MessageType.HEARTBEAT_RESPONSE: "appendEntriesResponse",
+    MessageType.REQUEST_VOTE: "requestVote",
+    MessageType.PRE_VOTE: "requestVote",
+    MessageType.REQUEST_VOTE_RESPONSE: "requestVoteResponse",
+    MessageType.PRE_VOTE_RESPONSE: "requestVoteResponse",
+    MessageType.SNAPSHOT: "snapshot",
+    MessageType.SNAPSHOT_RESPONSE: "snapshotResponse",
+    MessageType.TIMEOUT_NOW: "timeoutNow",
+    MessageType.READ_INDEX: "readIndex",
+    MessageType.READ_INDEX_RESPONSE: "readIndexResponse",
+}
+"""The route each message kind is posted to (go-raft's paths, and one per response)."""
+
+
+def sign(secret: str, body: bytes) -> str:
+    """Return the signature of ``body`` under the cluster secret."""
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify(secret: str, body: bytes, signature: str | None) -> bool:
+    """Whether ``signature`` is the cluster's signature of ``body`` (constant time)."""
+    if not secret:
+        return True
+    return signature is not None and hmac.compare_digest(sign(secret, body), signature)
+
+
+def frame(messages: Iterable[Message]) -> bytes:
+    """Concatenate encoded messages, each preceded by its 4-byte big-endian length."""
+    parts = []
+    for message in messages:
+        data = encode_message(message)
+        parts.append(struct.pack(">I", len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def unframe(data: bytes) -> list[Message]:
+    """Split what ``frame`` produced; raise ``WireError`` on anything malformed."""
+    messages = []
+    position = 0
+    while position < len(data):
+        if position + 4 > len(data):
+            raise WireError("truncated frame header")
+        (length,) = struct.unpack_from(">I", data, position)
+        position += 4
+        if position + length > len(data):
+            raise WireError("truncated frame")
+        messages.append(decode_message(data[position : position + length]))
+        position += length
+    return messages
+
+
+class _PeerSender(threading.Thread):
+    """Posts the messages queued for one peer, in order, over one session."""
+
+    def __init__(self, transport: Transport, peer: str) -> None:
+        super().__init__(name=f"raft-send-{peer}", daemon=True)
+        self.transport = transport
+        self.peer = peer
+        self.queue: deque[Message] = deque(maxlen=MAX_QUEUE)
+        self.wakeup = threading.Condition()
+        self.session = requests.Session()
+
+    def put(self, messages: list[Message]) -> None:
+        with self.wakeup:
+            self.queue.extend(messages)
+            self.wakeup.notify()
+
+    def run(self) -> None:
+        transport = self.transport
+        while not transport.stopped.is_set():
+            with self.wakeup:
+                while not self.queue and not transport.stopped.is_set():
+                    self.wakeup.wait(0.5)
+                if transport.stopped.is_set():
+                    break
+                message = self.queue.popleft()
+            self._post(message)
+        self.session.close()
+
+    def _post(self, message: Message) -> None:
+        transport = self.transport
+        address = transport.addresses.get(self.peer)
+        if not address:
+            return
+        body = encode_message(message)
+        url = f"{address.rstrip('/')}/{transport.prefix}rpc/{PATHS[message.type]}"
+        headers = {
+            "Content-Type": CONTENT_TYPE,
+            NODE_HEADER: transport.node_id,
+            SIGNATURE_HEADER: sign(transport.secret, body),
+        }
+        started = time.monotonic()
+        try:
+            response = self.session.post(url, data=body, headers=headers, timeout=transport.timeout)
+        except requests.RequestException as error:
+            logger.debug("raft: %s unreachable: %s", self.peer, error)
+            return
+        elapsed = time.monotonic() - started
+        if transport.on_round_trip is not None:
+            transport.on_round_trip(self.peer, elapsed)
+        if response.status_code != 200:
+            logger.warning("raft: %s answered %s to %s", self.peer, response.status_code, url)
+            return
+        try:
+            replies = unframe(response.content)
+        except WireError as error:
+            logger.warning("raft: bad reply from %s: %s", self.peer, error)
+            return
+        if replies:
+            transport.deliver(replies)
+
+
+class Transport:
+    """Sends the core's messages to peers over HTTP and feeds their replies back."""
+
+    def __init__(
+        self,
+        node_id: str,
+        secret: str,
+        prefix: str,
+        timeout: float,
+        deliver: Callable[[list[Message]], None],
+        on_round_trip: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.secret = secret
+        self.prefix = prefix
+        self.timeout = timeout
+        self.deliver = deliver
+        self.on_round_trip = on_round_trip
+        self.addresses: dict[str, str] = {}
+        self.stopped = threading.Event()
+        self._senders: dict[str, _PeerSender] = {}
+
+    def set_address(self, node_id: str, address: str) -> None:
+        """Record where ``node_id`` is reached (from the membership entries' context)."""
+        if address:
+            self.addresses[node_id] = address
+
+    def send(self, messages: Iterable[Message]) -> None:
+        """Queue messages for their peers; never blocks on the network."""
+        by_peer: dict[str, list[Message]] = {}
+        for message in messages:
+            by_peer.setdefault(message.to, []).append(message)
+        for peer, batch in by_peer.items():
+            sender = self._senders.get(peer)
+            if sender is None:
+                if self.stopped.is_set():
+                    return
+                sender = self._senders[peer] = _PeerSender(self, peer)
+                sender.start()
+            sender.put(batch)
+
+    def stop(self) -> None:
+        """Stop every sender thread."""
+        self.stopped.set()
+        for sender in self._senders.values():
+            with sender.wakeup:
+                sender.wakeup.notify()
+        for sender in self._senders.values():
+            sender.join(timeout=2)

@@ -1,0 +1,18 @@
+"""URL routes of a ``raftnode``: include them under ``DJANGO_RAFT['URL_PREFIX']``.
+
+``raftnode`` serves them itself (see ``django_raft.node_urls``); a project may also
+include them to expose the client API from its web processes.
+"""
+
+from django.urls import path
+
+from . import views
+
+app_name = "django_raft"
+
+urlpatterns = [
+    path("rpc/<str:path>", views.rpc, name="rpc"),
+    path("command", views.command, name="command"),
+    path("status", views.status, name="status"),
+    path("members", views.members, name="members"),
+]

@@ -1,0 +1,239 @@
+"""The routes a ``raftnode`` serves: Raft RPCs between nodes, and the client API.
+
+Every request must be signed with the cluster secret. Bad input of any kind gets a
+4xx with a message and changes nothing; the node keeps running.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_http_methods, require_POST
+
+from .client import post
+from .conf import raft_settings
+from .core import ConfChange, ConfChangeType, RaftError
+from .exceptions import CommandTimeoutError, StopError, UnavailableError
+from .runner import RaftNode
+from .transport import CONTENT_TYPE, NODE_HEADER, PATHS, SIGNATURE_HEADER, frame, verify
+from .wire import WireError, decode_message, encode_command
+
+MAX_RPC_BODY = 64 << 20
+MAX_CLIENT_BODY = 4 << 20
+MAX_HOPS = 3
+"""A forwarded request is not forwarded again more than this many times."""
+
+
+def _error(status: int, message: str, error_type: str = "BadRequest") -> JsonResponse:
+    return JsonResponse({"ok": False, "error": message, "error_type": error_type}, status=status)
+
+
+def _read_body(request: HttpRequest, limit: int) -> bytes | JsonResponse:
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return _error(400, "bad Content-Length")
+    if length > limit:
+        return _error(413, f"request body over {limit} bytes")
+    body = request.read(limit + 1)
+    if len(body) > limit:
+        return _error(413, f"request body over {limit} bytes")
+    if not verify(raft_settings.SECRET, body, request.headers.get(SIGNATURE_HEADER)):
+        return _error(403, "missing or wrong signature: only cluster members may call this route")
+    return body
+
+
+def _running_node() -> RaftNode | JsonResponse:
+    node = RaftNode.current
+    if node is None or node.stopping.is_set():
+        return _error(503, "no Raft node runs in this process", "StopError")
+    return node
+
+
+@csrf_exempt
+@require_POST
+def rpc(request: HttpRequest, path: str) -> HttpResponse:
+    """Step one Raft message; answer with the messages it produced for the sender."""
+    body = _read_body(request, MAX_RPC_BODY)
+    if isinstance(body, JsonResponse):
+        return body
+    node = _running_node()
+    if isinstance(node, JsonResponse):
+        return node
+    try:
+        message = decode_message(body)
+    except WireError as error:
+        return _error(400, f"not a Raft message: {error}")
+    if PATHS.get(message.type) != path:
+        return _error(400, f"a {message.type.value} message does not belong on {path!r}")
+    if message.to != node.node_id:
+        return _error(400, f"message for {message.to!r} sent to {node.node_id!r}")
+    if message.sender != request.headers.get(NODE_HEADER):
+        return _error(400, "the sender does not match the request header")
+    try:
+        replies = node.receive(message, raft_settings.RPC_TIMEOUT)
+    except StopError as error:
+        return _error(503, str(error), "StopError")
+    return HttpResponse(frame(replies), content_type=CONTENT_TYPE)
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any] | JsonResponse:
+    body = _read_body(request, MAX_CLIENT_BODY)
+    if isinstance(body, JsonResponse):
+        return body
+    try:
+        payload = json.loads(body or b"{}")
+    except (ValueError, UnicodeDecodeError):
+        return _error(400, "the body is not JSON")
+    if not isinstance(payload, dict):
+        return _error(400, "the body must be a JSON object")
+    return payload
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def _forward(
+    node: RaftNode | None, route: str, body: dict[str, Any], deadline: float
+) -> dict[str, Any]:
+    """Send a client request on to the leader (or, outside a node, to our node)."""
+    hops = body.get("hops", 0)
+    if not isinstance(hops, int) or hops >= MAX_HOPS:
+        return {"ok": False, "error": "no leader could be reached", "error_type": "NotLeaderError"}
+    if node is None:
+        address = raft_settings.ADDRESS
+        if not address:
+            raise UnavailableError("DJANGO_RAFT['ADDRESS'] names no node to send commands to")
+    else:
+        address = node.leader_address()
+        if not address or address == node.address:
+            leader = node.status().get("leader", "")
+            return {
+                "ok": False,
+                "error": "no leader is known",
+                "error_type": "NotLeaderError",
+                "leader": leader,
+            }
+    return post(address, route, {**body, "hops": hops + 1}, _remaining(deadline))
+
+
+def _run(node: RaftNode, call: Any, deadline: float) -> dict[str, Any]:
+    try:
+        outcome = call(_remaining(deadline))
+    except FutureTimeout:
+        return {
+            "ok": False,
+            "error": "not committed and applied in time; it may still be applied",
+            "error_type": CommandTimeoutError.__name__,
+        }
+    except RaftError as error:
+        return {"ok": False, "error": str(error), "error_type": type(error).__name__}
+    if outcome is None:
+        return {"ok": True, "value": None}
+    return {
+        "ok": outcome.ok,
+        "value": outcome.value,
+        "error": outcome.error,
+        "error_type": "" if outcome.ok else "CommandError",
+    }
+
+
+def submit_command(body: dict[str, Any], deadline: float) -> dict[str, Any]:
+    """Propose ``body``'s command here if we lead, else forward it; return the answer."""
+    name, arguments = body.get("name"), body.get("arguments", {})
+    if not isinstance(name, str) or not name or not isinstance(arguments, dict):
+        return {
+            "ok": False,
+            "error": "name must be a string, arguments an object",
+            "error_type": "BadRequest",
+        }
+    node = RaftNode.current
+    if node is None or node.status().get("state") != "leader":
+        return _forward(node, "command", body, deadline)
+    data = encode_command(name, arguments)
+    answer = _run(node, lambda seconds: node.propose(data, seconds), deadline)
+    if answer.get("error_type") == "NotLeaderError":
+        return _forward(node, "command", body, deadline)
+    return answer
+
+
+def _timeout_of(payload: dict[str, Any]) -> float | JsonResponse:
+    timeout = payload.get("timeout", raft_settings.COMMAND_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
+        return _error(400, "timeout must be a number of seconds in (0, 3600]")
+    return float(timeout)
+
+
+@csrf_exempt
+@require_POST
+def command(request: HttpRequest) -> JsonResponse:
+    """Run a command through the log and answer with its handler's result."""
+    payload = _json_body(request)
+    if isinstance(payload, JsonResponse):
+        return payload
+    timeout = _timeout_of(payload)
+    if isinstance(timeout, JsonResponse):
+        return timeout
+    if _running_node_or_none() is None:
+        return _error(503, "no Raft node runs in this process", "StopError")
+    answer = submit_command(payload, time.monotonic() + timeout)
+    return JsonResponse(answer, status=400 if answer.get("error_type") == "BadRequest" else 200)
+
+
+def _running_node_or_none() -> RaftNode | None:
+    node = RaftNode.current
+    return None if node is None or node.stopping.is_set() else node
+
+
+@csrf_exempt
+@require_POST
+def status(request: HttpRequest) -> JsonResponse:
+    """Answer with this node's status."""
+    payload = _json_body(request)
+    if isinstance(payload, JsonResponse):
+        return payload
+    node = _running_node()
+    if isinstance(node, JsonResponse):
+        return node
+    return JsonResponse({"ok": True, "value": node.status()})
+
+
+_ROLES = {"voter": ConfChangeType.ADD_VOTER, "learner": ConfChangeType.ADD_LEARNER}
+
+
+@csrf_exempt
+@require_http_methods(["POST"])
+def members(request: HttpRequest) -> JsonResponse:
+    """Add a member (``{"node_id", "address", "role"}``) or remove one (``"remove": id``)."""
+    payload = _json_body(request)
+    if isinstance(payload, JsonResponse):
+        return payload
+    node = _running_node()
+    if isinstance(node, JsonResponse):
+        return node
+    timeout = _timeout_of(payload)
+    if isinstance(timeout, JsonResponse):
+        return timeout
+    node_id = payload.get("node_id")
+    if not isinstance(node_id, str) or not node_id or not node_id.isprintable():
+        return _error(400, "node_id must be a non-empty string")
+    if payload.get("remove"):
+        change = ConfChange(ConfChangeType.REMOVE, node_id)
+    else:
+        role, address = payload.get("role", "voter"), payload.get("address")
+        if role not in _ROLES:
+            return _error(400, 'role must be "voter" or "learner"')
+        if not isinstance(address, str) or not address.startswith(("http://", "https://")):
+            return _error(400, "address must be the node's http(s) URL")
+        change = ConfChange(_ROLES[role], node_id, address)
+    deadline = time.monotonic() + timeout
+    if node.status().get("state") != "leader":
+        return JsonResponse(_forward(node, "members", payload, deadline))
+    answer = _run(node, lambda seconds: node.change_membership(change, seconds), deadline)
+    return JsonResponse(answer, status=200 if answer["ok"] else 409)
