@@ -91,6 +91,8 @@ class Raft:
         self.pending_reads: list[_PendingRead] = []
         self.reads_awaiting_commit: list[Message] = []
         self.incoming_snapshot: _IncomingSnapshot | None = None
+        self.outgoing_snapshots: dict[str, Snapshot] = {}
+        """The snapshot each follower in snapshot mode is being sent."""
         self.pending_conf_index = 0
         self.lead_transferee = NONE
         self.election_elapsed = 0
@@ -199,7 +201,7 @@ class Raft:
         prev_index = progress.next - 1
         prev_term = self.log.term(prev_index)
         if progress.next < self.log.first_index() or (prev_term == 0 and prev_index > 0):
-            progress.become_snapshot(self.log.storage.snapshot().metadata.index)
+            self._start_snapshot(to, progress)
             return self._send_snapshot_chunk(to, progress)
         entries = self.log.entries(progress.next, self.config.max_entries_per_message)
         if not entries and not send_if_empty:
@@ -222,11 +224,19 @@ class Raft:
             progress.sent_entries(entries[-1].index)
         return True
 
-    def _send_snapshot_chunk(self, to: str, progress: Progress) -> bool:
+    def _start_snapshot(self, to: str, progress: Progress) -> None:
         snapshot = self.log.storage.snapshot()
-        if snapshot.metadata.index != progress.snapshot_index:
-            # A newer snapshot replaced the one being sent: start over with it.
-            progress.become_snapshot(snapshot.metadata.index)
+        progress.become_snapshot(snapshot.metadata.index)
+        self.outgoing_snapshots[to] = snapshot
+
+    def _send_snapshot_chunk(self, to: str, progress: Progress) -> bool:
+        # A transfer goes on with the snapshot it started with, even when a newer one was
+        # taken meanwhile (the log is not compacted past it, see compaction_floor), so
+        # a slow follower is never sent a new snapshot before it finished the last one.
+        snapshot = self.outgoing_snapshots.get(to)
+        if snapshot is None or snapshot.metadata.index != progress.snapshot_index:
+            self._start_snapshot(to, progress)
+            snapshot = self.outgoing_snapshots[to]
         offset = progress.snapshot_offset
         chunk = snapshot.data[offset : offset + self.config.max_snapshot_chunk]
         self._send(
@@ -287,6 +297,7 @@ class Raft:
         )
         self.votes = {}
         self.lead_transferee = NONE
+        self.outgoing_snapshots = {}
         self.pending_reads = []
         self.reads_awaiting_commit = []
         next_index = self.log.last_index() + 1
@@ -589,6 +600,7 @@ class Raft:
             if progress.match < progress.snapshot_index:
                 return
             progress.become_replicate()
+            self.outgoing_snapshots.pop(sender, None)
         else:
             progress.inflights.free_le(message.index)
         if self._maybe_commit():
@@ -780,6 +792,18 @@ class Raft:
             return
         self.log.restore(snapshot)
         self._sync_conf()
+
+    def compaction_floor(self) -> int:
+        """Return the lowest index a snapshot still being sent to a follower needs kept.
+
+        The follower continues from that snapshot with entries, so they must stay.
+        """
+        floors = [
+            snapshot.metadata.index
+            for peer, snapshot in self.outgoing_snapshots.items()
+            if peer in self.progress and self.progress[peer].state is ProgressState.SNAPSHOT
+        ]
+        return min(floors, default=self.log.committed)
 
     def snapshot_at(self, index: int, data: bytes) -> Snapshot:
         """Describe the host's state machine, as of applied ``index``, as a snapshot."""

@@ -119,8 +119,14 @@ class RawNode:
         return snapshot
 
     def compact_index(self, snapshot: Snapshot) -> int:
-        """Return the index up to which the log may be discarded after ``snapshot``."""
-        return max(0, snapshot.metadata.index - self.raft.config.entries_after_snapshot)
+        """Return the index up to which the log may be discarded after ``snapshot``.
+
+        It keeps ``entries_after_snapshot`` entries, and everything after a snapshot still
+        being sent to a follower, which continues from there with entries: a lagging
+        follower is never caught in a loop of ever newer snapshots.
+        """
+        keep_from = snapshot.metadata.index - self.raft.config.entries_after_snapshot
+        return max(0, min(keep_from, self.raft.compaction_floor()))
 
     def step(self, message: Message) -> None:
         """Hand the core one message received from a peer."""
