@@ -8,6 +8,7 @@ A follower forwards to the leader. Requests are signed with the cluster secret.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -17,6 +18,9 @@ from .conf import raft_settings
 from .core import DuplicatePeerError, MembershipError, NotLeaderError, ProposalDroppedError
 from .exceptions import CommandError, CommandTimeoutError, StopError, UnavailableError
 from .transport import NODE_HEADER, SIGNATURE_HEADER, sign
+
+_sessions = threading.local()
+"""One keep-alive session per thread (a Session must not be shared between threads)."""
 
 _ERRORS: dict[str, type[Exception]] = {
     "NotLeaderError": NotLeaderError,
@@ -50,8 +54,11 @@ def post(address: str, route: str, body: dict[str, Any], timeout: float) -> dict
         NODE_HEADER: "client",
         SIGNATURE_HEADER: sign(raft_settings.SECRET, data),
     }
+    session = getattr(_sessions, "session", None)
+    if session is None:
+        session = _sessions.session = requests.Session()
     try:
-        response = requests.post(url, data=data, headers=headers, timeout=timeout + 1.0)
+        response = session.post(url, data=data, headers=headers, timeout=timeout + 1.0)
     except requests.RequestException as error:
         raise UnavailableError(f"cannot reach {address}: {error}") from error
     try:

@@ -120,10 +120,14 @@ class RaftNode:
 
     # -- the API other threads use ------------------------------------------------------
 
-    def receive(self, message: Message, timeout: float) -> list[Message]:
-        """Step a message from a peer; return the messages that answer it."""
-        slot = _ReplySlot(message.sender)
-        self._submit(("step", message, slot))
+    def receive(self, messages: list[Message], timeout: float) -> list[Message]:
+        """Step messages from one peer, in order; return the messages that answer them.
+
+        They are stepped in one turn of the loop, so a batch of AppendEntries costs one
+        write to disk.
+        """
+        slot = _ReplySlot(messages[0].sender)
+        self._submit(("step", messages, slot))
         slot.done.wait(timeout)
         return slot.messages
 
@@ -164,8 +168,7 @@ class RaftNode:
         return future.result(timeout)
 
     def _deliver_replies(self, messages: list[Message]) -> None:
-        for message in messages:
-            self.inbox.put(("step", message, None))
+        self.inbox.put(("step", messages, None))
 
     def _round_trip(self, peer: str, seconds: float) -> None:
         if seconds > self.heartbeat_interval:
@@ -216,24 +219,12 @@ class RaftNode:
 
     def _handle(self, item: tuple[Any, ...]) -> None:
         kind = item[0]
-        raw = self.raw
         if kind == "step":
-            message, slot = item[1], item[2]
+            messages, slot = item[1], item[2]
             if slot is not None:
                 self._slots.setdefault(slot.peer, slot)
-            if message.term == raw.raft.term and message.sender == raw.raft.lead:
-                self._last_leader_contact = time.monotonic()
-            try:
-                raw.step(message)
-            except RaftError as error:
-                logger.warning("raft: cannot step %s: %s", message.type.value, error)
-            if (
-                message.type is MessageType.HEARTBEAT_RESPONSE
-                and raw.raft.state is StateType.LEADER
-            ):
-                signals.heartbeat.send_robust(
-                    sender=RaftNode, node_id=self.node_id, value=message.sender, prev_value=None
-                )
+            for message in messages:
+                self._step(message)
         elif kind == "wake":
             return
         else:
@@ -244,6 +235,19 @@ class RaftNode:
                 self._request(kind, item[1:-1], future)
             except RaftError as error:
                 future.set_exception(error)
+
+    def _step(self, message: Message) -> None:
+        raw = self.raw
+        if message.term == raw.raft.term and message.sender == raw.raft.lead:
+            self._last_leader_contact = time.monotonic()
+        try:
+            raw.step(message)
+        except RaftError as error:
+            logger.warning("raft: cannot step %s: %s", message.type.value, error)
+        if message.type is MessageType.HEARTBEAT_RESPONSE and raw.raft.state is StateType.LEADER:
+            signals.heartbeat.send_robust(
+                sender=RaftNode, node_id=self.node_id, value=message.sender, prev_value=None
+            )
 
     def _request(self, kind: str, arguments: tuple[Any, ...], future: Future[Any]) -> None:
         raw = self.raw

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cheroot import wsgi
+from django.core.handlers.exception import convert_exception_to_response
 from django.core.handlers.wsgi import WSGIHandler
 
 from .conf import raft_settings
@@ -25,7 +26,17 @@ logger = logging.getLogger(__name__)
 
 
 class NodeApplication(WSGIHandler):
-    """Django's WSGI handler, serving only the Raft routes (``django_raft.node_urls``)."""
+    """Django's WSGI handler, serving only the Raft routes (``django_raft.node_urls``).
+
+    It runs no middleware: the routes authenticate every request with the cluster
+    secret and need neither sessions, CSRF nor users, and RPCs are the hot path.
+    """
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        self._view_middleware: list[Any] = []
+        self._template_response_middleware: list[Any] = []
+        self._exception_middleware: list[Any] = []
+        self._middleware_chain = convert_exception_to_response(self._get_response)  # type: ignore[attr-defined]
 
     def get_response(self, request: Any) -> Any:
         request.urlconf = "django_raft.node_urls"

@@ -29,6 +29,10 @@ NODE_HEADER = "X-Raft-Node"
 CONTENT_TYPE = "application/x-protobuf"
 MAX_QUEUE = 10_000
 """Messages held for one peer before the oldest are dropped."""
+MAX_BATCH = 256
+"""Queued messages posted together (one write to disk on the peer for all of them)."""
+BATCH_PATH = "batch"
+"""The route for several framed messages at once."""
 
 PATHS = {
     MessageType.APPEND: "appendEntries",
@@ -110,17 +114,22 @@ class _PeerSender(threading.Thread):
                     self.wakeup.wait(0.5)
                 if transport.stopped.is_set():
                     break
-                message = self.queue.popleft()
-            self._post(message)
+                batch = [self.queue.popleft()]
+                while self.queue and len(batch) < MAX_BATCH:
+                    batch.append(self.queue.popleft())
+            self._post(batch)
         self.session.close()
 
-    def _post(self, message: Message) -> None:
+    def _post(self, batch: list[Message]) -> None:
         transport = self.transport
         address = transport.addresses.get(self.peer)
         if not address:
             return
-        body = encode_message(message)
-        url = f"{address.rstrip('/')}/{transport.prefix}rpc/{PATHS[message.type]}"
+        if len(batch) == 1:
+            body, path = encode_message(batch[0]), PATHS[batch[0].type]
+        else:
+            body, path = frame(batch), BATCH_PATH
+        url = f"{address.rstrip('/')}/{transport.prefix}rpc/{path}"
         headers = {
             "Content-Type": CONTENT_TYPE,
             NODE_HEADER: transport.node_id,

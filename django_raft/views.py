@@ -20,7 +20,16 @@ from .conf import raft_settings
 from .core import ConfChange, ConfChangeType, RaftError
 from .exceptions import CommandTimeoutError, StopError, UnavailableError
 from .runner import RaftNode
-from .transport import CONTENT_TYPE, NODE_HEADER, PATHS, SIGNATURE_HEADER, frame, verify
+from .transport import (
+    BATCH_PATH,
+    CONTENT_TYPE,
+    NODE_HEADER,
+    PATHS,
+    SIGNATURE_HEADER,
+    frame,
+    unframe,
+    verify,
+)
 from .wire import WireError, decode_message, encode_command
 
 MAX_RPC_BODY = 64 << 20
@@ -66,17 +75,20 @@ def rpc(request: HttpRequest, path: str) -> HttpResponse:
     if isinstance(node, JsonResponse):
         return node
     try:
-        message = decode_message(body)
+        messages = unframe(body) if path == BATCH_PATH else [decode_message(body)]
     except WireError as error:
         return _error(400, f"not a Raft message: {error}")
-    if PATHS.get(message.type) != path:
-        return _error(400, f"a {message.type.value} message does not belong on {path!r}")
-    if message.to != node.node_id:
-        return _error(400, f"message for {message.to!r} sent to {node.node_id!r}")
-    if message.sender != request.headers.get(NODE_HEADER):
-        return _error(400, "the sender does not match the request header")
+    if not messages:
+        return _error(400, "no message")
+    for message in messages:
+        if path != BATCH_PATH and PATHS.get(message.type) != path:
+            return _error(400, f"a {message.type.value} message does not belong on {path!r}")
+        if message.to != node.node_id:
+            return _error(400, f"message for {message.to!r} sent to {node.node_id!r}")
+        if message.sender != request.headers.get(NODE_HEADER):
+            return _error(400, "the sender does not match the request header")
     try:
-        replies = node.receive(message, raft_settings.RPC_TIMEOUT)
+        replies = node.receive(messages, raft_settings.RPC_TIMEOUT)
     except StopError as error:
         return _error(503, str(error), "StopError")
     return HttpResponse(frame(replies), content_type=CONTENT_TYPE)
