@@ -1,0 +1,54 @@
+"""A database router that keeps the Raft tables and the replicated models node-local.
+
+A project whose ``default`` database is shared between servers adds a second, local
+database for the node and points ``DJANGO_RAFT['DATABASE']`` at it::
+
+    DATABASES = {"default": {...shared...}, "raft": {...this server only...}}
+    DATABASE_ROUTERS = ["django_raft.routers.RaftRouter"]
+    DJANGO_RAFT = {"DATABASE": "raft", "REPLICATED_MODELS": ["flags.Flag"], ...}
+
+Reads and writes of django_raft's models and of every replicated model then go to
+that alias, and their migrations run only there (``manage.py migrate --database raft``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Model
+
+from .conf import raft_settings
+
+
+def _node_local(app_label: str, model_name: str | None) -> bool:
+    if app_label == "django_raft":
+        return True
+    if model_name is None:
+        return False
+    wanted = f"{app_label}.{model_name}".lower()
+    return any(name.lower() == wanted for name in raft_settings.REPLICATED_MODELS)
+
+
+class RaftRouter:
+    """Route django_raft's models and ``REPLICATED_MODELS`` to ``DJANGO_RAFT['DATABASE']``."""
+
+    def db_for_read(self, model: type[Model], **hints: Any) -> str | None:
+        """The node's database for the models it owns; no opinion otherwise."""
+        meta = model._meta
+        return raft_settings.DATABASE if _node_local(meta.app_label, meta.model_name) else None
+
+    db_for_write = db_for_read
+
+    def allow_relation(self, obj1: Model, obj2: Model, **hints: Any) -> bool | None:
+        """Relations may not cross between the node's database and another one."""
+        first = _node_local(obj1._meta.app_label, obj1._meta.model_name)
+        second = _node_local(obj2._meta.app_label, obj2._meta.model_name)
+        return None if first == second else False
+
+    def allow_migrate(
+        self, db: str, app_label: str, model_name: str | None = None, **hints: Any
+    ) -> bool | None:
+        """Create node-local tables only in the node's database, and only there."""
+        if _node_local(app_label, model_name):
+            return db == raft_settings.DATABASE
+        return None
