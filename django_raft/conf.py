@@ -58,8 +58,12 @@ def _positive_int(value: Any) -> bool:
 def _url(value: Any) -> bool:
     if not isinstance(value, str):
         return False
-    parts = urlsplit(value)
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises ValueError when out of range or not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
 
 
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -145,8 +149,19 @@ class RaftSettings:
             return found
         if self.HEARTBEAT_INTERVAL < self.TICK_INTERVAL:
             found.append("DJANGO_RAFT['HEARTBEAT_INTERVAL'] must be at least TICK_INTERVAL")
-        if self.ELECTION_TIMEOUT <= self.HEARTBEAT_INTERVAL:
-            found.append("DJANGO_RAFT['ELECTION_TIMEOUT'] must be greater than HEARTBEAT_INTERVAL")
+        longest = max(self.HEARTBEAT_INTERVAL, self.ELECTION_TIMEOUT)
+        if not math.isfinite(longest / self.TICK_INTERVAL):
+            found.append(
+                "DJANGO_RAFT['TICK_INTERVAL'] is too short to count HEARTBEAT_INTERVAL and "
+                "ELECTION_TIMEOUT in ticks"
+            )
+        elif self.ticks(self.ELECTION_TIMEOUT) <= self.ticks(self.HEARTBEAT_INTERVAL):
+            # Compared in ticks, as the core counts them: 54 ms is not longer than 50 ms
+            # when both are 5 ticks of 10 ms.
+            found.append(
+                "DJANGO_RAFT['ELECTION_TIMEOUT'] must be greater than HEARTBEAT_INTERVAL, "
+                "by at least one TICK_INTERVAL"
+            )
         if node and self.CLUSTER and self.NODE_ID not in self.CLUSTER:
             found.append(
                 f"DJANGO_RAFT['NODE_ID'] {self.NODE_ID!r} is not in CLUSTER; a node joining an "

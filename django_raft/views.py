@@ -99,12 +99,16 @@ def _json_body(request: HttpRequest) -> dict[str, Any] | JsonResponse:
     if isinstance(body, JsonResponse):
         return body
     try:
-        payload = json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError):
+        payload = json.loads(body or b"{}", parse_constant=_not_json)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return _error(400, "the body is not JSON")
     if not isinstance(payload, dict):
         return _error(400, "the body must be a JSON object")
     return payload
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def _remaining(deadline: float) -> float:
@@ -168,7 +172,10 @@ def submit_command(body: dict[str, Any], deadline: float) -> dict[str, Any]:
     node = RaftNode.current
     if node is None or node.status().get("state") != "leader":
         return _forward(node, "command", body, deadline)
-    data = encode_command(name, arguments)
+    try:
+        data = encode_command(name, arguments)
+    except WireError as error:
+        return {"ok": False, "error": str(error), "error_type": "BadRequest"}
     answer = _run(node, lambda seconds: node.propose(data, seconds), deadline)
     if answer.get("error_type") == "NotLeaderError":
         return _forward(node, "command", body, deadline)

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ...conf import raft_settings
+from ...conf import _url, raft_settings
 
 
 class Command(BaseCommand):
@@ -37,22 +37,34 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         from ...server import bind_of, parse_bind, serve_forever, start_node
 
-        node_id = options["node_id"] or raft_settings.NODE_ID
-        address = options["address"] or raft_settings.ADDRESS
+        # An option given empty is refused, not replaced by the setting.
+        node_id = raft_settings.NODE_ID if options["node_id"] is None else options["node_id"]
+        address = raft_settings.ADDRESS if options["address"] is None else options["address"]
+        join = options["join"]
         problems = raft_settings.problems(node=False)
         if not isinstance(node_id, str) or not node_id or not node_id.isprintable():
             problems.append("a node id is required: --node-id or DJANGO_RAFT['NODE_ID']")
-        if not isinstance(address, str) or not address.startswith(("http://", "https://")):
+        elif (
+            options["bootstrap"]
+            and isinstance(raft_settings.CLUSTER, dict)
+            and raft_settings.CLUSTER
+            and node_id not in raft_settings.CLUSTER
+        ):
+            problems.append(
+                f"--bootstrap: node {node_id!r} is not in DJANGO_RAFT['CLUSTER'], the founding "
+                "members; a node joining a running cluster is given --join"
+            )
+        if not _url(address):
             problems.append("an http(s) address is required: --address or DJANGO_RAFT['ADDRESS']")
-        if options["bootstrap"] and options["join"]:
+        if options["bootstrap"] and join is not None:
             problems.append("--bootstrap and --join exclude each other")
-        if options["join"] and not options["join"].startswith(("http://", "https://")):
-            problems.append(f"--join must be a member's http(s) URL, not {options['join']!r}")
+        if join is not None and not _url(join):
+            problems.append(f"--join must be a member's http(s) URL, not {join!r}")
         if not 1 <= options["threads"] <= 512:
             problems.append("--threads must be between 1 and 512")
         bind = options["bind"]
         if not problems:
-            bind = bind or bind_of(address)
+            bind = bind_of(address) if bind is None else bind
             try:
                 parse_bind(bind)
             except ValueError as error:
@@ -61,7 +73,7 @@ class Command(BaseCommand):
             raise CommandError("\n".join(problems))
         try:
             node, server = start_node(
-                node_id, address, bind, options["bootstrap"], options["join"], options["threads"]
+                node_id, address, bind, options["bootstrap"], join, options["threads"]
             )
         except OSError as error:
             raise CommandError(f"cannot listen on {bind}: {error}") from error
