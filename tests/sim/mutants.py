@@ -192,5 +192,6 @@ MUTANTS = (
         "§4.1 of the thesis: one membership change at a time",
         frozenset({ELECTION_SAFETY, LEADER_COMPLETENESS, STATE_MACHINE_SAFETY, LOG_MATCHING}),
         ((Raft, "propose_conf_change", _conf_change_without_waiting),),
+        "membership",
     ),
 )

@@ -97,8 +97,27 @@ class Faults:
         """Pick a fault mix: some schedules calm, some brutal.
 
         The "elections" profile leaves out membership, snapshots and reads and crashes
-        nodes often, to hunt for bugs in voting and in what survives a restart.
+        nodes often, to hunt for bugs in voting and in what survives a restart; the
+        "membership" profile changes the membership every few ticks under faults.
         """
+        if profile == "membership":
+            return cls(
+                drop=0.05,
+                duplicate=0.02,
+                max_delay=rng.choice((2, 5)),
+                stale=0.01,
+                partition_rate=0.02,
+                crash_rate=0.02,
+                restart_rate=0.3,
+                propose_rate=0.5,
+                membership_rate=0.1,
+                transfer_rate=0.0,
+                read_rate=0.0,
+                snapshot_threshold=10_000,
+                entries_after_snapshot=200,
+                forced_snapshot_rate=0.0,
+                chunk=4096,
+            )
         if profile == "elections":
             return cls(
                 drop=rng.choice((0.05, 0.15)),
@@ -256,8 +275,8 @@ class Simulation:
     seed: int
     ticks: int = 1000
     profile: str | None = None
-    """"full" or "elections"; by default drawn from the seed (one schedule in four
-    is an elections one)."""
+    """"full", "elections" or "membership"; by default drawn from the seed (one
+    schedule in four is an elections one, none a membership one)."""
     stats: Stats = field(default_factory=Stats)
 
     def __post_init__(self) -> None:
