@@ -69,6 +69,8 @@ LEADER_BOUND = 12 * ELECTION_TICK
 """Ticks after healing within which one leader must be known to every member."""
 QUIET_TICKS = 80
 """Ticks at the end without proposals, so every node can catch up before the last check."""
+CONVERGE_BOUND = 400
+"""Extra quiet ticks allowed, after the run, for every member to reach the same state."""
 MAX_VOTERS = 5
 
 
@@ -630,33 +632,44 @@ class Simulation:
         node.was_leader = leader
 
     def run(self) -> Stats:
-        """Run the schedule; raise ``InvariantViolation`` on the first broken property."""
+        """Run the schedule; raise ``InvariantViolation`` on the first broken property.
+
+        After the last tick, the quiet cluster gets up to ``CONVERGE_BOUND`` more ticks to
+        bring every member to the same state (a snapshot sent in small chunks may still
+        be on its way); not converging by then is a liveness failure.
+        """
         try:
             for tick in range(self.ticks):
-                self.now = tick
-                if self.now < self.heal_at:
-                    self._inject_faults()
-                elif self.now == self.heal_at:
-                    self._heal()
-                for node in list(self.nodes.values()):
-                    if node.raw is not None:
-                        self._guard(node, lambda raw: raw.tick())
-                        self._drain(node)
-                proposing = self.now < self.ticks - QUIET_TICKS
-                if proposing and self.rng.random() < self.faults.propose_rate:
-                    self._propose()
-                if proposing and self.rng.random() < self.faults.read_rate:
-                    self._read()
-                self._deliver_due()
-                if self.now >= self.heal_at:
-                    self._check_liveness()
-            self.stats.ticks = self.ticks
+                self._tick(tick, proposing=tick < self.ticks - QUIET_TICKS)
+            for tick in range(self.ticks, self.ticks + CONVERGE_BOUND):
+                if self._converged():
+                    break
+                self._tick(tick, proposing=False)
+            self.stats.ticks = self.now + 1
             self._check_converged()
         except InvariantViolation as violation:
             violation.add_note(self.replay_hint())
             raise
         self.stats.committed = len(self.checker.committed) - 1
         return self.stats
+
+    def _tick(self, tick: int, proposing: bool) -> None:
+        self.now = tick
+        if self.now < self.heal_at:
+            self._inject_faults()
+        elif self.now == self.heal_at:
+            self._heal()
+        for node in list(self.nodes.values()):
+            if node.raw is not None:
+                self._guard(node, lambda raw: raw.tick())
+                self._drain(node)
+        if proposing and self.rng.random() < self.faults.propose_rate:
+            self._propose()
+        if proposing and self.rng.random() < self.faults.read_rate:
+            self._read()
+        self._deliver_due()
+        if self.now >= self.heal_at:
+            self._check_liveness()
 
     def replay_hint(self) -> str:
         """One line that replays this schedule."""
@@ -716,12 +729,18 @@ class Simulation:
             pending.append(proposal)
         self.proposals = pending
 
-    def _check_converged(self) -> None:
+    def _converged(self) -> bool:
         members = self._members()
-        applied = {n.id: n.applied_index for n in members}
-        if len(set(applied.values())) != 1:
-            raise InvariantViolation(
-                LIVENESS, f"members did not converge after healing: applied {applied}"
-            )
-        if len({n.digest for n in members}) != 1:
-            raise InvariantViolation(LIVENESS, "state machines differ after healing")
+        return (
+            len({n.applied_index for n in members}) == 1 and len({n.digest for n in members}) == 1
+        )
+
+    def _check_converged(self) -> None:
+        if self._converged():
+            return
+        applied = {n.id: n.applied_index for n in self._members()}
+        raise InvariantViolation(
+            LIVENESS,
+            f"members did not converge {CONVERGE_BOUND} ticks after the last proposal "
+            f"window: applied {applied}",
+        )

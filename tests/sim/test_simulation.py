@@ -40,7 +40,7 @@ def test_random_schedules_keep_raft_safe_and_live(chunk: int) -> None:
 def test_replay() -> None:
     """Replay one schedule: ``SIM_SEED=N scripts/test tests/sim -k replay``."""
     stats = run_schedule(int(os.environ.get("SIM_SEED", "0")))
-    assert stats.ticks == TICKS
+    assert stats.ticks >= TICKS
 
 
 def test_a_seed_replays_exactly() -> None:
