@@ -13,7 +13,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_POST
 
 from .client import post
 from .conf import raft_settings
@@ -199,15 +199,11 @@ def command(request: HttpRequest) -> JsonResponse:
     timeout = _timeout_of(payload)
     if isinstance(timeout, JsonResponse):
         return timeout
-    if _running_node_or_none() is None:
-        return _error(503, "no Raft node runs in this process", "StopError")
+    node = _running_node()
+    if isinstance(node, JsonResponse):
+        return node
     answer = submit_command(payload, time.monotonic() + timeout)
     return JsonResponse(answer, status=400 if answer.get("error_type") == "BadRequest" else 200)
-
-
-def _running_node_or_none() -> RaftNode | None:
-    node = RaftNode.current
-    return None if node is None or node.stopping.is_set() else node
 
 
 @csrf_exempt
@@ -227,7 +223,7 @@ _ROLES = {"voter": ConfChangeType.ADD_VOTER, "learner": ConfChangeType.ADD_LEARN
 
 
 @csrf_exempt
-@require_http_methods(["POST"])
+@require_POST
 def members(request: HttpRequest) -> JsonResponse:
     """Add a member (``{"node_id", "address", "role"}``) or remove one (``"remove": id``)."""
     payload = _json_body(request)
