@@ -189,19 +189,28 @@ def _timeout_of(payload: dict[str, Any]) -> float | JsonResponse:
     return float(timeout)
 
 
+def _client_request(request: HttpRequest) -> tuple[dict[str, Any], RaftNode, float] | JsonResponse:
+    """Check a client request: signed JSON object, a running node, a valid timeout."""
+    payload = _json_body(request)
+    if isinstance(payload, JsonResponse):
+        return payload
+    node = _running_node()
+    if isinstance(node, JsonResponse):
+        return node
+    timeout = _timeout_of(payload)
+    if isinstance(timeout, JsonResponse):
+        return timeout
+    return payload, node, timeout
+
+
 @csrf_exempt
 @require_POST
 def command(request: HttpRequest) -> JsonResponse:
     """Run a command through the log and answer with its handler's result."""
-    payload = _json_body(request)
-    if isinstance(payload, JsonResponse):
-        return payload
-    timeout = _timeout_of(payload)
-    if isinstance(timeout, JsonResponse):
-        return timeout
-    node = _running_node()
-    if isinstance(node, JsonResponse):
-        return node
+    checked = _client_request(request)
+    if isinstance(checked, JsonResponse):
+        return checked
+    payload, _, timeout = checked
     answer = submit_command(payload, time.monotonic() + timeout)
     return JsonResponse(answer, status=400 if answer.get("error_type") == "BadRequest" else 200)
 
@@ -210,12 +219,10 @@ def command(request: HttpRequest) -> JsonResponse:
 @require_POST
 def status(request: HttpRequest) -> JsonResponse:
     """Answer with this node's status."""
-    payload = _json_body(request)
-    if isinstance(payload, JsonResponse):
-        return payload
-    node = _running_node()
-    if isinstance(node, JsonResponse):
-        return node
+    checked = _client_request(request)
+    if isinstance(checked, JsonResponse):
+        return checked
+    _, node, _ = checked
     return JsonResponse({"ok": True, "value": node.status()})
 
 
@@ -226,15 +233,10 @@ _ROLES = {"voter": ConfChangeType.ADD_VOTER, "learner": ConfChangeType.ADD_LEARN
 @require_POST
 def members(request: HttpRequest) -> JsonResponse:
     """Add a member (``{"node_id", "address", "role"}``) or remove one (``"remove": id``)."""
-    payload = _json_body(request)
-    if isinstance(payload, JsonResponse):
-        return payload
-    node = _running_node()
-    if isinstance(node, JsonResponse):
-        return node
-    timeout = _timeout_of(payload)
-    if isinstance(timeout, JsonResponse):
-        return timeout
+    checked = _client_request(request)
+    if isinstance(checked, JsonResponse):
+        return checked
+    payload, node, timeout = checked
     node_id = payload.get("node_id")
     if not isinstance(node_id, str) or not node_id or not node_id.isprintable():
         return _error(400, "node_id must be a non-empty string")
