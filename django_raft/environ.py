@@ -24,8 +24,6 @@ from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .conf import DEFAULTS
-
 PREFIX = "RAFT_"
 """The prefix of the variables read by default."""
 
@@ -44,6 +42,8 @@ def settings_from_env(
     ``environ`` defaults to ``os.environ``. Raise ``ImproperlyConfigured`` for a value
     that cannot be parsed, naming the variable and the expected form.
     """
+    from .conf import DEFAULTS  # here: settings modules import this one, conf reads settings
+
     environ = os.environ if environ is None else environ
     result = dict(base or {})
     for name, default in DEFAULTS.items():
