@@ -86,7 +86,6 @@ class Cluster:
         }
         self.web_address = f"http://127.0.0.1:{ports[len(ids)]}"
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.started = time.monotonic()
 
     def database(self, name: str) -> Path:
         return self.workdir / f"{name}.sqlite3"
@@ -494,6 +493,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  log of {key}: {workdir / (key + '.log')}", file=sys.stderr)
         return 1
     finally:
+        # A second Ctrl-C must not cut the clean-up short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         cluster.stop_all()
         if interrupted:
             print("\nStopped every process the demo started.", flush=True)
