@@ -51,6 +51,13 @@ class DemoFailed(Exception):
     """A step of the story did not turn out as Raft promises."""
 
 
+def port_in_use(port: int) -> bool:
+    """Whether something already listens on ``port`` of 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
@@ -442,8 +449,12 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help="use ports N to N+4 (nodes n1-n4, then the admin) instead of free ones",
     )
     arguments = parser.parse_args(argv)
-    if arguments.port is not None and not 1024 <= arguments.port <= 65531:
-        parser.error("argument --port: must be between 1024 and 65531")
+    if arguments.port is not None:
+        if not 1024 <= arguments.port <= 65531:
+            parser.error("argument --port: must be between 1024 and 65531")
+        busy = [p for p in range(arguments.port, arguments.port + 5) if port_in_use(p)]
+        if busy:
+            parser.error(f"argument --port: port {busy[0]} is in use; choose other ports")
     return arguments
 
 

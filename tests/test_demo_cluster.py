@@ -108,6 +108,19 @@ def test_demo_keeps_running_until_ctrl_c_then_stops_everything(tmp_path: Path) -
     assert still == [], out + rest
 
 
+def test_ports_in_use_are_refused_before_anything_starts(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_info:
+            parse_arguments(["--port", str(port - 2)])
+    assert exit_info.value.code == 2
+    assert f"port {port} is in use" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
