@@ -2,8 +2,9 @@
 
 ``raft_settings.NAME`` returns the user's value or the default. The object re-reads the
 dict when Django's ``setting_changed`` fires (``override_settings`` in tests). Every
-check lives in ``problems()``, which the system checks and ``manage.py raftnode`` share,
-together with the core's own ``Config.validate``.
+check lives in ``coded_problems()`` (a setting's own rule in ``_RULES``), which the system
+checks and ``manage.py raftnode`` (through ``problems()``) share, together with the
+core's own ``Config.validate``. Every setting is documented in docs/reference.md.
 """
 
 from __future__ import annotations
