@@ -59,7 +59,7 @@ def _propose(request: HttpRequest, what: str, call: Any) -> bool:
     """Run one proposal; report its outcome as an admin message; return whether it worked."""
     try:
         call()
-    except (RaftError, ValueError) as error:
+    except (RaftError, ValueError, NotImplementedError) as error:
         messages.error(request, f"{what}: failed — {type(error).__name__}: {error}")
         return False
     messages.success(request, f"{what}: done.")
@@ -387,7 +387,7 @@ class SnapshotAdmin(ReadOnlyAdmin):
         if request.method == "POST":
             try:
                 report = operations.take_snapshot()
-            except (RaftError, ValueError) as error:
+            except (RaftError, ValueError, NotImplementedError) as error:
                 messages.error(request, f"Take a snapshot: failed — {error}")
             else:
                 messages.success(

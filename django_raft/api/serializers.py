@@ -16,10 +16,30 @@ def _printable(value: str) -> str:
     return value
 
 
-class NodeIdSerializer(serializers.Serializer):
+class TextField(serializers.CharField):
+    """A string, and only a string (DRF's ``CharField`` turns numbers into text)."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not know: a misspelt option is an error, not ignored."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: "unknown field" for name in unknown})
+        return super().to_internal_value(data)
+
+
+class NodeIdSerializer(StrictSerializer):
     """A member, by id."""
 
-    node_id = serializers.CharField(max_length=MAX_NODE_ID_LENGTH, validators=[_printable])
+    node_id = TextField(max_length=MAX_NODE_ID_LENGTH, validators=[_printable])
 
 
 class AddMemberSerializer(NodeIdSerializer):
@@ -29,18 +49,16 @@ class AddMemberSerializer(NodeIdSerializer):
     role = serializers.ChoiceField(choices=["voter", "learner"], default="voter")
 
 
-class SnapshotRequestSerializer(serializers.Serializer):
+class SnapshotRequestSerializer(StrictSerializer):
     """Which node should take a snapshot (default: the node this process talks to)."""
 
-    node_id = serializers.CharField(
-        max_length=MAX_NODE_ID_LENGTH, required=False, validators=[_printable]
-    )
+    node_id = TextField(max_length=MAX_NODE_ID_LENGTH, required=False, validators=[_printable])
 
 
-class CommandSerializer(serializers.Serializer):
+class CommandSerializer(StrictSerializer):
     """A registered command to run through the log, as ``django_raft.do(name, **arguments)``."""
 
-    name = serializers.CharField(max_length=200, validators=[_printable])
+    name = TextField(max_length=200, validators=[_printable])
     arguments = serializers.DictField(required=False, default=dict)
     timeout = serializers.FloatField(required=False, min_value=0.001, max_value=3600)
 

@@ -56,6 +56,7 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (MembershipError, 409),
     (RaftError, 409),
     (ValueError, 400),
+    (NotImplementedError, 501),
 )
 
 _ERROR_RESPONSES = {
@@ -64,6 +65,7 @@ _ERROR_RESPONSES = {
     409: ErrorSerializer,
     422: ErrorSerializer,
     429: ErrorSerializer,
+    501: ErrorSerializer,
     503: ErrorSerializer,
     504: ErrorSerializer,
 }

@@ -60,7 +60,9 @@ def viewer(db: None) -> User:
     """Staff with the app's view permissions only: read-only."""
     user = User.objects.create_user("viewer", "viewer@example.com", "pw", is_staff=True)
     user.user_permissions.set(
-        Permission.objects.filter(content_type__app_label="django_raft", codename__startswith="view_")
+        Permission.objects.filter(
+            content_type__app_label="django_raft", codename__startswith="view_"
+        )
     )
     return user
 

@@ -19,9 +19,7 @@ def logged_in(user: User) -> Client:
     return client
 
 
-def test_dashboard_shows_one_leader_and_three_reachable_members(
-    web: Cluster, viewer: User
-) -> None:
+def test_dashboard_shows_one_leader_and_three_reachable_members(web: Cluster, viewer: User) -> None:
     client = logged_in(viewer)
     response = client.get(reverse("admin:django_raft_dashboard"))
     assert response.status_code == 200
@@ -151,9 +149,7 @@ def test_a_viewer_sees_read_only_pages_and_cannot_act(web: Cluster, viewer: User
     assert b'id="raft-live-state"' in detail.content
 
 
-def test_the_member_page_shows_live_state_and_buttons_to_act(
-    web: Cluster, operator: User
-) -> None:
+def test_the_member_page_shows_live_state_and_buttons_to_act(web: Cluster, operator: User) -> None:
     leader = web.leader().node_id
     detail = logged_in(operator).get(reverse("admin:django_raft_member_change", args=[leader]))
     assert detail.context["live"].state == "leader"

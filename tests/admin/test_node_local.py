@@ -213,7 +213,9 @@ def admin_client(local: Local) -> Client:
     return client
 
 
-def test_the_log_page_lists_entries_newest_first_decoded(local: Local, admin_client: Client) -> None:
+def test_the_log_page_lists_entries_newest_first_decoded(
+    local: Local, admin_client: Client
+) -> None:
     fill(5)
     django_raft.do("kv.set", key="é", value="x" * 200)
     response = admin_client.get(reverse("admin:django_raft_logentry_changelist"))

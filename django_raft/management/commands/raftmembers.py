@@ -44,6 +44,6 @@ class Command(BaseCommand):
             else:
                 operations.remove_member(node_id)
                 done = f"removed {node_id}"
-        except RaftError as error:
+        except (RaftError, ValueError, NotImplementedError) as error:
             raise CommandError(f"{action} {node_id}: {type(error).__name__}: {error}") from error
         self.stdout.write(done)

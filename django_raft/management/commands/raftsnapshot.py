@@ -19,7 +19,7 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             report = operations.take_snapshot(options["node"])
-        except RaftError as error:
+        except (RaftError, ValueError, NotImplementedError) as error:
             raise CommandError(f"{type(error).__name__}: {error}") from error
         what = "snapshot taken" if report["taken"] else "nothing new; the snapshot stands"
         self.stdout.write(

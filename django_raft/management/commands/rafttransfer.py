@@ -19,6 +19,6 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         try:
             value = operations.transfer_leadership(options["node_id"])
-        except RaftError as error:
+        except (RaftError, ValueError, NotImplementedError) as error:
             raise CommandError(f"{type(error).__name__}: {error}") from error
         self.stdout.write(f"leader is now {value['leader']}")
