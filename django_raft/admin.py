@@ -310,6 +310,7 @@ class LogEntryAdmin(ReadOnlyAdmin):
     ordering = ("-index",)
     paginator = LogPaginator
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # facets count over the whole log
     list_per_page = 50
     fields = ("index", "term", "type", "command", "size", "is_applied", "payload")
     readonly_fields = fields

@@ -64,7 +64,7 @@ def preview(payload: dict[str, Any]) -> str:
     elif kind == "undecodable":
         text = f"undecodable: {payload['error']}"
     else:
-        text = ""
+        text = "(empty: a new leader's first entry)"
     return text if len(text) <= PREVIEW_LENGTH else text[: PREVIEW_LENGTH - 1] + "…"
 
 

@@ -59,6 +59,8 @@ class ClusterView:
     leader: str = ""
     term: int = 0
     events: list[dict[str, Any]] = field(default_factory=list)
+    progress_known: bool = False
+    """Whether the leader reported its replication progress."""
     healthy: bool = False
     problems: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -181,6 +183,7 @@ def _build(
                 row.lag = max(0, int(leader_status.get("commit", 0)) - row.applied)
         rows.append(row)
     view = ClusterView(members=rows, leader=leader_id, term=term)
+    view.progress_known = any(row.progress for row in rows)
     view.events = _merge_events(statuses)
     view.problems = _verdict(view, voters)
     view.healthy = not view.problems

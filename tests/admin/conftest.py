@@ -7,7 +7,7 @@ process plays the web process, with ``DJANGO_RAFT`` pointing at them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +73,13 @@ def leader_id(cluster: Cluster) -> str:
 
 def wait_leader_is(cluster: Cluster, node_id: str) -> None:
     wait_for(lambda: cluster.leader().node_id == node_id, 10, f"{node_id} to lead")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Keep each phase's report on the test item (the browser test screenshots failures)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
