@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -168,6 +169,7 @@ def main() -> None:
             results["dashboard"] = dashboard(client, cluster, options.repeat)
     finally:
         cluster.close()
+        shutil.rmtree(WORKDIR, ignore_errors=True)
     results["per_node_timeout_s"] = monitor.TIMEOUT
     print(f"log of {options.entries:,} entries (SQLite), written in {fill_seconds:.1f} s")
     print(f"{'measurement':44} {'p50 ms':>9} {'p95 ms':>9} {'max ms':>9}")

@@ -19,7 +19,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.core.paginator import Paginator
-from django.db.models import BooleanField, ExpressionWrapper, Max, Min, Q, QuerySet
+from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
 from django.db.models.functions import Length
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.loader import render_to_string
@@ -262,9 +262,10 @@ class LogPaginator(Paginator):
     def count(self) -> int:
         queryset: QuerySet[Any] = self.object_list  # type: ignore[assignment]
         if not queryset.query.where:
-            ends = queryset.order_by().aggregate(first=Min("index"), last=Max("index"))
-            return 0 if ends["last"] is None else ends["last"] - ends["first"] + 1
-        return int(queryset.order_by()[:COUNT_CAP].count())
+            first, last = logview.log_bounds()
+            return 0 if last is None or first is None else last - first + 1
+        # Ordered as listed, so that the scan stops at the cap, newest first.
+        return int(queryset[:COUNT_CAP].count())
 
 
 class CommandFilter(admin.SimpleListFilter):
@@ -294,8 +295,9 @@ class TermFilter(admin.SimpleListFilter):
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = self.value()
-        if value and value.isdigit():
-            return queryset.filter(term=int(value))
+        if value and value.isdigit() and len(value) < 20:
+            first, last = logview.term_range(int(value))
+            return queryset.filter(index__range=(first, last), term=int(value))
         return queryset
 
 

@@ -28,6 +28,43 @@ def entries() -> Any:
     return LogEntry.objects.using(raft_settings.DATABASE).order_by("-index")
 
 
+def log_bounds() -> tuple[int | None, int | None]:
+    """The first and last stored index, each read from one end of the primary key.
+
+    (Two queries: SQLite answers MIN and MAX from the index only when each is alone.)
+    """
+    indexes = LogEntry.objects.using(raft_settings.DATABASE).values_list("index", flat=True)
+    return indexes.order_by("index").first(), indexes.order_by("-index").first()
+
+
+def term_range(term: int) -> tuple[int, int]:
+    """The indexes of the entries of ``term``: ``(first, last)``, empty when ``first > last``.
+
+    Terms never decrease along a log, so each term's entries are one run of indexes,
+    found by bisecting the primary key: a few point reads instead of a scan of the log.
+    """
+    first, last = log_bounds()
+    if first is None or last is None:
+        return 1, 0
+    rows = LogEntry.objects.using(raft_settings.DATABASE)
+
+    def term_at(index: int) -> int:
+        found = rows.filter(index=index).values_list("term", flat=True).first()
+        return found if found is not None else 0
+
+    def first_at_least(wanted: int) -> int:
+        lo, hi = first, last + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if term_at(mid) < wanted:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    return first_at_least(term), first_at_least(term + 1) - 1
+
+
 def decode(entry: LogEntry) -> dict[str, Any]:
     """Decode an entry's data: a command's name and arguments, or a membership change."""
     data = bytes(entry.data)

@@ -224,6 +224,8 @@ class LogListView(LogMixin, RaftAPIView, generics.ListAPIView):
 
                     raise ValidationError({name: "must be a non-negative integer"})
                 queryset = queryset.filter(**{name: int(value)})
+                if name == "term":
+                    queryset = queryset.filter(index__range=logview.term_range(int(value)))
         if params.get("command"):
             queryset = queryset.filter(command=params["command"])
         return queryset

@@ -32,7 +32,7 @@ from django_raft.snapshotting import take_snapshot
 from django_raft.transport import NODE_HEADER, SIGNATURE_HEADER, sign
 from tests.integration.cluster import free_port, wait_for
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
 
 SECRET = "local-secret"
 
@@ -342,3 +342,21 @@ def test_raftmembers_refuses_what_the_cluster_refuses(local: Local) -> None:
     with pytest.raises(CommandError, match="promote nobody"):
         run("raftmembers", "promote", "nobody")
     assert local.node.status()["voters"] == ["n1"]
+
+
+@pytest.mark.django_db
+def test_term_range_finds_each_terms_run_of_indexes() -> None:
+    from django_raft.logview import term_range
+
+    assert term_range(1) == (1, 0)  # an empty log
+    terms = [2, 2, 3, 5, 5, 5, 8]  # indexes 11..17: a compacted start, gaps between terms
+    LogEntry.objects.bulk_create(
+        LogEntry(index=11 + i, term=term, data=b"") for i, term in enumerate(terms)
+    )
+    assert term_range(2) == (11, 12)
+    assert term_range(3) == (13, 13)
+    assert term_range(5) == (14, 16)
+    assert term_range(8) == (17, 17)
+    for missing in (1, 4, 9):
+        first, last = term_range(missing)
+        assert first > last
