@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import subprocess
+import sys
+import time
+
 import pytest
 from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.test import Client
 from django.urls import reverse
 
 from tests.admin.conftest import wait_leader_is
-from tests.integration.cluster import Cluster, free_port, wait_for
+from tests.integration.cluster import ROOT, Cluster, free_port, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -154,3 +161,59 @@ def test_the_member_page_shows_live_state_and_buttons_to_act(web: Cluster, opera
     detail = logged_in(operator).get(reverse("admin:django_raft_member_change", args=[leader]))
     assert detail.context["live"].state == "leader"
     assert b"Transfer leadership here" in detail.content
+
+
+# -- management commands and the node's own log ------------------------------------------
+
+
+def run(*arguments: str) -> str:
+    out = io.StringIO()
+    call_command(*arguments, stdout=out)
+    return out.getvalue()
+
+
+def test_raftstatus_and_raftmembers_list_show_the_cluster(web: Cluster) -> None:
+    text = run("raftstatus")
+    assert text.count(" voter ") == 3 and "leader" in text and "healthy" in text
+    assert run("raftmembers").count(" voter ") == 3
+
+
+def test_raftmembers_and_rafttransfer_propose_through_raft(web: Cluster) -> None:
+    address = f"http://127.0.0.1:{free_port()}"
+    assert run("raftmembers", "add-learner", "n6", address) == "added n6 as a learner\n"
+    assert "n6" in web.leader().status()["learners"]
+    assert run("raftmembers", "promote", "n6") == "promoted n6 to voter\n"
+    wait_for(lambda: "n6" in web.leader().status()["voters"], 10, "n6 to vote")
+    assert run("raftmembers", "remove", "n6") == "removed n6\n"
+    old = web.leader().node_id
+    target = next(n.node_id for n in web.founders if n.node_id != old)
+    assert run("rafttransfer", target) == f"leader is now {target}\n"
+    wait_leader_is(web, target)
+    with pytest.raises(CommandError, match="UnknownPeerError"):
+        run("rafttransfer", "stranger")
+
+
+def test_raftlog_follow_prints_new_entries_as_they_come(web: Cluster) -> None:
+    node = web.nodes["n2"]
+    follow = subprocess.Popen(
+        [sys.executable, "manage.py", "raftlog", "--follow", "-n", "0", "--interval", "0.1"],
+        cwd=ROOT,
+        env=node.env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(1.5)  # let it start and read where the log ends
+        web.leader().do("kv.set", key="followed", value="yes")
+        assert follow.stdout is not None
+        line = follow.stdout.readline()
+        assert 'kv.set {"key": "followed", "value": "yes"}' in line
+    finally:
+        follow.kill()
+        follow.wait(timeout=10)
+
+
+def test_raftnode_logs_its_life_at_info(web: Cluster) -> None:
+    text = web.nodes["n1"].log_path.read_text()
+    assert "INFO raft n1: leader is" in text
+    assert "INFO raft n1: member n2 added" in text
