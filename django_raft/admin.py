@@ -119,6 +119,22 @@ class MemberAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[Member]:
         return super().get_queryset(request).using(raft_settings.DATABASE)
 
+    def get_list_display(self, request: HttpRequest) -> list[Any]:
+        """The stored columns, plus live ones from one ``gather`` for the whole page."""
+        rows = {m.node_id: m for m in monitor.gather().members}
+
+        @admin.display(description="state")
+        def live_state(member: Member) -> str:
+            row = rows.get(member.node_id)
+            return row.state if row is not None else "—"
+
+        @admin.display(description="lag")
+        def live_lag(member: Member) -> str:
+            row = rows.get(member.node_id)
+            return "—" if row is None or row.lag is None else str(row.lag)
+
+        return [*self.list_display, live_state, live_lag]
+
     # -- pages --------------------------------------------------------------------------
 
     def get_urls(self) -> list[URLPattern]:

@@ -26,6 +26,7 @@ MAX_EVENTS = 200
 
 _events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
 _last_contact: dict[str, float] = {}
+_unreachable: set[str] = set()
 _lock = threading.Lock()
 _installed = False
 
@@ -59,6 +60,7 @@ def clear() -> None:
     with _lock:
         _events.clear()
         _last_contact.clear()
+        _unreachable.clear()
 
 
 def _on_state(node_id: str, value: Any, prev_value: Any, **kwargs: Any) -> None:
@@ -97,8 +99,39 @@ def _on_removed(node_id: str, **kwargs: Any) -> None:
 
 
 def _on_heartbeat(node_id: str, value: Any, **kwargs: Any) -> None:
+    peer = str(value)
     with _lock:
-        _last_contact[str(value)] = time.time()
+        _last_contact[peer] = time.time()
+        was_unreachable = peer in _unreachable
+        _unreachable.discard(peer)
+    if was_unreachable:
+        record("reachable", node_id, f"peer {peer} answers again", peer=peer)
+
+
+def peer_failed(node_id: str, peer: str, error: str) -> None:
+    """Count a failed request to ``peer``; the first failure in a row is an event.
+
+    The transport calls it when a request to a peer fails; the peer's next heartbeat
+    answer records that it is back.
+    """
+    metrics.count_send_failure(peer)
+    with _lock:
+        first = peer not in _unreachable
+        _unreachable.add(peer)
+    if first:
+        record("unreachable", node_id, f"peer {peer} unreachable: {error}", peer=peer)
+
+
+def snapshot_installed(node_id: str, index: int, size: int, seconds: float) -> None:
+    """Record a snapshot received from the leader and restored (the runner calls it)."""
+    metrics.observe_snapshot(size, seconds)
+    record(
+        "snapshot",
+        node_id,
+        f"snapshot at #{index} installed ({size} bytes, {seconds * 1000:.1f} ms)",
+        index=index,
+        size=size,
+    )
 
 
 def _on_slow_peer(node_id: str, value: Any, peer: str = "", **kwargs: Any) -> None:

@@ -140,6 +140,9 @@ def test_a_viewer_sees_read_only_pages_and_cannot_act(web: Cluster, viewer: User
     client = logged_in(viewer)
     listing = client.get(reverse("admin:django_raft_member_changelist"))
     assert listing.status_code == 200
+    html = listing.content.decode()
+    assert html.count('class="field-live_state">leader<') == 1
+    assert html.count('class="field-live_state">follower<') == 2
     assert b"transfer_leadership" not in listing.content
     assert b"/member/add/" not in listing.content
     assert client.get(reverse("admin:django_raft_member_add")).status_code == 403

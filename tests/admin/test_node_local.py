@@ -360,3 +360,25 @@ def test_term_range_finds_each_terms_run_of_indexes() -> None:
     for missing in (1, 4, 9):
         first, last = term_range(missing)
         assert first > last
+
+
+def test_an_unreachable_peer_is_one_event_until_it_answers_again() -> None:
+    from django_raft import signals
+
+    events.clear()
+    events.install(verbosity=1)
+    try:
+        for _ in range(3):
+            events.peer_failed("n1", "n2", "connection refused")
+        signals.heartbeat.send_robust(sender=RaftNode, node_id="n1", value="n2", prev_value=None)
+        signals.heartbeat.send_robust(sender=RaftNode, node_id="n1", value="n2", prev_value=None)
+        messages = [e["message"] for e in events.recent()][::-1]
+        assert messages == ["peer n2 unreachable: connection refused", "peer n2 answers again"]
+        assert 'django_raft_network_peer_sent_failures_total{peer="n2"}' in (
+            metrics.exposition({}).decode()
+        )
+        events.snapshot_installed("n1", 40, 1000, 0.01)
+        assert events.recent()[0]["message"].startswith("snapshot at #40 installed")
+    finally:
+        events.uninstall()
+        events.clear()
