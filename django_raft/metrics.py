@@ -9,6 +9,9 @@ nothing it does not own.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -110,6 +113,22 @@ def observe_persist(seconds: float) -> None:
     """Record one durable write of a Ready (the runner calls it around ``storage.persist``)."""
     persist_duration.observe(seconds)
     fsyncs.inc()
+
+
+@contextmanager
+def persisting() -> Iterator[None]:
+    """Time the block as one durable write: ``with metrics.persisting(): storage.persist(...)``."""
+    started = time.perf_counter()
+    yield
+    observe_persist(time.perf_counter() - started)
+
+
+@contextmanager
+def applying() -> Iterator[None]:
+    """Time the block as one apply run: ``with metrics.applying(): machine.apply(...)``."""
+    started = time.perf_counter()
+    yield
+    observe_apply(time.perf_counter() - started)
 
 
 def observe_apply(seconds: float) -> None:

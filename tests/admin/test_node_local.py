@@ -382,3 +382,19 @@ def test_an_unreachable_peer_is_one_event_until_it_answers_again() -> None:
     finally:
         events.uninstall()
         events.clear()
+
+
+def test_the_runner_timers_fill_the_histograms() -> None:
+    before = metrics.fsyncs._value.get()
+    with metrics.persisting():
+        pass
+    with metrics.applying():
+        pass
+    metrics.count_proposal(True)
+    metrics.count_sent("append_entries", 3)
+    metrics.count_received("heartbeat")
+    text = metrics.exposition({}).decode()
+    assert metrics.fsyncs._value.get() == before + 1
+    assert "django_raft_disk_wal_fsync_duration_seconds_count" in text
+    assert 'django_raft_network_peer_sent_messages_total{type="append_entries"}' in text
+    assert 'django_raft_network_peer_received_messages_total{type="heartbeat"}' in text
