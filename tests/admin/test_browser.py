@@ -39,6 +39,8 @@ CHROMIUM_FLAGS = [
 PASSWORD = "browser-test-password"
 
 if not Path(CHROMIUM).exists():
+    if os.environ.get("CI") == "true":
+        raise RuntimeError(f"{CHROMIUM} is missing under CI=true; .ci/run installs it")
     pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)", allow_module_level=True)
 
 
