@@ -47,8 +47,9 @@ from bench.load import cpu_seconds  # noqa: E402
 BENCH_ENV = ROOT / ".venv-bench"
 BENCH_REQUIREMENTS = ["pysyncobj==0.3.17", "matplotlib"]
 RESULTS = ROOT / "bench" / "results"
-ROWS = ("throughput", "kv", "latency", "http-latency", "http", "cost", "failover", "overload")
-"""Every row, in the order a round runs them: overload last, as it may break a cluster."""
+ROWS = ("throughput", "kv", "latency", "http-latency", "http", "cost", "overload", "failover")
+"""Every row, in the order a round runs them. Failover comes last: a restarted PySyncObj
+node whose journal was compacted never catches up, which would spoil later rows."""
 SYSTEMS = ("django-raft", "pysyncobj")
 
 
@@ -68,6 +69,7 @@ class Settings:
     failovers: int = 3
     overload: int = 50_000
     converge_timeout: float = 60.0
+    rejoin_timeout: float = 20.0
 
 
 TINY = Settings(
@@ -83,6 +85,7 @@ TINY = Settings(
     failovers=1,
     overload=200,
     converge_timeout=30.0,
+    rejoin_timeout=20.0,
 )
 
 
@@ -415,10 +418,13 @@ def failover(cluster: Cluster, kills: int, timeout: float) -> dict[str, Any]:
     """SIGKILL the leader ``kills`` times; time to a new leader and to a successful command.
 
     The harness polls the survivors every 5 ms; a command counts once the node that
-    reports itself leader has committed and applied one in its own process.
+    reports itself leader has committed and applied one in its own process. The killed
+    node is restarted; ``rejoined`` says whether the cluster converged again within
+    ``timeout`` seconds.
     """
     to_leader: list[float] = []
     to_command: list[float] = []
+    rejoined: list[bool] = []
     for _ in range(kills):
         old = cluster.leader()
         term = cluster.node(old).call("status")["term"]
@@ -443,11 +449,12 @@ def failover(cluster: Cluster, kills: int, timeout: float) -> dict[str, Any]:
         if elected is not None:
             to_leader.append(elected)
         cluster.restart(old)
-        cluster.converge(timeout)
+        rejoined.append(cluster.converge(timeout)["converged"])
     return {
         "kills": kills,
         "new_leader_s": to_leader,
         "next_command_s": to_command,
+        "rejoined": rejoined,
     }
 
 
@@ -472,97 +479,111 @@ def overload(cluster: Cluster, count: int, timeout: float) -> dict[str, Any]:
 # -- rounds -------------------------------------------------------------------------------
 
 
-def raft_round(workdir: Path, settings: Settings, rows: set[str], trace: bool) -> dict[str, Any]:
+def run_rows(
+    steps: dict[str, Callable[[], Any]], rows: set[str], seconds: dict[str, float], prefix: str
+) -> dict[str, Any]:
+    """Run the selected steps in order; record each one's wall time in ``seconds``."""
     out: dict[str, Any] = {}
-    cluster = RaftCluster(workdir)
-    try:
-        cluster.start()
-        if "throughput" in rows:
-            out["throughput"] = {
-                str(k): throughput(cluster, "noop", k, settings.seconds)
-                for k in settings.outstanding
-            }
-        if "kv" in rows:
-            out["kv"] = throughput(cluster, "kv", max(settings.outstanding), settings.seconds)
-        if "latency" in rows:
-            out["latency"] = latency(cluster, settings.latency_count)
-        if "http-latency" in rows:
-            out["http-latency"] = http_clients(
-                cluster, 1, None, settings.http_latency_count, to_leader=True
-            )
-        if "http" in rows:
-            out["http"] = http_clients(
-                cluster, settings.http_clients, settings.http_seconds, None, to_leader=False
-            )
-        run_cost(cluster, settings, rows, trace, out)
-        if "failover" in rows:
-            out["failover"] = failover(cluster, settings.failovers, settings.converge_timeout)
-        if "overload" in rows:
-            out["overload"] = overload(cluster, settings.overload, settings.converge_timeout)
-    finally:
-        cluster.close()
+    for row, measure in steps.items():
+        if row in rows:
+            began = time.monotonic()
+            out[row] = measure()
+            seconds[prefix + row] = round(time.monotonic() - began, 1)
     return out
 
 
-def run_cost(
-    cluster: Cluster, settings: Settings, rows: set[str], trace: bool, out: dict[str, Any]
-) -> None:
+def sweep(cluster: Cluster, outstanding: tuple[int, ...], seconds: float) -> dict[str, Any]:
+    """Throughput of ``bench.noop`` at each number of outstanding proposals."""
+    return {str(k): throughput(cluster, "noop", k, seconds) for k in outstanding}
+
+
+def cost(cluster: Cluster, settings: Settings, trace: bool) -> dict[str, Any]:
     """Row 8: CPU and messages per command under load and one at a time; fsyncs by strace."""
-    if "cost" not in rows:
-        return
     k = max(settings.outstanding)
-    load = throughput(cluster, "noop", k, settings.cost_seconds)
-    single = latency(cluster, settings.latency_count)
-    cost: dict[str, Any] = {"load": load, "single": single}
+    result = {
+        "load": throughput(cluster, "noop", k, settings.cost_seconds),
+        "single": latency(cluster, settings.latency_count),
+    }
     if trace:
-        cost["load_strace"] = fsyncs(
+        result["load_strace"] = fsyncs(
             cluster, lambda: throughput(cluster, "noop", k, settings.cost_seconds)
         )
-        cost["single_strace"] = fsyncs(cluster, lambda: latency(cluster, settings.latency_count))
-    out["cost"] = cost
+        result["single_strace"] = fsyncs(cluster, lambda: latency(cluster, settings.latency_count))
+    return result
+
+
+def raft_round(
+    workdir: Path, settings: Settings, rows: set[str], trace: bool, seconds: dict[str, float]
+) -> dict[str, Any]:
+    cluster = RaftCluster(workdir)
+    k = max(settings.outstanding)
+    try:
+        cluster.start()
+        steps = {
+            "throughput": lambda: sweep(cluster, settings.outstanding, settings.seconds),
+            "kv": lambda: throughput(cluster, "kv", k, settings.seconds),
+            "latency": lambda: latency(cluster, settings.latency_count),
+            "http-latency": lambda: http_clients(
+                cluster, 1, None, settings.http_latency_count, to_leader=True
+            ),
+            "http": lambda: http_clients(
+                cluster, settings.http_clients, settings.http_seconds, None, to_leader=False
+            ),
+            "cost": lambda: cost(cluster, settings, trace),
+            "overload": lambda: overload(cluster, settings.overload, settings.converge_timeout),
+            "failover": lambda: failover(cluster, settings.failovers, settings.rejoin_timeout),
+        }
+        return run_rows(steps, rows, seconds, "")
+    finally:
+        cluster.close()
+
+
+def syncobj_steps(
+    cluster: SyncObjCluster, settings: Settings, trace: bool
+) -> dict[str, Callable[[], Any]]:
+    """The rows of one PySyncObj configuration; in memory, only the top of the sweep."""
+    outstanding = settings.outstanding if cluster.journal else (max(settings.outstanding),)
+    count = settings.batched_latency_count if cluster.batch else settings.latency_count
+    return {
+        "throughput": lambda: sweep(cluster, outstanding, settings.seconds),
+        "latency": lambda: latency(cluster, count),
+        "cost": lambda: cost(cluster, settings, trace),
+        "overload": lambda: overload(cluster, settings.overload, settings.converge_timeout),
+        "failover": lambda: failover(cluster, settings.failovers, settings.rejoin_timeout),
+    }
 
 
 def syncobj_round(
-    workdir: Path, python: str, settings: Settings, rows: set[str], trace: bool
+    workdir: Path,
+    python: str,
+    settings: Settings,
+    rows: set[str],
+    trace: bool,
+    seconds: dict[str, float],
 ) -> dict[str, Any]:
     """PySyncObj: journal with default batching (the anchor), in memory, batching off."""
     out: dict[str, Any] = {}
-    variants = [("pysyncobj-journal", True, True)]
-    if "throughput" in rows:
-        variants.append(("pysyncobj-memory", False, True))
-    if "latency" in rows:
-        variants.append(("pysyncobj-nobatch", True, False))
-    for name, journal, batch in variants:
-        results: dict[str, Any] = {}
+    variants = (
+        (
+            "pysyncobj-journal",
+            True,
+            True,
+            {"throughput", "latency", "cost", "failover", "overload"},
+        ),
+        ("pysyncobj-memory", False, True, {"throughput"}),
+        ("pysyncobj-nobatch", True, False, {"latency"}),
+    )
+    for name, journal, batch, variant_rows in variants:
+        if not rows & variant_rows:
+            continue
         cluster = SyncObjCluster(workdir, python, journal, batch, name)
         try:
             cluster.start()
-            time.sleep(1.0)  # its nodes connect after the election
-            if "throughput" in rows and name != "pysyncobj-nobatch":
-                sweep = (
-                    settings.outstanding
-                    if name == "pysyncobj-journal"
-                    else (max(settings.outstanding),)
-                )
-                results["throughput"] = {
-                    str(k): throughput(cluster, "noop", k, settings.seconds) for k in sweep
-                }
-            if "latency" in rows and name != "pysyncobj-memory":
-                count = settings.latency_count if not batch else settings.batched_latency_count
-                results["latency"] = latency(cluster, count)
-            if name == "pysyncobj-journal":
-                run_cost(cluster, settings, rows, trace, results)
-                if "failover" in rows:
-                    results["failover"] = failover(
-                        cluster, settings.failovers, settings.converge_timeout
-                    )
-                if "overload" in rows:
-                    results["overload"] = overload(
-                        cluster, settings.overload, settings.converge_timeout
-                    )
+            time.sleep(1.0)  # its nodes connect to each other after the election
+            steps = syncobj_steps(cluster, settings, trace)
+            out[name] = run_rows(steps, rows & variant_rows, seconds, f"{name}:")
         finally:
             cluster.close()
-        out[name] = results
     return out
 
 
@@ -681,10 +702,12 @@ def summarize(rounds: list[dict[str, Any]], settings: Settings) -> dict[str, Any
     summary["failover"] = {}
     for variant in ("django-raft", "pysyncobj-journal"):
         kills: dict[str, list[float]] = {"new_leader_s": [], "next_command_s": []}
+        rejoined: list[bool] = []
         for round_result in rounds:
             data = variant_results(round_result).get(variant, {}).get("failover")
             for key in kills:
                 kills[key] += data[key] if data else []
+            rejoined += data["rejoined"] if data else []
         if kills["new_leader_s"] or kills["next_command_s"]:
             summary["failover"][variant] = {
                 key: {
@@ -695,6 +718,7 @@ def summarize(rounds: list[dict[str, Any]], settings: Settings) -> dict[str, Any
                 }
                 for key, v in kills.items()
             }
+            summary["failover"][variant]["rejoined"] = f"{sum(rejoined)} of {len(rejoined)}"
     return summary
 
 
@@ -709,8 +733,9 @@ def print_summary(summary: dict[str, Any]) -> None:
             label = ""
     print("ratio = django-raft median / that system's median\n")
     for variant, kills in summary["failover"].items():
+        print(f"7 failover: {variant}: the killed node rejoined after {kills['rejoined']} kills")
         for key, s in kills.items():
-            if s["kills"]:
+            if key != "rejoined" and s["kills"]:
                 what = key[:-2].replace("_", " ")
                 print(
                     f"7 failover, kill -9 leader -> {what}: {variant}: median "
@@ -808,6 +833,8 @@ def main(argv: list[str] | None = None) -> int:
         "notes": notes,
         "rounds": [],
     }
+    options.results.mkdir(parents=True, exist_ok=True)
+    path = options.results / f"{started}.json"
     with tempfile.TemporaryDirectory(prefix="raft-bench-") as tmp:
         for r in range(settings.rounds):
             order = ["django-raft", "pysyncobj"] if r % 2 == 0 else ["pysyncobj", "django-raft"]
@@ -818,20 +845,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"round {r + 1}/{settings.rounds}: {system} ...", flush=True)
                 workdir = Path(tmp) / f"round{r}-{system}"
                 workdir.mkdir()
-                began = time.monotonic()
+                seconds = round_result.setdefault("seconds", {})
                 if system == "django-raft":
-                    round_result[system] = raft_round(workdir, settings, rows, trace)
+                    round_result[system] = raft_round(workdir, settings, rows, trace, seconds)
                 else:
-                    round_result[system] = syncobj_round(workdir, python, settings, rows, trace)
-                round_result[f"{system}_seconds"] = time.monotonic() - began
+                    round_result[system] = syncobj_round(
+                        workdir, python, settings, rows, trace, seconds
+                    )
             report["rounds"].append(round_result)
+            path.write_text(json.dumps(report, indent=1))  # what is done so far
     report["machine_after"] = machine()
     report["summary"] = summarize(report["rounds"], settings)
     print_summary(report["summary"])
     for note in notes:
         print(f"note: {note}")
-    options.results.mkdir(parents=True, exist_ok=True)
-    path = options.results / f"{started}.json"
     path.write_text(json.dumps(report, indent=1))
     print(f"\nwrote {path}")
     if not options.no_plot:
