@@ -93,6 +93,7 @@ TINY = Settings(
 
 
 def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -164,6 +165,7 @@ class Cluster:
         self.nodes: list[Child | None] = [None] * self.size
 
     def spawn(self, i: int) -> Child:
+        """Start node ``i`` (again, after a kill: same ports, same files)."""
         raise NotImplementedError
 
     def start(self) -> None:
@@ -219,8 +221,9 @@ class Cluster:
 class RaftCluster(Cluster):
     """django-raft nodes (``bench/raft_node.py``), each with its own SQLite file."""
 
-    def __init__(self, workdir: Path) -> None:
-        super().__init__(workdir, "django-raft")
+    def __init__(self, workdir: Path, name: str) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(workdir, name)
         self.ids = [f"n{i + 1}" for i in range(self.size)]
         self.addresses = {n: f"http://127.0.0.1:{free_port()}" for n in self.ids}
 
@@ -248,6 +251,10 @@ class SyncObjCluster(Cluster):
         self.batch = batch
         self.addresses = [f"127.0.0.1:{free_port()}" for _ in range(self.size)]
 
+    def start(self) -> None:
+        super().start()
+        time.sleep(1.0)  # its nodes connect to each other after the election
+
     def spawn(self, i: int) -> Child:
         me = self.addresses[i]
         argv = [self.python, str(ROOT / "bench" / "syncobj_node.py"), me]
@@ -263,11 +270,13 @@ class SyncObjCluster(Cluster):
 
 
 def percentile(values: list[float], fraction: float) -> float:
+    """The value below which ``fraction`` of ``values`` lie (nearest rank); NaN if none."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
 
 
 def latency_summary(latencies: list[float]) -> dict[str, float]:
+    """p50, p99 and max in milliseconds of latencies given in seconds."""
     return {
         "p50_ms": percentile(latencies, 0.5) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
@@ -307,6 +316,7 @@ def throughput(
     seconds: float | None = None,
     count: int | None = None,
 ) -> dict[str, Any]:
+    """Proposals in the leader's process with ``outstanding`` in flight (``bench.load``)."""
     leader = cluster.node(cluster.leader())
     result: dict[str, Any] = {}
     with costed(cluster, result):
@@ -319,6 +329,7 @@ def throughput(
 
 
 def latency(cluster: Cluster, count: int) -> dict[str, Any]:
+    """``count`` trivial commands one at a time in the leader's process."""
     leader = cluster.node(cluster.leader())
     result: dict[str, Any] = {}
     with costed(cluster, result):
@@ -487,7 +498,11 @@ def run_rows(
     for row, measure in steps.items():
         if row in rows:
             began = time.monotonic()
-            out[row] = measure()
+            try:
+                out[row] = measure()
+            except RuntimeError as error:  # a cluster that lost its leader, a dead node
+                print(f"  {prefix}{row} failed: {error}", flush=True)
+                out[row] = {"error": str(error)}
             seconds[prefix + row] = round(time.monotonic() - began, 1)
     return out
 
@@ -497,59 +512,76 @@ def sweep(cluster: Cluster, outstanding: tuple[int, ...], seconds: float) -> dic
     return {str(k): throughput(cluster, "noop", k, seconds) for k in outstanding}
 
 
-def cost(cluster: Cluster, settings: Settings, trace: bool) -> dict[str, Any]:
-    """Row 8: CPU and messages per command under load and one at a time; fsyncs by strace."""
+def cost(cluster: Cluster, settings: Settings, trace: bool, single: int) -> dict[str, Any]:
+    """Row 8: CPU and messages per command under load and one at a time (``single``
+    commands); fsyncs counted by strace in a second pass of each."""
     k = max(settings.outstanding)
     result = {
         "load": throughput(cluster, "noop", k, settings.cost_seconds),
-        "single": latency(cluster, settings.latency_count),
+        "single": latency(cluster, single),
     }
     if trace:
         result["load_strace"] = fsyncs(
             cluster, lambda: throughput(cluster, "noop", k, settings.cost_seconds)
         )
-        result["single_strace"] = fsyncs(cluster, lambda: latency(cluster, settings.latency_count))
+        result["single_strace"] = fsyncs(cluster, lambda: latency(cluster, single))
     return result
+
+
+Steps = dict[str, Callable[[], Any]]
+
+
+def on_cluster(
+    cluster: Cluster, steps: Steps, rows: set[str], seconds: dict[str, float]
+) -> dict[str, Any]:
+    """Start ``cluster``, run the selected steps on it, stop it whatever happens."""
+    try:
+        cluster.start()
+        return run_rows(steps, rows, seconds, f"{cluster.name}:")
+    finally:
+        cluster.close()
+
+
+def failover_steps(cluster: Cluster, settings: Settings) -> Steps:
+    """Failover runs on a cluster of its own: healthy, short log, nothing else running."""
+    return {"failover": lambda: failover(cluster, settings.failovers, settings.rejoin_timeout)}
 
 
 def raft_round(
     workdir: Path, settings: Settings, rows: set[str], trace: bool, seconds: dict[str, float]
 ) -> dict[str, Any]:
-    cluster = RaftCluster(workdir)
+    """One round of django-raft: a fresh cluster, every selected row, in ``ROWS`` order."""
+    cluster = RaftCluster(workdir / "main", "django-raft")
     k = max(settings.outstanding)
-    try:
-        cluster.start()
-        steps = {
-            "throughput": lambda: sweep(cluster, settings.outstanding, settings.seconds),
-            "kv": lambda: throughput(cluster, "kv", k, settings.seconds),
-            "latency": lambda: latency(cluster, settings.latency_count),
-            "http-latency": lambda: http_clients(
-                cluster, 1, None, settings.http_latency_count, to_leader=True
-            ),
-            "http": lambda: http_clients(
-                cluster, settings.http_clients, settings.http_seconds, None, to_leader=False
-            ),
-            "cost": lambda: cost(cluster, settings, trace),
-            "overload": lambda: overload(cluster, settings.overload, settings.converge_timeout),
-            "failover": lambda: failover(cluster, settings.failovers, settings.rejoin_timeout),
-        }
-        return run_rows(steps, rows, seconds, "")
-    finally:
-        cluster.close()
+    steps: Steps = {
+        "throughput": lambda: sweep(cluster, settings.outstanding, settings.seconds),
+        "kv": lambda: throughput(cluster, "kv", k, settings.seconds),
+        "latency": lambda: latency(cluster, settings.latency_count),
+        "http-latency": lambda: http_clients(
+            cluster, 1, None, settings.http_latency_count, to_leader=True
+        ),
+        "http": lambda: http_clients(
+            cluster, settings.http_clients, settings.http_seconds, None, to_leader=False
+        ),
+        "cost": lambda: cost(cluster, settings, trace, settings.latency_count),
+        "overload": lambda: overload(cluster, settings.overload, settings.converge_timeout),
+    }
+    out = on_cluster(cluster, steps, rows - {"failover"}, seconds)
+    if "failover" in rows:
+        fresh = RaftCluster(workdir / "failover", "django-raft-failover")
+        out.update(on_cluster(fresh, failover_steps(fresh, settings), rows, seconds))
+    return out
 
 
-def syncobj_steps(
-    cluster: SyncObjCluster, settings: Settings, trace: bool
-) -> dict[str, Callable[[], Any]]:
+def syncobj_steps(cluster: SyncObjCluster, settings: Settings, trace: bool) -> Steps:
     """The rows of one PySyncObj configuration; in memory, only the top of the sweep."""
     outstanding = settings.outstanding if cluster.journal else (max(settings.outstanding),)
     count = settings.batched_latency_count if cluster.batch else settings.latency_count
     return {
         "throughput": lambda: sweep(cluster, outstanding, settings.seconds),
         "latency": lambda: latency(cluster, count),
-        "cost": lambda: cost(cluster, settings, trace),
+        "cost": lambda: cost(cluster, settings, trace, count),
         "overload": lambda: overload(cluster, settings.overload, settings.converge_timeout),
-        "failover": lambda: failover(cluster, settings.failovers, settings.rejoin_timeout),
     }
 
 
@@ -564,26 +596,24 @@ def syncobj_round(
     """PySyncObj: journal with default batching (the anchor), in memory, batching off."""
     out: dict[str, Any] = {}
     variants = (
-        (
-            "pysyncobj-journal",
-            True,
-            True,
-            {"throughput", "latency", "cost", "failover", "overload"},
-        ),
+        ("pysyncobj-journal", True, True, {"throughput", "latency", "cost", "overload"}),
         ("pysyncobj-memory", False, True, {"throughput"}),
         ("pysyncobj-nobatch", True, False, {"latency"}),
     )
     for name, journal, batch, variant_rows in variants:
-        if not rows & variant_rows:
-            continue
-        cluster = SyncObjCluster(workdir, python, journal, batch, name)
-        try:
-            cluster.start()
-            time.sleep(1.0)  # its nodes connect to each other after the election
-            steps = syncobj_steps(cluster, settings, trace)
-            out[name] = run_rows(steps, rows & variant_rows, seconds, f"{name}:")
-        finally:
-            cluster.close()
+        if rows & variant_rows:
+            cluster = SyncObjCluster(workdir, python, journal, batch, name)
+            out[name] = on_cluster(
+                cluster,
+                syncobj_steps(cluster, settings, trace),
+                rows & variant_rows,
+                seconds,
+            )
+    if "failover" in rows:
+        fresh = SyncObjCluster(workdir, python, True, True, "pysyncobj-journal-failover")
+        out.setdefault("pysyncobj-journal", {}).update(
+            on_cluster(fresh, failover_steps(fresh, settings), rows, seconds)
+        )
     return out
 
 
@@ -801,6 +831,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-plot", action="store_true", help="write no PNG")
     parser.add_argument("--results", type=Path, default=RESULTS, help="where JSON and PNG go")
     options = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # stop the clusters
 
     settings = TINY if options.tiny else Settings()
     overrides = {

@@ -54,6 +54,8 @@ def make_node(self_address: str, partners: list[str], journal: str, batch: bool)
 
 
 class Node:
+    """The SyncObj running here, and the load the harness asks it to generate."""
+
     def __init__(self, syncobj: Any) -> None:
         self.syncobj = syncobj
 
