@@ -50,11 +50,17 @@ def main() -> None:
 
     for name, rounds in variants.items():
         points: dict[int, list[float]] = {}
+        capped = 0
         for data in rounds:
-            for run in data.get("throughput", {}).values():
-                points.setdefault(run["outstanding"], []).append(run["commands_per_second"])
+            for requested, run in data.get("throughput", {}).items():
+                points.setdefault(int(requested), []).append(run["commands_per_second"])
+                if run["outstanding"] < int(requested):
+                    capped = run["outstanding"]
         if not points:
             continue
+        label = LABELS.get(name, name)
+        if capped:  # a runtime without propose_async: a pool of blocking proposals
+            label += f" (at most {capped} in flight)"
         xs = sorted(points)
         stats = [spread(points[x]) for x in xs]
         left.errorbar(
@@ -63,7 +69,7 @@ def main() -> None:
             yerr=[[s[1] for s in stats], [s[2] for s in stats]],
             marker="o",
             capsize=3,
-            label=LABELS.get(name, name),
+            label=label,
         )
     left.set_xscale("log")
     left.set_yscale("log")

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -285,28 +285,40 @@ def latency_summary(latencies: list[float]) -> dict[str, float]:
     }
 
 
+def leader_first(cluster: Cluster) -> list[Child]:
+    """The running nodes, the leader first."""
+    leader = cluster.leader()
+    return [cluster.node(leader)] + [n for i, n in cluster.running() if i != leader]
+
+
+def applied(nodes: list[Child]) -> list[int]:
+    """Each node's applied index: per-command costs divide by what each node applied, so
+    they stay meaningful when proposals fail (a lost leader) or a pass is slowed down."""
+    return [n.call("status")["applied"] for n in nodes]
+
+
+def per_command(totals: Sequence[float], before: list[int], after: list[int]) -> list[float]:
+    """Each node's total divided by the commands it applied between ``before`` and ``after``."""
+    return [t / max(1, b - a) for t, a, b in zip(totals, before, after, strict=True)]
+
+
 @contextlib.contextmanager
 def costed(cluster: Cluster, result: dict[str, Any]) -> Iterator[None]:
-    """Add CPU ms and Raft messages per acknowledged command of every node to ``result``.
+    """Add CPU ms and Raft messages per applied command of every node to ``result``.
 
     Nodes are listed leader first. CPU is the whole process (every thread) from
     /proc/<pid>/stat; messages are the Raft messages the node handed to its transport.
     """
-    leader = cluster.leader()
-    order = [leader] + [i for i, _ in cluster.running() if i != leader]
-    nodes = [cluster.node(i) for i in order]
+    nodes = leader_first(cluster)
     cpu = [cpu_seconds(n.pid) for n in nodes]
     messages = [n.call("counters")["messages"] for n in nodes]
+    start = applied(nodes)
     yield
-    commands = max(1, result.get("acknowledged", result.get("count", 0)))
-    result["cpu_ms_per_command"] = [
-        (cpu_seconds(n.pid) - before) * 1000 / commands
-        for n, before in zip(nodes, cpu, strict=True)
-    ]
-    result["messages_per_command"] = [
-        (n.call("counters")["messages"] - before) / commands
-        for n, before in zip(nodes, messages, strict=True)
-    ]
+    end = applied(nodes)
+    cpu_ms = [(cpu_seconds(n.pid) - c) * 1000 for n, c in zip(nodes, cpu, strict=True)]
+    sent = [n.call("counters")["messages"] - m for n, m in zip(nodes, messages, strict=True)]
+    result["cpu_ms_per_command"] = per_command(cpu_ms, start, end)
+    result["messages_per_command"] = per_command(sent, start, end)
 
 
 def throughput(
@@ -381,34 +393,31 @@ def http_clients(
 
 def fsyncs(cluster: Cluster, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """Run ``run`` with every node under ``strace -c``; fsync-family and socket-send calls
-    per acknowledged command, leader first."""
-    leader = cluster.leader()
-    order = [leader] + [i for i, _ in cluster.running() if i != leader]
+    per applied command, leader first."""
+    nodes = leader_first(cluster)
     tracers = []
-    for i in order:
-        out = cluster.workdir / f"strace-{cluster.name}-{i}-{time.monotonic_ns()}.txt"
-        argv = ["strace", "-f", "-c", "-o", str(out), "-p", str(cluster.node(i).pid)]
-        argv += ["-e", "trace=fsync,fdatasync,sync_file_range,sendto,sendmsg,write"]
+    for node in nodes:
+        out = cluster.workdir / f"strace-{cluster.name}-{node.pid}-{time.monotonic_ns()}.txt"
+        argv = ["strace", "-f", "-c", "-o", str(out), "-p", str(node.pid)]
+        argv += ["-e", "trace=fsync,fdatasync,sync_file_range,sendto,sendmsg"]
         tracers.append((subprocess.Popen(argv, stderr=subprocess.DEVNULL), out))
     time.sleep(1.0)  # let strace attach to every thread
+    start = applied(nodes)
     try:
-        result = run()
+        run()
     finally:
+        end = applied(nodes)
         for tracer, _ in tracers:
             tracer.send_signal(signal.SIGINT)
         for tracer, _ in tracers:
             tracer.wait(timeout=30)
-    commands = max(1, result.get("acknowledged", result.get("count", 0)))
     calls = [strace_counts(out) for _, out in tracers]
+    syncs = [sum(c.get(s, 0) for s in ("fsync", "fdatasync", "sync_file_range")) for c in calls]
+    sends = [c.get("sendto", 0) + c.get("sendmsg", 0) for c in calls]
     return {
-        "commands": commands,
-        "fsyncs_per_command": [
-            sum(c.get(s, 0) for s in ("fsync", "fdatasync", "sync_file_range")) / commands
-            for c in calls
-        ],
-        "socket_sends_per_command": [
-            (c.get("sendto", 0) + c.get("sendmsg", 0)) / commands for c in calls
-        ],
+        "applied": [b - a for a, b in zip(start, end, strict=True)],
+        "fsyncs_per_command": per_command(syncs, start, end),
+        "socket_sends_per_command": per_command(sends, start, end),
         "syscalls": calls,
     }
 
