@@ -316,9 +316,10 @@ def costed(cluster: Cluster, result: dict[str, Any]) -> Iterator[None]:
     yield
     end = applied(nodes)
     cpu_ms = [(cpu_seconds(n.pid) - c) * 1000 for n, c in zip(nodes, cpu, strict=True)]
-    sent = [n.call("counters")["messages"] - m for n, m in zip(nodes, messages, strict=True)]
     result["cpu_ms_per_command"] = per_command(cpu_ms, start, end)
-    result["messages_per_command"] = per_command(sent, start, end)
+    if None not in messages:  # None: the node cannot count its Raft messages
+        sent = [n.call("counters")["messages"] - m for n, m in zip(nodes, messages, strict=True)]
+        result["messages_per_command"] = per_command(sent, start, end)
 
 
 def throughput(
