@@ -289,7 +289,12 @@ def test_status_fields(running: Running) -> None:
         "last_index",
         "voters",
         "learners",
+        "max_turn_ms",
+        "pending_proposals",
+        "signals_dropped",
     }
+    assert 0 < status["max_turn_ms"] < 60_000
+    assert status["pending_proposals"] == status["signals_dropped"] == 0
     assert status["id"] == NODE_ID and status["vote"] == NODE_ID
     assert status["state"] == "leader" and status["leader"] == NODE_ID
     assert status["voters"] == [NODE_ID] and status["learners"] == []
