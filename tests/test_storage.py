@@ -62,15 +62,8 @@ def persist(
     entries: Sequence[Entry] = (),
     snapshot: Snapshot | None = None,
 ) -> None:
-    """Write a Ready's worth: what a host does with either storage."""
-    if isinstance(storage, DjangoStorage):
-        storage.persist(hard_state, entries, snapshot)
-        return
-    if snapshot is not None:
-        storage.apply_snapshot(snapshot)
-    if hard_state is not None:
-        storage.set_hard_state(hard_state)
-    storage.append(list(entries))
+    """Write a Ready's worth: both storages take it in one call."""
+    storage.persist(hard_state, entries, snapshot)
 
 
 def stored(storage: Store, terms: list[int]) -> Store:
