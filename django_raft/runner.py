@@ -44,16 +44,16 @@ from .core import (
     RawNode,
 )
 from .dispatch import SignalDispatcher
-from .exceptions import OverloadedError, StopError
+from .exceptions import CommandTimeoutError, OverloadedError, StopError
 from .statemachine import Outcome, StateMachine
 from .storage import DjangoStorage
 from .transport import Transport
 
 logger = logging.getLogger(__name__)
 
-MAX_ITEMS_PER_TURN = 2000
+MAX_ITEMS_PER_TURN = 500
 """Mailbox requests handled in one turn of the loop."""
-MAX_APPLY_PER_READY = 500
+MAX_APPLY_PER_READY = 128
 """Committed entries applied in one Ready (the core hands over no more)."""
 TURN_BUDGET_FRACTION = 0.2
 """A turn stops handling Readies once it ran this fraction of the heartbeat interval."""
@@ -178,6 +178,7 @@ class RaftNode:
         self._read_ids = itertools.count()
         self._slots: dict[str, ReplySlot] = {}
         self._max_turn = 0.0
+        self._full_status_at = 0.0
         self._status: dict[str, Any] = self._make_status()
         self._last_leader_contact = time.monotonic()
         self._threshold_warned = False
@@ -207,11 +208,13 @@ class RaftNode:
         """Step messages from one peer, in order; return the messages that answer them.
 
         They are stepped in one turn of the loop, so a batch of AppendEntries costs one
-        write to disk; the answer comes as soon as that write is durable.
+        write to disk; the answer comes as soon as that write is durable (no answer if
+        that takes longer than ``timeout``).
         """
         slot = ReplySlot(messages[0].sender)
         self._submit(Step(tuple(messages), slot))
-        slot.done.wait(timeout)
+        if not slot.done.wait(timeout):
+            return []  # the loop is behind: the sender will retry
         return slot.messages
 
     def propose_async(self, data: bytes) -> Future[Outcome]:
@@ -373,17 +376,16 @@ class RaftNode:
             self._propose(proposals)
 
     def _propose(self, proposals: list[Propose]) -> None:
-        """Append a burst of proposals to the log together."""
+        """Append a burst of proposals to the log together: one append, one broadcast."""
         raw = self.raw
         try:
-            term = raw.raft.term
-            indexes = [raw.propose(proposal.data) for proposal in proposals]
+            first, _ = raw.propose_batch([proposal.data for proposal in proposals])
         except RaftError as error:
             for proposal in proposals:
-                if not proposal.future.done():
-                    proposal.future.set_exception(error)
+                proposal.future.set_exception(error)
             return
-        for index, proposal in zip(indexes, proposals, strict=True):
+        term = raw.basic_status().term
+        for index, proposal in enumerate(proposals, first):
             self._pending[index] = _Pending(term, proposal.future)
 
     def _step(self, message: Message) -> None:
@@ -403,7 +405,7 @@ class RaftNode:
         raw = self.raw
         if isinstance(request, ProposeConfChange):
             index = raw.propose_conf_change(request.change)
-            self._pending[index] = _Pending(raw.raft.term, request.future)
+            self._pending[index] = _Pending(raw.basic_status().term, request.future)
         elif isinstance(request, ReadIndex):
             context = f"{self.node_id}:{next(self._read_ids)}".encode()
             raw.read_index(context)
@@ -439,9 +441,11 @@ class RaftNode:
         raw = self.raw
         while raw.has_ready():
             ready = raw.ready()
+            early, late = ready.partition_messages()
+            self._send(early)  # a leader replicates while it persists its own entries
             self.storage.persist(ready.hard_state, ready.entries, ready.snapshot)
             self._learn_addresses(ready.entries)
-            self._send(ready.messages)
+            self._send(late)
             self._answer_peers()  # durable now: answer before applying
             if ready.snapshot is not None:
                 self.machine.restore(
@@ -498,7 +502,7 @@ class RaftNode:
             if pending is None or pending.future.done():
                 continue
             if pending.term != entry.term:
-                lead = self.raw.raft.lead
+                lead = self.raw.basic_status().lead
                 pending.future.set_exception(
                     NotLeaderError(lead)
                     if lead != self.node_id
@@ -526,7 +530,7 @@ class RaftNode:
     def _serve_reads(self) -> None:
         if not self._read_waiting:
             return
-        applied = self.raw.raft.log.applied
+        applied = self.raw.basic_status().applied
         still = []
         for index, future in self._read_waiting:
             if applied >= index:
@@ -545,14 +549,38 @@ class RaftNode:
 
     def _make_status(self) -> dict[str, Any]:
         status = self.raw.status()
+        self._full_status_at = time.monotonic()
+        return self._add_runtime_status(status)
+
+    def _add_runtime_status(self, status: dict[str, Any]) -> dict[str, Any]:
         status["max_turn_ms"] = round(self._max_turn * 1000, 3)
         status["pending_proposals"] = len(self._pending)
         status["signals_dropped"] = self.signals.dropped
         return status
 
     def _update_status(self) -> None:
-        before, after = self._status, self._make_status()
+        """Publish the status; the full one (lists, progress) at most every heartbeat."""
+        before = self._status
+        basic = self.raw.basic_status()
+        if (
+            basic.state.value != before["state"]
+            or basic.term != before["term"]
+            or basic.lead != before["leader"]
+            or time.monotonic() - self._full_status_at >= self.heartbeat_interval
+        ):
+            after = self._make_status()
+        else:
+            after = self._add_runtime_status(
+                {
+                    **before,
+                    "commit": basic.commit,
+                    "applied": basic.applied,
+                    "last_index": basic.last_index,
+                }
+            )
         self._status = after
+        if before["state"] == "leader" and after["state"] != "leader":
+            self._abandon_proposals(after["commit"])
         for key, signal in (
             ("state", signals.state_changed),
             ("leader", signals.leader_changed),
@@ -569,6 +597,20 @@ class RaftNode:
                 value=after.get("commit"),
                 prev_value=before.get("commit"),
             )
+
+    def _abandon_proposals(self, commit: int) -> None:
+        """This node stopped leading: fail the proposals it can no longer see through.
+
+        Their entries may still be committed by the next leader, so the error says the
+        outcome is unknown (the client decides whether to retry).
+        """
+        error = CommandTimeoutError(
+            "leadership changed before the command was committed; it may still be applied"
+        )
+        for index in [index for index in self._pending if index > commit]:
+            pending = self._pending.pop(index)
+            if not pending.future.done():
+                pending.future.set_exception(error)
 
     def _fail_waiting(self, error: Exception) -> None:
         for pending in self._pending.values():

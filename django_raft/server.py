@@ -51,7 +51,9 @@ def _json_errors(get_response: Callable[[HttpRequest], HttpResponseBase]) -> Any
             return _json_error(404, f"no route {request.path!r}", "NotFound")
         except Exception:
             logger.exception("raft: error serving %s %s", request.method, request.path)
-            return JsonResponse(_ERROR_500, status=500)
+            response = JsonResponse(_ERROR_500, status=500)
+            response._has_been_logged = True  # type: ignore[attr-defined]  # once is enough
+            return response
         status = response.status_code
         if status >= 400 and response.get("Content-Type") != "application/json":
             error_type = {404: "NotFound", 405: "MethodNotAllowed"}.get(status, "BadRequest")

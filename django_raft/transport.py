@@ -1,8 +1,12 @@
-"""HTTP transport between nodes: one sender thread and one keep-alive session per peer.
+"""HTTP transport between nodes: per peer, a queue and a few senders with keep-alive sessions.
 
 A slow or dead peer only fills its own queue (bounded: the oldest messages are dropped,
-which Raft tolerates), so it never stalls the loop or the other peers. Every request
-is signed with the cluster secret (HMAC-SHA256 of the body); the replies a peer
+which Raft tolerates), so it never stalls the loop or the other peers. Each peer has
+``PIPELINE_DEPTH`` sender threads, so that many requests can be in flight to it: a
+slow round trip (a commit notice, a large batch) does not hold back the next
+AppendEntries. Each request carries what was queued, up to ``MAX_BATCH`` messages and
+``MAX_BATCH_ENTRIES`` entries (one write to disk on the peer for all of them). Every
+request is signed with the cluster secret (HMAC-SHA256 of the body); the replies a peer
 produces for a request come back in the response body and are handed to ``deliver``.
 """
 
@@ -31,6 +35,11 @@ MAX_QUEUE = 10_000
 """Messages held for one peer before the oldest are dropped."""
 MAX_BATCH = 256
 """Queued messages posted together (one write to disk on the peer for all of them)."""
+MAX_BATCH_ENTRIES = 1000
+"""Log entries posted together at most (beyond the first message), so that the peer's
+write, and its loop turn, stay short."""
+PIPELINE_DEPTH = 2
+"""Requests in flight to one peer at a time."""
 BATCH_PATH = "batch"
 """The route for several framed messages at once."""
 
@@ -96,33 +105,63 @@ def unframe(data: bytes) -> list[Message]:
     return messages
 
 
-class _PeerSender(threading.Thread):
-    """Posts the messages queued for one peer, in order, over one session."""
+class _PeerQueue:
+    """The messages waiting for one peer, and the sender threads that post them."""
 
     def __init__(self, transport: Transport, peer: str) -> None:
-        super().__init__(name=f"raft-send-{peer}", daemon=True)
-        self.transport = transport
-        self.peer = peer
         self.queue: deque[Message] = deque(maxlen=MAX_QUEUE)
         self.wakeup = threading.Condition()
-        self.session = requests.Session()
+        self.senders = [
+            _PeerSender(transport, peer, self, number) for number in range(PIPELINE_DEPTH)
+        ]
+        for sender in self.senders:
+            sender.start()
 
     def put(self, messages: list[Message]) -> None:
         with self.wakeup:
             self.queue.extend(messages)
             self.wakeup.notify()
 
+    def take(self, stopped: threading.Event) -> list[Message] | None:
+        """Wait for messages; return a batch of them in order (None once stopped)."""
+        with self.wakeup:
+            while not self.queue and not stopped.is_set():
+                self.wakeup.wait(0.5)
+            if stopped.is_set():
+                return None
+            batch = [self.queue.popleft()]
+            entries = len(batch[0].entries)
+            while self.queue and len(batch) < MAX_BATCH:
+                more = len(self.queue[0].entries)
+                if more and entries + more > MAX_BATCH_ENTRIES:
+                    break
+                batch.append(self.queue.popleft())
+                entries += more
+            if self.queue:
+                self.wakeup.notify()  # another sender may take the rest
+            return batch
+
+    def wake_all(self) -> None:
+        with self.wakeup:
+            self.wakeup.notify_all()
+
+
+class _PeerSender(threading.Thread):
+    """Posts batches taken from one peer's queue over its own session."""
+
+    def __init__(self, transport: Transport, peer: str, source: _PeerQueue, number: int) -> None:
+        super().__init__(name=f"raft-send-{peer}-{number}", daemon=True)
+        self.transport = transport
+        self.peer = peer
+        self.source = source
+        self.session = requests.Session()
+
     def run(self) -> None:
         transport = self.transport
-        while not transport.stopped.is_set():
-            with self.wakeup:
-                while not self.queue and not transport.stopped.is_set():
-                    self.wakeup.wait(0.5)
-                if transport.stopped.is_set():
-                    break
-                batch = [self.queue.popleft()]
-                while self.queue and len(batch) < MAX_BATCH:
-                    batch.append(self.queue.popleft())
+        while True:
+            batch = self.source.take(transport.stopped)
+            if batch is None:
+                break
             self._post(batch)
         self.session.close()
 
@@ -182,7 +221,7 @@ class Transport:
         self.on_round_trip = on_round_trip
         self.addresses: dict[str, str] = {}
         self.stopped = threading.Event()
-        self._senders: dict[str, _PeerSender] = {}
+        self._peers: dict[str, _PeerQueue] = {}
 
     def set_address(self, node_id: str, address: str) -> None:
         """Record where ``node_id`` is reached (from the membership entries' context)."""
@@ -195,19 +234,18 @@ class Transport:
         for message in messages:
             by_peer.setdefault(message.to, []).append(message)
         for peer, batch in by_peer.items():
-            sender = self._senders.get(peer)
-            if sender is None:
+            queue = self._peers.get(peer)
+            if queue is None:
                 if self.stopped.is_set():
                     return
-                sender = self._senders[peer] = _PeerSender(self, peer)
-                sender.start()
-            sender.put(batch)
+                queue = self._peers[peer] = _PeerQueue(self, peer)
+            queue.put(batch)
 
     def stop(self) -> None:
         """Stop every sender thread."""
         self.stopped.set()
-        for sender in self._senders.values():
-            with sender.wakeup:
-                sender.wakeup.notify()
-        for sender in self._senders.values():
-            sender.join(timeout=2)
+        for queue in self._peers.values():
+            queue.wake_all()
+        for queue in self._peers.values():
+            for sender in queue.senders:
+                sender.join(timeout=2)
