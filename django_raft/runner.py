@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from . import signals
 from .conf import raft_settings
@@ -113,11 +113,19 @@ class TransferLeadership:
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotSaved:
+    """The snapshot thread saved the state as of applied ``index`` (``data`` None: failed)."""
+
+    index: int
+    data: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
 class Wake:
     """Wake the loop (to notice that it is stopping)."""
 
 
-Request = Step | Propose | ProposeConfChange | ReadIndex | TransferLeadership | Wake
+Request = Step | Propose | ProposeConfChange | ReadIndex | TransferLeadership | SnapshotSaved | Wake
 
 
 @dataclass(slots=True)
@@ -179,6 +187,7 @@ class RaftNode:
         self._slots: dict[str, ReplySlot] = {}
         self._max_turn = 0.0
         self._full_status_at = 0.0
+        self._snapshotting = False
         self._status: dict[str, Any] = self._make_status()
         self._last_leader_contact = time.monotonic()
         self._threshold_warned = False
@@ -367,6 +376,8 @@ class RaftNode:
                     self._step(message)
             elif isinstance(request, Wake):
                 continue
+            elif isinstance(request, SnapshotSaved):
+                self._snapshot_saved(request)
             elif request.future.set_running_or_notify_cancel():
                 try:
                     self._request(request)
@@ -540,10 +551,43 @@ class RaftNode:
         self._read_waiting = still
 
     def _maybe_snapshot(self) -> None:
-        if not self.raw.snapshot_due():
+        """Start saving a snapshot when one is due, in a thread: it may take seconds."""
+        if self._snapshotting or not self.raw.snapshot_due():
             return
-        index, _ = self.machine.applied()
-        snapshot = self.raw.create_snapshot(index, self.machine.save())
+        connection = connections[self.machine.alias]
+        if connection.vendor == "sqlite" and connection.is_in_memory_db():  # type: ignore[attr-defined]
+            # Another connection would not see this one's database: save it here.
+            self._snapshot_saved(SnapshotSaved(*self.machine.save_applied()))
+            return
+        self._snapshotting = True
+        threading.Thread(
+            target=self._save_snapshot, name=f"raft-snapshot-{self.node_id}", daemon=True
+        ).start()
+
+    def _save_snapshot(self) -> None:
+        """Save the state (in the snapshot thread) and hand it to the loop."""
+        index, data = 0, None
+        try:
+            index, data = self.machine.save_applied()
+        except Exception:
+            logger.exception("raft: node %s could not save a snapshot", self.node_id)
+        finally:
+            connections.close_all()  # this thread's connections only
+        self.inbox.put(SnapshotSaved(index, data))
+
+    def _snapshot_saved(self, saved: SnapshotSaved) -> None:
+        """Record a saved snapshot and compact the log behind it."""
+        self._snapshotting = False
+        if saved.data is None:
+            return
+        try:
+            snapshot = self.raw.create_snapshot(saved.index, saved.data)
+        except (RaftError, ValueError) as error:
+            # A snapshot from the leader overtook it meanwhile.
+            logger.info(
+                "raft: node %s drops its snapshot at %s: %s", self.node_id, saved.index, error
+            )
+            return
         self.storage.create_snapshot(snapshot)
         self.storage.compact(self.raw.compact_index(snapshot))
 
@@ -631,7 +675,7 @@ class RaftNode:
                 request = self.inbox.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(request, Step | Wake):
+            if isinstance(request, Step | Wake | SnapshotSaved):
                 continue
             if request.future.set_running_or_notify_cancel():
                 request.future.set_exception(error)

@@ -248,8 +248,20 @@ class StateMachine:
 
     def save(self) -> bytes:
         """Return the replicated state as bytes, for a snapshot at the applied index."""
+        return self.save_applied()[1]
+
+    def save_applied(self) -> tuple[int, bytes]:
+        """Return the applied index and the replicated state as of it, read together.
+
+        One read transaction sees both, so it may run in another thread while the loop
+        goes on applying (on PostgreSQL it runs at REPEATABLE READ for that).
+        """
         using = self.alias
         with transaction.atomic(using=using):
+            if connections[using].vendor == "postgresql":
+                with connections[using].cursor() as cursor:
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            index, _ = self.applied()
             members = list(
                 Member.objects.using(using)
                 .order_by("node_id")
@@ -258,7 +270,7 @@ class StateMachine:
             hooks = commands.get_state_hooks()
             state = hooks.save(using) if hooks is not None else _dump_models(using)
         header = json.dumps(members, separators=(",", ":")).encode()
-        return b"".join((SNAPSHOT_MAGIC, _LENGTH.pack(len(header)), header, state))
+        return index, b"".join((SNAPSHOT_MAGIC, _LENGTH.pack(len(header)), header, state))
 
     def catch_up(self, snapshot: Snapshot) -> bool:
         """Restore ``snapshot`` if the state is behind it; return whether it was.

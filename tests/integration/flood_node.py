@@ -40,12 +40,14 @@ def flood(directory: Path, count: int) -> None:
     terms = {node.status()["term"]}
     datas = [encode_command("kv.set", {"key": f"k{i}", "value": str(i)}) for i in range(count)]
     answered = threading.Semaphore(0)
+    started = time.monotonic()
     futures = [node.propose_async(data) for data in datas]
     for future in futures:
         future.add_done_callback(lambda _: answered.release())
     for _ in futures:
         while not answered.acquire(timeout=0.1):
             terms.add(node.status()["term"])
+    seconds = time.monotonic() - started
     terms.add(node.status()["term"])
     kinds: Counter[str] = Counter()
     acked = []
@@ -60,6 +62,7 @@ def flood(directory: Path, count: int) -> None:
         "acked": acked,
         "terms": sorted(terms),
         "max_turn_ms": node.status()["max_turn_ms"],
+        "seconds": seconds,
     }
     (directory / f"flood-{node.node_id}.json").write_text(json.dumps(summary))
 

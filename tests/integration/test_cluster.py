@@ -162,7 +162,7 @@ def test_kill_9_during_writes_loses_nothing_acknowledged(cluster: Cluster) -> No
     assert leader.status()["term"] >= 1
 
 
-FLOOD = 20_000
+FLOOD = 10_000
 
 
 def test_a_flood_of_outstanding_proposals_keeps_the_leader_and_converges(tmp_path: Path) -> None:
