@@ -24,7 +24,7 @@ from .conf import raft_settings
 from .runner import RaftNode
 from .statemachine import StateMachine
 from .storage import DjangoStorage, make_durable
-from .transport import NODE_HEADER, SIGNATURE_HEADER
+from .transport import NODE_HEADER, SEQUENCE_HEADER, SIGNATURE_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -137,12 +137,15 @@ class NodeApplication(WSGIHandler):
         if refused is not None:
             return refused
         if rpc_path is not None:
-            return views.rpc_answer(rpc_path, body, environ.get(_NODE_KEY))
+            return views.rpc_answer(
+                rpc_path, body, environ.get(_NODE_KEY), environ.get(_SEQUENCE_KEY)
+            )
         return views.command_answer(body)
 
 
 _SIGNATURE_KEY = "HTTP_" + SIGNATURE_HEADER.upper().replace("-", "_")
 _NODE_KEY = "HTTP_" + NODE_HEADER.upper().replace("-", "_")
+_SEQUENCE_KEY = "HTTP_" + SEQUENCE_HEADER.upper().replace("-", "_")
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
