@@ -203,9 +203,7 @@ class Network:
 def founding_storage(ids: Sequence[str]) -> MemoryStorage:
     """Return a founding node's disk: the cluster's membership written into its log."""
     storage = MemoryStorage()
-    hard_state, entries = bootstrap(ids)
-    storage.append(entries)
-    storage.set_hard_state(hard_state)
+    storage.persist(*bootstrap(ids))
     return storage
 
 
@@ -275,9 +273,7 @@ class Cluster:
                 self._on_role(node, ready.soft_state)
             if ready.entries:
                 self._note_overwrite(node, ready.entries)
-            if ready.hard_state is not None:
-                node.storage.set_hard_state(ready.hard_state)
-            node.storage.append(ready.entries)
+            node.storage.persist(ready.hard_state, ready.entries, ready.snapshot)
             for message in ready.messages:
                 self.network.send(message, self.now)
             for entry in ready.committed_entries:

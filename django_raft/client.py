@@ -16,7 +16,13 @@ import requests
 
 from .conf import raft_settings
 from .core import DuplicatePeerError, MembershipError, NotLeaderError, ProposalDroppedError
-from .exceptions import CommandError, CommandTimeoutError, StopError, UnavailableError
+from .exceptions import (
+    CommandError,
+    CommandTimeoutError,
+    OverloadedError,
+    StopError,
+    UnavailableError,
+)
 from .transport import NODE_HEADER, SIGNATURE_HEADER, sign
 
 _sessions = threading.local()
@@ -31,6 +37,7 @@ _ERRORS: dict[str, type[Exception]] = {
     "MembershipError": MembershipError,
     "ProposalDroppedError": ProposalDroppedError,
     "UnavailableError": UnavailableError,
+    "OverloadedError": OverloadedError,
 }
 
 

@@ -12,11 +12,25 @@ A handler is called as ``handler(context, **arguments)`` on every node, for ever
 committed entry carrying its name, inside a database transaction on
 ``context.using``; it returns a JSON-serialisable result, or raises to have its
 changes rolled back and its error recorded as the command's outcome.
+
+A handler may instead take a whole run of calls at once, to write them with one bulk
+statement::
+
+    @commands.command("kv.set", batch=True)
+    def set_values(context: commands.Context, calls: Sequence[commands.Call]) -> list[Any]:
+        ...
+
+It is called as ``handler(context, calls)`` with consecutive committed calls of its
+command (``context.index``/``term`` are those of the first call) and returns one
+result per call, in order. It must have the effect of handling the calls one by one,
+in order: a call that fails is answered with an exception instance in its place and
+must leave no change behind. If the handler raises instead, the whole run is rolled
+back and applied again call by call, each call alone in a batch of one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,6 +38,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS
 
 __all__ = [
+    "Call",
     "Context",
     "Handler",
     "StateHooks",
@@ -31,6 +46,7 @@ __all__ = [
     "command",
     "get",
     "get_state_hooks",
+    "is_batch",
     "names",
     "register",
     "reset",
@@ -53,8 +69,18 @@ class Context:
     using: str = DEFAULT_DB_ALIAS
 
 
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One call of a batch handler: the entry's index and term, and the arguments."""
+
+    index: int
+    term: int
+    arguments: Mapping[str, Any]
+
+
 Handler = Callable[..., Any]
-"""``handler(context, **arguments) -> JSON-serialisable result``."""
+"""``handler(context, **arguments) -> JSON-serialisable result``; a batch handler is
+``handler(context, calls) -> list of results (or exception instances)``."""
 
 F = TypeVar("F", bound=Handler)
 
@@ -76,11 +102,12 @@ class UnknownCommandError(LookupError):
 
 
 _handlers: dict[str, Handler] = {}
+_batch: set[str] = set()
 _state_hooks: StateHooks | None = None
 
 
-def register(name: str, handler: Handler) -> None:
-    """Register ``handler`` for the command ``name``.
+def register(name: str, handler: Handler, *, batch: bool = False) -> None:
+    """Register ``handler`` for the command ``name`` (a batch handler if ``batch``).
 
     Registering the same handler again is a no-op (``ready()`` may run twice); a second,
     different handler for a name is a configuration error.
@@ -89,23 +116,35 @@ def register(name: str, handler: Handler) -> None:
         raise ImproperlyConfigured(f"a command name must be a non-empty string, not {name!r}")
     if not callable(handler):
         raise ImproperlyConfigured(f"the handler of command {name!r} must be callable")
+    if not isinstance(batch, bool):
+        raise ImproperlyConfigured(f"batch must be True or False, not {batch!r}")
     existing = _handlers.get(name)
-    if existing is not None and existing is not handler:
+    if existing is not None and (existing is not handler or (name in _batch) != batch):
         raise ImproperlyConfigured(
             f"command {name!r} is already handled by {_describe(existing)}; "
             f"cannot register {_describe(handler)} too"
         )
     _handlers[name] = handler
+    if batch:
+        _batch.add(name)
 
 
-def command(name: str) -> Callable[[F], F]:
-    """Decorator: register the decorated function as the handler of ``name``."""
+def command(name: str, *, batch: bool = False) -> Callable[[F], F]:
+    """Decorator: register the decorated function as the handler of ``name``.
+
+    With ``batch=True`` it receives runs of calls (see the module's docstring).
+    """
 
     def decorator(handler: F) -> F:
-        register(name, handler)
+        register(name, handler, batch=batch)
         return handler
 
     return decorator
+
+
+def is_batch(name: str) -> bool:
+    """Whether the handler of ``name`` takes runs of calls."""
+    return name in _batch
 
 
 def get(name: str) -> Handler:
@@ -148,6 +187,7 @@ def reset() -> None:
     """Forget every handler and the state hooks (for tests)."""
     global _state_hooks
     _handlers.clear()
+    _batch.clear()
     _state_hooks = None
 
 

@@ -9,6 +9,7 @@ __all__ = [
     "CommandTimeoutError",
     "DuplicatePeerError",
     "NotLeaderError",
+    "OverloadedError",
     "RaftError",
     "StopError",
     "UnavailableError",
@@ -33,3 +34,7 @@ class CommandError(RaftError):
 
 class UnavailableError(RaftError):
     """No node of the cluster could be reached."""
+
+
+class OverloadedError(RaftError):
+    """The node holds as many outstanding proposals as it may; retry later."""

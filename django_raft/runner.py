@@ -2,15 +2,23 @@
 
 The loop owns the ``RawNode``, the storage and the state machine, so none of them needs a
 lock. Other threads (the WSGI server's request threads, the transport's senders, a
-``do()`` from the node's own process) put work on the queue and wait on a future.
+``do()`` from the node's own process) put typed requests on the mailbox and wait on a
+future.
 
-Each turn of the loop takes everything queued (so a burst of proposals shares one
-database transaction), ticks the core when a tick is due, then handles every Ready in
-the order the core requires: persist, then send, then apply, then advance.
+Every turn of the loop is bounded, so ticks and heartbeats are never starved however
+much is queued or committed: it takes at most ``MAX_ITEMS_PER_TURN`` requests (all the
+proposals among them go to the core as one batch: one append, one broadcast), ticks the
+core when a tick is due, then handles Readies in the order the core requires (persist,
+send, apply, advance) until the turn's time budget is spent; what is left waits for
+the next turn. Each Ready applies at most ``MAX_APPLY_PER_READY`` entries. A peer's
+request is answered as soon as the entries it carried are durable, before anything is
+applied. Proposals are bounded too (``MAX_PENDING_PROPOSALS``): beyond the bound they
+are refused with ``OverloadedError``. Signals are sent by a dispatcher thread.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import queue
@@ -20,7 +28,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.db import close_old_connections
+from django.db import close_old_connections, connections
 
 from . import signals
 from .conf import raft_settings
@@ -34,29 +42,93 @@ from .core import (
     NotLeaderError,
     RaftError,
     RawNode,
-    StateType,
 )
-from .exceptions import StopError
+from .dispatch import SignalDispatcher
+from .exceptions import CommandTimeoutError, OverloadedError, StopError
 from .statemachine import Outcome, StateMachine
 from .storage import DjangoStorage
-from .transport import Transport
+from .transport import Sequencer, Transport
 
 logger = logging.getLogger(__name__)
 
-MAX_BATCH = 5000
-"""Queue items handled before the loop persists and sends what they produced."""
+MAX_ITEMS_PER_TURN = 500
+"""Mailbox requests handled in one turn of the loop."""
+MAX_APPLY_PER_READY = 128
+"""Committed entries applied in one Ready (the core hands over no more)."""
+TURN_BUDGET_FRACTION = 0.2
+"""A turn stops handling Readies once it ran this fraction of the heartbeat interval."""
+MAX_PENDING_PROPOSALS = 65_536
+"""Proposals queued or waiting for their commit before new ones are refused."""
 
 
-@dataclass
-class _ReplySlot:
-    """Where the messages answering one incoming request are collected."""
+# -- the mailbox: what other threads ask of the loop -------------------------------------
+
+
+@dataclass(slots=True)
+class ReplySlot:
+    """Where the messages answering one peer's request are collected."""
 
     peer: str
     messages: list[Message] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Messages from one peer, stepped in order; ``slot`` collects the answers (or None)."""
+
+    messages: tuple[Message, ...]
+    slot: ReplySlot | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Propose:
+    """Append a command to the log; ``future`` resolves once it is applied here."""
+
+    data: bytes
+    future: Future[Outcome]
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeConfChange:
+    """Append a membership change; ``future`` resolves once it is applied here."""
+
+    change: ConfChange
+    future: Future[Outcome]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndex:
+    """Ask for a linearizable read; ``future`` gets the index to wait for."""
+
+    future: Future[int]
+
+
+@dataclass(frozen=True, slots=True)
+class TransferLeadership:
+    """Ask the leader to hand over to ``transferee``."""
+
+    transferee: str
+    future: Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSaved:
+    """The snapshot thread saved the state as of applied ``index`` (``data`` None: failed)."""
+
+    index: int
+    data: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """Wake the loop (to notice that it is stopping)."""
+
+
+Request = Step | Propose | ProposeConfChange | ReadIndex | TransferLeadership | SnapshotSaved | Wake
+
+
+@dataclass(slots=True)
 class _Pending:
     term: int
     future: Future[Outcome]
@@ -68,16 +140,29 @@ class RaftNode:
     current: RaftNode | None = None
     """The node running in this process, if any (``do()`` uses it directly)."""
 
-    def __init__(self, node_id: str, address: str, storage: DjangoStorage, machine: StateMachine):
+    def __init__(
+        self,
+        node_id: str,
+        address: str,
+        storage: DjangoStorage,
+        machine: StateMachine,
+        *,
+        max_pending: int = MAX_PENDING_PROPOSALS,
+    ):
         self.node_id = node_id
         self.address = address
         self.storage = storage
         self.machine = machine
         applied, _ = machine.applied()
-        self.raw = RawNode(raft_settings.core_config(node_id, applied=applied), storage)
+        config = raft_settings.core_config(node_id, applied=applied)
+        config = dataclasses.replace(
+            config, max_committed_per_ready=min(config.max_committed_per_ready, MAX_APPLY_PER_READY)
+        )
+        self.raw = RawNode(config, storage)
         self.tick_interval = raft_settings.TICK_INTERVAL
         self.heartbeat_interval = raft_settings.HEARTBEAT_INTERVAL
-        self.inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.turn_budget = self.heartbeat_interval * TURN_BUDGET_FRACTION
+        self.inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self.stopping = threading.Event()
         self.stopped = threading.Event()
         self.transport = Transport(
@@ -92,12 +177,19 @@ class RaftNode:
             self.transport.set_address(member_id, member_address)
         for member_id, member_address in raft_settings.CLUSTER.items():
             self.transport.set_address(member_id, member_address)
+        self._sequencer = Sequencer()
+        self.signals = SignalDispatcher(f"raft-signals-{node_id}", RaftNode)
+        self.max_pending = max_pending
+        self._room = threading.BoundedSemaphore(max_pending)
         self._pending: dict[int, _Pending] = {}
         self._reads: dict[bytes, Future[int]] = {}
         self._read_waiting: list[tuple[int, Future[int]]] = []
         self._read_ids = itertools.count()
-        self._slots: dict[str, _ReplySlot] = {}
-        self._status: dict[str, Any] = self.raw.status()
+        self._slots: dict[str, ReplySlot] = {}
+        self._max_turn = 0.0
+        self._full_status_at = 0.0
+        self._snapshotting = False
+        self._status: dict[str, Any] = self._make_status()
         self._last_leader_contact = time.monotonic()
         self._threshold_warned = False
         self._thread = threading.Thread(target=self._run, name=f"raft-loop-{node_id}", daemon=True)
@@ -105,51 +197,93 @@ class RaftNode:
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the loop thread."""
+        """Start the loop thread and the signal dispatcher."""
         RaftNode.current = self
+        self.signals.start()
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop (what was persisted stays), fail waiting callers with StopError."""
         self.stopping.set()
-        self.inbox.put(("wake",))
+        self.inbox.put(Wake())
         self._thread.join(timeout)
         self.transport.stop()
+        self.signals.stop()
         if RaftNode.current is self:
             RaftNode.current = None
 
     # -- the API other threads use ------------------------------------------------------
 
-    def receive(self, messages: list[Message], timeout: float) -> list[Message]:
+    def receive(
+        self, messages: list[Message], timeout: float, sequence: str | None = None
+    ) -> list[Message]:
         """Step messages from one peer, in order; return the messages that answer them.
 
         They are stepped in one turn of the loop, so a batch of AppendEntries costs one
-        write to disk.
+        write to disk; the answer comes as soon as that write is durable (no answer if
+        that takes longer than ``timeout``). ``sequence`` is the request's
+        ``SEQUENCE_HEADER``: requests from one peer are stepped in the order it sent them.
         """
-        slot = _ReplySlot(messages[0].sender)
-        self._submit(("step", messages, slot))
-        slot.done.wait(timeout)
+        slot = ReplySlot(messages[0].sender)
+        step = Step(tuple(messages), slot)
+        self._sequencer.admit(slot.peer, sequence, lambda: self._submit(step))
+        if not slot.done.wait(timeout):
+            return []  # the loop is behind: the sender will retry
         return slot.messages
 
+    def propose_async(self, data: bytes) -> Future[Outcome]:
+        """Propose a command without waiting; the future resolves once it is applied here.
+
+        The future's result is the command's ``Outcome``; its exception is a
+        ``NotLeaderError``, ``OverloadedError`` (more than ``max_pending`` proposals
+        outstanding: nothing was proposed), ``StopError`` or another ``RaftError``.
+        """
+        future: Future[Outcome] = Future()
+        if not self._room.acquire(blocking=False):
+            future.set_exception(self._overloaded())
+            return future
+        self._enqueue_proposal(data, future)
+        return future
+
     def propose(self, data: bytes, timeout: float) -> Outcome:
-        """Propose a command and wait until it is committed and applied here."""
-        return self._call(("propose", data), timeout)
+        """Propose a command and wait until it is committed and applied here.
+
+        When ``max_pending`` proposals are outstanding, wait for room within ``timeout``
+        and raise ``OverloadedError`` if none came. Raise
+        ``concurrent.futures.TimeoutError`` when the command was not applied in time.
+        """
+        deadline = time.monotonic() + timeout
+        if not self._room.acquire(timeout=max(0.0, timeout)):
+            raise self._overloaded()
+        future: Future[Outcome] = Future()
+        self._enqueue_proposal(data, future)
+        return future.result(max(0.0, deadline - time.monotonic()))
 
     def change_membership(self, change: ConfChange, timeout: float) -> Outcome:
         """Propose a membership change and wait until it is applied."""
-        return self._call(("conf", change), timeout)
+        future: Future[Outcome] = Future()
+        self._submit(ProposeConfChange(change, future))
+        return future.result(timeout)
 
     def read_index(self, timeout: float) -> int:
         """Wait until a linearizable read may be served here; return its index."""
-        index: int = self._call(("read",), timeout)
-        return index
+        future: Future[int] = Future()
+        self._submit(ReadIndex(future))
+        return future.result(timeout)
 
     def transfer_leadership(self, transferee: str, timeout: float) -> None:
         """Ask the leader to hand over to ``transferee``."""
-        self._call(("transfer", transferee), timeout)
+        future: Future[None] = Future()
+        self._submit(TransferLeadership(transferee, future))
+        future.result(timeout)
 
     def status(self) -> dict[str, Any]:
-        """Return the node's last reported status (updated by the loop)."""
+        """Return the node's last reported status (updated by the loop every turn).
+
+        Besides the core's fields: ``max_turn_ms``, the longest turn of the loop so far;
+        ``pending_proposals``, proposals not yet answered; ``signals_dropped``, events
+        dropped because signal receivers could not keep up.
+        """
         return dict(self._status)
 
     def leader_address(self) -> str:
@@ -157,23 +291,33 @@ class RaftNode:
         leader = self._status.get("leader", "")
         return self.transport.addresses.get(leader, "") if leader != self.node_id else self.address
 
-    def _submit(self, item: tuple[Any, ...]) -> None:
+    def _overloaded(self) -> OverloadedError:
+        return OverloadedError(
+            f"node {self.node_id!r} has {self.max_pending} proposals outstanding; retry later"
+        )
+
+    def _enqueue_proposal(self, data: bytes, future: Future[Outcome]) -> None:
+        future.add_done_callback(self._release_room)
+        if self.stopping.is_set():
+            future.set_exception(StopError(f"node {self.node_id!r} is stopping"))
+            return
+        self.inbox.put(Propose(data, future))
+
+    def _release_room(self, future: Future[Outcome]) -> None:
+        self._room.release()
+
+    def _submit(self, request: Request) -> None:
         if self.stopping.is_set():
             raise StopError(f"node {self.node_id!r} is stopping")
-        self.inbox.put(item)
-
-    def _call(self, item: tuple[Any, ...], timeout: float) -> Any:
-        future: Future[Any] = Future()
-        self._submit((*item, future))
-        return future.result(timeout)
+        self.inbox.put(request)
 
     def _deliver_replies(self, messages: list[Message]) -> None:
-        self.inbox.put(("step", messages, None))
+        self.inbox.put(Step(tuple(messages)))
 
     def _round_trip(self, peer: str, seconds: float) -> None:
         if seconds > self.heartbeat_interval:
-            signals.heartbeat_interval.send_robust(
-                sender=RaftNode,
+            self.signals.send(
+                signals.heartbeat_interval,
                 node_id=self.node_id,
                 peer=peer,
                 value=seconds,
@@ -186,9 +330,10 @@ class RaftNode:
         next_tick = time.monotonic() + self.tick_interval
         try:
             while not self.stopping.is_set():
-                items = self._take(max(0.0, next_tick - time.monotonic()))
-                for item in items:
-                    self._handle(item)
+                wait = 0.0 if self.raw.has_ready() else next_tick - time.monotonic()
+                requests = self._take(max(0.0, wait))
+                started = time.monotonic()
+                self._handle(requests)
                 now = time.monotonic()
                 if now >= next_tick:
                     self.raw.tick()
@@ -196,7 +341,9 @@ class RaftNode:
                     if now - next_tick > 10 * self.tick_interval:
                         next_tick = now + self.tick_interval  # fell far behind: skip ahead
                     self._watch_leader(now)
-                self._process_ready()
+                self._process_ready(started + self.turn_budget)
+                self._max_turn = max(self._max_turn, time.monotonic() - started)
+                self._update_status()
         except Exception:
             logger.exception("raft: node %s loop crashed", self.node_id)
             raise
@@ -205,71 +352,87 @@ class RaftNode:
             close_old_connections()
             self.stopped.set()
 
-    def _take(self, timeout: float) -> list[tuple[Any, ...]]:
+    def _take(self, timeout: float) -> list[Request]:
         try:
-            items = [self.inbox.get(timeout=timeout)]
+            requests = [self.inbox.get(timeout=timeout)]
         except queue.Empty:
             return []
-        while len(items) < MAX_BATCH:
+        while len(requests) < MAX_ITEMS_PER_TURN:
             try:
-                items.append(self.inbox.get_nowait())
+                requests.append(self.inbox.get_nowait())
             except queue.Empty:
                 break
-        return items
+        return requests
 
-    def _handle(self, item: tuple[Any, ...]) -> None:
-        kind = item[0]
-        if kind == "step":
-            messages, slot = item[1], item[2]
-            if slot is not None:
-                self._slots.setdefault(slot.peer, slot)
-            for message in messages:
-                self._step(message)
-        elif kind == "wake":
+    def _handle(self, requests: list[Request]) -> None:
+        proposals: list[Propose] = []
+        for request in requests:
+            if isinstance(request, Propose):
+                if request.future.set_running_or_notify_cancel():
+                    proposals.append(request)
+                continue
+            if proposals:
+                self._propose(proposals)
+                proposals = []
+            if isinstance(request, Step):
+                if request.slot is not None:
+                    self._slots.setdefault(request.slot.peer, request.slot)
+                for message in request.messages:
+                    self._step(message)
+            elif isinstance(request, Wake):
+                continue
+            elif isinstance(request, SnapshotSaved):
+                self._snapshot_saved(request)
+            elif request.future.set_running_or_notify_cancel():
+                try:
+                    self._request(request)
+                except RaftError as error:
+                    request.future.set_exception(error)
+        if proposals:
+            self._propose(proposals)
+
+    def _propose(self, proposals: list[Propose]) -> None:
+        """Append a burst of proposals to the log together: one append, one broadcast."""
+        raw = self.raw
+        try:
+            first, _ = raw.propose_batch([proposal.data for proposal in proposals])
+        except RaftError as error:
+            for proposal in proposals:
+                proposal.future.set_exception(error)
             return
-        else:
-            future: Future[Any] = item[-1]
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                self._request(kind, item[1:-1], future)
-            except RaftError as error:
-                future.set_exception(error)
+        term = raw.basic_status().term
+        for index, proposal in enumerate(proposals, first):
+            self._pending[index] = _Pending(term, proposal.future)
 
     def _step(self, message: Message) -> None:
-        raw = self.raw
-        if message.term == raw.raft.term and message.sender == raw.raft.lead:
+        status = self._status
+        if message.term == status["term"] and message.sender == status["leader"]:
             self._last_leader_contact = time.monotonic()
         try:
-            raw.step(message)
+            self.raw.step(message)
         except RaftError as error:
             logger.warning("raft: cannot step %s: %s", message.type.value, error)
-        if message.type is MessageType.HEARTBEAT_RESPONSE and raw.raft.state is StateType.LEADER:
-            signals.heartbeat.send_robust(
-                sender=RaftNode, node_id=self.node_id, value=message.sender, prev_value=None
+        if message.type is MessageType.HEARTBEAT_RESPONSE and status["state"] == "leader":
+            self.signals.send(
+                signals.heartbeat, node_id=self.node_id, value=message.sender, prev_value=None
             )
 
-    def _request(self, kind: str, arguments: tuple[Any, ...], future: Future[Any]) -> None:
+    def _request(self, request: ProposeConfChange | ReadIndex | TransferLeadership) -> None:
         raw = self.raw
-        if kind == "propose":
-            index = raw.propose(arguments[0])
-            self._pending[index] = _Pending(raw.raft.term, future)
-        elif kind == "conf":
-            index = raw.propose_conf_change(arguments[0])
-            self._pending[index] = _Pending(raw.raft.term, future)
-        elif kind == "read":
+        if isinstance(request, ProposeConfChange):
+            index = raw.propose_conf_change(request.change)
+            self._pending[index] = _Pending(raw.basic_status().term, request.future)
+        elif isinstance(request, ReadIndex):
             context = f"{self.node_id}:{next(self._read_ids)}".encode()
             raw.read_index(context)
-            self._reads[context] = future
-        elif kind == "transfer":
-            raw.transfer_leadership(arguments[0])
-            future.set_result(None)
+            self._reads[context] = request.future
         else:
-            raise ValueError(f"unknown request {kind!r}")
+            raw.transfer_leadership(request.transferee)
+            request.future.set_result(None)
 
     def _watch_leader(self, now: float) -> None:
-        raft = self.raw.raft
-        if raft.state is not StateType.FOLLOWER or raft.lead == "":
+        status = self._status
+        if status["state"] != "follower" or status["leader"] == "":
             self._last_leader_contact = now
             return
         threshold = (
@@ -278,22 +441,28 @@ class RaftNode:
         silence = now - self._last_leader_contact
         if silence > threshold and not self._threshold_warned:
             self._threshold_warned = True
-            signals.election_timeout_threshold.send_robust(
-                sender=RaftNode, node_id=self.node_id, value=silence, prev_value=threshold
+            self.signals.send(
+                signals.election_timeout_threshold,
+                node_id=self.node_id,
+                value=silence,
+                prev_value=threshold,
             )
         elif silence <= threshold:
             self._threshold_warned = False
 
     # -- Ready: persist, send, apply, advance ------------------------------------------
 
-    def _process_ready(self) -> None:
+    def _process_ready(self, deadline: float) -> None:
+        """Handle Readies until none is left or the turn's budget is spent."""
         raw = self.raw
-        before = self._status
         while raw.has_ready():
             ready = raw.ready()
+            early, late = ready.partition_messages()
+            self._send(early)  # a leader replicates while it persists its own entries
             self.storage.persist(ready.hard_state, ready.entries, ready.snapshot)
             self._learn_addresses(ready.entries)
-            self._send(ready.messages)
+            self._send(late)
+            self._answer_peers()  # durable now: answer before applying
             if ready.snapshot is not None:
                 self.machine.restore(
                     ready.snapshot.data, ready.snapshot.metadata.index, ready.snapshot.metadata.term
@@ -308,11 +477,14 @@ class RaftNode:
             raw.advance(ready)
             self._serve_reads()
             self._maybe_snapshot()
+            if time.monotonic() >= deadline:
+                break
+        self._answer_peers()
+
+    def _answer_peers(self) -> None:
         for slot in self._slots.values():
             slot.done.set()
         self._slots.clear()
-        self._status = raw.status()
-        self._emit_changes(before, self._status)
 
     def _send(self, messages: tuple[Message, ...]) -> None:
         outgoing = []
@@ -338,16 +510,18 @@ class RaftNode:
 
     def _apply(self, entries: tuple[Entry, ...]) -> None:
         outcomes = self.machine.apply(entries)
+        pending_map = self._pending
         for entry in entries:
-            pending = self._pending.pop(entry.index, None)
+            pending = pending_map.pop(entry.index, None)
             if entry.type is EntryType.CONF_CHANGE:
                 self._membership_applied(ConfChange.decode(entry.data))
             if pending is None or pending.future.done():
                 continue
             if pending.term != entry.term:
+                lead = self.raw.basic_status().lead
                 pending.future.set_exception(
-                    NotLeaderError(self.raw.raft.lead)
-                    if self.raw.raft.lead != self.node_id
+                    NotLeaderError(lead)
+                    if lead != self.node_id
                     else RaftError("the command was superseded by another leader's entry")
                 )
             else:
@@ -356,21 +530,23 @@ class RaftNode:
     def _membership_applied(self, change: ConfChange) -> None:
         node_id = change.node_id
         if change.type is ConfChangeType.REMOVE:
-            signals.peer_removed.send_robust(
-                sender=RaftNode, node_id=self.node_id, value=node_id, prev_value=None
+            self.signals.send(
+                signals.peer_removed, node_id=self.node_id, value=node_id, prev_value=None
             )
             if node_id == self.node_id:
-                signals.removed.send_robust(
-                    sender=RaftNode, node_id=self.node_id, value=node_id, prev_value=None
+                self.signals.send(
+                    signals.removed, node_id=self.node_id, value=node_id, prev_value=None
                 )
                 self.stopping.set()
         else:
-            signals.peer_added.send_robust(
-                sender=RaftNode, node_id=self.node_id, value=node_id, prev_value=None
+            self.signals.send(
+                signals.peer_added, node_id=self.node_id, value=node_id, prev_value=None
             )
 
     def _serve_reads(self) -> None:
-        applied = self.raw.raft.log.applied
+        if not self._read_waiting:
+            return
+        applied = self.raw.basic_status().applied
         still = []
         for index, future in self._read_waiting:
             if applied >= index:
@@ -380,33 +556,110 @@ class RaftNode:
         self._read_waiting = still
 
     def _maybe_snapshot(self) -> None:
-        if not self.raw.snapshot_due():
+        """Start saving a snapshot when one is due, in a thread: it may take seconds."""
+        if self._snapshotting or not self.raw.snapshot_due():
             return
-        index, _ = self.machine.applied()
-        snapshot = self.raw.create_snapshot(index, self.machine.save())
+        connection = connections[self.machine.alias]
+        if connection.vendor == "sqlite" and connection.is_in_memory_db():  # type: ignore[attr-defined]
+            # Another connection would not see this one's database: save it here.
+            self._snapshot_saved(SnapshotSaved(*self.machine.save_applied()))
+            return
+        self._snapshotting = True
+        threading.Thread(
+            target=self._save_snapshot, name=f"raft-snapshot-{self.node_id}", daemon=True
+        ).start()
+
+    def _save_snapshot(self) -> None:
+        """Save the state (in the snapshot thread) and hand it to the loop."""
+        index, data = 0, None
+        try:
+            index, data = self.machine.save_applied()
+        except Exception:
+            logger.exception("raft: node %s could not save a snapshot", self.node_id)
+        finally:
+            connections.close_all()  # this thread's connections only
+        self.inbox.put(SnapshotSaved(index, data))
+
+    def _snapshot_saved(self, saved: SnapshotSaved) -> None:
+        """Record a saved snapshot and compact the log behind it."""
+        self._snapshotting = False
+        if saved.data is None:
+            return
+        try:
+            snapshot = self.raw.create_snapshot(saved.index, saved.data)
+        except (RaftError, ValueError) as error:
+            # A snapshot from the leader overtook it meanwhile.
+            logger.info(
+                "raft: node %s drops its snapshot at %s: %s", self.node_id, saved.index, error
+            )
+            return
         self.storage.create_snapshot(snapshot)
         self.storage.compact(self.raw.compact_index(snapshot))
 
-    def _emit_changes(self, before: dict[str, Any], after: dict[str, Any]) -> None:
+    def _make_status(self) -> dict[str, Any]:
+        status = self.raw.status()
+        self._full_status_at = time.monotonic()
+        return self._add_runtime_status(status)
+
+    def _add_runtime_status(self, status: dict[str, Any]) -> dict[str, Any]:
+        status["max_turn_ms"] = round(self._max_turn * 1000, 3)
+        status["pending_proposals"] = len(self._pending)
+        status["signals_dropped"] = self.signals.dropped
+        return status
+
+    def _update_status(self) -> None:
+        """Publish the status; the full one (lists, progress) at most every heartbeat."""
+        before = self._status
+        basic = self.raw.basic_status()
+        if (
+            basic.state.value != before["state"]
+            or basic.term != before["term"]
+            or basic.lead != before["leader"]
+            or time.monotonic() - self._full_status_at >= self.heartbeat_interval
+        ):
+            after = self._make_status()
+        else:
+            after = self._add_runtime_status(
+                {
+                    **before,
+                    "commit": basic.commit,
+                    "applied": basic.applied,
+                    "last_index": basic.last_index,
+                }
+            )
+        self._status = after
+        if before["state"] == "leader" and after["state"] != "leader":
+            self._abandon_proposals(after["commit"])
         for key, signal in (
             ("state", signals.state_changed),
             ("leader", signals.leader_changed),
             ("term", signals.term_changed),
         ):
             if before.get(key) != after.get(key):
-                signal.send_robust(
-                    sender=RaftNode,
-                    node_id=self.node_id,
-                    value=after.get(key),
-                    prev_value=before.get(key),
+                self.signals.send(
+                    signal, node_id=self.node_id, value=after.get(key), prev_value=before.get(key)
                 )
         if before.get("applied") != after.get("applied"):
-            signals.committed.send_robust(
-                sender=RaftNode,
+            self.signals.send(
+                signals.committed,
                 node_id=self.node_id,
                 value=after.get("commit"),
                 prev_value=before.get("commit"),
             )
+
+    def _abandon_proposals(self, commit: int) -> None:
+        """This node stopped leading: fail the proposals it can no longer see through.
+
+        Their entries may still be committed by the next leader, so the error says the
+        outcome is unknown (the client decides whether to retry).
+        """
+        error = CommandTimeoutError(
+            "leadership changed before the command was committed; it may still be applied"
+        )
+        for index in [index for index in self._pending if index > commit]:
+            pending = self._pending.pop(index)
+            if not pending.future.done():
+                pending.future.set_exception(error)
 
     def _fail_waiting(self, error: Exception) -> None:
         for pending in self._pending.values():
@@ -421,14 +674,13 @@ class RaftNode:
         self._pending.clear()
         self._reads.clear()
         self._read_waiting.clear()
-        for slot in self._slots.values():
-            slot.done.set()
+        self._answer_peers()
         while True:
             try:
-                item = self.inbox.get_nowait()
+                request = self.inbox.get_nowait()
             except queue.Empty:
                 break
-            if item[0] not in ("step", "wake"):
-                future = item[-1]
-                if not future.done():
-                    future.set_exception(error)
+            if isinstance(request, Step | Wake | SnapshotSaved):
+                continue
+            if request.future.set_running_or_notify_cancel():
+                request.future.set_exception(error)

@@ -9,38 +9,143 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from collections.abc import Callable
+from http import HTTPStatus
 from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
 from cheroot import wsgi
-from django.core.handlers.exception import convert_exception_to_response
 from django.core.handlers.wsgi import WSGIHandler
+from django.http import Http404, HttpRequest, HttpResponseBase, JsonResponse
 
+from . import views
 from .conf import raft_settings
 from .runner import RaftNode
 from .statemachine import StateMachine
 from .storage import DjangoStorage, make_durable
+from .transport import NODE_HEADER, SEQUENCE_HEADER, SIGNATURE_HEADER
 
 logger = logging.getLogger(__name__)
 
+LISTEN_BACKLOG = 1024
+"""Connections the kernel queues before the server accepts them (cheroot's default, 5,
+made bursts of new clients see connection resets)."""
+KEEP_ALIVE_TIMEOUT = 60
+"""Seconds an idle keep-alive connection stays open, so clients and peers reuse it."""
+DEFAULT_THREADS = 64
+"""Request threads: each client waiting for its command's commit holds one."""
+
+
+def _json_errors(get_response: Callable[[HttpRequest], HttpResponseBase]) -> Any:
+    """Wrap Django's handling of a node request so every error is a JSON answer.
+
+    Whatever ``DEBUG`` says: no debug page (which could show the secret), no HTML.
+    An unexpected exception is logged once and answered with a JSON 500.
+    """
+
+    def inner(request: HttpRequest) -> HttpResponseBase:
+        try:
+            response = get_response(request)
+        except Http404:
+            return _json_error(404, f"no route {request.path!r}", "NotFound")
+        except Exception:
+            logger.exception("raft: error serving %s %s", request.method, request.path)
+            response = JsonResponse(_ERROR_500, status=500)
+            response._has_been_logged = True  # type: ignore[attr-defined]  # once is enough
+            return response
+        status = response.status_code
+        if status >= 400 and response.get("Content-Type") != "application/json":
+            error_type = {404: "NotFound", 405: "MethodNotAllowed"}.get(status, "BadRequest")
+            answer = _json_error(status, "", "ServerError" if status >= 500 else error_type)
+            if response.has_header("Allow"):
+                answer["Allow"] = response["Allow"]
+            return answer
+        return response
+
+    return inner
+
+
+def _json_error(status: int, detail: str, error_type: str) -> JsonResponse:
+    message = HTTPStatus(status).phrase + (f": {detail}" if detail else "")
+    return JsonResponse({"ok": False, "error": message, "error_type": error_type}, status=status)
+
+
+_ERROR_500 = {
+    "ok": False,
+    "error": "internal error (logged on the node)",
+    "error_type": "ServerError",
+}
+
 
 class NodeApplication(WSGIHandler):
-    """Django's WSGI handler, serving only the Raft routes (``django_raft.node_urls``).
+    """The WSGI application of ``raftnode``: the Raft routes (``django_raft.node_urls``).
 
-    It runs no middleware: the routes authenticate every request with the cluster
-    secret and need neither sessions, CSRF nor users, and RPCs are the hot path.
+    The hot routes, Raft RPCs between nodes and client commands, are served on a fast
+    path that skips Django's request handling (they need no request object: the body,
+    two headers and the node); every other route goes through Django with no
+    middleware, since the routes authenticate every request with the cluster secret
+    and need neither sessions, CSRF nor users. Errors are JSON answers on both paths.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        prefix = "/" + raft_settings.URL_PREFIX
+        self._rpc_prefix = prefix + "rpc/"
+        self._command_path = prefix + "command"
 
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware: list[Any] = []
         self._template_response_middleware: list[Any] = []
         self._exception_middleware: list[Any] = []
-        self._middleware_chain = convert_exception_to_response(self._get_response)  # type: ignore[attr-defined]
+        self._middleware_chain = _json_errors(self._get_response)  # type: ignore[attr-defined]
 
     def get_response(self, request: Any) -> Any:
         request.urlconf = "django_raft.node_urls"
         return super().get_response(request)
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") == "POST":
+            route = path[len(self._rpc_prefix) :]
+            if path.startswith(self._rpc_prefix) and route and "/" not in route:
+                return self._fast(environ, start_response, route)
+            if path == self._command_path:
+                return self._fast(environ, start_response, None)
+        return super().__call__(environ, start_response)
+
+    def _fast(self, environ: dict[str, Any], start_response: Any, rpc_path: str | None) -> Any:
+        try:
+            answer = self._answer(environ, rpc_path)
+        except Exception:
+            logger.exception("raft: error serving POST %s", environ.get("PATH_INFO"))
+            answer = views.Answer.json(_ERROR_500, 500)
+        headers = [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body)))]
+        start_response(f"{answer.status} {HTTPStatus(answer.status).phrase}", headers)
+        return [answer.body]
+
+    def _answer(self, environ: dict[str, Any], rpc_path: str | None) -> views.Answer:
+        limit = views.MAX_RPC_BODY if rpc_path is not None else views.MAX_CLIENT_BODY
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return views.Answer.error(400, "bad Content-Length")
+        if length > limit:
+            return views.Answer.error(413, f"request body over {limit} bytes")
+        body = environ["wsgi.input"].read(length) if length else b""
+        refused = views.check_body(body, environ.get(_SIGNATURE_KEY), limit)
+        if refused is not None:
+            return refused
+        if rpc_path is not None:
+            return views.rpc_answer(
+                rpc_path, body, environ.get(_NODE_KEY), environ.get(_SEQUENCE_KEY)
+            )
+        return views.command_answer(body)
+
+
+_SIGNATURE_KEY = "HTTP_" + SIGNATURE_HEADER.upper().replace("-", "_")
+_NODE_KEY = "HTTP_" + NODE_HEADER.upper().replace("-", "_")
+_SEQUENCE_KEY = "HTTP_" + SEQUENCE_HEADER.upper().replace("-", "_")
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -59,7 +164,12 @@ def bind_of(address: str) -> str:
 
 
 def start_node(
-    node_id: str, address: str, bind: str, bootstrap: bool, join: str | None, threads: int = 16
+    node_id: str,
+    address: str,
+    bind: str,
+    bootstrap: bool,
+    join: str | None,
+    threads: int = DEFAULT_THREADS,
 ) -> tuple[RaftNode, wsgi.Server]:
     """Open storage, bootstrap or join if asked, start the loop and the HTTP server."""
     alias = raft_settings.DATABASE
@@ -75,7 +185,13 @@ def start_node(
     node = RaftNode(node_id, address, storage, machine)
     node.transport.set_address(node_id, address)
     host, port = parse_bind(bind)
-    server = wsgi.Server((host, port), NodeApplication(), numthreads=threads)
+    server = wsgi.Server(
+        (host, port),
+        NodeApplication(),
+        numthreads=threads,
+        request_queue_size=LISTEN_BACKLOG,
+        timeout=KEEP_ALIVE_TIMEOUT,
+    )
     server.prepare()
     threading.Thread(target=server.serve, name="raft-http", daemon=True).start()
     node.start()

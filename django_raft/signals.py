@@ -2,7 +2,10 @@
 
 Every signal is sent by the ``raftnode`` process with ``send_robust`` (a failing receiver
 is logged and cannot stop the node), with ``sender=RaftNode`` and these keyword
-arguments:
+arguments. Receivers run on the node's signal dispatcher thread (``raft-signals-<id>``),
+never on the consensus loop: events reach them in the order they happened, shortly
+after; a slow receiver delays only later signals, and when 10,000 events wait, new ones
+are dropped with a warning (counted in the status as ``signals_dropped``).
 
 - ``node_id``: the id of the node that saw the event;
 - ``value`` and ``prev_value``: the new and the previous value, as listed below.

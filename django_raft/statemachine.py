@@ -4,8 +4,9 @@ Every run of committed entries is applied in one transaction that also records t
 last applied entry (``AppliedState``): after a crash, the node resumes right after the
 last run that committed, and entries at or below it are skipped. That transaction does
 not wait for the disk (``storage.redoable_transaction``): what it loses, the log redoes.
-Each command runs in its own savepoint, so a handler that fails leaves no trace but its
-error message, which is the same on every node.
+A run is applied without savepoints, calls of a batch handler together; only when a
+handler raises is the run redone with a savepoint per command, so a handler that fails
+leaves no trace but its error message, which is the same on every node.
 
 A snapshot of the replicated state is the cluster membership (``Member`` rows) plus,
 by default, every row of the models named in ``DJANGO_RAFT["REPLICATED_MODELS"]``,
@@ -102,50 +103,124 @@ class StateMachine:
         """Apply a run of committed entries in one transaction; return their outcomes.
 
         Entries at or below the applied index are skipped and get no outcome. The rest
-        must follow it without a gap. A NORMAL entry runs its command's handler in a
-        savepoint; one that fails (raises, returns something that is not JSON, names no
-        registered command, or cannot be decoded) is rolled back and its outcome carries
-        the error. A CONF_CHANGE entry updates ``Member``; the empty NORMAL entry a new
+        must follow it without a gap. A NORMAL entry runs its command's handler; one
+        that fails (raises, returns something that is not JSON, names no registered
+        command, or cannot be decoded) leaves no change and its outcome carries the
+        error. A CONF_CHANGE entry updates ``Member``; the empty NORMAL entry a new
         leader appends does nothing.
+
+        The run is first applied without a savepoint per entry, consecutive calls of a
+        batch handler together. Only when a handler raises (or returns what is not
+        JSON) is that transaction rolled back and the run applied again with a savepoint
+        per entry. Either way the outcomes are those of applying entry by entry, so
+        every node gets the same ones however its runs were cut.
         """
-        outcomes: dict[int, Outcome] = {}
         if not entries:
-            return outcomes
+            return {}
+        try:
+            with redoable_transaction(self.alias):
+                return self._apply_run(entries, fast=True)
+        except _Redo:
+            pass
         with redoable_transaction(self.alias):
-            applied, _ = self.applied()
-            last: Entry | None = None
-            for entry in entries:
-                if entry.index <= applied:
-                    continue
-                expected = last.index + 1 if last is not None else applied + 1
-                if entry.index != expected:
-                    raise ValueError(
-                        f"entry {entry.index} cannot be applied: the next one is {expected}"
-                    )
-                outcomes[entry.index] = self._apply_entry(entry)
-                last = entry
-            if last is not None:
-                self._set_applied(last.index, last.term)
+            return self._apply_run(entries, fast=False)
+
+    def _apply_run(self, entries: Sequence[Entry], fast: bool) -> dict[int, Outcome]:
+        applied, _ = self.applied()
+        todo = [entry for entry in entries if entry.index > applied]
+        for expected, entry in enumerate(todo, applied + 1):
+            if entry.index != expected:
+                raise ValueError(
+                    f"entry {entry.index} cannot be applied: the next one is {expected}"
+                )
+        if not todo:
+            return {}
+        outcomes: dict[int, Outcome] = {}
+        position = 0
+        while position < len(todo):
+            entry = todo[position]
+            call = self._decode(entry)
+            if isinstance(call, Outcome):
+                outcomes[entry.index] = call
+                position += 1
+                continue
+            if call is None:
+                outcomes[entry.index] = self._apply_conf(entry, fast)
+                position += 1
+                continue
+            name, arguments = call
+            if not commands.is_batch(name):
+                outcomes[entry.index] = self._apply_call(entry, name, arguments, fast)
+                position += 1
+                continue
+            calls = [commands.Call(entry.index, entry.term, arguments)]
+            position += 1
+            while fast and position < len(todo):
+                following = self._decode(todo[position])
+                if not isinstance(following, tuple) or following[0] != name:
+                    break
+                calls.append(commands.Call(todo[position].index, todo[position].term, following[1]))
+                position += 1
+            outcomes.update(self._apply_batch(entry, name, calls, fast))
+        last = todo[-1]
+        self._set_applied(last.index, last.term)
         return outcomes
 
-    def _apply_entry(self, entry: Entry) -> Outcome:
-        if entry.type is EntryType.NORMAL and not entry.data:
+    def _decode(self, entry: Entry) -> tuple[str, dict[str, Any]] | Outcome | None:
+        """The command an entry carries, None for a membership change, else its outcome."""
+        if entry.type is EntryType.CONF_CHANGE:
+            return None
+        if not entry.data:
+            return Outcome(ok=True)
+        try:
+            name, arguments, _client_id, _sequence = decode_command(entry.data)
+            commands.get(name)
+        except Exception as error:
+            return Outcome(ok=False, error=describe_error(error))
+        return name, arguments
+
+    def _apply_conf(self, entry: Entry, fast: bool) -> Outcome:
+        if fast:
+            self._apply_conf_change(ConfChange.decode(entry.data))
             return Outcome(ok=True)
         try:
             with transaction.atomic(using=self.alias):
-                if entry.type is EntryType.CONF_CHANGE:
-                    self._apply_conf_change(ConfChange.decode(entry.data))
-                    return Outcome(ok=True)
-                value = self._run_command(entry)
+                self._apply_conf_change(ConfChange.decode(entry.data))
+        except Exception as error:
+            return Outcome(ok=False, error=describe_error(error))
+        return Outcome(ok=True)
+
+    def _apply_call(
+        self, entry: Entry, name: str, arguments: dict[str, Any], fast: bool
+    ) -> Outcome:
+        handler = commands.get(name)
+        context = commands.Context(self.node_id, entry.index, entry.term, self.alias)
+        if fast:
+            try:
+                return Outcome(ok=True, value=_as_json(handler(context, **arguments)))
+            except Exception as error:
+                raise _Redo from error
+        try:
+            with transaction.atomic(using=self.alias):
+                value = _as_json(handler(context, **arguments))
         except Exception as error:
             return Outcome(ok=False, error=describe_error(error))
         return Outcome(ok=True, value=value)
 
-    def _run_command(self, entry: Entry) -> Any:
-        name, arguments, _client_id, _sequence = decode_command(entry.data)
+    def _apply_batch(
+        self, entry: Entry, name: str, calls: list[commands.Call], fast: bool
+    ) -> dict[int, Outcome]:
         handler = commands.get(name)
         context = commands.Context(self.node_id, entry.index, entry.term, self.alias)
-        return _as_json(handler(context, **arguments))
+        try:
+            if fast:
+                return _batch_outcomes(calls, handler(context, calls))
+            with transaction.atomic(using=self.alias):
+                return _batch_outcomes(calls, handler(context, calls))
+        except Exception as error:
+            if fast:
+                raise _Redo from error
+            return {entry.index: Outcome(ok=False, error=describe_error(error))}
 
     def _apply_conf_change(self, change: ConfChange) -> None:
         members = Member.objects.using(self.alias).filter(node_id=change.node_id)
@@ -173,8 +248,20 @@ class StateMachine:
 
     def save(self) -> bytes:
         """Return the replicated state as bytes, for a snapshot at the applied index."""
+        return self.save_applied()[1]
+
+    def save_applied(self) -> tuple[int, bytes]:
+        """Return the applied index and the replicated state as of it, read together.
+
+        One read transaction sees both, so it may run in another thread while the loop
+        goes on applying (on PostgreSQL it runs at REPEATABLE READ for that).
+        """
         using = self.alias
         with transaction.atomic(using=using):
+            if connections[using].vendor == "postgresql":
+                with connections[using].cursor() as cursor:
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            index, _ = self.applied()
             members = list(
                 Member.objects.using(using)
                 .order_by("node_id")
@@ -183,7 +270,7 @@ class StateMachine:
             hooks = commands.get_state_hooks()
             state = hooks.save(using) if hooks is not None else _dump_models(using)
         header = json.dumps(members, separators=(",", ":")).encode()
-        return b"".join((SNAPSHOT_MAGIC, _LENGTH.pack(len(header)), header, state))
+        return index, b"".join((SNAPSHOT_MAGIC, _LENGTH.pack(len(header)), header, state))
 
     def catch_up(self, snapshot: Snapshot) -> bool:
         """Restore ``snapshot`` if the state is behind it; return whether it was.
@@ -218,6 +305,24 @@ class StateMachine:
             else:
                 _load_models(state, using)
             self._set_applied(index, term)
+
+
+class _Redo(Exception):
+    """A handler raised on the fast path: apply the run again, entry by entry."""
+
+
+def _batch_outcomes(calls: list[commands.Call], results: Any) -> dict[int, Outcome]:
+    """Pair a batch handler's results with its calls; raise when they do not pair up."""
+    results = list(results)
+    if len(results) != len(calls):
+        raise ValueError(f"the batch handler returned {len(results)} results for {len(calls)}")
+    outcomes = {}
+    for call, result in zip(calls, results, strict=True):
+        if isinstance(result, Exception):
+            outcomes[call.index] = Outcome(ok=False, error=describe_error(result))
+        else:
+            outcomes[call.index] = Outcome(ok=True, value=_as_json(result))
+    return outcomes
 
 
 def _as_json(value: Any) -> Any:

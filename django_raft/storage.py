@@ -289,14 +289,28 @@ class DjangoStorage:
         term, otherwise the whole log is replaced by it. ``entries`` then replace every
         stored entry from the first one's index on; a gap after the last stored entry is
         a bug in the caller and raises ``ValueError``. ``hard_state`` is stored as given.
+        Everything is synced to disk before this returns, except a write that changes
+        only the commit index.
         """
-        if hard_state == self._state.hard_state:
+        stored = self._state.hard_state
+        if hard_state == stored:
             hard_state = None
         if hard_state is None and not entries and snapshot is None:
             return
         state = self._state.copy()
-        with transaction.atomic(using=self.alias, durable=True):
-            self._write(state, hard_state, entries, snapshot)
+        if (
+            not entries
+            and snapshot is None
+            and hard_state is not None
+            and (hard_state.term, hard_state.vote) == (stored.term, stored.vote)
+        ):
+            # Only the commit index moved: it is volatile state (Figure 2), so it is
+            # written without waiting for the disk; a restart recomputes it.
+            with redoable_transaction(self.alias):
+                self._write(state, hard_state, entries, snapshot)
+        else:
+            with transaction.atomic(using=self.alias, durable=True):
+                self._write(state, hard_state, entries, snapshot)
         self._commit(state, snapshot)
 
     def create_snapshot(self, snapshot: Snapshot) -> None:

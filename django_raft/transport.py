@@ -1,8 +1,12 @@
-"""HTTP transport between nodes: one sender thread and one keep-alive session per peer.
+"""HTTP transport between nodes: per peer, a queue and a few senders with keep-alive sessions.
 
 A slow or dead peer only fills its own queue (bounded: the oldest messages are dropped,
-which Raft tolerates), so it never stalls the loop or the other peers. Every request
-is signed with the cluster secret (HMAC-SHA256 of the body); the replies a peer
+which Raft tolerates), so it never stalls the loop or the other peers. Each peer has
+``PIPELINE_DEPTH`` sender threads, so that many requests can be in flight to it: a
+slow round trip (a commit notice, a large batch) does not hold back the next
+AppendEntries. Each request carries what was queued, up to ``MAX_BATCH`` messages and
+``MAX_BATCH_ENTRIES`` entries (one write to disk on the peer for all of them). Every
+request is signed with the cluster secret (HMAC-SHA256 of the body); the replies a peer
 produces for a request come back in the response body and are handed to ``deliver``.
 """
 
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import secrets
 import struct
 import threading
 import time
@@ -25,12 +30,21 @@ from .wire import WireError, decode_message, encode_message
 logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Raft-Signature"
+SEQUENCE_HEADER = "X-Raft-Sequence"
+"""``<incarnation>:<n>``: the order of a sender's requests to one peer."""
 NODE_HEADER = "X-Raft-Node"
 CONTENT_TYPE = "application/x-protobuf"
 MAX_QUEUE = 10_000
 """Messages held for one peer before the oldest are dropped."""
 MAX_BATCH = 256
 """Queued messages posted together (one write to disk on the peer for all of them)."""
+MAX_BATCH_ENTRIES = 1000
+"""Log entries posted together at most (beyond the first message), so that the peer's
+write, and its loop turn, stay short."""
+PIPELINE_DEPTH = 2
+"""Requests in flight to one peer at a time."""
+GAP_WAIT = 0.05
+"""Seconds a request waits for the one sent before it (lost, it is skipped)."""
 BATCH_PATH = "batch"
 """The route for several framed messages at once."""
 
@@ -58,10 +72,16 @@ def sign(secret: str, body: bytes) -> str:
 
 
 def verify(secret: str, body: bytes, signature: str | None) -> bool:
-    """Whether ``signature`` is the cluster's signature of ``body`` (constant time)."""
+    """Whether ``signature`` is the cluster's signature of ``body`` (constant time).
+
+    Compared as bytes: a header of any characters is just a wrong signature.
+    """
     if not secret:
         return True
-    return signature is not None and hmac.compare_digest(sign(secret, body), signature)
+    if signature is None:
+        return False
+    given = signature.encode("utf-8", "replace")
+    return hmac.compare_digest(sign(secret, body).encode(), given)
 
 
 def frame(messages: Iterable[Message]) -> bytes:
@@ -90,37 +110,70 @@ def unframe(data: bytes) -> list[Message]:
     return messages
 
 
-class _PeerSender(threading.Thread):
-    """Posts the messages queued for one peer, in order, over one session."""
+class _PeerQueue:
+    """The messages waiting for one peer, and the sender threads that post them."""
 
     def __init__(self, transport: Transport, peer: str) -> None:
-        super().__init__(name=f"raft-send-{peer}", daemon=True)
-        self.transport = transport
-        self.peer = peer
         self.queue: deque[Message] = deque(maxlen=MAX_QUEUE)
         self.wakeup = threading.Condition()
-        self.session = requests.Session()
+        self.sequence = 0
+        self.senders = [
+            _PeerSender(transport, peer, self, number) for number in range(PIPELINE_DEPTH)
+        ]
+        for sender in self.senders:
+            sender.start()
 
     def put(self, messages: list[Message]) -> None:
         with self.wakeup:
             self.queue.extend(messages)
             self.wakeup.notify()
 
+    def take(self, stopped: threading.Event) -> tuple[list[Message], int] | None:
+        """Wait for messages; return a batch of them in order, and its sequence number
+        (None once stopped)."""
+        with self.wakeup:
+            while not self.queue and not stopped.is_set():
+                self.wakeup.wait(0.5)
+            if stopped.is_set():
+                return None
+            batch = [self.queue.popleft()]
+            entries = len(batch[0].entries)
+            while self.queue and len(batch) < MAX_BATCH:
+                more = len(self.queue[0].entries)
+                if more and entries + more > MAX_BATCH_ENTRIES:
+                    break
+                batch.append(self.queue.popleft())
+                entries += more
+            if self.queue:
+                self.wakeup.notify()  # another sender may take the rest
+            self.sequence += 1
+            return batch, self.sequence
+
+    def wake_all(self) -> None:
+        with self.wakeup:
+            self.wakeup.notify_all()
+
+
+class _PeerSender(threading.Thread):
+    """Posts batches taken from one peer's queue over its own session."""
+
+    def __init__(self, transport: Transport, peer: str, source: _PeerQueue, number: int) -> None:
+        super().__init__(name=f"raft-send-{peer}-{number}", daemon=True)
+        self.transport = transport
+        self.peer = peer
+        self.source = source
+        self.session = requests.Session()
+
     def run(self) -> None:
         transport = self.transport
-        while not transport.stopped.is_set():
-            with self.wakeup:
-                while not self.queue and not transport.stopped.is_set():
-                    self.wakeup.wait(0.5)
-                if transport.stopped.is_set():
-                    break
-                batch = [self.queue.popleft()]
-                while self.queue and len(batch) < MAX_BATCH:
-                    batch.append(self.queue.popleft())
-            self._post(batch)
+        while True:
+            taken = self.source.take(transport.stopped)
+            if taken is None:
+                break
+            self._post(*taken)
         self.session.close()
 
-    def _post(self, batch: list[Message]) -> None:
+    def _post(self, batch: list[Message], sequence: int) -> None:
         transport = self.transport
         address = transport.addresses.get(self.peer)
         if not address:
@@ -134,6 +187,7 @@ class _PeerSender(threading.Thread):
             "Content-Type": CONTENT_TYPE,
             NODE_HEADER: transport.node_id,
             SIGNATURE_HEADER: sign(transport.secret, body),
+            SEQUENCE_HEADER: f"{transport.incarnation}:{sequence}",
         }
         started = time.monotonic()
         try:
@@ -175,8 +229,9 @@ class Transport:
         self.deliver = deliver
         self.on_round_trip = on_round_trip
         self.addresses: dict[str, str] = {}
+        self.incarnation = secrets.token_hex(8)
         self.stopped = threading.Event()
-        self._senders: dict[str, _PeerSender] = {}
+        self._peers: dict[str, _PeerQueue] = {}
 
     def set_address(self, node_id: str, address: str) -> None:
         """Record where ``node_id`` is reached (from the membership entries' context)."""
@@ -189,19 +244,55 @@ class Transport:
         for message in messages:
             by_peer.setdefault(message.to, []).append(message)
         for peer, batch in by_peer.items():
-            sender = self._senders.get(peer)
-            if sender is None:
+            queue = self._peers.get(peer)
+            if queue is None:
                 if self.stopped.is_set():
                     return
-                sender = self._senders[peer] = _PeerSender(self, peer)
-                sender.start()
-            sender.put(batch)
+                queue = self._peers[peer] = _PeerQueue(self, peer)
+            queue.put(batch)
 
     def stop(self) -> None:
         """Stop every sender thread."""
         self.stopped.set()
-        for sender in self._senders.values():
-            with sender.wakeup:
-                sender.wakeup.notify()
-        for sender in self._senders.values():
-            sender.join(timeout=2)
+        for queue in self._peers.values():
+            queue.wake_all()
+        for queue in self._peers.values():
+            for sender in queue.senders:
+                sender.join(timeout=2)
+
+
+class Sequencer:
+    """Hands each sender's requests to the loop in the order they were sent.
+
+    With several requests in flight to a peer, a later one may arrive first; stepped
+    out of order, AppendEntries would be rejected and replication would fall back to
+    probing. A request that arrives early waits (up to ``GAP_WAIT``) for the ones
+    before it; a sender that restarts has a new incarnation and starts afresh.
+    """
+
+    def __init__(self, gap_wait: float = GAP_WAIT) -> None:
+        self.gap_wait = gap_wait
+        self._changed = threading.Condition()
+        self._next: dict[str, tuple[str, int]] = {}
+
+    def admit(self, sender: str, tag: str | None, deliver: Callable[[], None]) -> None:
+        """Call ``deliver`` once the requests ``sender`` sent before this one were."""
+        incarnation, _, number = (tag or "").partition(":")
+        if not incarnation or not number.isdigit():
+            deliver()
+            return
+        sequence = int(number)
+        deadline = time.monotonic() + self.gap_wait
+        with self._changed:
+            while True:
+                known, expected = self._next.get(sender, (incarnation, sequence))
+                remaining = deadline - time.monotonic()
+                if known != incarnation or sequence <= expected or remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            try:
+                deliver()
+            finally:
+                if known != incarnation or sequence + 1 > expected:
+                    self._next[sender] = (incarnation, sequence + 1)
+                self._changed.notify_all()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -25,6 +26,7 @@ from .transport import (
     CONTENT_TYPE,
     NODE_HEADER,
     PATHS,
+    SEQUENCE_HEADER,
     SIGNATURE_HEADER,
     frame,
     unframe,
@@ -64,6 +66,65 @@ def _running_node() -> RaftNode | JsonResponse:
     return node
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A route's answer, independent of Django: ``raftnode``'s fast path serves it too."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+    @classmethod
+    def json(cls, payload: dict[str, Any], status: int = 200) -> Answer:
+        """An answer carrying ``payload`` as JSON."""
+        return cls(status, "application/json", json.dumps(payload).encode())
+
+    @classmethod
+    def error(cls, status: int, message: str, error_type: str = "BadRequest") -> Answer:
+        """A JSON error answer, like ``_error``."""
+        return cls.json({"ok": False, "error": message, "error_type": error_type}, status)
+
+    def response(self) -> HttpResponse:
+        """This answer as a Django response."""
+        return HttpResponse(self.body, status=self.status, content_type=self.content_type)
+
+
+def check_body(body: bytes, signature: str | None, limit: int) -> Answer | None:
+    """Refuse a body over ``limit`` bytes or without the cluster's signature."""
+    if len(body) > limit:
+        return Answer.error(413, f"request body over {limit} bytes")
+    if not verify(raft_settings.SECRET, body, signature):
+        return Answer.error(
+            403, "missing or wrong signature: only cluster members may call this route"
+        )
+    return None
+
+
+def rpc_answer(path: str, body: bytes, sender: str | None, sequence: str | None = None) -> Answer:
+    """Step the Raft messages of a checked request body; answer with their replies."""
+    node = RaftNode.current
+    if node is None or node.stopping.is_set():
+        return Answer.error(503, "no Raft node runs in this process", "StopError")
+    try:
+        messages = unframe(body) if path == BATCH_PATH else [decode_message(body)]
+    except WireError as error:
+        return Answer.error(400, f"not a Raft message: {error}")
+    if not messages:
+        return Answer.error(400, "no message")
+    for message in messages:
+        if path != BATCH_PATH and PATHS.get(message.type) != path:
+            return Answer.error(400, f"a {message.type.value} message does not belong on {path!r}")
+        if message.to != node.node_id:
+            return Answer.error(400, f"message for {message.to!r} sent to {node.node_id!r}")
+        if message.sender != sender:
+            return Answer.error(400, "the sender does not match the request header")
+    try:
+        replies = node.receive(messages, raft_settings.RPC_TIMEOUT, sequence)
+    except StopError as error:
+        return Answer.error(503, str(error), "StopError")
+    return Answer(200, CONTENT_TYPE, frame(replies))
+
+
 @csrf_exempt
 @require_POST
 def rpc(request: HttpRequest, path: str) -> HttpResponse:
@@ -71,27 +132,8 @@ def rpc(request: HttpRequest, path: str) -> HttpResponse:
     body = _read_body(request, MAX_RPC_BODY)
     if isinstance(body, JsonResponse):
         return body
-    node = _running_node()
-    if isinstance(node, JsonResponse):
-        return node
-    try:
-        messages = unframe(body) if path == BATCH_PATH else [decode_message(body)]
-    except WireError as error:
-        return _error(400, f"not a Raft message: {error}")
-    if not messages:
-        return _error(400, "no message")
-    for message in messages:
-        if path != BATCH_PATH and PATHS.get(message.type) != path:
-            return _error(400, f"a {message.type.value} message does not belong on {path!r}")
-        if message.to != node.node_id:
-            return _error(400, f"message for {message.to!r} sent to {node.node_id!r}")
-        if message.sender != request.headers.get(NODE_HEADER):
-            return _error(400, "the sender does not match the request header")
-    try:
-        replies = node.receive(messages, raft_settings.RPC_TIMEOUT)
-    except StopError as error:
-        return _error(503, str(error), "StopError")
-    return HttpResponse(frame(replies), content_type=CONTENT_TYPE)
+    headers = request.headers
+    return rpc_answer(path, body, headers.get(NODE_HEADER), headers.get(SEQUENCE_HEADER)).response()
 
 
 def _json_body(request: HttpRequest) -> dict[str, Any] | JsonResponse:
@@ -182,10 +224,13 @@ def submit_command(body: dict[str, Any], deadline: float) -> dict[str, Any]:
     return answer
 
 
-def _timeout_of(payload: dict[str, Any]) -> float | JsonResponse:
+TIMEOUT_RULE = "timeout must be a number of seconds in (0, 3600]"
+
+
+def _valid_timeout(payload: dict[str, Any]) -> float | None:
     timeout = payload.get("timeout", raft_settings.COMMAND_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
-        return _error(400, "timeout must be a number of seconds in (0, 3600]")
+        return None
     return float(timeout)
 
 
@@ -197,22 +242,38 @@ def _client_request(request: HttpRequest) -> tuple[dict[str, Any], RaftNode, flo
     node = _running_node()
     if isinstance(node, JsonResponse):
         return node
-    timeout = _timeout_of(payload)
-    if isinstance(timeout, JsonResponse):
-        return timeout
+    timeout = _valid_timeout(payload)
+    if timeout is None:
+        return _error(400, TIMEOUT_RULE)
     return payload, node, timeout
+
+
+def command_answer(body: bytes) -> Answer:
+    """Run the command of a checked client request body; answer with its outcome."""
+    try:
+        payload = json.loads(body or b"{}", parse_constant=_not_json)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return Answer.error(400, "the body is not JSON")
+    if not isinstance(payload, dict):
+        return Answer.error(400, "the body must be a JSON object")
+    node = RaftNode.current
+    if node is None or node.stopping.is_set():
+        return Answer.error(503, "no Raft node runs in this process", "StopError")
+    timeout = _valid_timeout(payload)
+    if timeout is None:
+        return Answer.error(400, TIMEOUT_RULE)
+    answer = submit_command(payload, time.monotonic() + timeout)
+    return Answer.json(answer, status=400 if answer.get("error_type") == "BadRequest" else 200)
 
 
 @csrf_exempt
 @require_POST
-def command(request: HttpRequest) -> JsonResponse:
+def command(request: HttpRequest) -> HttpResponse:
     """Run a command through the log and answer with its handler's result."""
-    checked = _client_request(request)
-    if isinstance(checked, JsonResponse):
-        return checked
-    payload, _, timeout = checked
-    answer = submit_command(payload, time.monotonic() + timeout)
-    return JsonResponse(answer, status=400 if answer.get("error_type") == "BadRequest" else 200)
+    body = _read_body(request, MAX_CLIENT_BODY)
+    if isinstance(body, JsonResponse):
+        return body
+    return command_answer(body).response()
 
 
 @csrf_exempt

@@ -30,7 +30,7 @@ from demo_project.kv.models import KeyValue
 from django_raft import commands, models, signals, views
 from django_raft.commands import Context
 from django_raft.core import Entry, EntryType, Message, MessageType
-from django_raft.exceptions import CommandError
+from django_raft.exceptions import CommandError, OverloadedError
 from django_raft.runner import RaftNode
 from django_raft.server import start_node
 from django_raft.statemachine import describe_error
@@ -40,11 +40,13 @@ from django_raft.transport import (
     NODE_HEADER,
     PATHS,
     SIGNATURE_HEADER,
+    Sequencer,
     frame,
     sign,
     unframe,
+    verify,
 )
-from django_raft.wire import WireError, encode_message
+from django_raft.wire import WireError, encode_command, encode_message
 from tests.integration.cluster import free_port, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -289,7 +291,14 @@ def test_status_fields(running: Running) -> None:
         "last_index",
         "voters",
         "learners",
+        "snapshot_index",
+        "progress",
+        "max_turn_ms",
+        "pending_proposals",
+        "signals_dropped",
     }
+    assert 0 < status["max_turn_ms"] < 60_000
+    assert status["pending_proposals"] == status["signals_dropped"] == 0
     assert status["id"] == NODE_ID and status["vote"] == NODE_ID
     assert status["state"] == "leader" and status["leader"] == NODE_ID
     assert status["voters"] == [NODE_ID] and status["learners"] == []
@@ -824,3 +833,192 @@ def test_unframe_refuses_garbage() -> None:
         unframe(b"\x00\x00\x00\x04" + b"\xff\xff\xff\xff")
     with pytest.raises(WireError):
         unframe(b"\x00\x00\x00\x00")  # an empty message has no type
+
+
+# -- the loop under load: backpressure, signals off the loop, replies before apply ---------
+
+
+def blocking_handler(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Register ``tests.block``: it holds the loop until ``release`` is set."""
+    entered, release = threading.Event(), threading.Event()
+
+    def block(context: Context) -> str:
+        entered.set()
+        release.wait(20)
+        return "released"
+
+    monkeypatch.setitem(commands._handlers, "tests.block", block)
+    return entered, release
+
+
+def test_proposals_beyond_the_bound_are_refused_with_overloaded_error(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = running.node
+    monkeypatch.setattr(node, "max_pending", 3)
+    monkeypatch.setattr(node, "_room", threading.BoundedSemaphore(3))
+    entered, release = blocking_handler(monkeypatch)
+    try:
+        held = [node.propose_async(encode_command("tests.block", {}))]
+        assert entered.wait(10)  # the loop is applying it: the others stay outstanding
+        held += [
+            node.propose_async(encode_command("kv.set", {"key": f"h{i}", "value": "v"}))
+            for i in range(2)
+        ]
+        refused = node.propose_async(encode_command("kv.set", {"key": "over", "value": "v"}))
+        with pytest.raises(OverloadedError, match="3 proposals outstanding"):
+            refused.result(0)
+        with pytest.raises(OverloadedError):
+            node.propose(encode_command("kv.set", {"key": "over", "value": "v"}), timeout=0.2)
+        answer = client(
+            "command",
+            {"name": "kv.set", "arguments": {"key": "over", "value": "v"}, "timeout": 0.2},
+        )(running).json()
+        assert answer["error_type"] == "OverloadedError"
+    finally:
+        release.set()
+    assert [future.result(10).value for future in held] == ["released", 1, 1]
+    assert not KeyValue.objects.filter(pk="over").exists()  # refused: nothing proposed
+    assert django_raft.do("kv.set", key="after", value="room again") == 1
+
+
+def test_propose_async_answers_every_proposal_of_a_burst(running: Running) -> None:
+    futures = [
+        running.node.propose_async(encode_command("kv.set", {"key": f"b{i % 7}", "value": "v"}))
+        for i in range(700)
+    ]
+    outcomes = [future.result(30) for future in futures]
+    assert all(outcome.ok for outcome in outcomes)
+    assert sorted(outcome.value for outcome in outcomes) == sorted(
+        version for _ in range(7) for version in range(1, 101)
+    )
+    assert running.node.status()["pending_proposals"] == 0
+
+
+def test_signals_are_sent_off_the_loop_thread_and_a_slow_receiver_does_not_hold_it(
+    start: Starter,
+) -> None:
+    threads: list[str] = []
+    release = threading.Event()
+
+    def slow(signal: Any, **arguments: Any) -> None:
+        threads.append(threading.current_thread().name)
+        release.wait(20)
+
+    try:
+        running = start(
+            before_start=lambda: signals.committed.connect(
+                slow, weak=False, dispatch_uid="tests.slow"
+            )
+        )
+        wait_for(lambda: threads, 10, "the receiver to be called")
+        # The receiver is stuck, yet commands keep committing and the node keeps leading.
+        for i in range(20):
+            assert django_raft.do("kv.set", key=f"s{i}", value="v") == 1
+        assert running.node.status()["state"] == "leader"
+        assert threads == [f"raft-signals-{NODE_ID}"]
+    finally:
+        release.set()
+        signals.committed.disconnect(dispatch_uid="tests.slow")
+
+
+def test_a_follower_answers_append_entries_before_it_applies_them(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reply before apply: the answer goes once the entries are durable."""
+    entered, release = blocking_handler(monkeypatch)
+    response = rpc("appendEntries", encode_message(FUTURE_APPEND))(running)  # now a follower
+    assert response.status_code == 200, response.text
+    last = running.node.status()["last_index"]
+    log_term = models.LogEntry.objects.get(index=last).term
+    append = rpc_message(
+        type=MessageType.APPEND,
+        term=10**6,
+        index=last,
+        log_term=log_term,
+        commit=last + 1,
+        entries=(Entry(last + 1, 10**6, EntryType.NORMAL, encode_command("tests.block", {})),),
+    )
+    try:
+        response = rpc("appendEntries", encode_message(append))(running)
+        assert response.status_code == 200, response.text
+        (reply,) = unframe(response.content)
+        assert (reply.type, reply.reject, reply.index) == (
+            MessageType.APPEND_RESPONSE,
+            False,
+            last + 1,
+        )
+        assert entered.wait(10)  # the entry is being applied after the answer went out
+        assert models.LogEntry.objects.filter(index=last + 1).exists()
+    finally:
+        release.set()
+    wait_for(lambda: running.node.status()["applied"] == last + 1, 10, "the entry to apply")
+
+
+# -- errors are JSON, signatures compared as bytes -------------------------------------------
+
+
+@pytest.mark.parametrize("route", ["rpc/appendEntries", "command", "status"])
+def test_a_non_ascii_signature_is_refused_not_a_server_error(running: Running, route: str) -> None:
+    body = HEARTBEAT if route.startswith("rpc/") else b"{}"
+    headers = {NODE_HEADER: "n2", SIGNATURE_HEADER: "é" * 64}
+    response = post(running.url(route), body, headers)
+    assert response.status_code == 403, response.text
+    assert response.json()["ok"] is False
+    assert not verify(SECRET, body, "\ud800" * 64)
+
+
+@pytest.mark.parametrize("route", ["rpc/appendEntries", "command", "status"])
+def test_an_unexpected_error_is_a_json_500_even_with_debug_on(
+    running: Running,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    route: str,
+) -> None:
+    def fail(*arguments: Any, **keywords: Any) -> Any:
+        raise RuntimeError(f"boom {SECRET}")
+
+    monkeypatch.setattr(views, "rpc_answer", fail)
+    monkeypatch.setattr(views, "command_answer", fail)
+    monkeypatch.setattr(RaftNode, "status", fail)
+    body = HEARTBEAT if route.startswith("rpc/") else b"{}"
+    with override_settings(DEBUG=True), caplog.at_level(logging.ERROR):
+        response = post(running.url(route), body, {NODE_HEADER: "n2"} | signed_headers(body))
+    assert response.status_code == 500
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json()["error_type"] == "ServerError"
+    assert "boom" not in response.text
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "RuntimeError: boom" in caplog.text  # logged once
+
+
+# -- pipelined requests are stepped in the order they were sent -----------------------------
+
+
+def test_the_sequencer_puts_a_peers_requests_back_in_order() -> None:
+    sequencer = Sequencer(gap_wait=10)
+    delivered: list[int] = []
+    early = threading.Thread(
+        target=sequencer.admit, args=("n2", "boot:2", lambda: delivered.append(2))
+    )
+    sequencer.admit("n2", "boot:0", lambda: delivered.append(0))
+    early.start()  # request 2 arrives before request 1: it waits
+    wait_for(lambda: early.is_alive(), 5, "request 2 to wait")
+    assert delivered == [0]
+    sequencer.admit("n3", "other:7", lambda: delivered.append(7))  # another peer: no wait
+    sequencer.admit("n2", "boot:1", lambda: delivered.append(1))
+    early.join(5)
+    assert delivered == [0, 7, 1, 2]
+    sequencer.admit("n2", "boot:1", lambda: delivered.append(-1))  # a late duplicate goes on
+    sequencer.admit("n2", "reboot:0", lambda: delivered.append(10))  # a restarted sender
+    sequencer.admit("n2", None, lambda: delivered.append(20))  # no header: as it comes
+    assert delivered == [0, 7, 1, 2, -1, 10, 20]
+
+
+def test_the_sequencer_skips_a_lost_request_after_waiting() -> None:
+    sequencer = Sequencer(gap_wait=0.05)
+    delivered: list[int] = []
+    sequencer.admit("n2", "boot:0", lambda: delivered.append(0))
+    sequencer.admit("n2", "boot:2", lambda: delivered.append(2))  # 1 was lost
+    sequencer.admit("n2", "boot:3", lambda: delivered.append(3))  # no wait: 2 went
+    assert delivered == [0, 2, 3]

@@ -390,7 +390,7 @@ def test_raftnode_with_good_options_starts_a_node(no_node: list[tuple[Any, ...]]
         "[::1]:9001",
         False,
         "http://127.0.0.1:8001",
-        16,
+        64,
     )
 
 

@@ -11,6 +11,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.db.backends.signals import connection_created
+from django.test.utils import CaptureQueriesContext
 
 from demo_project.kv.models import KeyValue
 from django_raft import commands
@@ -36,12 +37,12 @@ pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 @pytest.fixture(autouse=True)
 def registry() -> Iterator[None]:
     """Let a test register handlers; put back what the apps registered afterwards."""
-    saved = {name: commands.get(name) for name in commands.names()}
+    saved = {name: (commands.get(name), commands.is_batch(name)) for name in commands.names()}
     hooks = commands.get_state_hooks()
     yield
     commands.reset()
-    for name, handler in saved.items():
-        commands.register(name, handler)
+    for name, (handler, batch) in saved.items():
+        commands.register(name, handler, batch=batch)
     if hooks is not None:
         commands.state_hooks(hooks.save, hooks.restore)
 
@@ -472,3 +473,119 @@ def test_a_run_that_is_interrupted_leaves_nothing(machine: StateMachine) -> None
         machine.apply([command(1, "kv.set", key="k", value="v"), command(2, "test.interrupt")])
     assert values() == {}
     assert machine.applied() == (0, 0)
+
+
+# -- bulk apply and batch handlers ----------------------------------------------------------
+
+
+def savepoints(captured: CaptureQueriesContext) -> int:
+    return sum(query["sql"].upper().startswith("SAVEPOINT") for query in captured.captured_queries)
+
+
+def test_a_run_of_commands_is_applied_without_a_savepoint_per_entry(
+    machine: StateMachine,
+) -> None:
+    entries = [command(i, "kv.set", key=f"k{i % 5}", value=str(i)) for i in range(1, 101)]
+    entries[50] = command(51, "kv.incr", key="n")  # a per-call handler among batch calls
+    with CaptureQueriesContext(connection) as captured:
+        outcomes = machine.apply(entries)
+    assert all(outcome.ok for outcome in outcomes.values())
+    assert savepoints(captured) <= 1  # the test's own transaction makes the transaction one
+    assert values()["k0"] == ("100", 20) and values()["n"] == ("1", 1)
+
+
+def test_a_batch_handler_receives_consecutive_calls_together(machine: StateMachine) -> None:
+    runs: list[list[int]] = []
+
+    @commands.command("tests.double", batch=True)
+    def double(context: commands.Context, calls: list[commands.Call]) -> list[Any]:
+        runs.append([call.index for call in calls])
+        assert context.index == calls[0].index and context.using == "default"
+        return [
+            call.arguments["x"] * 2 if call.arguments["x"] >= 0 else ValueError("negative")
+            for call in calls
+        ]
+
+    outcomes = machine.apply(
+        [
+            command(1, "tests.double", x=1),
+            command(2, "tests.double", x=-1),
+            command(3, "tests.double", x=3),
+            command(4, "kv.set", key="a", value="b"),
+            command(5, "tests.double", x=5),
+        ]
+    )
+    assert runs == [[1, 2, 3], [5]]
+    assert outcomes == {
+        1: Outcome(True, 2),
+        2: Outcome(False, None, "ValueError: negative"),
+        3: Outcome(True, 6),
+        4: Outcome(True, 1),
+        5: Outcome(True, 10),
+    }
+    assert commands.is_batch("tests.double") and not commands.is_batch("kv.incr")
+    with pytest.raises(ImproperlyConfigured):
+        commands.register("tests.double", double)  # the same function, not as a batch
+
+
+def mixed_run() -> list[Entry]:
+    """A run where handlers raise midway, after writing: the fast path cannot keep it."""
+    return [
+        command(1, "tests.poison_batch", key="d"),
+        command(2, "tests.poison_batch", key="poison"),
+        command(3, "tests.poison_batch", key="e"),
+        command(4, "kv.set", key="a", value="x"),
+        command(5, "kv.set", key="b", value=1),  # bad argument: the batch handler's error
+        command(6, "tests.write_then_fail", key="c"),
+        command(7, "kv.set", key="a", value="y"),
+        command(8, "kv.incr", key="a"),  # raises: "y" is not an integer
+        command(9, "kv.incr", key="n", by=2),
+    ]
+
+
+def register_failing_handlers() -> list[list[str]]:
+    batches: list[list[str]] = []
+
+    @commands.command("tests.write_then_fail")
+    def write_then_fail(context: commands.Context, key: str) -> None:
+        KeyValue.objects.using(context.using).create(key=key, value="written", version=1)
+        raise ValueError(f"refusing {key!r}")
+
+    @commands.command("tests.poison_batch", batch=True)
+    def poison_batch(context: commands.Context, calls: list[commands.Call]) -> list[Any]:
+        keys = [call.arguments["key"] for call in calls]
+        batches.append(keys)
+        for key in keys:
+            KeyValue.objects.using(context.using).create(key=key, value="batch", version=1)
+        if "poison" in keys:
+            raise RuntimeError("poisoned batch")
+        return keys
+
+    return batches
+
+
+def test_a_raising_handler_in_a_run_gives_the_outcomes_of_applying_entry_by_entry(
+    machine: StateMachine,
+) -> None:
+    batches = register_failing_handlers()
+    together = machine.apply(mixed_run())
+    state_together = values()
+    assert batches[0] == ["d", "poison", "e"]  # tried together, then redone one by one
+    assert batches[1:] == [["d"], ["poison"], ["e"]]
+    KeyValue.objects.all().delete()
+    AppliedState.objects.all().delete()
+    one_by_one: dict[int, Outcome] = {}
+    for entry in mixed_run():
+        one_by_one.update(machine.apply([entry]))
+    assert together == one_by_one
+    assert values() == state_together
+    assert state_together == {
+        "a": ("y", 2),
+        "d": ("batch", 1),
+        "e": ("batch", 1),
+        "n": ("2", 1),
+    }
+    assert together[2] == Outcome(False, None, "RuntimeError: poisoned batch")
+    assert not together[5].ok and together[5].error.startswith("TypeError: value must be")
+    assert together[6] == Outcome(False, None, "ValueError: refusing 'c'")
+    assert not together[8].ok and together[9] == Outcome(True, 2)

@@ -17,4 +17,7 @@ class KvConfig(AppConfig):
         from . import commands as kv_commands
 
         for name, handler in kv_commands.HANDLERS.items():
-            commands.register(name, handler)
+            if name in kv_commands.BATCH_HANDLERS:
+                commands.register(name, kv_commands.BATCH_HANDLERS[name], batch=True)
+            else:
+                commands.register(name, handler)

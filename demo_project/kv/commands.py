@@ -1,12 +1,16 @@
 """The commands of the key-value store: ``kv.set``, ``kv.delete``, ``kv.incr``, ``kv.get``.
 
 Each runs on every node, inside the transaction that applies its log entry, and writes
-through ``context.using``, the node's Raft database.
+through ``context.using``, the node's Raft database. ``kv.set`` is a batch handler: a
+run of sets is written with one read and one upsert.
 """
 
 from __future__ import annotations
 
-from django_raft.commands import Context, Handler
+from collections.abc import Sequence
+from typing import Any
+
+from django_raft.commands import Call, Context, Handler
 
 from .models import KeyValue
 
@@ -28,6 +32,49 @@ def set_value(context: Context, key: str, value: str) -> int:
     row.value, row.version = value, row.version + 1
     row.save(using=context.using, update_fields=["value", "version"])
     return row.version
+
+
+def _set_arguments(key: str, value: str) -> tuple[str, str]:
+    """Check one call's arguments as ``set_value`` would (same errors)."""
+    return _string("key", key), _string("value", value)
+
+
+def set_values(context: Context, calls: Sequence[Call]) -> list[Any]:
+    """``kv.set`` for a run of calls: one query reads the keys, one upsert writes them.
+
+    Each result is the key's new version, or the error of a call with bad arguments
+    (which changes nothing), exactly as calling ``set_value`` once per call would give.
+    """
+    results: list[Any] = []
+    values: dict[str, tuple[str, int]] = {}
+    checked: list[tuple[str, str] | None] = []
+    for call in calls:
+        try:
+            checked.append(_set_arguments(**call.arguments))
+        except TypeError as error:
+            checked.append(None)
+            results.append(error)
+            continue
+        results.append(None)
+    keys = {item[0] for item in checked if item is not None}
+    rows = KeyValue.objects.using(context.using)
+    versions = dict(rows.filter(pk__in=keys).values_list("key", "version"))
+    for position, item in enumerate(checked):
+        if item is None:
+            continue
+        key, value = item
+        version = versions.get(key, 0) + 1
+        versions[key] = version
+        values[key] = (value, version)
+        results[position] = version
+    if values:
+        rows.bulk_create(
+            [KeyValue(key=k, value=v, version=n) for k, (v, n) in values.items()],
+            update_conflicts=True,
+            unique_fields=["key"],
+            update_fields=["value", "version"],
+        )
+    return results
 
 
 def delete(context: Context, key: str) -> bool:
@@ -72,3 +119,6 @@ HANDLERS: dict[str, Handler] = {
     "kv.get": get,
 }
 """The commands, by name; ``KvConfig.ready`` registers them."""
+
+BATCH_HANDLERS: dict[str, Handler] = {"kv.set": set_values}
+"""Commands whose handler takes a run of calls (they replace the same name above)."""

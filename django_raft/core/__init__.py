@@ -34,6 +34,7 @@ from .storage import MemoryStorage, Storage
 from .types import (
     LOCAL_MESSAGES,
     NONE,
+    BasicStatus,
     ConfChange,
     ConfChangeType,
     ConfState,
@@ -55,6 +56,7 @@ __all__ = [
     "LOCAL_MESSAGES",
     "MAX_ENTRIES_PER_MESSAGE",
     "NONE",
+    "BasicStatus",
     "CompactedError",
     "ConfChange",
     "ConfChangePendingError",

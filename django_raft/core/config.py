@@ -57,6 +57,13 @@ class Config:
     election_tick: int = 10
     heartbeat_tick: int = 1
     applied: int = 0
+    """The last index the host's state machine has applied durably (or, when the state
+    machine is volatile and rebuilt from the snapshot at start, the snapshot's index).
+
+    Entries up to it are never handed out again. It may be above the stored commit
+    index (a host need not sync a hard state that changes only ``commit``), but never
+    past the last stored index.
+    """
     max_entries_per_message: int = MAX_ENTRIES_PER_MESSAGE
     max_inflight_messages: int = 256
     max_committed_per_ready: int = 10_000

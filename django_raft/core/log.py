@@ -11,7 +11,7 @@ the log (thesis §4.1), and is undone if that entry is truncated.
 
 from __future__ import annotations
 
-from .errors import CompactedError, UnavailableError
+from .errors import CompactedError, ConfigError, UnavailableError
 from .membership import apply_conf_change
 from .storage import Storage
 from .types import ConfChange, ConfState, Entry, EntryType, Snapshot
@@ -38,8 +38,15 @@ class RaftLog:
         self.pending_snapshot: Snapshot | None = None
         hard_state, conf_state = storage.initial_state()
         snapshot_index = storage.snapshot().metadata.index
-        self.committed = max(hard_state.commit, snapshot_index)
         self.applied = max(applied, snapshot_index)
+        if self.applied > self.offset - 1:
+            raise ConfigError(
+                f"applied ({applied}) is past the last stored index {self.offset - 1}: "
+                "Config.applied must be the state machine's durable applied index"
+            )
+        # commitIndex is volatile (Figure 2): a host that does not sync commit-only hard
+        # states restarts with an applied index above the stored commit.
+        self.committed = max(hard_state.commit, self.applied)
         self.conf_history: list[tuple[int, ConfState]] = [(snapshot_index, conf_state)]
         """(index, membership) from the snapshot on, one item per change in the log."""
         self._track_conf_changes(storage.conf_entries(snapshot_index + 1, self.offset))
@@ -79,6 +86,10 @@ class RaftLog:
             if entry.type is EntryType.CONF_CHANGE:
                 change = ConfChange.decode(entry.data)
                 history.append((entry.index, apply_conf_change(history[-1][1], change)))
+
+    def stable_index(self) -> int:
+        """Return the last index the host has persisted (and that still stands)."""
+        return self.offset - 1
 
     def last_term(self) -> int:
         """Return the term of the last entry."""

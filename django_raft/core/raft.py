@@ -8,8 +8,8 @@ Raft paper (Ongaro and Ousterhout, 2014) and the thesis (Ongaro, 2014).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .config import Config
@@ -97,6 +97,8 @@ class Raft:
         self.lead_transferee = NONE
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
+        self.commit_news = False
+        """The leader's commit index advanced and followers have not been told yet."""
         self.randomized_election_timeout = config.election_tick
         self._tick: Callable[[], None] = self._tick_election
         self._step_role: Callable[[Message], None] = self._step_follower
@@ -110,7 +112,7 @@ class Raft:
 
     def soft_state(self) -> SoftState:
         """Return the leader and role, for reporting."""
-        return SoftState(leader=self.lead, state=self.state)
+        return SoftState(leader=self.lead, state=self.state, term=self.term)
 
     def conf_state(self) -> ConfState:
         """Return the current membership."""
@@ -156,7 +158,7 @@ class Raft:
             if member not in self.progress:
                 progress = Progress(next_index, self.config.max_inflight_messages)
                 if member == self.id:
-                    progress.match = self.log.last_index()
+                    progress.match = self.log.stable_index()
                 self.progress[member] = progress
         if self.lead_transferee not in conf.voters:
             self.lead_transferee = NONE
@@ -273,9 +275,55 @@ class Raft:
         return [peer for peer in self.progress if peer != self.id]
 
     def broadcast_append(self) -> None:
-        """Send what each follower is missing, as soon as there is something to send."""
+        """Send what each follower is missing, as soon as there is something to send.
+
+        A follower being replicated to is sent everything new at once (several messages
+        of at most ``max_entries_per_message`` entries each, within the in-flight limit).
+        """
         for peer in self._peers():
-            self._send_append(peer)
+            if self._send_append(peer):
+                progress = self.progress[peer]
+                while progress.state is ProgressState.REPLICATE and self._send_append(
+                    peer, send_if_empty=False
+                ):
+                    pass
+
+    def _announce_commit(self) -> None:
+        """Tell followers about a new commit index when the next Ready is collected.
+
+        Followers that are sent entries in that Ready learn it from them; the others
+        get an empty AppendEntries (see ``flush_commit_news``).
+        """
+        if self.state is StateType.LEADER:
+            self.commit_news = True
+
+    def flush_commit_news(self) -> None:
+        """Piggyback the commit index on queued AppendEntries, or send it to the rest."""
+        if not self.commit_news:
+            return
+        self.commit_news = False
+        if self.state is not StateType.LEADER:
+            return
+        committed = self.log.committed
+        carrying: dict[str, int] = {}
+        for position, message in enumerate(self.messages):
+            if message.type is MessageType.APPEND and message.entries and message.term == self.term:
+                carrying[message.to] = position
+        for peer in self._peers():
+            position = carrying.get(peer, -1)
+            if position < 0:
+                self._send_append(peer)
+            elif self.messages[position].commit < committed:
+                self.messages[position] = replace(self.messages[position], commit=committed)
+
+    def persisted(self) -> None:
+        """The host made the log durable up to ``log.stable_index()``: a leader now counts
+        itself for those entries, which may commit them (Raft thesis §10.2.1)."""
+        if self.state is not StateType.LEADER:
+            return
+        own = self.progress.get(self.id)
+        if own is not None and own.maybe_update(self.log.stable_index()) and self._maybe_commit():
+            self._announce_commit()
 
     def broadcast_heartbeat(self) -> None:
         """Assert leadership to every follower (repeating the newest pending read)."""
@@ -306,7 +354,8 @@ class Raft:
             for member in (*self.voters, *self.learners)
         }
         if self.id in self.progress:
-            self.progress[self.id].match = self.log.last_index()
+            # The leader counts itself only for what it has persisted (see persisted()).
+            self.progress[self.id].match = self.log.stable_index()
 
     def become_follower(self, term: int, lead: str) -> None:
         """Follow ``lead`` (or nobody yet) in ``term``."""
@@ -606,7 +655,7 @@ class Raft:
         if self._maybe_commit():
             if self.state is not StateType.LEADER:
                 return
-            self.broadcast_append()
+            self._announce_commit()
         elif was_paused:
             self._send_append(sender)
         while self.state is StateType.LEADER and self._send_append(sender, send_if_empty=False):
@@ -671,10 +720,6 @@ class Raft:
         ]
         last = self.log.append(stamped)
         self._sync_conf()
-        own = self.progress.get(self.id)
-        if own is not None:
-            own.maybe_update(last)
-        self._maybe_commit()
         return last
 
     def _step_candidate(self, message: Message) -> None:
@@ -931,3 +976,21 @@ class Raft:
         """
         self._check_can_propose()
         return self._propose_entry(EntryType.NORMAL, data)
+
+    def propose_batch(self, datas: Sequence[bytes]) -> tuple[int, int]:
+        """Append several commands as one append and one broadcast; return (first, last).
+
+        Raise as ``propose`` does, and ``ValueError`` for an empty batch.
+        """
+        self._check_can_propose()
+        if not datas:
+            raise ValueError("propose_batch needs at least one command")
+        first = self.log.last_index() + 1
+        self.step(
+            Message(
+                type=MessageType.PROPOSE,
+                sender=self.id,
+                entries=tuple(Entry(index=0, term=0, data=data) for data in datas),
+            )
+        )
+        return first, first + len(datas) - 1

@@ -16,12 +16,15 @@ A host loop looks like this (the ordering contract is written down once, in ``Re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .config import Config
 from .errors import RaftError, StoppedError
 from .raft import Raft
 from .storage import Storage
 from .types import (
     LOCAL_MESSAGES,
+    BasicStatus,
     ConfChange,
     ConfState,
     HardState,
@@ -30,6 +33,7 @@ from .types import (
     Ready,
     Snapshot,
     SoftState,
+    StateType,
 )
 
 
@@ -75,6 +79,15 @@ class RawNode:
         """
         self._check_running()
         return self.raft.propose(data)
+
+    def propose_batch(self, datas: Sequence[bytes]) -> tuple[int, int]:
+        """Propose several commands as one append and one broadcast.
+
+        Return the (first, last) indexes they were appended at. Raise as ``propose``
+        does, and ``ValueError`` for an empty batch.
+        """
+        self._check_running()
+        return self.raft.propose_batch(datas)
 
     def propose_conf_change(self, change: ConfChange) -> int:
         """Propose a membership change; return its index. It takes effect when appended.
@@ -138,7 +151,7 @@ class RawNode:
     def has_ready(self) -> bool:
         """Whether there is anything to persist, send or apply."""
         raft = self.raft
-        if raft.messages or raft.log.unstable or raft.read_states:
+        if raft.messages or raft.log.unstable or raft.read_states or raft.commit_news:
             return True
         if raft.log.committed > raft.log.applied:
             return True
@@ -149,12 +162,14 @@ class RawNode:
     def ready(self) -> Ready:
         """Collect what the host must do now; messages are handed over exactly once."""
         raft = self.raft
+        raft.flush_commit_news()
         soft_state: SoftState | None = None
         current = raft.soft_state()
         if current != self._prev_soft_state:
             soft_state = self._prev_soft_state = current
         hard_state: HardState | None = raft.hard_state()
-        if hard_state == self._prev_hard_state:
+        previous = self._prev_hard_state
+        if hard_state == previous:
             hard_state = None
         messages = tuple(raft.messages)
         raft.messages.clear()
@@ -168,6 +183,8 @@ class RawNode:
             committed_entries=tuple(raft.log.next_committed(raft.config.max_committed_per_ready)),
             messages=messages,
             read_states=read_states,
+            term_or_vote_changed=hard_state is not None
+            and (hard_state.term != previous.term or hard_state.vote != previous.vote),
         )
 
     def advance(self, ready: Ready) -> None:
@@ -180,6 +197,7 @@ class RawNode:
         if ready.entries:
             last = ready.entries[-1]
             log.stable_to(last.index, last.term)
+            self.raft.persisted()
         if ready.committed_entries:
             log.applied_to(ready.committed_entries[-1].index)
 
@@ -187,9 +205,41 @@ class RawNode:
         """Return the current membership."""
         return self.raft.conf_state()
 
-    def status(self) -> dict[str, object]:
-        """Return a snapshot of this node's state for reporting."""
+    def basic_status(self) -> BasicStatus:
+        """Return this node's role, term, leader and indexes; O(1), cheap to poll."""
         raft = self.raft
+        log = raft.log
+        return BasicStatus(
+            id=raft.id,
+            state=raft.state,
+            term=raft.term,
+            lead=raft.lead,
+            commit=log.committed,
+            applied=log.applied,
+            last_index=log.last_index(),
+        )
+
+    def status(self) -> dict[str, object]:
+        """Return a full report of this node's state (lists included), for humans.
+
+        ``progress`` is empty except on the leader, where it gives each follower's match
+        and next index, its mode (probe, replicate or snapshot), how many AppendEntries
+        are unanswered and whether it was heard from in the current election timeout.
+        """
+        raft = self.raft
+        progress: dict[str, dict[str, object]] = {}
+        if raft.state is StateType.LEADER:
+            progress = {
+                peer: {
+                    "match": p.match,
+                    "next": p.next,
+                    "state": p.state.value,
+                    "inflight": len(p.inflights),
+                    "recent_active": p.recent_active,
+                }
+                for peer, p in raft.progress.items()
+                if peer != raft.id
+            }
         return {
             "id": raft.id,
             "state": raft.state.value,
@@ -199,6 +249,8 @@ class RawNode:
             "commit": raft.log.committed,
             "applied": raft.log.applied,
             "last_index": raft.log.last_index(),
+            "snapshot_index": raft.log.storage.snapshot().metadata.index,
             "voters": list(raft.voters),
             "learners": list(raft.learners),
+            "progress": progress,
         }

@@ -7,6 +7,7 @@ index of the latest snapshot) is a dummy whose term is known but whose entry is 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from .errors import CompactedError, UnavailableError
@@ -109,11 +110,29 @@ class MemoryStorage:
         hi = min(hi, lo + max(1, max_count))
         return self._entries[lo - offset : hi - offset]
 
+    def persist(
+        self,
+        hard_state: HardState | None = None,
+        entries: Sequence[Entry] = (),
+        snapshot: Snapshot | None = None,
+    ) -> None:
+        """Write what a Ready hands over, in the order the contract requires.
+
+        ``snapshot`` (received from the leader) is installed first, then ``entries``
+        replace every stored entry from the first one's index on, then ``hard_state``
+        (when not None) is stored. The same call as the Django storage's ``persist``.
+        """
+        if snapshot is not None:
+            self.apply_snapshot(snapshot)
+        self.append(entries)
+        if hard_state is not None:
+            self.set_hard_state(hard_state)
+
     def set_hard_state(self, hard_state: HardState) -> None:
         """Persist the hard state."""
         self.hard_state = hard_state
 
-    def append(self, entries: tuple[Entry, ...] | list[Entry]) -> None:
+    def append(self, entries: Sequence[Entry]) -> None:
         """Persist entries, replacing any stored entries from the first new index on.
 
         Raft only ever hands the host entries whose predecessors it already has, so a gap

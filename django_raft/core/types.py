@@ -135,10 +135,30 @@ class StateType(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class SoftState:
-    """Volatile state the host may want to report: who leads and what this node is."""
+    """Volatile state the host may want to report: who leads, in which term, and what
+    this node is."""
 
     leader: str = NONE
     state: StateType = StateType.FOLLOWER
+    term: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BasicStatus:
+    """A cheap summary of one node (no lists), for hosts that poll it on every turn.
+
+    ``lead`` is the leader known in ``term`` (``NONE`` if none); ``commit``, ``applied``
+    and ``last_index`` are the commit index, the last applied index and the last log
+    index, persisted or not.
+    """
+
+    id: str
+    state: StateType
+    term: int
+    lead: str
+    commit: int
+    applied: int
+    last_index: int
 
 
 class MessageType(enum.Enum):
@@ -211,19 +231,41 @@ class Message:
     """On vote requests: sent because of a leadership transfer, so leases do not apply."""
 
 
+_EARLY_MESSAGES = frozenset(
+    {MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT, MessageType.TIMEOUT_NOW}
+)
+"""What a leader may send while it persists (Raft thesis §10.2.1)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """What the host must do next, in this order (the ordering contract):
+    """What the host must do next. The ordering contract (the one place it is written):
 
-    1. persist ``hard_state`` (when not None) and ``entries`` (one atomic, synced write);
-    2. send ``messages``;
-    3. apply ``committed_entries`` to the state machine;
-    4. call ``advance(ready)``.
+    1. send the messages ``partition_messages()`` returns first (optional: they may also
+       simply wait for step 3);
+    2. persist, in one atomic and synced write, ``snapshot`` (when not None: it replaces
+       the log up to its index, keeping the entries after it only if the log holds its
+       last entry with the same term), then ``entries`` (they replace every stored entry
+       from the first one's index on), then ``hard_state`` (when not None). With
+       ``MemoryStorage`` that is ``storage.persist(hard_state, entries, snapshot)``;
+    3. send the other messages: every message they carry is backed by what step 2 made
+       durable (a vote by the persisted vote, an acknowledgement by persisted entries);
+    4. when ``snapshot`` is not None, restore the state machine from it, then apply
+       ``committed_entries`` in order; the host may answer requests before it applies;
+    5. serve ``read_states`` once the state machine has applied their ``index``;
+    6. call ``advance(ready)`` before the next ``ready()``. ``step()`` and ``tick()`` may
+       be called while steps 2 to 5 are in progress; what they produce waits for the
+       next Ready.
 
-    ``snapshot``, when not None, is persisted with the entries (replacing the log up to
-    its index) and restored into the state machine before any committed entry is applied.
-    ``soft_state`` is not None when the leader or the role changed since the last Ready.
-    ``read_states`` are reads this node may serve once it has applied their index.
+    Messages in the first group are only a leader's outbound replication (AppendEntries,
+    heartbeats, snapshot chunks, TimeoutNow) in a Ready that changes neither the term
+    nor the vote: the leader counts itself toward a commit quorum only for entries it
+    has persisted (``advance`` tells it), so a crash between sending and persisting
+    loses nothing that was acknowledged.
+
+    ``soft_state`` is not None when the leader, the role or the term changed since the
+    last Ready. A hard state that changes only ``commit`` need not be synced: commitIndex
+    is volatile in Figure 2 (restart with ``Config.applied`` instead).
     """
 
     soft_state: SoftState | None = None
@@ -233,3 +275,15 @@ class Ready:
     committed_entries: tuple[Entry, ...] = ()
     messages: tuple[Message, ...] = field(default=())
     read_states: tuple[ReadState, ...] = ()
+    term_or_vote_changed: bool = False
+    """Whether ``hard_state`` changes the term or the vote: then every message waits."""
+
+    def partition_messages(self) -> tuple[tuple[Message, ...], tuple[Message, ...]]:
+        """Split ``messages`` into (may be sent before persisting, must be sent after)."""
+        if self.term_or_vote_changed or self.snapshot is not None:
+            return (), self.messages
+        early = tuple(m for m in self.messages if m.type in _EARLY_MESSAGES)
+        if not early:
+            return (), self.messages
+        late = tuple(m for m in self.messages if m.type not in _EARLY_MESSAGES)
+        return early, late

@@ -54,10 +54,9 @@ def new_storage(
 ) -> MemoryStorage:
     """Return storage holding a log with ``terms``; ``term`` defaults to the last log term."""
     storage = MemoryStorage(ConfState(voters=tuple(voters)))
-    storage.append(make_entries(terms))
     if term is None:
         term = terms[-1] if terms else 0
-    storage.set_hard_state(HardState(term=term, vote=vote, commit=commit))
+    storage.persist(HardState(term=term, vote=vote, commit=commit), make_entries(terms))
     return storage
 
 
@@ -93,9 +92,7 @@ def new_leader(
 def founding_storage(voters: Sequence[str]) -> MemoryStorage:
     """Return the storage of a founding node of a cluster started with ``bootstrap``."""
     storage = MemoryStorage()
-    hard_state, entries = bootstrap(tuple(voters))
-    storage.append(entries)
-    storage.set_hard_state(hard_state)
+    storage.persist(*bootstrap(tuple(voters)))
     return storage
 
 
@@ -111,12 +108,7 @@ def persist(node: RawNode, ready: Ready) -> None:
 
     The snapshot goes first: the entries that come with it follow its last index.
     """
-    storage = storage_of(node)
-    if ready.snapshot is not None:
-        storage.apply_snapshot(ready.snapshot)
-    if ready.hard_state is not None:
-        storage.set_hard_state(ready.hard_state)
-    storage.append(ready.entries)
+    storage_of(node).persist(ready.hard_state, ready.entries, ready.snapshot)
 
 
 def read_ready(node: RawNode) -> Ready:
@@ -174,7 +166,7 @@ def deliver_all(
         sent = [
             message for node in list(nodes.values()) if node.has_ready() for message in read(node)
         ]
-        if not sent:
+        if not sent and not any(node.has_ready() for node in nodes.values()):
             return delivered
         for message in sent:
             if message.to in nodes and not (drop is not None and drop(message)):

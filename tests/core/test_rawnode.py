@@ -27,6 +27,7 @@ from tests.core.helpers import (
     log_entries,
     new_node,
     node_ids,
+    persist,
     read_messages,
     read_ready,
     storage_of,
@@ -124,24 +125,36 @@ def test_ready_hands_out_work_once() -> None:
     node.campaign()
     node.propose(b"x")
     ready = read_ready(node)
+    assert [e.data for e in ready.entries] == [b"", b"x"]
+    assert ready.soft_state == SoftState(leader="1", state=StateType.LEADER, term=1)
+    ready = read_ready(node)
     assert [e.data for e in ready.committed_entries] == [b"", b"x"]
-    assert ready.soft_state == SoftState(leader="1", state=StateType.LEADER)
     assert not node.has_ready()
     again = node.ready()
     assert (again.messages, again.entries, again.committed_entries) == ((), (), ())
     assert (again.hard_state, again.soft_state) == (None, None)
 
 
-def test_single_node_commits_own_proposal() -> None:
-    """§5.3 with a cluster of one: the leader is the majority, so its proposal is
-    committed (and handed out to apply) in the same Ready that persists it."""
+def test_single_node_commits_own_proposal_once_persisted() -> None:
+    """§5.3 with a cluster of one: the leader is the majority, so its proposal commits as
+    soon as the leader itself has persisted it (``advance``), and is handed out to apply
+    in the next Ready (thesis §10.2.1: the leader counts itself only once durable)."""
     node = new_node("1", ("1",))
     node.campaign()
     read_ready(node)
+    read_ready(node)
     index = node.propose(b"x")
+    ready = node.ready()
+    assert ready.entries == (Entry(index=index, term=1, data=b"x"),)
+    assert ready.committed_entries == ()
+    assert node.raft.log.committed == index - 1
+    persist(node, ready)
+    node.advance(ready)
+    assert node.raft.log.committed == index
     ready = read_ready(node)
-    assert ready.entries == ready.committed_entries == (Entry(index=index, term=1, data=b"x"),)
+    assert ready.committed_entries == (Entry(index=index, term=1, data=b"x"),)
     assert ready.hard_state == HardState(term=1, vote="1", commit=index)
+    assert not node.has_ready()
 
 
 @pytest.mark.parametrize(

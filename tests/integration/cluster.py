@@ -103,11 +103,12 @@ class Node:
             timeout=120,
         )
 
-    def start(self, *arguments: str) -> None:
+    def start(self, *arguments: str, program: tuple[str, ...] = ("manage.py", "raftnode")) -> None:
+        """Run ``raftnode`` with ``arguments`` (or another ``program`` that runs a node)."""
         assert self.process is None or self.process.poll() is not None
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "manage.py", "raftnode", *arguments],
+            [sys.executable, *program, *arguments],
             cwd=ROOT,
             env=self.env(),
             stdout=log,
@@ -190,11 +191,11 @@ class Cluster:
             self.founders.append(node)
             self.nodes[node.node_id] = node
 
-    def start(self) -> None:
+    def start(self, program: tuple[str, ...] = ("manage.py", "raftnode")) -> None:
         for node in self.founders:
             node.migrate()
         for node in self.founders:
-            node.start("--bootstrap")
+            node.start("--bootstrap", program=program)
 
     def add_node(self, node_id: str) -> Node:
         node = Node(self, node_id)

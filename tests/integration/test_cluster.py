@@ -6,6 +6,7 @@ Run on SQLite by default and on PostgreSQL (one database per node) when
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -159,3 +160,29 @@ def test_kill_9_during_writes_loses_nothing_acknowledged(cluster: Cluster) -> No
     missing = {k: v for k, v in acknowledged.items() if state.get(k) != v}
     assert not missing, f"acknowledged writes lost: {sorted(missing)[:10]}"
     assert leader.status()["term"] >= 1
+
+
+FLOOD = 10_000
+
+
+def test_a_flood_of_outstanding_proposals_keeps_the_leader_and_converges(tmp_path: Path) -> None:
+    """All proposals outstanding at once: bounded loop turns keep ticks and heartbeats
+    going, so leadership never changes; every node converges; nothing acknowledged is
+    missing anywhere."""
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start(program=("tests/integration/flood_node.py", str(tmp_path), str(FLOOD)))
+        leader = cluster.leader()
+        result = tmp_path / f"flood-{leader.node_id}.json"
+        wait_for(result.exists, 240, "the flood to be answered", interval=0.5)
+        summary = json.loads(result.read_text())
+        assert summary["outcomes"] == {"acked": FLOOD}, summary["outcomes"]
+        assert len(summary["terms"]) == 1, f"leadership changed: terms {summary['terms']}"
+        assert cluster.leader() is leader
+        index = cluster.wait_applied(timeout=120)
+        assert {n.status()["term"] for n in cluster.running()} == set(summary["terms"])
+        for node in cluster.running():
+            rows = node.query("SELECT COUNT(*) FROM kv_keyvalue WHERE key LIKE 'k%'")
+            assert rows == [(FLOOD,)], (node.node_id, rows, index)
+    finally:
+        cluster.close()

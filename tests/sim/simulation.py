@@ -9,10 +9,14 @@ Faults, for the first 70 % of a run:
 - messages are dropped, duplicated, delayed (which reorders them) and, rarely, held
   back for several election timeouts and delivered stale;
 - partitions: symmetric splits, a leader isolated, one-way link cuts;
-- crashes at four points: before a Ready is persisted (losing what was stepped),
-  after it is persisted but before its messages are sent, right after they are sent,
-  or between Readies; a crashed node restarts later from its storage, restoring its
-  state machine from its snapshot;
+- the host follows the Ready contract with the leader sending its replication
+  messages before it persists (``Ready.partition_messages``) and every node sending
+  its replies before it applies;
+- crashes at five points: before a Ready is persisted (losing what was stepped),
+  after the leader sent its early messages but before it persisted, after persisting
+  but before the other messages are sent, right after they are sent, or between
+  Readies; a crashed node restarts later from its storage, restoring its state
+  machine from its snapshot;
 - membership churn: learners and voters added (fresh nodes with empty disks),
   learners promoted, members removed, the leader included;
 - snapshots: automatic (a small threshold) and forced, with few entries kept after
@@ -173,8 +177,7 @@ class SimNode:
         """chain[i - chain_offset] hashes the persisted log up to index i."""
         if founders:
             hard_state, entries = bootstrap(founders)
-            self.storage.append(entries)
-            self.storage.set_hard_state(hard_state)
+            self.storage.persist(hard_state, entries)
             for entry in entries:
                 self.chain.append(chain_hash(self.chain[-1], entry))
         self.raw: RawNode | None = None
@@ -316,13 +319,19 @@ class Simulation:
         raw = node.raw
         while raw is not None and raw.has_ready():
             ready = raw.ready()
+            early, late = ready.partition_messages()
+            for message in early:
+                self._send(message)
+            if node.pending_crash == "after_early_send" and early:
+                self._crash(node)
+                return
             self._persist(node, ready)
             if node.pending_crash == "after_persist":
                 self._crash(node)
                 return
-            for message in ready.messages:
+            for message in late:
                 self._send(message)
-            if node.pending_crash == "after_send" and ready.messages:
+            if node.pending_crash == "after_send" and late:
                 self._crash(node)
                 return
             if ready.snapshot is not None:
@@ -338,13 +347,12 @@ class Simulation:
     def _persist(self, node: SimNode, ready: Ready) -> None:
         storage = node.storage
         old_commit = storage.hard_state.commit
+        storage.persist(ready.hard_state, ready.entries, ready.snapshot)
         if ready.snapshot is not None:
             self.stats.snapshots_installed += 1
-            storage.apply_snapshot(ready.snapshot)
             header = json.loads(ready.snapshot.data.split(b"|")[0])
             self._rebuild_chain(node, ready.snapshot.metadata.index, header["chain"])
         if ready.entries:
-            storage.append(ready.entries)
             first = ready.entries[0].index
             del node.chain[first - node.chain_offset :]
             previous = node.chain[-1]
@@ -352,12 +360,10 @@ class Simulation:
                 previous = chain_hash(previous, entry)
                 node.chain.append(previous)
             self.checker.persisted(node.id, node.chain_at, ready.entries)
-        if ready.hard_state is not None:
-            storage.set_hard_state(ready.hard_state)
-            if ready.hard_state.commit > old_commit:
-                self.checker.commit_advanced(
-                    node.id, node.chain_at, old_commit, ready.hard_state.commit
-                )
+        if ready.hard_state is not None and ready.hard_state.commit > old_commit:
+            self.checker.commit_advanced(
+                node.id, node.chain_at, old_commit, ready.hard_state.commit
+            )
 
     def _rebuild_chain(self, node: SimNode, index: int, chain: int) -> None:
         """Derive the chain from the disk after a snapshot replaced (part of) the log."""
@@ -491,7 +497,9 @@ class Simulation:
         if rng.random() < faults.crash_rate:
             node = self.nodes[rng.choice(self.ids)]
             if node.raw is not None:
-                mode = rng.choice(("now", "before_persist", "after_persist", "after_send"))
+                mode = rng.choice(
+                    ("now", "before_persist", "after_early_send", "after_persist", "after_send")
+                )
                 if mode == "now":
                     self._crash(node)
                 else:

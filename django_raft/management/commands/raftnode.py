@@ -32,7 +32,7 @@ class Command(BaseCommand):
         )
         parser.add_argument("--join", metavar="URL", help="join the cluster that URL belongs to")
         parser.add_argument(
-            "--threads", type=int, default=16, help="HTTP server threads (default 16)"
+            "--threads", type=int, default=64, help="HTTP server threads (default 64)"
         )
 
     def handle(self, *args: Any, **options: Any) -> None:

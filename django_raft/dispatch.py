@@ -1,0 +1,78 @@
+"""Send the node's Django signals from a thread of their own, in order.
+
+The loop thread must never wait for a signal receiver: a slow receiver would delay
+ticks and heartbeats and could cost the node its leadership. The loop puts each event
+on a bounded queue and a dispatcher thread sends them with ``send_robust``, in the
+order they happened. When receivers fall so far behind that the queue is full, new
+events are dropped and counted, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from typing import Any
+
+import django.dispatch
+
+logger = logging.getLogger(__name__)
+
+MAX_QUEUED_SIGNALS = 10_000
+"""Events waiting for their receivers before new ones are dropped."""
+
+
+class SignalDispatcher:
+    """A thread that sends queued signals, in order, with ``send_robust``."""
+
+    def __init__(self, name: str, sender: Any, maxsize: int = MAX_QUEUED_SIGNALS) -> None:
+        self.sender = sender
+        self.dropped = 0
+        self._queue: queue.Queue[tuple[django.dispatch.Signal, dict[str, Any]] | None] = (
+            queue.Queue(maxsize)
+        )
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._warned = False
+
+    def start(self) -> None:
+        """Start the dispatcher thread."""
+        self._thread.start()
+
+    def send(self, signal: django.dispatch.Signal, **arguments: Any) -> None:
+        """Queue ``signal`` with ``arguments``; never blocks (drops when the queue is full).
+
+        A signal without receivers is not queued at all.
+        """
+        if not signal.has_listeners(self.sender):
+            return
+        try:
+            self._queue.put_nowait((signal, arguments))
+        except queue.Full:
+            self.dropped += 1
+            if not self._warned:
+                self._warned = True
+                logger.warning(
+                    "raft: signal receivers cannot keep up; dropping events "
+                    "(%d queued; see status 'signals_dropped')",
+                    self._queue.maxsize,
+                )
+        else:
+            self._warned = False
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Send what is queued (within ``timeout``), then stop the thread."""
+        if not self._thread.is_alive():
+            return
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            signal, arguments = item
+            signal.send_robust(sender=self.sender, **arguments)  # logs a receiver's error
