@@ -93,11 +93,8 @@ def snapshot(request: HttpRequest) -> JsonResponse:
     if isinstance(checked, JsonResponse):
         return checked
     _, node, timeout = checked
-    take = getattr(node, "take_snapshot", None)
-    if take is None:
-        return _error(501, "this node cannot take a snapshot on demand", "Unsupported")
     try:
-        value = take(timeout)
+        value = node.take_snapshot(timeout)
     except RaftError as error:
         return JsonResponse(
             {"ok": False, "error": str(error), "error_type": type(error).__name__}, status=409

@@ -30,7 +30,7 @@ from typing import Any
 
 from django.db import close_old_connections, connections
 
-from . import signals
+from . import events, metrics, signals
 from .conf import raft_settings
 from .core import (
     ConfChange,
@@ -42,9 +42,11 @@ from .core import (
     NotLeaderError,
     RaftError,
     RawNode,
+    Snapshot,
 )
 from .dispatch import SignalDispatcher
 from .exceptions import CommandTimeoutError, OverloadedError, StopError
+from .snapshotting import take_snapshot
 from .statemachine import Outcome, StateMachine
 from .storage import DjangoStorage
 from .transport import Sequencer, Transport
@@ -113,6 +115,13 @@ class TransferLeadership:
 
 
 @dataclass(frozen=True, slots=True)
+class TakeSnapshot:
+    """Snapshot the state now and compact the log; ``future`` gets what was taken."""
+
+    future: Future[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
 class SnapshotSaved:
     """The snapshot thread saved the state as of applied ``index`` (``data`` None: failed)."""
 
@@ -125,7 +134,16 @@ class Wake:
     """Wake the loop (to notice that it is stopping)."""
 
 
-Request = Step | Propose | ProposeConfChange | ReadIndex | TransferLeadership | SnapshotSaved | Wake
+Request = (
+    Step
+    | Propose
+    | ProposeConfChange
+    | ReadIndex
+    | TransferLeadership
+    | TakeSnapshot
+    | SnapshotSaved
+    | Wake
+)
 
 
 @dataclass(slots=True)
@@ -277,6 +295,17 @@ class RaftNode:
         self._submit(TransferLeadership(transferee, future))
         future.result(timeout)
 
+    def take_snapshot(self, timeout: float) -> dict[str, Any]:
+        """Snapshot the state now and compact the log (go-raft's ``TakeSnapshot``).
+
+        Return the snapshot's ``index``, ``term``, ``size``, ``seconds``,
+        ``compacted_to`` and whether one was ``taken`` (not when the stored snapshot
+        already covers every applied entry).
+        """
+        future: Future[dict[str, Any]] = Future()
+        self._submit(TakeSnapshot(future))
+        return future.result(timeout)
+
     def status(self) -> dict[str, Any]:
         """Return the node's last reported status (updated by the loop every turn).
 
@@ -417,9 +446,13 @@ class RaftNode:
                 signals.heartbeat, node_id=self.node_id, value=message.sender, prev_value=None
             )
 
-    def _request(self, request: ProposeConfChange | ReadIndex | TransferLeadership) -> None:
+    def _request(
+        self, request: ProposeConfChange | ReadIndex | TransferLeadership | TakeSnapshot
+    ) -> None:
         raw = self.raw
-        if isinstance(request, ProposeConfChange):
+        if isinstance(request, TakeSnapshot):
+            request.future.set_result(take_snapshot(self))
+        elif isinstance(request, ProposeConfChange):
             index = raw.propose_conf_change(request.change)
             self._pending[index] = _Pending(raw.basic_status().term, request.future)
         elif isinstance(request, ReadIndex):
@@ -459,15 +492,13 @@ class RaftNode:
             ready = raw.ready()
             early, late = ready.partition_messages()
             self._send(early)  # a leader replicates while it persists its own entries
-            self.storage.persist(ready.hard_state, ready.entries, ready.snapshot)
+            with metrics.persisting():
+                self.storage.persist(ready.hard_state, ready.entries, ready.snapshot)
             self._learn_addresses(ready.entries)
             self._send(late)
             self._answer_peers()  # durable now: answer before applying
             if ready.snapshot is not None:
-                self.machine.restore(
-                    ready.snapshot.data, ready.snapshot.metadata.index, ready.snapshot.metadata.term
-                )
-                self._reload_addresses()
+                self._restore(ready.snapshot)
             if ready.committed_entries:
                 self._apply(ready.committed_entries)
             for read_state in ready.read_states:
@@ -480,6 +511,17 @@ class RaftNode:
             if time.monotonic() >= deadline:
                 break
         self._answer_peers()
+
+    def _restore(self, snapshot: Snapshot) -> None:
+        started = time.perf_counter()
+        self.machine.restore(snapshot.data, snapshot.metadata.index, snapshot.metadata.term)
+        self._reload_addresses()
+        events.snapshot_installed(
+            self.node_id,
+            snapshot.metadata.index,
+            len(snapshot.data),
+            time.perf_counter() - started,
+        )
 
     def _answer_peers(self) -> None:
         for slot in self._slots.values():
@@ -509,7 +551,8 @@ class RaftNode:
             self.transport.set_address(member_id, member_address)
 
     def _apply(self, entries: tuple[Entry, ...]) -> None:
-        outcomes = self.machine.apply(entries)
+        with metrics.applying():
+            outcomes = self.machine.apply(entries)
         pending_map = self._pending
         for entry in entries:
             pending = pending_map.pop(entry.index, None)
@@ -517,6 +560,7 @@ class RaftNode:
                 self._membership_applied(ConfChange.decode(entry.data))
             if pending is None or pending.future.done():
                 continue
+            metrics.count_proposal(pending.term == entry.term and outcomes[entry.index].ok)
             if pending.term != entry.term:
                 lead = self.raw.basic_status().lead
                 pending.future.set_exception(

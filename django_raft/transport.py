@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 
 import requests
 
+from . import events, metrics
 from .core import Message, MessageType
 from .wire import WireError, decode_message, encode_message
 
@@ -194,6 +195,7 @@ class _PeerSender(threading.Thread):
             response = self.session.post(url, data=body, headers=headers, timeout=transport.timeout)
         except requests.RequestException as error:
             logger.debug("raft: %s unreachable: %s", self.peer, error)
+            events.peer_failed(transport.node_id, self.peer, str(error))
             return
         elapsed = time.monotonic() - started
         if transport.on_round_trip is not None:
@@ -243,6 +245,7 @@ class Transport:
         by_peer: dict[str, list[Message]] = {}
         for message in messages:
             by_peer.setdefault(message.to, []).append(message)
+            metrics.count_sent(message.type.value)
         for peer, batch in by_peer.items():
             queue = self._peers.get(peer)
             if queue is None:

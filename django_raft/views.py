@@ -16,6 +16,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from . import metrics
 from .client import post
 from .conf import raft_settings
 from .core import ConfChange, ConfChangeType, RaftError
@@ -118,6 +119,8 @@ def rpc_answer(path: str, body: bytes, sender: str | None, sequence: str | None 
             return Answer.error(400, f"message for {message.to!r} sent to {node.node_id!r}")
         if message.sender != sender:
             return Answer.error(400, "the sender does not match the request header")
+    for message in messages:
+        metrics.count_received(message.type.value)
     try:
         replies = node.receive(messages, raft_settings.RPC_TIMEOUT, sequence)
     except StopError as error:

@@ -28,7 +28,6 @@ from django_raft import events, metrics
 from django_raft.models import LogEntry, Snapshot
 from django_raft.runner import RaftNode
 from django_raft.server import start_node
-from django_raft.snapshotting import take_snapshot
 from django_raft.transport import NODE_HEADER, SIGNATURE_HEADER, sign
 from tests.integration.cluster import free_port, wait_for
 
@@ -48,27 +47,6 @@ class Local:
         data = json.dumps(body).encode()
         headers = {NODE_HEADER: "client", SIGNATURE_HEADER: sign(SECRET, data)} if signed else {}
         return requests.post(f"{self.address}/raft/{route}", data=data, headers=headers, timeout=10)
-
-
-def _loop_snapshot(self: RaftNode, timeout: float) -> Any:
-    return self._call(("snapshot",), timeout)
-
-
-@pytest.fixture
-def with_snapshot_hook(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The two lines ``RaftNode`` needs for on-demand snapshots, when it lacks them."""
-    if hasattr(RaftNode, "take_snapshot"):
-        return
-    request = RaftNode._request
-
-    def patched(self: RaftNode, kind: str, arguments: tuple[Any, ...], future: Any) -> None:
-        if kind == "snapshot":
-            future.set_result(take_snapshot(self))
-        else:
-            request(self, kind, arguments, future)
-
-    monkeypatch.setattr(RaftNode, "_request", patched)
-    monkeypatch.setattr(RaftNode, "take_snapshot", _loop_snapshot, raising=False)
 
 
 @pytest.fixture
@@ -156,17 +134,7 @@ def test_metrics_are_served_in_the_prometheus_format(local: Local) -> None:
     assert requests.post(f"{local.address}/raft/metrics", timeout=10).status_code == 405
 
 
-def test_a_node_without_the_snapshot_hook_says_so(local: Local) -> None:
-    if hasattr(RaftNode, "take_snapshot"):
-        pytest.skip("this runner takes snapshots on demand")
-    answer = local.post("snapshot", {})
-    assert answer.status_code == 501
-    assert local.node.status()["state"] == "leader"
-
-
-def test_snapshot_on_demand_stores_it_and_compacts_the_log(
-    with_snapshot_hook: None, local: Local
-) -> None:
+def test_snapshot_on_demand_stores_it_and_compacts_the_log(local: Local) -> None:
     fill(10)
     applied = local.node.status()["applied"]
     answer = local.post("snapshot", {})
@@ -284,9 +252,7 @@ def test_hard_state_and_snapshot_pages_are_read_only(local: Local, admin_client:
         assert admin_client.get(reverse(f"admin:django_raft_{name}_add")).status_code == 403
 
 
-def test_take_snapshot_from_the_admin_asks_then_reports(
-    with_snapshot_hook: None, local: Local, admin_client: Client
-) -> None:
+def test_take_snapshot_from_the_admin_asks_then_reports(local: Local, admin_client: Client) -> None:
     fill(4)
     url = reverse("admin:django_raft_snapshot_take")
     assert b"Yes, I" in admin_client.get(url).content
@@ -330,7 +296,7 @@ def test_raftlog_prints_decoded_entries(local: Local) -> None:
     assert rows[-1]["payload"]["arguments"] == {"key": "hello", "value": "world"}
 
 
-def test_raftsnapshot_reports_the_snapshot(with_snapshot_hook: None, local: Local) -> None:
+def test_raftsnapshot_reports_the_snapshot(local: Local) -> None:
     fill(3)
     text = run("raftsnapshot")
     assert text.startswith(f"snapshot taken at #{local.node.status()['applied']} ")
