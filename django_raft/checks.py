@@ -37,6 +37,7 @@ IDS: dict[str, str] = {
     "RPC_TIMEOUT": "django_raft.E019",
     "PRE_VOTE": "django_raft.E020",
     "CHECK_QUORUM": "django_raft.E021",
+    "SESSION_TIMEOUT": "django_raft.E022",
     "heartbeat-below-tick": "django_raft.E030",
     "tick-too-short": "django_raft.E031",
     "election-not-above-heartbeat": "django_raft.E032",

@@ -109,6 +109,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
         for name in ("COMMAND_TIMEOUT", "RPC_TIMEOUT")
         for value in (0, -1, NAN, INF, "1", None)
     ],
+    *[("SESSION_TIMEOUT", value) for value in (0, -1, 0.0001, 31 * 86400, NAN, "60", True)],
     *[(name, value) for name in ("PRE_VOTE", "CHECK_QUORUM") for value in (1, 0, "yes", None)],
 ]
 

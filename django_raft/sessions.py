@@ -1,0 +1,271 @@
+"""Client sessions applied by the state machine: exactly-once commands (Raft thesis §6.3).
+
+A client opens a session through the log (``OPEN_SESSION``); its id is the index of
+that entry, so a replayed opening makes a new session and never revives an old one.
+Each of its commands then carries ``(client_id, sequence)``. Applying one records the
+sequence number and the outcome in the same transaction as the handler's writes; a
+command whose number is the last one recorded is a retry and gets the recorded outcome
+without running again, and a lower number is refused. A client has one command in
+flight per session (``django_raft.do`` keeps one session per thread).
+
+Time here is **log time**: the leader stamps its clock (milliseconds) on every
+session-tracked command when it proposes it, and the log time is the greatest stamp
+applied so far, so every node computes the same expiries whatever its own clock says.
+A session expires once the log time passes its last command plus its timeout (chosen
+by the client when it opened the session); expired sessions are swept at most once a
+second of log time, and the locks they hold are released. Sessions and locks travel in
+snapshots with the membership.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from .models import SINGLETON, ClientSession, Lock, LogClock
+from .wire import DecodedCommand
+
+if TYPE_CHECKING:
+    from .core import Entry
+    from .statemachine import Outcome, StateMachine
+
+__all__ = [
+    "LOCK_ACQUIRE",
+    "LOCK_RELEASE",
+    "OPEN_SESSION",
+    "dump",
+    "is_tracked",
+    "load",
+    "log_time",
+]
+
+OPEN_SESSION = "django_raft.session.open"
+"""Opens a session; arguments ``timeout_ms``; the result is the new client id."""
+LOCK_ACQUIRE = "django_raft.lock.acquire"
+"""Arguments ``name``, ``ttl_ms``; the result says whether the lock was taken, and its token."""
+LOCK_RELEASE = "django_raft.lock.release"
+"""Arguments ``name``, ``token``; the result says whether the lock was released."""
+KEEP_ALIVE = "django_raft.session.keep_alive"
+"""Extends a session's life; no arguments."""
+BUILTIN = frozenset((OPEN_SESSION, LOCK_ACQUIRE, LOCK_RELEASE, KEEP_ALIVE))
+
+SWEEP_INTERVAL_MS = 1000
+"""Expired sessions are looked for at most this often, in log time."""
+MAX_TIMEOUT_MS = 30 * 24 * 3600 * 1000
+
+EXPIRED = "SessionExpiredError"
+REPLAYED = "ReplayedCommandError"
+
+
+def is_tracked(command: DecodedCommand) -> bool:
+    """Whether the command goes through the session path (a session's or a built-in)."""
+    return bool(command.client_id) or command.name in BUILTIN
+
+
+def log_time(using: str) -> int:
+    """The log time (ms) as of the last applied session-tracked command."""
+    row = LogClock.objects.using(using).filter(pk=SINGLETON).values_list("time_ms", flat=True)
+    return row.first() or 0
+
+
+def apply(machine: StateMachine, entry: Entry, command: DecodedCommand, fast: bool) -> Outcome:
+    """Apply a session-tracked command: at most once per (client id, sequence)."""
+    from .statemachine import Outcome
+
+    using = machine.alias
+    now = _advance_clock(using, command.time_ms)
+    if command.name == OPEN_SESSION:
+        return _open(using, entry.index, command.arguments, now)
+    if not command.client_id:
+        return Outcome(ok=False, error=f"{EXPIRED}: {command.name} needs a session")
+    session = ClientSession.objects.using(using).filter(pk=command.client_id).first()
+    if session is None:
+        return Outcome(
+            ok=False, error=f"{EXPIRED}: session {command.client_id} expired or does not exist"
+        )
+    if command.sequence <= session.last_sequence:
+        if command.sequence == session.last_sequence:
+            value = json.loads(session.last_value) if session.last_ok else None
+            return Outcome(ok=session.last_ok, value=value, error=session.last_error)
+        return Outcome(
+            ok=False,
+            error=f"{REPLAYED}: command {command.sequence} of session {command.client_id} "
+            f"was answered before {session.last_sequence}",
+        )
+    outcome = _run(machine, entry, command, fast, now)
+    session.last_sequence = command.sequence
+    session.last_ok = outcome.ok
+    session.last_value = json.dumps(outcome.value) if outcome.ok else "null"
+    session.last_error = outcome.error
+    session.expires_ms = now + session.timeout_ms
+    session.save(using=using)
+    return outcome
+
+
+def _run(
+    machine: StateMachine, entry: Entry, command: DecodedCommand, fast: bool, now: int
+) -> Outcome:
+    from . import commands
+    from .commands import Call
+    from .statemachine import Outcome, describe_error
+
+    name, arguments = command.name, command.arguments
+    if name == KEEP_ALIVE:
+        return Outcome(ok=True)
+    if name == LOCK_ACQUIRE:
+        return _acquire(machine.alias, entry.index, command.client_id, arguments, now)
+    if name == LOCK_RELEASE:
+        return _release(machine.alias, command.client_id, arguments)
+    try:
+        commands.get(name)
+    except Exception as error:
+        return Outcome(ok=False, error=describe_error(error))
+    if commands.is_batch(name):
+        return machine._apply_batch(entry, name, [Call(entry.index, entry.term, arguments)], fast)[
+            entry.index
+        ]
+    return machine._apply_call(entry, name, arguments, fast)
+
+
+def _advance_clock(using: str, stamp: int) -> int:
+    """Move the log time to ``stamp`` if later; sweep expired sessions when due."""
+    clocks = LogClock.objects.using(using)
+    row = clocks.filter(pk=SINGLETON).values_list("time_ms", "swept_ms").first()
+    if row is None:
+        clocks.create(pk=SINGLETON)
+        row = (0, 0)
+    now, swept = max(row[0], stamp), row[1]
+    if now - swept >= SWEEP_INTERVAL_MS:
+        expired = ClientSession.objects.using(using).filter(expires_ms__lte=now)
+        ids = list(expired.values_list("client_id", flat=True))
+        if ids:
+            Lock.objects.using(using).filter(holder__in=ids).update(holder="")
+            expired.delete()
+        swept = now
+    if (now, swept) != row:
+        clocks.filter(pk=SINGLETON).update(time_ms=now, swept_ms=swept)
+    return now
+
+
+def _open(using: str, index: int, arguments: dict[str, Any], now: int) -> Outcome:
+    from .statemachine import Outcome
+
+    timeout = arguments.get("timeout_ms")
+    if type(timeout) is not int or not 0 < timeout <= MAX_TIMEOUT_MS:
+        return Outcome(ok=False, error=f"ValueError: timeout_ms must be in (0, {MAX_TIMEOUT_MS}]")
+    client_id = str(index)
+    ClientSession.objects.using(using).create(
+        client_id=client_id, timeout_ms=timeout, expires_ms=now + timeout
+    )
+    return Outcome(ok=True, value=client_id)
+
+
+def _acquire(
+    using: str, index: int, client_id: str, arguments: dict[str, Any], now: int
+) -> Outcome:
+    """Take the lock if free, expired or already ours; its token is this entry's index."""
+    from .statemachine import Outcome
+
+    name, ttl = arguments.get("name"), arguments.get("ttl_ms")
+    if not isinstance(name, str) or not 0 < len(name) <= 200:
+        return Outcome(ok=False, error="ValueError: a lock name is a string of 1 to 200 characters")
+    if type(ttl) is not int or not 0 < ttl <= MAX_TIMEOUT_MS:
+        return Outcome(ok=False, error=f"ValueError: ttl_ms must be in (0, {MAX_TIMEOUT_MS}]")
+    lock = Lock.objects.using(using).filter(pk=name).first()
+    if lock is None:
+        lock = Lock(name=name)
+    elif lock.holder and lock.holder != client_id and lock.expires_ms > now:
+        return Outcome(
+            ok=True,
+            value={"acquired": False, "token": lock.token, "expires_ms": lock.expires_ms},
+        )
+    if lock.holder != client_id or not lock.token:
+        lock.token = index
+    lock.holder = client_id
+    lock.expires_ms = now + ttl
+    lock.save(using=using)
+    return Outcome(ok=True, value={"acquired": True, "token": lock.token, "expires_ms": now + ttl})
+
+
+def _release(using: str, client_id: str, arguments: dict[str, Any]) -> Outcome:
+    from .statemachine import Outcome
+
+    name, token = arguments.get("name"), arguments.get("token")
+    if not isinstance(name, str) or type(token) is not int:
+        return Outcome(ok=False, error="ValueError: name must be a string, token an integer")
+    locks = Lock.objects.using(using).filter(pk=name, holder=client_id, token=token)
+    released = locks.update(holder="")
+    return Outcome(ok=True, value=bool(released))
+
+
+def check_token(using: str, name: str, token: int, now: int | None = None) -> None:
+    """Raise ``StaleTokenError`` unless ``token`` is the current, held token of ``name``.
+
+    Deterministic: the lock's state and the log time are replicated state.
+    """
+    from .exceptions import StaleTokenError
+
+    lock = Lock.objects.using(using).filter(pk=name).values_list("holder", "token", "expires_ms")
+    row = lock.first()
+    now = log_time(using) if now is None else now
+    if row is None or not row[0] or row[1] != token or row[2] <= now:
+        current = row[1] if row else 0
+        raise StaleTokenError(f"token {token} of lock {name!r} is stale (current {current})")
+
+
+# -- snapshots ---------------------------------------------------------------------------
+
+
+def dump(using: str) -> bytes:
+    """The sessions, the locks and the log clock, as JSON (for a snapshot)."""
+    clock = LogClock.objects.using(using).filter(pk=SINGLETON).values_list("time_ms", "swept_ms")
+    state = {
+        "clock": list(clock.first() or (0, 0)),
+        "sessions": [
+            list(row)
+            for row in ClientSession.objects.using(using)
+            .order_by("pk")
+            .values_list(
+                "client_id",
+                "last_sequence",
+                "last_ok",
+                "last_value",
+                "last_error",
+                "timeout_ms",
+                "expires_ms",
+            )
+        ],
+        "locks": [
+            list(row)
+            for row in Lock.objects.using(using)
+            .order_by("pk")
+            .values_list("name", "holder", "token", "expires_ms")
+        ],
+    }
+    return json.dumps(state, separators=(",", ":")).encode()
+
+
+def load(data: bytes, using: str) -> None:
+    """Replace the sessions, locks and log clock by those ``dump`` wrote."""
+    state = json.loads(data) if data else {"clock": [0, 0], "sessions": [], "locks": []}
+    ClientSession.objects.using(using).all()._raw_delete(using)
+    Lock.objects.using(using).all()._raw_delete(using)
+    LogClock.objects.using(using).all()._raw_delete(using)
+    time_ms, swept_ms = state["clock"]
+    LogClock.objects.using(using).create(pk=SINGLETON, time_ms=time_ms, swept_ms=swept_ms)
+    ClientSession.objects.using(using).bulk_create(
+        ClientSession(
+            client_id=client_id,
+            last_sequence=sequence,
+            last_ok=ok,
+            last_value=value,
+            last_error=error,
+            timeout_ms=timeout,
+            expires_ms=expires,
+        )
+        for client_id, sequence, ok, value, error, timeout, expires in state["sessions"]
+    )
+    Lock.objects.using(using).bulk_create(
+        Lock(name=name, holder=holder, token=token, expires_ms=expires)
+        for name, holder, token, expires in state["locks"]
+    )
