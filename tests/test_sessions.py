@@ -186,9 +186,7 @@ def test_a_lock_s_token_is_its_index_and_grows_from_holder_to_holder(log: Log) -
     assert renewed.value["token"] == first.value["token"]  # the holder renews: same token
     taken = log.run(sessions.LOCK_ACQUIRE, two, 2, 1_600, name="job", ttl_ms=1000)  # expired
     assert taken.value["acquired"] and taken.value["token"] > first.value["token"]
-    released = log.run(
-        sessions.LOCK_RELEASE, one, 3, 1_700, name="job", token=first.value["token"]
-    )
+    released = log.run(sessions.LOCK_RELEASE, one, 3, 1_700, name="job", token=first.value["token"])
     assert released.value is False  # no longer its lock
     assert log.run(
         sessions.LOCK_RELEASE, two, 3, 1_700, name="job", token=taken.value["token"]
