@@ -47,7 +47,7 @@ from .dispatch import SignalDispatcher
 from .exceptions import CommandTimeoutError, OverloadedError, StopError
 from .statemachine import Outcome, StateMachine
 from .storage import DjangoStorage
-from .transport import Transport
+from .transport import Sequencer, Transport
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +177,7 @@ class RaftNode:
             self.transport.set_address(member_id, member_address)
         for member_id, member_address in raft_settings.CLUSTER.items():
             self.transport.set_address(member_id, member_address)
+        self._sequencer = Sequencer()
         self.signals = SignalDispatcher(f"raft-signals-{node_id}", RaftNode)
         self.max_pending = max_pending
         self._room = threading.BoundedSemaphore(max_pending)
@@ -213,15 +214,19 @@ class RaftNode:
 
     # -- the API other threads use ------------------------------------------------------
 
-    def receive(self, messages: list[Message], timeout: float) -> list[Message]:
+    def receive(
+        self, messages: list[Message], timeout: float, sequence: str | None = None
+    ) -> list[Message]:
         """Step messages from one peer, in order; return the messages that answer them.
 
         They are stepped in one turn of the loop, so a batch of AppendEntries costs one
         write to disk; the answer comes as soon as that write is durable (no answer if
-        that takes longer than ``timeout``).
+        that takes longer than ``timeout``). ``sequence`` is the request's
+        ``SEQUENCE_HEADER``: requests from one peer are stepped in the order it sent them.
         """
         slot = ReplySlot(messages[0].sender)
-        self._submit(Step(tuple(messages), slot))
+        step = Step(tuple(messages), slot)
+        self._sequencer.admit(slot.peer, sequence, lambda: self._submit(step))
         if not slot.done.wait(timeout):
             return []  # the loop is behind: the sender will retry
         return slot.messages

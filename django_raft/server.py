@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -24,7 +25,7 @@ from .conf import raft_settings
 from .runner import RaftNode
 from .statemachine import StateMachine
 from .storage import DjangoStorage, make_durable
-from .transport import NODE_HEADER, SIGNATURE_HEADER
+from .transport import NODE_HEADER, SEQUENCE_HEADER, SIGNATURE_HEADER
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,10 @@ LISTEN_BACKLOG = 1024
 made bursts of new clients see connection resets)."""
 KEEP_ALIVE_TIMEOUT = 60
 """Seconds an idle keep-alive connection stays open, so clients and peers reuse it."""
+GIL_SWITCH_INTERVAL = 0.001
+"""Seconds a thread holds the GIL while another waits (Python's default is 0.005). The
+loop thread gives up the GIL on every database call; with the default, a busy request
+or application thread would make it wait up to 5 ms each time to get it back."""
 DEFAULT_THREADS = 64
 """Request threads: each client waiting for its command's commit holds one."""
 
@@ -137,12 +142,15 @@ class NodeApplication(WSGIHandler):
         if refused is not None:
             return refused
         if rpc_path is not None:
-            return views.rpc_answer(rpc_path, body, environ.get(_NODE_KEY))
+            return views.rpc_answer(
+                rpc_path, body, environ.get(_NODE_KEY), environ.get(_SEQUENCE_KEY)
+            )
         return views.command_answer(body)
 
 
 _SIGNATURE_KEY = "HTTP_" + SIGNATURE_HEADER.upper().replace("-", "_")
 _NODE_KEY = "HTTP_" + NODE_HEADER.upper().replace("-", "_")
+_SEQUENCE_KEY = "HTTP_" + SEQUENCE_HEADER.upper().replace("-", "_")
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -169,6 +177,7 @@ def start_node(
     threads: int = DEFAULT_THREADS,
 ) -> tuple[RaftNode, wsgi.Server]:
     """Open storage, bootstrap or join if asked, start the loop and the HTTP server."""
+    sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL))
     alias = raft_settings.DATABASE
     make_durable(alias)
     storage = DjangoStorage(alias)

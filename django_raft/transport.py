@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import secrets
 import struct
 import threading
 import time
@@ -29,6 +30,8 @@ from .wire import WireError, decode_message, encode_message
 logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Raft-Signature"
+SEQUENCE_HEADER = "X-Raft-Sequence"
+"""``<incarnation>:<n>``: the order of a sender's requests to one peer."""
 NODE_HEADER = "X-Raft-Node"
 CONTENT_TYPE = "application/x-protobuf"
 MAX_QUEUE = 10_000
@@ -40,6 +43,8 @@ MAX_BATCH_ENTRIES = 1000
 write, and its loop turn, stay short."""
 PIPELINE_DEPTH = 2
 """Requests in flight to one peer at a time."""
+GAP_WAIT = 0.05
+"""Seconds a request waits for the one sent before it (lost, it is skipped)."""
 BATCH_PATH = "batch"
 """The route for several framed messages at once."""
 
@@ -111,6 +116,7 @@ class _PeerQueue:
     def __init__(self, transport: Transport, peer: str) -> None:
         self.queue: deque[Message] = deque(maxlen=MAX_QUEUE)
         self.wakeup = threading.Condition()
+        self.sequence = 0
         self.senders = [
             _PeerSender(transport, peer, self, number) for number in range(PIPELINE_DEPTH)
         ]
@@ -122,8 +128,9 @@ class _PeerQueue:
             self.queue.extend(messages)
             self.wakeup.notify()
 
-    def take(self, stopped: threading.Event) -> list[Message] | None:
-        """Wait for messages; return a batch of them in order (None once stopped)."""
+    def take(self, stopped: threading.Event) -> tuple[list[Message], int] | None:
+        """Wait for messages; return a batch of them in order, and its sequence number
+        (None once stopped)."""
         with self.wakeup:
             while not self.queue and not stopped.is_set():
                 self.wakeup.wait(0.5)
@@ -139,7 +146,8 @@ class _PeerQueue:
                 entries += more
             if self.queue:
                 self.wakeup.notify()  # another sender may take the rest
-            return batch
+            self.sequence += 1
+            return batch, self.sequence
 
     def wake_all(self) -> None:
         with self.wakeup:
@@ -159,13 +167,13 @@ class _PeerSender(threading.Thread):
     def run(self) -> None:
         transport = self.transport
         while True:
-            batch = self.source.take(transport.stopped)
-            if batch is None:
+            taken = self.source.take(transport.stopped)
+            if taken is None:
                 break
-            self._post(batch)
+            self._post(*taken)
         self.session.close()
 
-    def _post(self, batch: list[Message]) -> None:
+    def _post(self, batch: list[Message], sequence: int) -> None:
         transport = self.transport
         address = transport.addresses.get(self.peer)
         if not address:
@@ -179,6 +187,7 @@ class _PeerSender(threading.Thread):
             "Content-Type": CONTENT_TYPE,
             NODE_HEADER: transport.node_id,
             SIGNATURE_HEADER: sign(transport.secret, body),
+            SEQUENCE_HEADER: f"{transport.incarnation}:{sequence}",
         }
         started = time.monotonic()
         try:
@@ -220,6 +229,7 @@ class Transport:
         self.deliver = deliver
         self.on_round_trip = on_round_trip
         self.addresses: dict[str, str] = {}
+        self.incarnation = secrets.token_hex(8)
         self.stopped = threading.Event()
         self._peers: dict[str, _PeerQueue] = {}
 
@@ -249,3 +259,40 @@ class Transport:
         for queue in self._peers.values():
             for sender in queue.senders:
                 sender.join(timeout=2)
+
+
+class Sequencer:
+    """Hands each sender's requests to the loop in the order they were sent.
+
+    With several requests in flight to a peer, a later one may arrive first; stepped
+    out of order, AppendEntries would be rejected and replication would fall back to
+    probing. A request that arrives early waits (up to ``GAP_WAIT``) for the ones
+    before it; a sender that restarts has a new incarnation and starts afresh.
+    """
+
+    def __init__(self, gap_wait: float = GAP_WAIT) -> None:
+        self.gap_wait = gap_wait
+        self._changed = threading.Condition()
+        self._next: dict[str, tuple[str, int]] = {}
+
+    def admit(self, sender: str, tag: str | None, deliver: Callable[[], None]) -> None:
+        """Call ``deliver`` once the requests ``sender`` sent before this one were."""
+        incarnation, _, number = (tag or "").partition(":")
+        if not incarnation or not number.isdigit():
+            deliver()
+            return
+        sequence = int(number)
+        deadline = time.monotonic() + self.gap_wait
+        with self._changed:
+            while True:
+                known, expected = self._next.get(sender, (incarnation, sequence))
+                remaining = deadline - time.monotonic()
+                if known != incarnation or sequence <= expected or remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+            try:
+                deliver()
+            finally:
+                if known != incarnation or sequence + 1 > expected:
+                    self._next[sender] = (incarnation, sequence + 1)
+                self._changed.notify_all()

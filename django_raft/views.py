@@ -25,6 +25,7 @@ from .transport import (
     CONTENT_TYPE,
     NODE_HEADER,
     PATHS,
+    SEQUENCE_HEADER,
     SIGNATURE_HEADER,
     frame,
     unframe,
@@ -96,7 +97,7 @@ def check_body(body: bytes, signature: str | None, limit: int) -> Answer | None:
     return None
 
 
-def rpc_answer(path: str, body: bytes, sender: str | None) -> Answer:
+def rpc_answer(path: str, body: bytes, sender: str | None, sequence: str | None = None) -> Answer:
     """Step the Raft messages of a checked request body; answer with their replies."""
     node = RaftNode.current
     if node is None or node.stopping.is_set():
@@ -115,7 +116,7 @@ def rpc_answer(path: str, body: bytes, sender: str | None) -> Answer:
         if message.sender != sender:
             return Answer.error(400, "the sender does not match the request header")
     try:
-        replies = node.receive(messages, raft_settings.RPC_TIMEOUT)
+        replies = node.receive(messages, raft_settings.RPC_TIMEOUT, sequence)
     except StopError as error:
         return Answer.error(503, str(error), "StopError")
     return Answer(200, CONTENT_TYPE, frame(replies))
@@ -128,7 +129,8 @@ def rpc(request: HttpRequest, path: str) -> HttpResponse:
     body = _read_body(request, MAX_RPC_BODY)
     if isinstance(body, JsonResponse):
         return body
-    return rpc_answer(path, body, request.headers.get(NODE_HEADER)).response()
+    headers = request.headers
+    return rpc_answer(path, body, headers.get(NODE_HEADER), headers.get(SEQUENCE_HEADER)).response()
 
 
 def _json_body(request: HttpRequest) -> dict[str, Any] | JsonResponse:

@@ -40,6 +40,7 @@ from django_raft.transport import (
     NODE_HEADER,
     PATHS,
     SIGNATURE_HEADER,
+    Sequencer,
     frame,
     sign,
     unframe,
@@ -989,3 +990,35 @@ def test_an_unexpected_error_is_a_json_500_even_with_debug_on(
     assert "boom" not in response.text
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert len(errors) == 1 and "RuntimeError: boom" in caplog.text  # logged once
+
+
+# -- pipelined requests are stepped in the order they were sent -----------------------------
+
+
+def test_the_sequencer_puts_a_peers_requests_back_in_order() -> None:
+    sequencer = Sequencer(gap_wait=10)
+    delivered: list[int] = []
+    early = threading.Thread(
+        target=sequencer.admit, args=("n2", "boot:2", lambda: delivered.append(2))
+    )
+    sequencer.admit("n2", "boot:0", lambda: delivered.append(0))
+    early.start()  # request 2 arrives before request 1: it waits
+    wait_for(lambda: early.is_alive(), 5, "request 2 to wait")
+    assert delivered == [0]
+    sequencer.admit("n3", "other:7", lambda: delivered.append(7))  # another peer: no wait
+    sequencer.admit("n2", "boot:1", lambda: delivered.append(1))
+    early.join(5)
+    assert delivered == [0, 7, 1, 2]
+    sequencer.admit("n2", "boot:1", lambda: delivered.append(-1))  # a late duplicate goes on
+    sequencer.admit("n2", "reboot:0", lambda: delivered.append(10))  # a restarted sender
+    sequencer.admit("n2", None, lambda: delivered.append(20))  # no header: as it comes
+    assert delivered == [0, 7, 1, 2, -1, 10, 20]
+
+
+def test_the_sequencer_skips_a_lost_request_after_waiting() -> None:
+    sequencer = Sequencer(gap_wait=0.05)
+    delivered: list[int] = []
+    sequencer.admit("n2", "boot:0", lambda: delivered.append(0))
+    sequencer.admit("n2", "boot:2", lambda: delivered.append(2))  # 1 was lost
+    sequencer.admit("n2", "boot:3", lambda: delivered.append(3))  # no wait: 2 went
+    assert delivered == [0, 2, 3]
