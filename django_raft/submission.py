@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import requests
+from django.core.signals import setting_changed
 
 from . import sessions
 from .conf import raft_settings
@@ -253,13 +254,18 @@ def submit_command(body: dict[str, Any], deadline: float) -> dict[str, Any]:
     answer = run_on_node(node, lambda seconds: node.propose(data, seconds), deadline)
     if answer.get("error_type") == "NotLeaderError":
         return forward(node, "command", body, deadline)
-    answer["leader"] = node.node_id
+    if answer["ok"]:
+        answer["leader"] = node.node_id  # clients remember where the leader is
     return answer
 
 
-def status_answer(node: RaftNode) -> dict[str, Any]:
-    """A node's status with the addresses of the members it knows (clients learn them)."""
-    return {**node.status(), "addresses": dict(node.transport.addresses)}
+def status_answer(node: RaftNode, payload: dict[str, Any]) -> dict[str, Any]:
+    """A node's status; with ``"addresses": true`` in the request, the addresses of the
+    members it knows too (clients learn them)."""
+    status = node.status()
+    if payload.get("addresses") is True:
+        status["addresses"] = dict(node.transport.addresses)
+    return status
 
 
 # -- the client: every member, the leader remembered, retries until the deadline ----------
@@ -428,7 +434,7 @@ class Client:
         """Ask the nodes for the members' addresses and the leader."""
         for address in self.addresses():
             try:
-                value = raise_for(post(address, "status", {}, timeout))
+                value = raise_for(post(address, "status", {"addresses": True}, timeout))
             except RaftError:
                 continue
             learnt = value.get("addresses") if isinstance(value, dict) else None
@@ -454,6 +460,17 @@ def client(
 ) -> Client:
     """A ``Client`` with these options: ``django_raft.client(timeout=2).do("x", timeout=9)``."""
     return Client(timeout=timeout, session=session, session_timeout=session_timeout)
+
+
+def _forget_default(*, setting: str, **kwargs: Any) -> None:
+    """Other settings, another cluster: the default client's sessions belong to the old."""
+    global _default
+    if setting == "DJANGO_RAFT":
+        with _default_lock:
+            _default = None
+
+
+setting_changed.connect(_forget_default)
 
 
 def default_client() -> Client:

@@ -209,8 +209,8 @@ def status(request: HttpRequest) -> JsonResponse:
     checked = _client_request(request)
     if isinstance(checked, JsonResponse):
         return checked
-    _, node, _ = checked
-    return JsonResponse({"ok": True, "value": status_answer(node)})
+    payload, node, _ = checked
+    return JsonResponse({"ok": True, "value": status_answer(node, payload)})
 
 
 _ROLES = {"voter": ConfChangeType.ADD_VOTER, "learner": ConfChangeType.ADD_LEARNER}
