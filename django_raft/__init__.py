@@ -11,7 +11,6 @@ __all__ = [
     "Client",
     "LeaderWork",
     "Lock",
-    "client",
     "command",
     "do",
     "is_leader",
@@ -24,7 +23,6 @@ __all__ = [
 
 _HOMES = {
     "Client": "client",
-    "client": "client",
     "do": "client",
     "status": "client",
     "Lock": "locks",

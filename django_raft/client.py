@@ -1,7 +1,7 @@
 """Submit commands to the cluster from any process: ``django_raft.do(command, **arguments)``.
 
 The client path itself (sessions, forwarding, retries) is ``django_raft.submission``;
-this module is the public face: ``do``, ``read``, ``client`` and ``status``.
+this module is the public face: ``do``, ``Client`` and ``status``.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Any
 
 from .conf import raft_settings
 from .exceptions import ClusterUnreachableError
-from .submission import ERRORS, Client, client, default_client, post, raise_for
+from .submission import ERRORS, Client, default_client, post, raise_for
 
-__all__ = ["Client", "client", "do", "post", "raise_for", "status"]
+__all__ = ["Client", "do", "post", "raise_for", "status"]
 
 _ERRORS = ERRORS
 """Every error a caller can get, by name (docs/reference.md lists each)."""
@@ -22,7 +22,7 @@ def do(command: str, /, **arguments: Any) -> Any:
     """Run ``command`` through the log with ``arguments``; return its handler's result.
 
     It returns once the entry is committed and applied. Every keyword is the handler's:
-    options (timeout, sessions) belong to a client, ``django_raft.client(timeout=...)``.
+    options (timeout, sessions) belong to a client: ``django_raft.Client(timeout=...)``.
     It tries every known member and retries until ``COMMAND_TIMEOUT``; the command's
     session makes the retries safe. The errors it raises are in docs/reference.md.
     """

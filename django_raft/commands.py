@@ -111,7 +111,7 @@ _state_hooks: StateHooks | None = None
 def register(name: str, handler: Handler, *, batch: bool = False, read_only: bool = False) -> None:
     """Register ``handler`` for the command ``name`` (a batch handler if ``batch``).
 
-    A ``read_only`` handler only reads: ``django_raft.client().read(name)`` runs it on
+    A ``read_only`` handler only reads: ``django_raft.Client().read(name)`` runs it on
     one node after a ReadIndex round, without a log entry (``django_raft.reads``).
 
     Registering the same handler again is a no-op (``ready()`` may run twice); a second,

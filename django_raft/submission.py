@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from .runner import RaftNode
     from .statemachine import Outcome
 
-__all__ = ["ERRORS", "Client", "client", "post", "raise_for", "submit_command"]
+__all__ = ["ERRORS", "Client", "default_client", "post", "raise_for", "submit_command"]
 
 ERRORS: dict[str, type[Exception]] = {
     "ClusterUnreachableError": ClusterUnreachableError,
@@ -453,13 +453,6 @@ _RETRYABLE_NAMES = frozenset(kind.__name__ for kind in _RETRYABLE) | {"StopError
 
 _default: Client | None = None
 _default_lock = threading.Lock()
-
-
-def client(
-    *, timeout: float | None = None, session: bool = True, session_timeout: float | None = None
-) -> Client:
-    """A ``Client`` with these options: ``django_raft.client(timeout=2).do("x", timeout=9)``."""
-    return Client(timeout=timeout, session=session, session_timeout=session_timeout)
 
 
 def _forget_default(*, setting: str, **kwargs: Any) -> None:
