@@ -4,6 +4,7 @@ is refused before anything reaches the log."""
 from __future__ import annotations
 
 import pytest
+from django.test import override_settings
 
 import django_raft
 from django_raft import commands
@@ -37,16 +38,14 @@ def test_bad_input_is_refused_before_the_log(running: Running) -> None:  # noqa:
     with pytest.raises(InvalidRequestError):
         Client(timeout=0)
     with pytest.raises(TypeError):
-        django_raft.do(command="kv.set")  # type: ignore[call-arg]
+        django_raft.do(command="kv.set")
     assert django_raft.status()["last_index"] <= last + 1  # at most the session's opening
 
 
-def test_without_any_node_do_says_so(settings: object) -> None:
-    from django.test import override_settings
-
-    with override_settings(DJANGO_RAFT={"ADDRESS": "http://127.0.0.1:9", "COMMAND_TIMEOUT": 0.5}):
-        with pytest.raises(ClusterUnreachableError):
-            django_raft.do("kv.set", key="a", value="1")
+def test_without_any_node_do_says_so() -> None:
+    nowhere = {"ADDRESS": "http://127.0.0.1:9", "COMMAND_TIMEOUT": 0.5}
+    with override_settings(DJANGO_RAFT=nowhere), pytest.raises(ClusterUnreachableError):
+        django_raft.do("kv.set", key="a", value="1")
 
 
 def test_legacy_error_names_map_to_the_new_errors() -> None:
