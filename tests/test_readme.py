@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
+from django_raft.checks import IDS
 from django_raft.client import post, raise_for
 from tests.integration.cluster import free_port, wait_for
 
@@ -73,7 +74,10 @@ def test_the_settings_example_builds_each_server_s_settings(
     with override_settings(DJANGO_RAFT=built[1]):
         from django.core import checks
 
-        assert [m for m in checks.run_checks() if str(m.id).startswith("django_raft")] == []
+        # myapp is not installed in this process: its models cannot be looked up here.
+        elsewhere = {IDS["replicated-model-unknown"], IDS["handler-writes-unreplicated-model"]}
+        found = [m for m in checks.run_checks() if str(m.id).startswith("django_raft")]
+        assert [m for m in found if m.id not in elsewhere] == []
 
 
 @pytest.mark.slow

@@ -482,3 +482,19 @@ class _Sink:
 
     def flush(self) -> None:
         pass
+
+
+# -- the models the handlers write ----------------------------------------------------------
+
+
+def test_a_replicated_model_that_is_not_installed_is_an_error() -> None:
+    messages = raft_messages({**VALID, "REPLICATED_MODELS": ["kv.KeyValue", "kv.Nope"]})
+    assert [m.id for m in messages] == [IDS["replicated-model-unknown"]]
+    assert "'kv.Nope'" in messages[0].msg
+
+
+def test_a_handler_using_a_model_outside_replicated_models_is_warned_about() -> None:
+    messages = raft_messages({**VALID, "REPLICATED_MODELS": []})
+    warned = {m.obj for m in messages if m.id == IDS["handler-writes-unreplicated-model"]}
+    assert {"kv.set", "kv.incr", "kv.get", "kv.delete"} <= warned
+    assert not raft_messages({**VALID, "REPLICATED_MODELS": ["kv.KeyValue"]})
