@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from django.db import connection, connections
+
 from .models import SINGLETON, ClientSession, Lock, LogClock
 from .wire import DecodedCommand
 
@@ -78,27 +80,37 @@ def apply(machine: StateMachine, entry: Entry, command: DecodedCommand, fast: bo
         return _open(using, entry.index, command.arguments, now)
     if not command.client_id:
         return Outcome(ok=False, error=f"{EXPIRED}: {command.name} needs a session")
-    session = ClientSession.objects.using(using).filter(pk=command.client_id).first()
-    if session is None:
+    with connections[using].cursor() as cursor:
+        cursor.execute(_SELECT_SESSION, [command.client_id])
+        row = cursor.fetchone()
+    if row is None:
         return Outcome(
             ok=False, error=f"{EXPIRED}: session {command.client_id} expired or does not exist"
         )
-    if command.sequence <= session.last_sequence:
-        if command.sequence == session.last_sequence:
-            value = json.loads(session.last_value) if session.last_ok else None
-            return Outcome(ok=session.last_ok, value=value, error=session.last_error)
+    last_sequence, last_ok, last_value, last_error, timeout_ms = row
+    if command.sequence <= last_sequence:
+        if command.sequence == last_sequence:
+            value = json.loads(last_value) if last_ok else None
+            return Outcome(ok=bool(last_ok), value=value, error=last_error)
         return Outcome(
             ok=False,
             error=f"{REPLAYED}: command {command.sequence} of session {command.client_id} "
-            f"was answered before {session.last_sequence}",
+            f"was answered before {last_sequence}",
         )
     outcome = _run(machine, entry, command, fast, now)
-    session.last_sequence = command.sequence
-    session.last_ok = outcome.ok
-    session.last_value = json.dumps(outcome.value) if outcome.ok else "null"
-    session.last_error = outcome.error
-    session.expires_ms = now + session.timeout_ms
-    session.save(using=using)
+    value = json.dumps(outcome.value) if outcome.ok else "null"
+    with connections[using].cursor() as cursor:
+        cursor.execute(
+            _UPDATE_SESSION,
+            [
+                command.sequence,
+                outcome.ok,
+                value,
+                outcome.error,
+                now + timeout_ms,
+                command.client_id,
+            ],
+        )
     return outcome
 
 
@@ -130,7 +142,9 @@ def _run(
 def _advance_clock(using: str, stamp: int) -> int:
     """Move the log time to ``stamp`` if later; sweep expired sessions when due."""
     clocks = LogClock.objects.using(using)
-    row = clocks.filter(pk=SINGLETON).values_list("time_ms", "swept_ms").first()
+    with connections[using].cursor() as cursor:
+        cursor.execute(_SELECT_CLOCK, [SINGLETON])
+        row = cursor.fetchone()
     if row is None:
         clocks.create(pk=SINGLETON)
         row = (0, 0)
@@ -142,9 +156,33 @@ def _advance_clock(using: str, stamp: int) -> int:
             Lock.objects.using(using).filter(holder__in=ids).update(holder="")
             expired.delete()
         swept = now
-    if (now, swept) != row:
-        clocks.filter(pk=SINGLETON).update(time_ms=now, swept_ms=swept)
+    if (now, swept) != tuple(row):
+        with connections[using].cursor() as cursor:
+            cursor.execute(_UPDATE_CLOCK, [now, swept, SINGLETON])
     return now
+
+
+def _sql(template: str) -> str:
+    """``template`` with the tables and columns of the models, quoted for any database
+    (the hot path's statements: the ORM costs more than the queries themselves)."""
+    quote = connection.ops.quote_name
+    names = {
+        "session": quote(ClientSession._meta.db_table),
+        "clock": quote(LogClock._meta.db_table),
+    }
+    return template.format(**names)
+
+
+_SELECT_SESSION = _sql(
+    "SELECT last_sequence, last_ok, last_value, last_error, timeout_ms FROM {session} "
+    "WHERE client_id = %s"
+)
+_UPDATE_SESSION = _sql(
+    "UPDATE {session} SET last_sequence = %s, last_ok = %s, last_value = %s, "
+    "last_error = %s, expires_ms = %s WHERE client_id = %s"
+)
+_SELECT_CLOCK = _sql("SELECT time_ms, swept_ms FROM {clock} WHERE id = %s")
+_UPDATE_CLOCK = _sql("UPDATE {clock} SET time_ms = %s, swept_ms = %s WHERE id = %s")
 
 
 def _open(using: str, index: int, arguments: dict[str, Any], now: int) -> Outcome:
