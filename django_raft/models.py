@@ -199,3 +199,16 @@ class Lock(models.Model):
 
     def __str__(self) -> str:
         return f"lock {self.name} (token {self.token})"
+
+
+class BeatTask(models.Model):
+    """A periodic task's last slot claimed through the log (the Celery Raft scheduler)."""
+
+    name = models.CharField("task name", max_length=MAX_COMMAND_LENGTH, primary_key=True)
+    last_slot_ms = models.PositiveBigIntegerField("last slot claimed (ms since the epoch)")
+
+    class Meta:
+        verbose_name = "periodic task slot"
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.last_slot_ms}"

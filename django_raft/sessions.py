@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.db import connection, connections
 
-from .models import SINGLETON, ClientSession, Lock, LogClock
+from .models import SINGLETON, BeatTask, ClientSession, Lock, LogClock
 from .wire import DecodedCommand
 
 if TYPE_CHECKING:
@@ -49,7 +49,10 @@ LOCK_RELEASE = "django_raft.lock.release"
 """Arguments ``name``, ``token``; the result says whether the lock was released."""
 KEEP_ALIVE = "django_raft.session.keep_alive"
 """Extends a session's life; no arguments."""
-BUILTIN = frozenset((OPEN_SESSION, LOCK_ACQUIRE, LOCK_RELEASE, KEEP_ALIVE))
+BEAT_CLAIM = "django_raft.beat.claim"
+"""Arguments ``task``, ``slots`` (increasing ms); the result lists the slots granted."""
+BUILTIN = frozenset((OPEN_SESSION, LOCK_ACQUIRE, LOCK_RELEASE, KEEP_ALIVE, BEAT_CLAIM))
+MAX_SLOTS_PER_CLAIM = 1000
 
 SWEEP_INTERVAL_MS = 1000
 """Expired sessions are looked for at most this often, in log time."""
@@ -128,6 +131,8 @@ def _run(
         return _acquire(machine.alias, entry.index, command.client_id, arguments, now)
     if name == LOCK_RELEASE:
         return _release(machine.alias, command.client_id, arguments)
+    if name == BEAT_CLAIM:
+        return _claim_slots(machine.alias, arguments)
     try:
         commands.get(name)
     except Exception as error:
@@ -236,6 +241,30 @@ def _release(using: str, client_id: str, arguments: dict[str, Any]) -> Outcome:
     return Outcome(ok=True, value=bool(released))
 
 
+def _claim_slots(using: str, arguments: dict[str, Any]) -> Outcome:
+    """Grant the slots after the task's last claimed one; each slot is granted once."""
+    from .statemachine import Outcome
+
+    task, slots = arguments.get("task"), arguments.get("slots")
+    if not isinstance(task, str) or not 0 < len(task) <= 200:
+        return Outcome(ok=False, error="ValueError: task is a name of 1 to 200 characters")
+    if (
+        not isinstance(slots, list)
+        or not 0 < len(slots) <= MAX_SLOTS_PER_CLAIM
+        or any(type(slot) is not int or slot < 0 for slot in slots)
+        or slots != sorted(set(slots))
+    ):
+        return Outcome(ok=False, error="ValueError: slots are increasing integers (ms)")
+    row = BeatTask.objects.using(using).filter(pk=task).first()
+    last = row.last_slot_ms if row is not None else -1
+    granted = [slot for slot in slots if slot > last]
+    if granted:
+        BeatTask.objects.using(using).update_or_create(
+            name=task, defaults={"last_slot_ms": granted[-1]}
+        )
+    return Outcome(ok=True, value={"granted": granted, "last": max(last, slots[-1])})
+
+
 def check_token(using: str, name: str, token: int, now: int | None = None) -> None:
     """Raise ``StaleTokenError`` unless ``token`` is the current, held token of ``name``.
 
@@ -255,7 +284,7 @@ def check_token(using: str, name: str, token: int, now: int | None = None) -> No
 
 
 def dump(using: str) -> bytes:
-    """The sessions, the locks and the log clock, as JSON (for a snapshot)."""
+    """The sessions, the locks, the periodic tasks' slots and the log clock, as JSON."""
     clock = LogClock.objects.using(using).filter(pk=SINGLETON).values_list("time_ms", "swept_ms")
     state = {
         "clock": list(clock.first() or (0, 0)),
@@ -279,16 +308,23 @@ def dump(using: str) -> bytes:
             .order_by("pk")
             .values_list("name", "holder", "token", "expires_ms")
         ],
+        "beat": [
+            list(row)
+            for row in BeatTask.objects.using(using)
+            .order_by("pk")
+            .values_list("name", "last_slot_ms")
+        ],
     }
     return json.dumps(state, separators=(",", ":")).encode()
 
 
 def load(data: bytes, using: str) -> None:
-    """Replace the sessions, locks and log clock by those ``dump`` wrote."""
+    """Replace the sessions, locks, slots and log clock by those ``dump`` wrote."""
     state = json.loads(data) if data else {"clock": [0, 0], "sessions": [], "locks": []}
     ClientSession.objects.using(using).all()._raw_delete(using)
     Lock.objects.using(using).all()._raw_delete(using)
     LogClock.objects.using(using).all()._raw_delete(using)
+    BeatTask.objects.using(using).all()._raw_delete(using)
     time_ms, swept_ms = state["clock"]
     LogClock.objects.using(using).create(pk=SINGLETON, time_ms=time_ms, swept_ms=swept_ms)
     ClientSession.objects.using(using).bulk_create(
@@ -306,4 +342,7 @@ def load(data: bytes, using: str) -> None:
     Lock.objects.using(using).bulk_create(
         Lock(name=name, holder=holder, token=token, expires_ms=expires)
         for name, holder, token, expires in state["locks"]
+    )
+    BeatTask.objects.using(using).bulk_create(
+        BeatTask(name=name, last_slot_ms=last) for name, last in state.get("beat", [])
     )

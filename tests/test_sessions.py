@@ -236,3 +236,19 @@ def test_session_commands_of_a_batch_handler_run_one_by_one(log: Log) -> None:
     )
     assert outcomes[0] == outcomes[1] == Outcome(ok=True, value=1)
     assert dict(KeyValue.objects.values_list("key", "value")) == {"a": "1", "b": "3"}
+
+
+def test_a_beat_slot_is_granted_once_and_travels_in_snapshots(log: Log) -> None:
+    one, two = log.open(), log.open()
+    first = log.run(sessions.BEAT_CLAIM, one, 1, 0, task="t", slots=[1000, 2000])
+    assert first.value == {"granted": [1000, 2000], "last": 2000}
+    # A second beat, behind, asks for the same slots and one more: only the new one.
+    second = log.run(sessions.BEAT_CLAIM, two, 1, 0, task="t", slots=[1000, 2000, 3000])
+    assert second.value == {"granted": [3000], "last": 3000}
+    index, data = log.machine.save_applied()
+    log.run(sessions.BEAT_CLAIM, two, 2, 0, task="t", slots=[4000])
+    log.machine.restore(data, index, 1)
+    log.index = index  # the log goes on from the snapshot
+    assert log.run(sessions.BEAT_CLAIM, one, 2, 0, task="t", slots=[3000]).value["granted"] == []
+    bad = log.run(sessions.BEAT_CLAIM, one, 3, 0, task="t", slots=[2, 1])
+    assert not bad.ok
