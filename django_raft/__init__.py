@@ -7,15 +7,39 @@ and does not depend on Django.
 
 from typing import Any
 
-__all__ = ["command", "do", "register", "status"]
+__all__ = [
+    "Client",
+    "LeaderWork",
+    "Lock",
+    "command",
+    "do",
+    "is_leader",
+    "leader_only",
+    "lock",
+    "read",
+    "register",
+    "status",
+]
+
+_HOMES = {
+    "Client": "client",
+    "do": "client",
+    "status": "client",
+    "Lock": "locks",
+    "lock": "locks",
+    "read": "reads",
+    "LeaderWork": "leader",
+    "is_leader": "leader",
+    "leader_only": "leader",
+}
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that importing django_raft (for the AppConfig) loads no models.
-    if name in ("do", "status"):
-        from . import client
+    if name in _HOMES:
+        from importlib import import_module
 
-        return getattr(client, name)
+        return getattr(import_module(f".{_HOMES[name]}", __name__), name)
     if name in ("command", "register"):
         from . import commands
 

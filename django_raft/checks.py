@@ -6,9 +6,13 @@ without hiding the others; every id is listed in docs/reference.md.
 
 from __future__ import annotations
 
+import inspect
+import sys
 from typing import Any
 
+from django.apps import apps
 from django.core.checks import CheckMessage, Error, Warning, register
+from django.db.models import Model
 
 from .conf import _RULES, DEFAULTS, raft_settings
 
@@ -37,13 +41,16 @@ IDS: dict[str, str] = {
     "RPC_TIMEOUT": "django_raft.E019",
     "PRE_VOTE": "django_raft.E020",
     "CHECK_QUORUM": "django_raft.E021",
+    "SESSION_TIMEOUT": "django_raft.E022",
     "heartbeat-below-tick": "django_raft.E030",
     "tick-too-short": "django_raft.E031",
     "election-not-above-heartbeat": "django_raft.E032",
     "node-not-in-cluster": "django_raft.E033",
     "core-config": "django_raft.E034",
+    "replicated-model-unknown": "django_raft.E035",
     "empty-secret": "django_raft.W001",
     "even-cluster": "django_raft.W002",
+    "handler-writes-unreplicated-model": "django_raft.W003",
 }
 """The id of each problem: a setting's name for a value that breaks its own rule."""
 
@@ -105,4 +112,68 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
                 id=IDS["even-cluster"],
             )
         )
+    return messages
+
+
+@register()
+def check_replicated_models(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Refuse a ``REPLICATED_MODELS`` entry that is not an installed model: the node
+    would find out at its first snapshot, long after deployment."""
+    if raft_settings.coded_problems():
+        return []  # reported by check_settings
+    messages: list[CheckMessage] = []
+    for label in raft_settings.REPLICATED_MODELS:
+        try:
+            apps.get_model(label)
+        except LookupError:
+            messages.append(
+                Error(
+                    f"DJANGO_RAFT['REPLICATED_MODELS'] names {label!r}, which is not an "
+                    "installed model.",
+                    hint=f"Fix the label (app_label.ModelName) or install its app. "
+                    f"See {REFERENCE}.",
+                    id=IDS["replicated-model-unknown"],
+                )
+            )
+    return messages
+
+
+@register()
+def check_handler_models(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Warn when a command handler uses a model that snapshots would not carry.
+
+    Best effort: the models a handler names in its code (through its module's globals),
+    outside ``REPLICATED_MODELS`` and django_raft's own; only on a node, and nothing when
+    the app saves its state with ``commands.state_hooks``.
+    """
+    from . import commands
+
+    if not raft_settings.NODE_ID or raft_settings.coded_problems():
+        return []  # not a node (or bad settings, reported by check_settings)
+    if commands.get_state_hooks() is not None:
+        return []
+    declared = {label.lower() for label in raft_settings.REPLICATED_MODELS}
+    messages: list[CheckMessage] = []
+    for name in commands.names():
+        handler = inspect.unwrap(commands.get(name))
+        code = getattr(handler, "__code__", None)
+        module = sys.modules.get(getattr(handler, "__module__", "") or "")
+        if code is None or module is None:
+            continue
+        for used in sorted(set(code.co_names)):
+            model = getattr(module, used, None)
+            if not (isinstance(model, type) and issubclass(model, Model)):
+                continue
+            label = model._meta.label
+            if model._meta.app_label == "django_raft" or label.lower() in declared:
+                continue
+            messages.append(
+                Warning(
+                    f"the handler of command {name!r} uses model {label}, which is not in "
+                    "DJANGO_RAFT['REPLICATED_MODELS']: a snapshot would not carry its rows.",
+                    hint=f"Add {label!r} to REPLICATED_MODELS. See {REFERENCE}.",
+                    id=IDS["handler-writes-unreplicated-model"],
+                    obj=name,
+                )
+            )
     return messages

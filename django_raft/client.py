@@ -1,98 +1,32 @@
-"""Submit commands to the cluster from any process: ``django_raft.do(name, **arguments)``.
+"""Submit commands to the cluster from any process: ``django_raft.do(command, **arguments)``.
 
-In the ``raftnode`` process the command goes straight to the node's loop; anywhere else
-(a view, the shell, a Celery task) it is posted to the node at ``DJANGO_RAFT['ADDRESS']``.
-A follower forwards to the leader. Requests are signed with the cluster secret.
+The client path itself (sessions, forwarding, retries) is ``django_raft.submission``;
+this module is the public face: ``do``, ``Client`` and ``status``.
 """
 
 from __future__ import annotations
 
-import json
-import threading
-import time
 from typing import Any
 
-import requests
-
 from .conf import raft_settings
-from .core import DuplicatePeerError, MembershipError, NotLeaderError, ProposalDroppedError
-from .exceptions import (
-    CommandError,
-    CommandTimeoutError,
-    OverloadedError,
-    StopError,
-    UnavailableError,
-)
-from .transport import NODE_HEADER, SIGNATURE_HEADER, sign
+from .exceptions import ClusterUnreachableError
+from .submission import ERRORS, Client, default_client, post, raise_for
 
-_sessions = threading.local()
-"""One keep-alive session per thread (a Session must not be shared between threads)."""
+__all__ = ["Client", "do", "post", "raise_for", "status"]
 
-_ERRORS: dict[str, type[Exception]] = {
-    "NotLeaderError": NotLeaderError,
-    "CommandTimeoutError": CommandTimeoutError,
-    "StopError": StopError,
-    "CommandError": CommandError,
-    "DuplicatePeerError": DuplicatePeerError,
-    "MembershipError": MembershipError,
-    "ProposalDroppedError": ProposalDroppedError,
-    "UnavailableError": UnavailableError,
-    "OverloadedError": OverloadedError,
-}
+_ERRORS = ERRORS
+"""Every error a caller can get, by name (docs/reference.md lists each)."""
 
 
-def raise_for(payload: dict[str, Any]) -> Any:
-    """Return ``payload["value"]`` or raise the error it describes."""
-    if payload.get("ok"):
-        return payload.get("value")
-    kind = _ERRORS.get(str(payload.get("error_type")), CommandError)
-    message = str(payload.get("error", "unknown error"))
-    if kind is NotLeaderError:
-        raise NotLeaderError(str(payload.get("leader", "")))
-    raise kind(message)
+def do(command: str, /, **arguments: Any) -> Any:
+    """Run ``command`` through the log with ``arguments``; return its handler's result.
 
-
-def post(address: str, route: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """POST a signed JSON request to a node's client route; return its JSON answer."""
-    data = json.dumps(body).encode()
-    url = f"{address.rstrip('/')}/{raft_settings.URL_PREFIX}{route}"
-    headers = {
-        "Content-Type": "application/json",
-        NODE_HEADER: "client",
-        SIGNATURE_HEADER: sign(raft_settings.SECRET, data),
-    }
-    session = getattr(_sessions, "session", None)
-    if session is None:
-        session = _sessions.session = requests.Session()
-    try:
-        response = session.post(url, data=data, headers=headers, timeout=timeout + 1.0)
-    except requests.RequestException as error:
-        raise UnavailableError(f"cannot reach {address}: {error}") from error
-    try:
-        answer = response.json()
-    except ValueError as error:
-        raise UnavailableError(f"{url} answered {response.status_code} without JSON") from error
-    if not isinstance(answer, dict):
-        raise UnavailableError(f"{url} answered {answer!r}")
-    return answer
-
-
-def do(name: str, timeout: float | None = None, **arguments: Any) -> Any:
-    """Run command ``name`` through the log; return its handler's result.
-
-    It returns once the entry is committed and applied on the node that answered. Raise
-    ``CommandError`` if the handler raised (on every node alike), ``NotLeaderError`` if
-    no leader is known, ``CommandTimeoutError`` after ``timeout`` seconds (the command
-    may still be applied later), ``StopError`` if the node is stopping.
+    It returns once the entry is committed and applied. Every keyword is the handler's:
+    options (timeout, sessions) belong to a client: ``django_raft.Client(timeout=...)``.
+    It tries every known member and retries until ``COMMAND_TIMEOUT``; the command's
+    session makes the retries safe. The errors it raises are in docs/reference.md.
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError("a command name is a non-empty string")
-    seconds = raft_settings.COMMAND_TIMEOUT if timeout is None else timeout
-    body = {"name": name, "arguments": arguments, "timeout": seconds}
-    from .views import submit_command  # the in-process path; views imports this module
-
-    deadline = time.monotonic() + seconds
-    return raise_for(submit_command(body, deadline))
+    return default_client().do(command, **arguments)
 
 
 def status(address: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
@@ -105,5 +39,5 @@ def status(address: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
     answer = post(address or raft_settings.ADDRESS, "status", {}, timeout)
     value = raise_for(answer)
     if not isinstance(value, dict):
-        raise UnavailableError(f"bad status answer {value!r}")
+        raise ClusterUnreachableError(f"bad status answer {value!r}")
     return value

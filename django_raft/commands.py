@@ -47,6 +47,7 @@ __all__ = [
     "get",
     "get_state_hooks",
     "is_batch",
+    "is_read_only",
     "names",
     "register",
     "reset",
@@ -103,11 +104,15 @@ class UnknownCommandError(LookupError):
 
 _handlers: dict[str, Handler] = {}
 _batch: set[str] = set()
+_read_only: set[str] = set()
 _state_hooks: StateHooks | None = None
 
 
-def register(name: str, handler: Handler, *, batch: bool = False) -> None:
+def register(name: str, handler: Handler, *, batch: bool = False, read_only: bool = False) -> None:
     """Register ``handler`` for the command ``name`` (a batch handler if ``batch``).
+
+    A ``read_only`` handler only reads: ``django_raft.Client().read(name)`` runs it on
+    one node after a ReadIndex round, without a log entry (``django_raft.reads``).
 
     Registering the same handler again is a no-op (``ready()`` may run twice); a second,
     different handler for a name is a configuration error.
@@ -116,8 +121,10 @@ def register(name: str, handler: Handler, *, batch: bool = False) -> None:
         raise ImproperlyConfigured(f"a command name must be a non-empty string, not {name!r}")
     if not callable(handler):
         raise ImproperlyConfigured(f"the handler of command {name!r} must be callable")
-    if not isinstance(batch, bool):
-        raise ImproperlyConfigured(f"batch must be True or False, not {batch!r}")
+    if not isinstance(batch, bool) or not isinstance(read_only, bool):
+        raise ImproperlyConfigured("batch and read_only must be True or False")
+    if batch and read_only:
+        raise ImproperlyConfigured(f"command {name!r} cannot be both batch and read-only")
     existing = _handlers.get(name)
     if existing is not None and (existing is not handler or (name in _batch) != batch):
         raise ImproperlyConfigured(
@@ -127,16 +134,18 @@ def register(name: str, handler: Handler, *, batch: bool = False) -> None:
     _handlers[name] = handler
     if batch:
         _batch.add(name)
+    if read_only:
+        _read_only.add(name)
 
 
-def command(name: str, *, batch: bool = False) -> Callable[[F], F]:
+def command(name: str, *, batch: bool = False, read_only: bool = False) -> Callable[[F], F]:
     """Decorator: register the decorated function as the handler of ``name``.
 
     With ``batch=True`` it receives runs of calls (see the module's docstring).
     """
 
     def decorator(handler: F) -> F:
-        register(name, handler, batch=batch)
+        register(name, handler, batch=batch, read_only=read_only)
         return handler
 
     return decorator
@@ -145,6 +154,11 @@ def command(name: str, *, batch: bool = False) -> Callable[[F], F]:
 def is_batch(name: str) -> bool:
     """Whether the handler of ``name`` takes runs of calls."""
     return name in _batch
+
+
+def is_read_only(name: str) -> bool:
+    """Whether the handler of ``name`` only reads (runs without a log entry)."""
+    return name in _read_only
 
 
 def get(name: str) -> Handler:
@@ -188,6 +202,7 @@ def reset() -> None:
     global _state_hooks
     _handlers.clear()
     _batch.clear()
+    _read_only.clear()
     _state_hooks = None
 
 

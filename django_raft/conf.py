@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_SNAPSHOT_CHUNK": 1 << 20,
     "REPLICATED_MODELS": [],
     "COMMAND_TIMEOUT": 5.0,
+    "SESSION_TIMEOUT": 3600.0,
     "RPC_TIMEOUT": 1.0,
     "PRE_VOTE": True,
     "CHECK_QUORUM": True,
@@ -103,6 +104,11 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         'a list of "app_label.ModelName" strings',
     ),
     "COMMAND_TIMEOUT": (_positive_number, "a positive number of seconds"),
+    # Seconds of log time a client's session lives without a command (sessions.py).
+    "SESSION_TIMEOUT": (
+        lambda v: _positive_number(v) and 0.001 <= v <= 30 * 86400,
+        "a number of seconds from 0.001 to 30 days",
+    ),
     "RPC_TIMEOUT": (_positive_number, "a positive number of seconds"),
     "PRE_VOTE": (lambda v: isinstance(v, bool), "True or False"),
     "CHECK_QUORUM": (lambda v: isinstance(v, bool), "True or False"),

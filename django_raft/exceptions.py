@@ -1,18 +1,28 @@
-"""Errors raised to users of ``django_raft``, with go-raft's meanings."""
+"""Errors raised to users of ``django_raft``.
+
+Each name says what happened and clashes with nothing in Django or in the core. The
+older names ``CommandError`` (it shadowed Django's), ``StopError`` and
+``UnavailableError`` (the core has its own errors of those meanings) remain as aliases
+of the new ones for existing code; they are deprecated and left out of ``__all__``.
+"""
 
 from __future__ import annotations
 
 from .core import DuplicatePeerError, NotLeaderError, RaftError
 
 __all__ = [
-    "CommandError",
+    "ClusterUnreachableError",
+    "CommandFailedError",
     "CommandTimeoutError",
     "DuplicatePeerError",
+    "InvalidRequestError",
+    "LockNotHeldError",
+    "NodeStoppedError",
     "NotLeaderError",
     "OverloadedError",
     "RaftError",
-    "StopError",
-    "UnavailableError",
+    "SessionExpiredError",
+    "StaleTokenError",
 ]
 
 
@@ -20,11 +30,11 @@ class CommandTimeoutError(RaftError):
     """The command was not committed and applied in time; it may still be applied later."""
 
 
-class StopError(RaftError):
+class NodeStoppedError(RaftError):
     """The node is stopping or stopped (go-raft's StopError)."""
 
 
-class CommandError(RaftError):
+class CommandFailedError(RaftError):
     """The command's handler raised; ``error`` is the message every node recorded."""
 
     def __init__(self, error: str) -> None:
@@ -32,9 +42,37 @@ class CommandError(RaftError):
         super().__init__(error)
 
 
-class UnavailableError(RaftError):
-    """No node of the cluster could be reached."""
+class ClusterUnreachableError(RaftError):
+    """No node of the cluster could be reached before the deadline."""
 
 
 class OverloadedError(RaftError):
     """The node holds as many outstanding proposals as it may; retry later."""
+
+
+class InvalidRequestError(RaftError, ValueError):
+    """The request was refused before reaching the log (bad name, arguments or option)."""
+
+
+class SessionExpiredError(RaftError):
+    """The client's session expired (or never existed) when its command was applied.
+
+    A command that met it for the first time was not applied. A retry that meets it
+    may concern a command applied before the session expired: its outcome is unknown.
+    """
+
+
+class StaleTokenError(RaftError):
+    """A fencing token is not the lock's current one: a newer holder took the lock."""
+
+
+class LockNotHeldError(RaftError):
+    """A lock could not be acquired before the deadline, or was no longer held."""
+
+
+CommandError = CommandFailedError
+"""Deprecated alias of ``CommandFailedError``."""
+StopError = NodeStoppedError
+"""Deprecated alias of ``NodeStoppedError``."""
+UnavailableError = ClusterUnreachableError
+"""Deprecated alias of ``ClusterUnreachableError``."""

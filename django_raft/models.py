@@ -148,3 +148,67 @@ class AppliedState(SingletonModel):
 
     def __str__(self) -> str:
         return f"applied up to #{self.applied_index} (term {self.applied_term})"
+
+
+class ClientSession(models.Model):
+    """A client's session (Raft thesis §6.3): its last command's number and outcome.
+
+    Written only by the state machine, in the transaction that applies the command, so
+    a retried command finds its recorded outcome instead of running again.
+    """
+
+    client_id = models.CharField("client id", max_length=64, primary_key=True)
+    last_sequence = models.PositiveBigIntegerField("last sequence", default=0)
+    last_ok = models.BooleanField("last succeeded", default=True)
+    last_value = models.TextField("last value (JSON)", blank=True, default="null")
+    last_error = models.TextField("last error", blank=True, default="")
+    timeout_ms = models.PositiveBigIntegerField("timeout (ms)")
+    expires_ms = models.PositiveBigIntegerField("expires (log time, ms)")
+
+    class Meta:
+        verbose_name = "client session"
+        indexes = (models.Index(fields=["expires_ms"], name="django_raft_session_expires"),)
+
+    def __str__(self) -> str:
+        return f"session {self.client_id} at {self.last_sequence}"
+
+
+class LogClock(SingletonModel):
+    """The log time: the greatest time a leader stamped on a session-tracked command."""
+
+    time_ms = models.PositiveBigIntegerField("log time (ms)", default=0)
+    swept_ms = models.PositiveBigIntegerField("last expiry sweep (ms)", default=0)
+
+    class Meta:
+        verbose_name = "log clock"
+
+    def __str__(self) -> str:
+        return f"log time {self.time_ms}"
+
+
+class Lock(models.Model):
+    """A lock: its holder's session, its fencing token and when it expires in log time."""
+
+    name = models.CharField("name", max_length=MAX_COMMAND_LENGTH, primary_key=True)
+    holder = models.CharField("holder's client id", max_length=64, blank=True, default="")
+    token = models.PositiveBigIntegerField("fencing token", default=0)
+    expires_ms = models.PositiveBigIntegerField("expires (log time, ms)", default=0)
+
+    class Meta:
+        verbose_name = "lock"
+
+    def __str__(self) -> str:
+        return f"lock {self.name} (token {self.token})"
+
+
+class BeatTask(models.Model):
+    """A periodic task's last slot claimed through the log (the Celery Raft scheduler)."""
+
+    name = models.CharField("task name", max_length=MAX_COMMAND_LENGTH, primary_key=True)
+    last_slot_ms = models.PositiveBigIntegerField("last slot claimed (ms since the epoch)")
+
+    class Meta:
+        verbose_name = "periodic task slot"
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.last_slot_ms}"

@@ -19,7 +19,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from . import events, metrics
 from .core import RaftError
 from .runner import RaftNode
-from .views import _client_request, _error, _forward, _running_node
+from .submission import forward
+from .views import _client_request, _error, _running_node
 
 TRANSFER_WAIT = 2.0
 """Seconds a transfer waits for the new leader to be known before answering."""
@@ -62,7 +63,7 @@ def transfer(request: HttpRequest) -> JsonResponse:
         return _error(400, "node_id must be a non-empty string")
     deadline = time.monotonic() + timeout
     if node.status().get("state") != "leader":
-        return JsonResponse(_forward(node, "transfer", payload, deadline))
+        return JsonResponse(forward(node, "transfer", payload, deadline))
     try:
         node.transfer_leadership(transferee, timeout)
     except RaftError as error:

@@ -12,7 +12,7 @@ from typing import Any
 from . import core, exceptions
 from .client import post, raise_for
 from .conf import raft_settings
-from .exceptions import UnavailableError
+from .exceptions import ClusterUnreachableError
 from .monitor import gather, known_members
 
 
@@ -27,7 +27,7 @@ def _answer(answer: dict[str, Any]) -> Any:
         if name == "Unsupported":
             raise NotImplementedError(message)
         kind = getattr(exceptions, name, None) or getattr(core, name, None)
-        passed_on = (core.NotLeaderError, exceptions.CommandError)
+        passed_on = (core.NotLeaderError, exceptions.CommandFailedError)
         if isinstance(kind, type) and issubclass(kind, core.RaftError) and kind not in passed_on:
             raise kind(message)
     return raise_for(answer)
@@ -36,7 +36,7 @@ def _answer(answer: dict[str, Any]) -> Any:
 def _node_address(address: str | None = None) -> str:
     found = address or raft_settings.ADDRESS
     if not found:
-        raise UnavailableError("DJANGO_RAFT['ADDRESS'] names no node to ask")
+        raise ClusterUnreachableError("DJANGO_RAFT['ADDRESS'] names no node to ask")
     return str(found)
 
 
@@ -90,5 +90,5 @@ def take_snapshot(node_id: str | None = None, timeout: float | None = None) -> d
     seconds = _timeout(timeout)
     value = _answer(post(_node_address(address), "snapshot", {"timeout": seconds}, seconds))
     if not isinstance(value, dict):
-        raise UnavailableError(f"bad snapshot answer {value!r}")
+        raise ClusterUnreachableError(f"bad snapshot answer {value!r}")
     return value

@@ -35,18 +35,21 @@ from django.db import connections, transaction
 from django.db.models import Model
 from django.utils import timezone
 
-from . import commands
+from . import commands, sessions
 from .conf import raft_settings
 from .core import ConfChange, ConfChangeType, Entry, EntryType, Snapshot
 from .models import MAX_ADDRESS_LENGTH, SINGLETON, AppliedState, Member
 from .storage import redoable_transaction
-from .wire import decode_command
+from .wire import DecodedCommand, decode_envelope
 
 __all__ = ["Outcome", "StateMachine", "describe_error"]
 
-SNAPSHOT_MAGIC = b"django-raft-state/1\n"
+SNAPSHOT_MAGIC = b"django-raft-state/2\n"
 """How a snapshot made by ``StateMachine.save`` starts; a length-prefixed JSON list of
-members follows, then the replicated state."""
+members follows, then the length-prefixed client sessions and locks (``sessions.dump``),
+then the replicated state."""
+SNAPSHOT_MAGIC_1 = b"django-raft-state/1\n"
+"""Snapshots of the first format, without sessions, are still read."""
 
 MAX_ERROR_LENGTH = 2000
 LOAD_BATCH_SIZE = 1000
@@ -148,6 +151,10 @@ class StateMachine:
                 outcomes[entry.index] = self._apply_conf(entry, fast)
                 position += 1
                 continue
+            if isinstance(call, DecodedCommand):
+                outcomes[entry.index] = sessions.apply(self, entry, call, fast)
+                position += 1
+                continue
             name, arguments = call
             if not commands.is_batch(name):
                 outcomes[entry.index] = self._apply_call(entry, name, arguments, fast)
@@ -166,18 +173,21 @@ class StateMachine:
         self._set_applied(last.index, last.term)
         return outcomes
 
-    def _decode(self, entry: Entry) -> tuple[str, dict[str, Any]] | Outcome | None:
-        """The command an entry carries, None for a membership change, else its outcome."""
+    def _decode(self, entry: Entry) -> tuple[str, dict[str, Any]] | DecodedCommand | Outcome | None:
+        """The command an entry carries (whole when session-tracked: ``sessions.apply``
+        applies it), None for a membership change, else its outcome."""
         if entry.type is EntryType.CONF_CHANGE:
             return None
         if not entry.data:
             return Outcome(ok=True)
         try:
-            name, arguments, _client_id, _sequence = decode_command(entry.data)
-            commands.get(name)
+            command = decode_envelope(entry.data)
+            if sessions.is_tracked(command):
+                return command
+            commands.get(command.name)
         except Exception as error:
             return Outcome(ok=False, error=describe_error(error))
-        return name, arguments
+        return command.name, command.arguments
 
     def _apply_conf(self, entry: Entry, fast: bool) -> Outcome:
         if fast:
@@ -267,10 +277,12 @@ class StateMachine:
                 .order_by("node_id")
                 .values_list("node_id", "address", "role")
             )
+            tracked = sessions.dump(using)
             hooks = commands.get_state_hooks()
             state = hooks.save(using) if hooks is not None else _dump_models(using)
         header = json.dumps(members, separators=(",", ":")).encode()
-        return index, b"".join((SNAPSHOT_MAGIC, _LENGTH.pack(len(header)), header, state))
+        parts = (SNAPSHOT_MAGIC, _LENGTH.pack(len(header)), header, _LENGTH.pack(len(tracked)))
+        return index, b"".join((*parts, tracked, state))
 
     def catch_up(self, snapshot: Snapshot) -> bool:
         """Restore ``snapshot`` if the state is behind it; return whether it was.
@@ -291,7 +303,7 @@ class StateMachine:
 
         All of it in one transaction: the members, the state and the applied index.
         """
-        members, state = _split_snapshot(data)
+        members, tracked, state = _split_snapshot(data)
         using = self.alias
         with transaction.atomic(using=using, durable=True):
             Member.objects.using(using).all()._raw_delete(using)
@@ -299,6 +311,7 @@ class StateMachine:
                 Member(node_id=node_id, address=_address(address), role=role)
                 for node_id, address, role in members
             )
+            sessions.load(tracked, using)
             hooks = commands.get_state_hooks()
             if hooks is not None:
                 hooks.restore(state, using)
@@ -345,9 +358,11 @@ def _address(context: str) -> str:
     return context
 
 
-def _split_snapshot(data: bytes) -> tuple[list[tuple[str, str, str]], bytes]:
+def _split_snapshot(data: bytes) -> tuple[list[tuple[str, str, str]], bytes, bytes]:
+    """Members, sessions (``b""`` in a first-format snapshot) and the replicated state."""
     start = len(SNAPSHOT_MAGIC)
-    if not data.startswith(SNAPSHOT_MAGIC) or len(data) < start + _LENGTH.size:
+    version = 2 if data.startswith(SNAPSHOT_MAGIC) else 1
+    if not data.startswith((SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_1)) or len(data) < start + _LENGTH.size:
         raise ValueError("not a django-raft snapshot (no header)")
     (length,) = _LENGTH.unpack_from(data, start)
     start += _LENGTH.size
@@ -358,7 +373,16 @@ def _split_snapshot(data: bytes) -> tuple[list[tuple[str, str, str]], bytes]:
         rows = [(str(node_id), str(address), str(role)) for node_id, address, role in members]
     except (TypeError, ValueError) as error:
         raise ValueError(f"malformed members in django-raft snapshot: {error}") from None
-    return rows, data[start + length :]
+    start += length
+    if version == 1:
+        return rows, b"", data[start:]
+    if len(data) < start + _LENGTH.size:
+        raise ValueError("truncated django-raft snapshot")
+    (length,) = _LENGTH.unpack_from(data, start)
+    start += _LENGTH.size
+    if start + length > len(data):
+        raise ValueError("truncated django-raft snapshot")
+    return rows, data[start : start + length], data[start + length :]
 
 
 def replicated_models() -> list[type[Model]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import time
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,11 +16,11 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from . import metrics
-from .client import post
 from .conf import raft_settings
-from .core import ConfChange, ConfChangeType, RaftError
-from .exceptions import CommandTimeoutError, StopError, UnavailableError
+from .core import ConfChange, ConfChangeType
+from .exceptions import StopError
 from .runner import RaftNode
+from .submission import forward, run_on_node, status_answer, submit_command
 from .transport import (
     BATCH_PATH,
     CONTENT_TYPE,
@@ -33,12 +32,10 @@ from .transport import (
     unframe,
     verify,
 )
-from .wire import WireError, decode_message, encode_command
+from .wire import WireError, decode_message
 
 MAX_RPC_BODY = 64 << 20
 MAX_CLIENT_BODY = 4 << 20
-MAX_HOPS = 3
-"""A forwarded request is not forwarded again more than this many times."""
 
 
 def _error(status: int, message: str, error_type: str = "BadRequest") -> JsonResponse:
@@ -156,77 +153,6 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
 
 
-def _remaining(deadline: float) -> float:
-    return max(0.0, deadline - time.monotonic())
-
-
-def _forward(
-    node: RaftNode | None, route: str, body: dict[str, Any], deadline: float
-) -> dict[str, Any]:
-    """Send a client request on to the leader (or, outside a node, to our node)."""
-    hops = body.get("hops", 0)
-    if not isinstance(hops, int) or hops >= MAX_HOPS:
-        return {"ok": False, "error": "no leader could be reached", "error_type": "NotLeaderError"}
-    if node is None:
-        address = raft_settings.ADDRESS
-        if not address:
-            raise UnavailableError("DJANGO_RAFT['ADDRESS'] names no node to send commands to")
-    else:
-        address = node.leader_address()
-        if not address or address == node.address:
-            leader = node.status().get("leader", "")
-            return {
-                "ok": False,
-                "error": "no leader is known",
-                "error_type": "NotLeaderError",
-                "leader": leader,
-            }
-    return post(address, route, {**body, "hops": hops + 1}, _remaining(deadline))
-
-
-def _run(node: RaftNode, call: Any, deadline: float) -> dict[str, Any]:
-    try:
-        outcome = call(_remaining(deadline))
-    except FutureTimeout:
-        return {
-            "ok": False,
-            "error": "not committed and applied in time; it may still be applied",
-            "error_type": CommandTimeoutError.__name__,
-        }
-    except RaftError as error:
-        return {"ok": False, "error": str(error), "error_type": type(error).__name__}
-    if outcome is None:
-        return {"ok": True, "value": None}
-    return {
-        "ok": outcome.ok,
-        "value": outcome.value,
-        "error": outcome.error,
-        "error_type": "" if outcome.ok else "CommandError",
-    }
-
-
-def submit_command(body: dict[str, Any], deadline: float) -> dict[str, Any]:
-    """Propose ``body``'s command here if we lead, else forward it; return the answer."""
-    name, arguments = body.get("name"), body.get("arguments", {})
-    if not isinstance(name, str) or not name or not isinstance(arguments, dict):
-        return {
-            "ok": False,
-            "error": "name must be a string, arguments an object",
-            "error_type": "BadRequest",
-        }
-    node = RaftNode.current
-    if node is None or node.status().get("state") != "leader":
-        return _forward(node, "command", body, deadline)
-    try:
-        data = encode_command(name, arguments)
-    except WireError as error:
-        return {"ok": False, "error": str(error), "error_type": "BadRequest"}
-    answer = _run(node, lambda seconds: node.propose(data, seconds), deadline)
-    if answer.get("error_type") == "NotLeaderError":
-        return _forward(node, "command", body, deadline)
-    return answer
-
-
 TIMEOUT_RULE = "timeout must be a number of seconds in (0, 3600]"
 
 
@@ -286,8 +212,8 @@ def status(request: HttpRequest) -> JsonResponse:
     checked = _client_request(request)
     if isinstance(checked, JsonResponse):
         return checked
-    _, node, _ = checked
-    return JsonResponse({"ok": True, "value": node.status()})
+    payload, node, _ = checked
+    return JsonResponse({"ok": True, "value": status_answer(node, payload)})
 
 
 _ROLES = {"voter": ConfChangeType.ADD_VOTER, "learner": ConfChangeType.ADD_LEARNER}
@@ -315,6 +241,6 @@ def members(request: HttpRequest) -> JsonResponse:
         change = ConfChange(_ROLES[role], node_id, address)
     deadline = time.monotonic() + timeout
     if node.status().get("state") != "leader":
-        return JsonResponse(_forward(node, "members", payload, deadline))
-    answer = _run(node, lambda seconds: node.change_membership(change, seconds), deadline)
+        return JsonResponse(forward(node, "members", payload, deadline))
+    answer = run_on_node(node, lambda seconds: node.change_membership(change, seconds), deadline)
     return JsonResponse(answer, status=200 if answer["ok"] else 409)

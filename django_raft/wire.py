@@ -10,6 +10,7 @@ the node or hand the core a message it does not expect.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -27,8 +28,10 @@ from .proto import raft_pb2 as pb
 
 __all__ = [
     "MAX_VALUE",
+    "DecodedCommand",
     "WireError",
     "decode_command",
+    "decode_envelope",
     "decode_message",
     "decode_result",
     "encode_command",
@@ -213,29 +216,53 @@ def _decode_snapshot(kind: MessageType, wire: pb.SnapshotMetadata) -> SnapshotMe
 
 
 def encode_command(
-    name: str, arguments: dict[str, Any], client_id: str = "", sequence: int = 0
+    name: str,
+    arguments: dict[str, Any],
+    client_id: str = "",
+    sequence: int = 0,
+    time_ms: int = 0,
 ) -> bytes:
     """Serialise an application command for the data of a NORMAL entry.
 
     ``arguments`` are the handler's keyword arguments; they cross as a JSON object.
-    ``client_id`` and ``sequence`` identify the command within a client's session.
+    ``client_id`` and ``sequence`` identify the command within a client's session;
+    ``time_ms`` is the log time the leader stamps on it when proposing (0: none).
     """
     if not isinstance(name, str) or not name:
         raise WireError(f"a command needs a non-empty name, not {name!r}")
     if not isinstance(arguments, dict) or not all(isinstance(key, str) for key in arguments):
         raise WireError(f"command {name!r}: arguments must be a dict with string keys")
+    if sequence > MAX_VALUE or not 0 <= time_ms <= MAX_VALUE:
+        raise WireError(f"command {name!r}: sequence or time out of range")
     try:
         encoded = json.dumps(arguments, separators=(",", ":"), allow_nan=False).encode()
-        command = pb.Command(name=name, arguments=encoded, client_id=client_id, sequence=sequence)
+        command = pb.Command(
+            name=name, arguments=encoded, client_id=client_id, sequence=sequence, time_ms=time_ms
+        )
     except (TypeError, ValueError, RecursionError) as error:
         raise WireError(f"cannot encode command {name!r}: {error}") from error
-    if sequence > MAX_VALUE:
-        raise WireError(f"command {name!r}: sequence {sequence} is out of range")
     return command.SerializeToString()
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedCommand:
+    """Every field of a command as ``decode_envelope`` read it."""
+
+    name: str
+    arguments: dict[str, Any]
+    client_id: str
+    sequence: int
+    time_ms: int
 
 
 def decode_command(data: bytes) -> tuple[str, dict[str, Any], str, int]:
     """Parse what ``encode_command`` wrote into ``(name, arguments, client_id, sequence)``."""
+    command = decode_envelope(data)
+    return command.name, command.arguments, command.client_id, command.sequence
+
+
+def decode_envelope(data: bytes) -> DecodedCommand:
+    """Parse what ``encode_command`` wrote, the session fields and log time included."""
     wire = pb.Command()
     try:
         wire.ParseFromString(data)
@@ -243,14 +270,14 @@ def decode_command(data: bytes) -> tuple[str, dict[str, Any], str, int]:
         raise WireError(f"malformed command ({len(data)} bytes): {error}") from None
     if not wire.name:
         raise WireError("command without a name")
-    if wire.sequence > MAX_VALUE:
-        raise WireError(f"command {wire.name!r}: sequence {wire.sequence} is out of range")
+    if wire.sequence > MAX_VALUE or wire.time_ms > MAX_VALUE:
+        raise WireError(f"command {wire.name!r}: sequence or time out of range")
     arguments = _decode_json(wire.arguments, f"command {wire.name!r}: arguments")
     if not isinstance(arguments, dict):
         raise WireError(
             f"command {wire.name!r}: arguments are a JSON {type(arguments).__name__}, not an object"
         )
-    return wire.name, arguments, wire.client_id, wire.sequence
+    return DecodedCommand(wire.name, arguments, wire.client_id, wire.sequence, wire.time_ms)
 
 
 def encode_result(ok: bool, value: Any = None, error: str = "") -> bytes:

@@ -65,6 +65,7 @@ def test_every_setting_can_be_given_and_is_parsed_after_its_default() -> None:
         "RAFT_MAX_SNAPSHOT_CHUNK": "4096",
         "RAFT_REPLICATED_MODELS": "kv.KeyValue, auth.User,",
         "RAFT_COMMAND_TIMEOUT": "2",
+        "RAFT_SESSION_TIMEOUT": "600",
         "RAFT_RPC_TIMEOUT": "0.5",
         "RAFT_PRE_VOTE": "false",
         "RAFT_CHECK_QUORUM": "Yes",

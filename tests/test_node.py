@@ -27,10 +27,10 @@ from django.test import override_settings
 
 import django_raft
 from demo_project.kv.models import KeyValue
-from django_raft import commands, models, signals, views
+from django_raft import commands, models, sessions, signals, views
 from django_raft.commands import Context
 from django_raft.core import Entry, EntryType, Message, MessageType
-from django_raft.exceptions import CommandError, OverloadedError
+from django_raft.exceptions import CommandError, InvalidRequestError, OverloadedError
 from django_raft.runner import RaftNode
 from django_raft.server import start_node
 from django_raft.statemachine import describe_error
@@ -213,12 +213,13 @@ def test_a_single_node_elects_itself_and_applies_commands(running: Running) -> N
     assert django_raft.do("kv.delete", key="n") is True
     assert dict(KeyValue.objects.values_list("key", "value")) == {"a": "2"}
     assert KeyValue.objects.get(pk="a").version == 2
-    after = settled_status(index + 5)
-    assert after["commit"] == after["applied"] == after["last_index"] == index + 5
+    after = settled_status(index + 6)
+    assert after["commit"] == after["applied"] == after["last_index"] == index + 6
     names = list(models.LogEntry.objects.filter(index__gt=index).values_list("command", flat=True))
-    assert names == ["kv.set", "kv.set", "kv.incr", "kv.get", "kv.delete"]
-    assert models.HardState.objects.get().commit == index + 5
-    assert models.AppliedState.objects.get().applied_index == index + 5
+    # The first do() of a thread opens its client session.
+    assert names == [sessions.OPEN_SESSION, "kv.set", "kv.set", "kv.incr", "kv.get", "kv.delete"]
+    assert models.HardState.objects.get().commit == index + 6
+    assert models.AppliedState.objects.get().applied_index == index + 6
 
 
 def test_a_raising_handler_is_a_command_error_and_the_node_goes_on(
@@ -242,7 +243,7 @@ def test_a_raising_handler_is_a_command_error_and_the_node_goes_on(
         django_raft.do("kv.incr", key="n", by="1")
     with pytest.raises(CommandError, match=r"no handler is registered for command 'no\.such'"):
         django_raft.do("no.such")
-    with pytest.raises(CommandError, match=r"cannot encode command 'kv\.set'"):
+    with pytest.raises(InvalidRequestError, match=r"cannot encode command 'kv\.set'"):
         django_raft.do("kv.set", key="c", value=float("nan"))  # refused: not even proposed
     with pytest.raises(CommandError, match=r"^TypeError: .*unexpected keyword argument"):
         django_raft.do("kv.set", key="a", value="y", extra=1)
@@ -251,6 +252,7 @@ def test_a_raising_handler_is_a_command_error_and_the_node_goes_on(
     assert dict(KeyValue.objects.values_list("key", "value")) == {"a": "y"}
     logged = models.LogEntry.objects.filter(index__gt=start).values_list("command", flat=True)
     assert list(logged) == [
+        sessions.OPEN_SESSION,
         "kv.set",
         "tests.write_then_fail",
         "kv.incr",
@@ -259,8 +261,8 @@ def test_a_raising_handler_is_a_command_error_and_the_node_goes_on(
         "kv.set",
         "kv.set",
     ]
-    status = settled_status(start + 7)
-    assert status["state"] == "leader" and status["applied"] == status["commit"] == start + 7
+    status = settled_status(start + 8)
+    assert status["state"] == "leader" and status["applied"] == status["commit"] == start + 8
 
 
 def test_a_command_error_over_http_is_the_same(running: Running) -> None:
@@ -271,7 +273,7 @@ def test_a_command_error_over_http_is_the_same(running: Running) -> None:
         "ok": False,
         "value": None,
         "error": "TypeError: by must be an integer, not str",
-        "error_type": "CommandError",
+        "error_type": "CommandFailedError",
     }
     body = json.dumps({"name": "kv.set", "arguments": {"key": "k", "value": "v"}}).encode()
     assert post(running.url("command"), body).json()["value"] == 1
@@ -346,7 +348,11 @@ def test_signals_are_sent_with_value_prev_value_and_node_id(running: Running) ->
     assert all(isinstance(c["value"], int) and c["value"] >= c["prev_value"] for c in committed)
     assert committed[-1]["value"] == django_raft.status()["commit"]
 
-    before = len(committed)
+    django_raft.do("kv.get", key="a")  # opens this thread's session first
+    wait_for(
+        lambda: running.sent("committed")[-1]["value"] == django_raft.status()["commit"], 5, ""
+    )
+    before = len(running.sent("committed"))
     django_raft.do("kv.set", key="a", value="1")
     index = models.LogEntry.objects.get(command="kv.set").index
     # Sent by the loop once the entry is applied (do() may return just before).

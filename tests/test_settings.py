@@ -109,6 +109,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
         for name in ("COMMAND_TIMEOUT", "RPC_TIMEOUT")
         for value in (0, -1, NAN, INF, "1", None)
     ],
+    *[("SESSION_TIMEOUT", value) for value in (0, -1, 0.0001, 31 * 86400, NAN, "60", True)],
     *[(name, value) for name in ("PRE_VOTE", "CHECK_QUORUM") for value in (1, 0, "yes", None)],
 ]
 
@@ -481,3 +482,19 @@ class _Sink:
 
     def flush(self) -> None:
         pass
+
+
+# -- the models the handlers write ----------------------------------------------------------
+
+
+def test_a_replicated_model_that_is_not_installed_is_an_error() -> None:
+    messages = raft_messages({**VALID, "REPLICATED_MODELS": ["kv.KeyValue", "kv.Nope"]})
+    assert [m.id for m in messages] == [IDS["replicated-model-unknown"]]
+    assert "'kv.Nope'" in messages[0].msg
+
+
+def test_a_handler_using_a_model_outside_replicated_models_is_warned_about() -> None:
+    messages = raft_messages({**VALID, "REPLICATED_MODELS": []})
+    warned = {m.obj for m in messages if m.id == IDS["handler-writes-unreplicated-model"]}
+    assert {"kv.set", "kv.incr", "kv.get", "kv.delete"} <= warned
+    assert not raft_messages({**VALID, "REPLICATED_MODELS": ["kv.KeyValue"]})

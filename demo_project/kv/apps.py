@@ -20,4 +20,4 @@ class KvConfig(AppConfig):
             if name in kv_commands.BATCH_HANDLERS:
                 commands.register(name, kv_commands.BATCH_HANDLERS[name], batch=True)
             else:
-                commands.register(name, handler)
+                commands.register(name, handler, read_only=name in kv_commands.READ_ONLY)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from django_raft.commands import Call, Context, Handler
+from django_raft.locks import check_token
 
 from .models import KeyValue
 
@@ -112,13 +113,29 @@ def get(context: Context, key: str) -> str | None:
     return value
 
 
+def fenced_set(context: Context, key: str, value: str, lock: str, token: int) -> int:
+    """Set ``key`` only for the current holder of ``lock`` (``StaleTokenError`` if not)."""
+    check_token(context, lock, token)
+    return set_value(context, key, value)
+
+
+def read(context: Context, key: str) -> str | None:
+    """Return the value of ``key`` from this node's database: a read-only command."""
+    return get(context, key)
+
+
 HANDLERS: dict[str, Handler] = {
     "kv.set": set_value,
     "kv.delete": delete,
     "kv.incr": incr,
     "kv.get": get,
+    "kv.fenced_set": fenced_set,
+    "kv.read": read,
 }
 """The commands, by name; ``KvConfig.ready`` registers them."""
 
 BATCH_HANDLERS: dict[str, Handler] = {"kv.set": set_values}
 """Commands whose handler takes a run of calls (they replace the same name above)."""
+
+READ_ONLY: frozenset[str] = frozenset({"kv.read"})
+"""Commands that only read: run on one node after a ReadIndex round, never logged."""

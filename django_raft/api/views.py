@@ -21,7 +21,14 @@ from rest_framework.views import APIView
 from .. import client, logview, monitor, operations
 from ..conf import raft_settings
 from ..core import DuplicatePeerError, MembershipError, NotLeaderError, RaftError
-from ..exceptions import CommandError, CommandTimeoutError, StopError, UnavailableError
+from ..exceptions import (
+    ClusterUnreachableError,
+    CommandFailedError,
+    CommandTimeoutError,
+    InvalidRequestError,
+    NodeStoppedError,
+    OverloadedError,
+)
 from .permissions import RaftPermission, WriteThrottle
 from .serializers import (
     AddMemberSerializer,
@@ -47,11 +54,13 @@ def _authentication_classes() -> list[type]:
 
 
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
-    (CommandError, 422),
+    (CommandFailedError, 422),
     (CommandTimeoutError, 504),
+    (InvalidRequestError, 400),
     (NotLeaderError, 503),
-    (StopError, 503),
-    (UnavailableError, 503),
+    (NodeStoppedError, 503),
+    (OverloadedError, 503),
+    (ClusterUnreachableError, 503),
     (DuplicatePeerError, 409),
     (MembershipError, 409),
     (RaftError, 409),

@@ -313,6 +313,7 @@ class Command(_message.Message):
     ARGUMENTS_FIELD_NUMBER: _builtins.int
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    TIME_MS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """CommandName: the handler to run"""
     arguments: _builtins.bytes
@@ -322,6 +323,10 @@ class Command(_message.Message):
     can be recognised; empty and 0 outside a session.
     """
     sequence: _builtins.int
+    time_ms: _builtins.int
+    """Log time: milliseconds since the epoch on the leader's clock when it proposed the
+    command (0: not stamped). Sessions and locks expire by it, never by a node's clock.
+    """
     def __init__(
         self,
         *,
@@ -329,10 +334,11 @@ class Command(_message.Message):
         arguments: _builtins.bytes = ...,
         client_id: _builtins.str = ...,
         sequence: _builtins.int = ...,
+        time_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "client_id", b"client_id", "name", b"name", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "client_id", b"client_id", "name", b"name", "sequence", b"sequence", "time_ms", b"time_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

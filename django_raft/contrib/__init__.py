@@ -1,0 +1,1 @@
+"""Integrations of django_raft with other tools."""

@@ -1,0 +1,475 @@
+"""The client path, in one place: submitting commands, forwarding them, retrying them.
+
+``django_raft.do`` and the node's ``command`` route both go through here. A node that
+leads proposes the command; a follower forwards it to the leader. A ``Client`` (what
+``do`` uses) knows every member's address, the ``ADDRESS`` setting's first, then
+``CLUSTER`` and the membership it learns from the nodes' answers; it remembers which
+node led last, tries the others when one does not answer, and retries until its
+deadline. Retries are safe because every command carries its session's
+``(client_id, sequence)``: the state machine applies it at most once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import requests
+from django.core.signals import setting_changed
+
+from . import sessions
+from .conf import raft_settings
+from .core import (
+    DuplicatePeerError,
+    MembershipError,
+    NotLeaderError,
+    ProposalDroppedError,
+    RaftError,
+)
+from .exceptions import (
+    ClusterUnreachableError,
+    CommandFailedError,
+    CommandTimeoutError,
+    InvalidRequestError,
+    LockNotHeldError,
+    NodeStoppedError,
+    OverloadedError,
+    SessionExpiredError,
+    StaleTokenError,
+)
+from .transport import NODE_HEADER, SIGNATURE_HEADER, sign
+from .wire import WireError, encode_command
+
+if TYPE_CHECKING:
+    from .runner import RaftNode
+    from .statemachine import Outcome
+
+__all__ = ["ERRORS", "Client", "default_client", "post", "raise_for", "submit_command"]
+
+ERRORS: dict[str, type[Exception]] = {
+    "ClusterUnreachableError": ClusterUnreachableError,
+    "CommandFailedError": CommandFailedError,
+    "CommandTimeoutError": CommandTimeoutError,
+    "DuplicatePeerError": DuplicatePeerError,
+    "InvalidRequestError": InvalidRequestError,
+    "LockNotHeldError": LockNotHeldError,
+    "MembershipError": MembershipError,
+    "NodeStoppedError": NodeStoppedError,
+    "NotLeaderError": NotLeaderError,
+    "OverloadedError": OverloadedError,
+    "ProposalDroppedError": ProposalDroppedError,
+    "SessionExpiredError": SessionExpiredError,
+    "StaleTokenError": StaleTokenError,
+}
+"""Every error a caller can get, by the ``error_type`` of a JSON answer."""
+
+_LEGACY = {
+    "StopError": NodeStoppedError,
+    "CommandError": CommandFailedError,
+    "UnavailableError": ClusterUnreachableError,
+    "BadRequest": InvalidRequestError,
+}
+"""``error_type`` names older nodes (and a few routes) still answer with."""
+
+_OUTCOME_ERRORS = {
+    f"{sessions.EXPIRED}:": "SessionExpiredError",
+    "StaleTokenError:": "StaleTokenError",
+}
+"""A command's recorded error that starts so reaches the caller as that error."""
+
+MAX_HOPS = 3
+"""A forwarded request is not forwarded again more than this many times."""
+ATTEMPT_TIMEOUT = 2.0
+"""Seconds one attempt waits for a node before the client tries another."""
+RETRY_PAUSE = 0.05
+_RETRYABLE = (
+    ClusterUnreachableError,
+    NotLeaderError,
+    NodeStoppedError,
+    OverloadedError,
+    CommandTimeoutError,
+    ProposalDroppedError,
+)
+
+_http = threading.local()
+"""One keep-alive ``requests.Session`` per thread (a Session must not be shared)."""
+
+
+def raise_for(payload: dict[str, Any]) -> Any:
+    """Return ``payload["value"]`` or raise the error it describes."""
+    if payload.get("ok"):
+        return payload.get("value")
+    name = str(payload.get("error_type"))
+    kind = ERRORS.get(name) or _LEGACY.get(name) or RaftError
+    message = str(payload.get("error", "unknown error"))
+    if kind is NotLeaderError:
+        raise NotLeaderError(str(payload.get("leader", "")))
+    raise kind(message)
+
+
+class _NotSent(ClusterUnreachableError):
+    """The request never reached the node (connection refused): certainly not applied."""
+
+
+def post(address: str, route: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """POST a signed JSON request to a node's client route; return its JSON answer.
+
+    Raise ``ClusterUnreachableError`` when the node does not answer.
+    """
+    data = json.dumps(body).encode()
+    url = f"{address.rstrip('/')}/{raft_settings.URL_PREFIX}{route}"
+    headers = {
+        "Content-Type": "application/json",
+        NODE_HEADER: "client",
+        SIGNATURE_HEADER: sign(raft_settings.SECRET, data),
+    }
+    session = getattr(_http, "session", None)
+    if session is None:
+        session = _http.session = requests.Session()
+    try:
+        response = session.post(url, data=data, headers=headers, timeout=(1.0, timeout + 1.0))
+    except (requests.ConnectionError, requests.ConnectTimeout) as error:
+        if isinstance(error, requests.ReadTimeout):
+            raise ClusterUnreachableError(f"{address} did not answer: {error}") from error
+        raise _NotSent(f"cannot reach {address}: {error}") from error
+    except requests.RequestException as error:
+        raise ClusterUnreachableError(f"cannot reach {address}: {error}") from error
+    try:
+        answer = response.json()
+    except ValueError as error:
+        raise ClusterUnreachableError(
+            f"{url} answered {response.status_code} without JSON"
+        ) from error
+    if not isinstance(answer, dict):
+        raise ClusterUnreachableError(f"{url} answered {answer!r}")
+    return answer
+
+
+# -- on the node: propose, or forward to the leader ---------------------------------------
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def _failure(message: str, error_type: str, **extra: Any) -> dict[str, Any]:
+    return {"ok": False, "error": message, "error_type": error_type, **extra}
+
+
+def forward(
+    node: RaftNode | None, route: str, body: dict[str, Any], deadline: float
+) -> dict[str, Any]:
+    """Send a client request on to the leader (or, outside a node, to ``ADDRESS``)."""
+    hops = body.get("hops", 0)
+    if not isinstance(hops, int) or hops >= MAX_HOPS:
+        return _failure("no leader could be reached", "NotLeaderError")
+    if node is None:
+        address = raft_settings.ADDRESS
+        if not address:
+            raise ClusterUnreachableError(
+                "DJANGO_RAFT['ADDRESS'] names no node to send commands to"
+            )
+    else:
+        address = node.leader_address()
+        if not address or address == node.address:
+            leader = node.status().get("leader", "")
+            return _failure("no leader is known", "NotLeaderError", leader=leader)
+    try:
+        return post(address, route, {**body, "hops": hops + 1}, _remaining(deadline))
+    except ClusterUnreachableError as error:
+        return _failure(str(error), "ClusterUnreachableError")
+
+
+def outcome_answer(outcome: Outcome | None) -> dict[str, Any]:
+    """The JSON answer for a command's recorded outcome."""
+    if outcome is None:
+        return {"ok": True, "value": None}
+    if outcome.ok:
+        return {"ok": True, "value": outcome.value, "error": "", "error_type": ""}
+    error_type = "CommandFailedError"
+    for prefix, name in _OUTCOME_ERRORS.items():
+        if outcome.error.startswith(prefix):
+            error_type = name
+    return {"ok": False, "value": None, "error": outcome.error, "error_type": error_type}
+
+
+def run_on_node(node: RaftNode, call: Any, deadline: float) -> dict[str, Any]:
+    """Run ``call(seconds)`` against the node; its outcome or error as a JSON answer."""
+    try:
+        outcome = call(_remaining(deadline))
+    except FutureTimeout:
+        return _failure(
+            "not committed and applied in time; it may still be applied", "CommandTimeoutError"
+        )
+    except RaftError as error:
+        return _failure(str(error), type(error).__name__)
+    return outcome_answer(outcome)
+
+
+def _command_fields(body: dict[str, Any]) -> tuple[str, dict[str, Any], str, int] | str:
+    name, arguments = body.get("name"), body.get("arguments", {})
+    client_id, sequence = body.get("client_id", ""), body.get("sequence", 0)
+    if not isinstance(name, str) or not name or not isinstance(arguments, dict):
+        return "name must be a string, arguments an object"
+    if not isinstance(client_id, str) or len(client_id) > 64:
+        return "client_id must be a string of at most 64 characters"
+    if type(sequence) is not int or sequence < 0 or (client_id and sequence == 0):
+        return "sequence must be a positive integer in a session"
+    return name, arguments, client_id, sequence
+
+
+def submit_command(body: dict[str, Any], deadline: float) -> dict[str, Any]:
+    """Propose ``body``'s command here if we lead, else forward it; return the answer.
+
+    A ``"read": true`` body runs a read-only command (``commands.command(read_only=True)``)
+    on this node after a ReadIndex round, without appending to the log.
+    """
+    from .runner import RaftNode
+
+    fields = _command_fields(body)
+    if isinstance(fields, str):
+        return _failure(fields, "BadRequest")
+    name, arguments, client_id, sequence = fields
+    node = RaftNode.current
+    if body.get("read"):
+        from .reads import read_command
+
+        if node is None:
+            return forward(None, "command", body, deadline)
+        return read_command(node, name, arguments, deadline)
+    if node is None or node.status().get("state") != "leader":
+        return forward(node, "command", body, deadline)
+    tracked = bool(client_id) or name in sessions.BUILTIN
+    try:
+        data = encode_command(
+            name, arguments, client_id, sequence, int(time.time() * 1000) if tracked else 0
+        )
+    except WireError as error:
+        return _failure(str(error), "BadRequest")
+    answer = run_on_node(node, lambda seconds: node.propose(data, seconds), deadline)
+    if answer.get("error_type") == "NotLeaderError":
+        return forward(node, "command", body, deadline)
+    if answer["ok"]:
+        answer["leader"] = node.node_id  # clients remember where the leader is
+    return answer
+
+
+def status_answer(node: RaftNode, payload: dict[str, Any]) -> dict[str, Any]:
+    """A node's status; with ``"addresses": true`` in the request, the addresses of the
+    members it knows too (clients learn them)."""
+    status = node.status()
+    if payload.get("addresses") is True:
+        status["addresses"] = dict(node.transport.addresses)
+    return status
+
+
+# -- the client: every member, the leader remembered, retries until the deadline ----------
+
+
+@dataclass
+class Client:
+    """Submits commands to the cluster. Its options are its own, never a handler's.
+
+    ``timeout``: seconds ``do()`` keeps trying (default ``COMMAND_TIMEOUT``);
+    ``session``: carry a session so that retries apply a command at most once (without
+    one, a command is sent once and a lost answer is a ``CommandTimeoutError``);
+    ``session_timeout``: seconds of log time an idle session lives (``SESSION_TIMEOUT``).
+    One client keeps one session per thread.
+    """
+
+    timeout: float | None = None
+    session: bool = True
+    session_timeout: float | None = None
+    _addresses: dict[str, str] = field(default_factory=dict, repr=False)
+    _leader: str = field(default="", repr=False)
+    _local: threading.local = field(default_factory=threading.local, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.timeout is not None and not 0 < self.timeout <= 3600:
+            raise InvalidRequestError("timeout must be a number of seconds in (0, 3600]")
+        if self.session_timeout is not None and not 0 < self.session_timeout <= 30 * 86400:
+            raise InvalidRequestError("session_timeout must be in (0, 30 days]")
+
+    def do(self, command: str, /, **arguments: Any) -> Any:
+        """Run ``command`` through the log with ``arguments``; return its handler's result."""
+        if not isinstance(command, str) or not command:
+            raise InvalidRequestError("a command name is a non-empty string")
+        deadline = time.monotonic() + self._seconds()
+        if not self.session:
+            return raise_for(self._attempts({"name": command, "arguments": arguments}, deadline))
+        for first_try in (True, False):
+            client_id, sequence = self._next(deadline)
+            body = {
+                "name": command,
+                "arguments": arguments,
+                "client_id": client_id,
+                "sequence": sequence,
+            }
+            answer = self._attempts(body, deadline, retry=True)
+            if answer.get("error_type") == "SessionExpiredError" and answer.get("first"):
+                self._local.session = None  # not applied: open a new session, send again
+                if first_try:
+                    continue
+            return raise_for(answer)
+        raise AssertionError("unreachable")
+
+    def read(self, command: str, /, **arguments: Any) -> Any:
+        """Run a read-only command after a ReadIndex round, without a log entry."""
+        body = {"name": command, "arguments": arguments, "read": True}
+        return raise_for(self._attempts(body, time.monotonic() + self._seconds(), retry=True))
+
+    # -- sessions
+
+    def _next(self, deadline: float) -> tuple[str, int]:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            timeout = self.session_timeout or raft_settings.SESSION_TIMEOUT
+            body = {
+                "name": sessions.OPEN_SESSION,
+                "arguments": {"timeout_ms": int(timeout * 1000)},
+            }
+            client_id = raise_for(self._attempts(body, deadline, retry=True))
+            session = self._local.session = [str(client_id), itertools.count(1)]
+        return session[0], next(session[1])
+
+    @property
+    def client_id(self) -> str:
+        """This thread's session id ("" before its first command)."""
+        session = getattr(self._local, "session", None)
+        return session[0] if session else ""
+
+    # -- sending
+
+    def _seconds(self) -> float:
+        return float(self.timeout or raft_settings.COMMAND_TIMEOUT)
+
+    def _attempts(
+        self, body: dict[str, Any], deadline: float, retry: bool = False
+    ) -> dict[str, Any]:
+        """Send until an answer that is not worth retrying, or the deadline."""
+        from .runner import RaftNode
+
+        last: dict[str, Any] = _failure("no node answered in time", "ClusterUnreachableError")
+        first = True
+        for attempt in itertools.count():
+            remaining = _remaining(deadline)
+            if remaining <= 0:
+                break
+            seconds = min(remaining, ATTEMPT_TIMEOUT)
+            payload = {**body, "timeout": seconds}
+            address = self._pick(attempt)
+            node = RaftNode.current
+            try:
+                if node is not None and address in ("", node.address):
+                    answer = submit_command(payload, time.monotonic() + seconds)
+                else:
+                    answer = post(address, "command", payload, seconds)
+            except _NotSent as error:
+                answer = _failure(str(error), "ClusterUnreachableError")
+                self._forget(address)
+                last = {**answer, "first": first}
+                time.sleep(min(RETRY_PAUSE, _remaining(deadline)))
+                continue
+            except ClusterUnreachableError as error:
+                answer = _failure(str(error), "ClusterUnreachableError")
+                self._forget(address)
+            error_type = answer.get("error_type") or ""
+            if answer.get("ok") or error_type not in _RETRYABLE_NAMES:
+                if answer.get("ok"):
+                    self._remember(answer)
+                return {**answer, "first": first}
+            first = first and error_type in ("NotLeaderError", "OverloadedError")
+            last = {**answer, "first": first}
+            if not retry and error_type in ("CommandTimeoutError", "ClusterUnreachableError"):
+                return last
+            if error_type not in ("CommandTimeoutError",):
+                self._forget(address)
+                time.sleep(min(RETRY_PAUSE, _remaining(deadline)))
+        if last.get("error_type") == "ClusterUnreachableError" and not last.get("first", True):
+            last["error_type"] = "CommandTimeoutError"
+        return last
+
+    def addresses(self) -> list[str]:
+        """Every member address known: ``ADDRESS`` first, then ``CLUSTER``, then learnt."""
+        found = [raft_settings.ADDRESS] if raft_settings.ADDRESS else []
+        found += list(raft_settings.CLUSTER.values())
+        with self._lock:
+            found += list(self._addresses.values())
+        return list(dict.fromkeys(address for address in found if address))
+
+    def _pick(self, attempt: int) -> str:
+        from .runner import RaftNode
+
+        if self._leader and attempt == 0:
+            return self._leader
+        addresses = self.addresses()
+        if not addresses:
+            node = RaftNode.current
+            if node is not None:
+                return node.address
+            raise ClusterUnreachableError("DJANGO_RAFT['ADDRESS'] names no node to send to")
+        return addresses[attempt % len(addresses)]
+
+    def _remember(self, answer: dict[str, Any]) -> None:
+        leader = answer.get("leader")
+        if isinstance(leader, str) and leader:
+            with self._lock:
+                known = self._addresses.get(leader) or raft_settings.CLUSTER.get(leader)
+            if known:
+                self._leader = known
+            elif not self._leader:
+                self.learn()
+
+    def _forget(self, address: str) -> None:
+        if self._leader == address:
+            self._leader = ""
+
+    def learn(self, timeout: float = 1.0) -> None:
+        """Ask the nodes for the members' addresses and the leader."""
+        for address in self.addresses():
+            try:
+                value = raise_for(post(address, "status", {"addresses": True}, timeout))
+            except RaftError:
+                continue
+            learnt = value.get("addresses") if isinstance(value, dict) else None
+            if isinstance(learnt, dict):
+                with self._lock:
+                    self._addresses.update(
+                        {str(k): str(v) for k, v in learnt.items() if isinstance(v, str)}
+                    )
+                    leader = self._addresses.get(str(value.get("leader", "")))
+                if leader:
+                    self._leader = leader
+                return
+
+
+_RETRYABLE_NAMES = frozenset(kind.__name__ for kind in _RETRYABLE) | {"StopError"}
+
+_default: Client | None = None
+_default_lock = threading.Lock()
+
+
+def _forget_default(*, setting: str, **kwargs: Any) -> None:
+    """Other settings, another cluster: the default client's sessions belong to the old."""
+    global _default
+    if setting == "DJANGO_RAFT":
+        with _default_lock:
+            _default = None
+
+
+setting_changed.connect(_forget_default)
+
+
+def default_client() -> Client:
+    """The client ``django_raft.do`` uses (one per process; a session per thread)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Client()
+        return _default

@@ -1,0 +1,32 @@
+"""The Celery app of the beat test: a 1-second schedule whose task counts its slot.
+
+Configured from the environment by the test: ``RAFT_TEST_BROKER``, ``RAFT_TEST_QUEUE``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo_project.settings")
+django.setup()
+
+from celery import Celery, Task  # noqa: E402
+
+import django_raft  # noqa: E402
+
+app = Celery("raft_it", broker=os.environ.get("RAFT_TEST_BROKER", "redis://127.0.0.1:6379/0"))
+app.conf.task_default_queue = os.environ.get("RAFT_TEST_QUEUE", "raft-it")
+app.conf.beat_schedule = {"every-second": {"task": "raft_it.record_slot", "schedule": 1.0}}
+app.conf.beat_max_loop_interval = 0.25
+app.conf.broker_connection_retry_on_startup = True
+app.conf.worker_hijack_root_logger = False
+
+
+@app.task(name="raft_it.record_slot", bind=True)
+def record_slot(self: Task) -> int:
+    """Count this run against its slot, through the log (a duplicate would count 2)."""
+    slot = str(self.request.id).rsplit("@", 1)[1]
+    result: int = django_raft.do("kv.incr", key=f"slot:{slot}")
+    return result

@@ -1,0 +1,176 @@
+"""Sessions, ``do()`` failover and locks against three real raftnode processes.
+
+The fault test prints its figures (acknowledged vs applied increments) with ``-s``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from django_raft import sessions
+from django_raft.client import Client
+from django_raft.exceptions import RaftError, StaleTokenError
+from django_raft.locks import Lock
+
+from .cluster import SECRET, Cluster, Node
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.slow]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path, SNAPSHOT_THRESHOLD=200, ENTRIES_AFTER_SNAPSHOT=20)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def client_settings(cluster: Cluster, address: str = "", **extra: Any) -> override_settings:
+    """This process as a web process of one server: ``ADDRESS`` and ``CLUSTER`` known."""
+    members = {node.node_id: node.address for node in cluster.founders}
+    return override_settings(
+        DJANGO_RAFT={
+            "SECRET": SECRET,
+            "ADDRESS": address or cluster.founders[0].address,
+            "CLUSTER": members,
+            **extra,
+        }
+    )
+
+
+def counter(node: Node, key: str = "c") -> int:
+    rows = node.query(f"SELECT value FROM kv_keyvalue WHERE key = '{key}'")
+    return int(rows[0][0]) if rows else 0
+
+
+def test_a_captured_command_replayed_runs_once(cluster: Cluster) -> None:
+    leader = cluster.leader()
+    opened = leader.do(sessions.OPEN_SESSION, timeout_ms=60_000)
+    assert opened["ok"], opened
+    body = {
+        "name": "kv.incr",
+        "arguments": {"key": "c"},
+        "client_id": opened["value"],
+        "sequence": 1,
+        "timeout": 10,
+    }
+    answers = [leader.post("command", body) for _ in range(6)]
+    answers += [node.post("command", body) for node in cluster.founders]  # through followers
+    assert {json.dumps(answer["value"]) for answer in answers} == {"1"}
+    cluster.wait_applied()
+    assert [counter(node) for node in cluster.founders] == [1, 1, 1]
+
+
+def test_do_goes_on_when_the_node_at_address_is_down(cluster: Cluster) -> None:
+    first = cluster.founders[0]
+    first.kill()
+    with client_settings(cluster, address=first.address, COMMAND_TIMEOUT=20):
+        client = Client()
+        assert client.do("kv.incr", key="c") == 1
+        assert client.do("kv.set", key="name", value="timeout") == 1  # an argument "key"
+        learnt = client.addresses()
+    assert set(learnt) == {node.address for node in cluster.founders}
+
+
+def test_kill_9_and_sigstop_of_the_leader_lose_and_double_nothing(cluster: Cluster) -> None:
+    """Clients increment with retries while the leader is killed and paused: the counter
+    ends equal to the number of acknowledged increments."""
+    stop = threading.Event()
+    acknowledged = [0] * 4
+    unknown: list[str] = []
+
+    def run_client(number: int) -> None:
+        client = Client(timeout=25)
+        while not stop.is_set():
+            try:
+                client.do("kv.incr", key="c")
+            except RaftError as error:
+                unknown.append(f"{type(error).__name__}: {error}")
+                return
+            acknowledged[number] += 1
+
+    faults = []
+    with client_settings(cluster):
+        threads = [threading.Thread(target=run_client, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            for fault in ("kill", "stop", "kill", "stop"):
+                time.sleep(1.5)
+                leader = cluster.leader(timeout=20)
+                faults.append(f"{fault} {leader.node_id}")
+                if fault == "kill":
+                    leader.kill()
+                    time.sleep(1.0)
+                    leader.start()
+                else:
+                    assert leader.process is not None
+                    leader.process.send_signal(signal.SIGSTOP)
+                    time.sleep(2.0)
+                    leader.process.send_signal(signal.SIGCONT)
+            time.sleep(1.5)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(40)
+    cluster.wait_applied()
+    applied = [counter(node) for node in cluster.founders]
+    print(
+        f"\nfaults: {', '.join(faults)}; acknowledged {sum(acknowledged)} increments "
+        f"({acknowledged}), applied {applied}, unknown outcomes {len(unknown)}"
+    )
+    assert not unknown, unknown
+    assert sum(acknowledged) > 20
+    assert applied == [sum(acknowledged)] * 3
+
+
+def test_two_holders_never_hold_one_lock_and_a_paused_holder_is_fenced(cluster: Cluster) -> None:
+    with client_settings(cluster, COMMAND_TIMEOUT=20):
+        one, two = Client(), Client()
+        first = Lock("job", ttl=1.0, client=one)
+        token = first.acquire()
+        assert Lock("job", ttl=1.0, client=two).acquire(blocking=False) == 0
+        # The leader dies while the lock is held: the lock and its token survive.
+        leader = cluster.leader()
+        leader.kill()
+        # The holder pauses past its TTL; the other client takes the lock.
+        second = Lock("job", ttl=5.0, client=two)
+        newer = second.acquire(timeout=15)
+        assert newer > token
+        with pytest.raises(StaleTokenError):
+            one.do("kv.fenced_set", key="f", value="late", lock="job", token=token)
+        assert two.do("kv.fenced_set", key="f", value="ok", lock="job", token=newer) == 1
+        assert not first.release()  # no longer the holder's
+        assert second.release()
+        leader.start()
+    cluster.wait_applied()
+    assert {node.node_id: node.kv().get("f") for node in cluster.founders} == {
+        node.node_id: "ok" for node in cluster.founders
+    }
+
+
+def test_linearizable_read_sees_every_acknowledged_command(cluster: Cluster) -> None:
+    from django_raft.reads import read
+
+    follower = next(node for node in cluster.founders if node is not cluster.leader())
+    with client_settings(cluster, address=follower.address):
+        client = Client()
+        for value in range(5):
+            client.do("kv.set", key="r", value=str(value))
+            with read() as index:
+                assert index > 0
+                assert follower.kv()["r"] == str(value)
+            assert client.read("kv.read", key="r") == str(value)
+        with read(stale=True) as index:
+            assert index == 0

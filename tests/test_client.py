@@ -1,0 +1,59 @@
+"""``do()``: every keyword is the handler's; options belong to a ``Client``; bad input
+is refused before anything reaches the log."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import override_settings
+
+import django_raft
+from django_raft import commands
+from django_raft.client import Client
+from django_raft.exceptions import ClusterUnreachableError, InvalidRequestError
+from django_raft.submission import raise_for
+from tests.test_node import Running, running, start  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_handler_arguments_named_like_options_reach_the_handler(
+    running: Running,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def echo(context: commands.Context, **arguments: object) -> object:
+        return arguments
+
+    monkeypatch.setitem(commands._handlers, "tests.echo", echo)
+    clashing = {"name": "beta", "timeout": 3, "command": "x", "session": False, "self": 1}
+    assert django_raft.do("tests.echo", **clashing) == clashing
+    assert Client(timeout=5, session=False).do("tests.echo", **clashing) == clashing
+
+
+def test_bad_input_is_refused_before_the_log(running: Running) -> None:  # noqa: F811
+    last = django_raft.status()["last_index"]
+    with pytest.raises(InvalidRequestError):
+        django_raft.do("")
+    with pytest.raises(InvalidRequestError):
+        django_raft.do("kv.set", key="a", value=object())
+    with pytest.raises(InvalidRequestError):
+        Client(timeout=0)
+    with pytest.raises(TypeError):
+        django_raft.do(command="kv.set")
+    assert django_raft.status()["last_index"] <= last + 1  # at most the session's opening
+
+
+def test_without_any_node_do_says_so() -> None:
+    nowhere = {"ADDRESS": "http://127.0.0.1:9", "COMMAND_TIMEOUT": 0.5}
+    with override_settings(DJANGO_RAFT=nowhere), pytest.raises(ClusterUnreachableError):
+        django_raft.do("kv.set", key="a", value="1")
+
+
+def test_legacy_error_names_map_to_the_new_errors() -> None:
+    from django_raft.exceptions import NodeStoppedError
+
+    with pytest.raises(NodeStoppedError):
+        raise_for({"ok": False, "error": "stopping", "error_type": "StopError"})
+    from django_raft import exceptions
+
+    assert exceptions.CommandError is exceptions.CommandFailedError
+    assert "CommandError" not in exceptions.__all__
