@@ -206,6 +206,7 @@ class RaftNode:
         self._slots: dict[str, ReplySlot] = {}
         self._max_turn = 0.0
         self._full_status_at = 0.0
+        self._membership_changed = False
         self._snapshotting = False
         self._status: dict[str, Any] = self._make_status()
         self._last_leader_contact = time.monotonic()
@@ -542,6 +543,7 @@ class RaftNode:
     def _learn_addresses(self, entries: tuple[Entry, ...]) -> None:
         for entry in entries:
             if entry.type is EntryType.CONF_CHANGE:
+                self._membership_changed = True
                 change = ConfChange.decode(entry.data)
                 if change.type is not ConfChangeType.REMOVE:
                     self.transport.set_address(change.node_id, change.context)
@@ -572,6 +574,7 @@ class RaftNode:
                 pending.future.set_result(outcomes[entry.index])
 
     def _membership_applied(self, change: ConfChange) -> None:
+        self._membership_changed = True
         node_id = change.node_id
         if change.type is ConfChangeType.REMOVE:
             self.signals.send(
@@ -643,6 +646,7 @@ class RaftNode:
     def _make_status(self) -> dict[str, Any]:
         status = self.raw.status()
         self._full_status_at = time.monotonic()
+        self._membership_changed = False
         return self._add_runtime_status(status)
 
     def _add_runtime_status(self, status: dict[str, Any]) -> dict[str, Any]:
@@ -659,6 +663,7 @@ class RaftNode:
             basic.state.value != before["state"]
             or basic.term != before["term"]
             or basic.lead != before["leader"]
+            or self._membership_changed
             or time.monotonic() - self._full_status_at >= self.heartbeat_interval
         ):
             after = self._make_status()

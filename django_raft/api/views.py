@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -276,9 +277,11 @@ class CommandsView(RaftAPIView):
         serializer = CommandSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        return _answer(
-            lambda: client.do(data["name"], timeout=data.get("timeout"), **data["arguments"])
-        )
+        submitter = client.default_client()
+        if data.get("timeout"):
+            # The same sessions, another deadline: retries stay exactly-once.
+            submitter = dataclasses.replace(submitter, timeout=data["timeout"])
+        return _answer(lambda: submitter.do(data["name"], **data["arguments"]))
 
 
 class HealthView(APIView):

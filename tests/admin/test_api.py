@@ -95,13 +95,17 @@ def test_add_promote_and_remove_a_member(web: Cluster, operator: User) -> None:
     body = {"node_id": "n8", "address": address, "role": "learner"}
     response = client.post(API + "members", body, content_type="application/json")
     assert response.status_code == 200, response.content
-    assert "n8" in web.leader().status()["learners"]
+    wait_for(lambda: "n8" in web.leader().status()["learners"], 10, "n8 to learn")
     response = client.post(API + "members/n8/promote")
     assert response.status_code == 200, response.content
     wait_for(lambda: "n8" in web.leader().status()["voters"], 10, "n8 to vote")
     assert client.delete(API + "members/n8").status_code == 200
-    voters, learners, _ = cluster_state(web)
-    assert "n8" not in voters + learners
+
+    def n8_gone() -> bool:
+        voters, learners, _ = cluster_state(web)
+        return "n8" not in voters + learners
+
+    wait_for(n8_gone, 10, "n8 to leave the membership")
 
 
 def test_adding_an_existing_member_is_a_conflict(web: Cluster, operator: User) -> None:
@@ -136,7 +140,7 @@ def test_commands_answer_like_do(web: Cluster, operator: User) -> None:
     unknown = {"name": "no.such.command", "arguments": {}}
     response = client.post(API + "commands", unknown, content_type="application/json")
     assert response.status_code == 422
-    assert response.json()["error_type"] == "CommandError"
+    assert response.json()["error_type"] == "CommandFailedError"
     bad = {"name": "kv.set", "arguments": [1, 2]}
     assert client.post(API + "commands", bad, content_type="application/json").status_code == 400
 
