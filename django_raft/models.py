@@ -100,6 +100,7 @@ class Snapshot(SingletonModel):
     term = models.PositiveBigIntegerField("last included term", default=0)
     voters = models.JSONField("voters", default=list)
     learners = models.JSONField("learners", default=list)
+    removed = models.JSONField("removed ids", default=list)
     data = models.BinaryField("data", blank=True, default=b"")
     created_at = models.DateTimeField("created at", auto_now=True)
     compacted_index = models.PositiveBigIntegerField("log compacted up to", default=0)

@@ -152,12 +152,16 @@ class DjangoStorage:
         row = (
             models.Snapshot.objects.using(using)
             .filter(pk=models.SINGLETON)
-            .values_list("index", "term", "voters", "learners", "compacted_index", "compacted_term")
+            .values_list(
+                "index", "term", "voters", "learners", "removed", "compacted_index", "compacted_term"
+            )
             .first()
         )
         if row is not None:
-            index, term, voters, learners, offset, offset_term = row
-            snapshot = SnapshotMetadata(index, term, ConfState(tuple(voters), tuple(learners)))
+            index, term, voters, learners, removed, offset, offset_term = row
+            snapshot = SnapshotMetadata(
+                index, term, ConfState(tuple(voters), tuple(learners), tuple(removed))
+            )
             saved = True
         tail = [
             _entry(*row)
@@ -490,6 +494,7 @@ class DjangoStorage:
             "term": metadata.term,
             "voters": list(metadata.conf_state.voters),
             "learners": list(metadata.conf_state.learners),
+            "removed": list(metadata.conf_state.removed),
             "data": snapshot.data,
             "created_at": timezone.now(),
             "compacted_index": state.offset,

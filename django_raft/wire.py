@@ -106,6 +106,7 @@ def encode_message(message: Message) -> bytes:
             wire.snapshot.term = snapshot.term
             wire.snapshot.conf_state.voters.extend(snapshot.conf_state.voters)
             wire.snapshot.conf_state.learners.extend(snapshot.conf_state.learners)
+            wire.snapshot.conf_state.removed.extend(snapshot.conf_state.removed)
         return wire.SerializeToString()
     except (TypeError, ValueError) as error:
         raise WireError(f"cannot encode {message.type.name} message: {error}") from error
@@ -212,7 +213,13 @@ def _decode_snapshot(kind: MessageType, wire: pb.SnapshotMetadata) -> SnapshotMe
             f"{kind.name} message: snapshot membership {voters} + {learners} has an empty,"
             " repeated or both voting and learning node id"
         )
-    return SnapshotMetadata(wire.index, wire.term, ConfState(voters, learners))
+    removed = tuple(wire.conf_state.removed)
+    if "" in removed or len(set(removed)) != len(removed) or members & set(removed):
+        raise WireError(
+            f"{kind.name} message: snapshot's removed ids {removed} are empty, repeated or"
+            " still members"
+        )
+    return SnapshotMetadata(wire.index, wire.term, ConfState(voters, learners, removed))
 
 
 def encode_command(

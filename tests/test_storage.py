@@ -266,10 +266,11 @@ def test_create_snapshot_records_it_and_leaves_the_log(storage: Store) -> None:
 def test_installing_a_snapshot_keeps_the_entries_that_follow_a_match(storage: Store) -> None:
     """Figure 13, step 6: the log holds the snapshot's last entry with its term."""
     stored(storage, [1, 1, 2, 2, 3])
-    snapshot = Snapshot(SnapshotMetadata(3, 2, ConfState(("a", "b"), ("c",))), b"from leader")
+    membership = ConfState(("a", "b"), ("c",), removed=("d",))
+    snapshot = Snapshot(SnapshotMetadata(3, 2, membership), b"from leader")
     persist(storage, HardState(term=3, commit=3), snapshot=snapshot)
     assert storage.snapshot() == snapshot
-    assert storage.initial_state() == (HardState(term=3, commit=3), ConfState(("a", "b"), ("c",)))
+    assert storage.initial_state() == (HardState(term=3, commit=3), membership)
     assert (storage.first_index(), storage.last_index(), storage.term(3)) == (4, 5, 2)
     assert terms_of(storage) == [2, 3]
     with pytest.raises(CompactedError):
@@ -367,10 +368,11 @@ def test_a_restarted_storage_sees_exactly_what_was_persisted() -> None:
     assert everything(restarted) == everything(storage)
     assert restarted.term(2) == storage.term(2) == 1
     assert restarted.snapshot() == Snapshot(SnapshotMetadata(3, 2, ConfState(("1",))), b"three")
-    installed = Snapshot(SnapshotMetadata(20, 7, ConfState(("x",))), b"twenty")
+    installed = Snapshot(SnapshotMetadata(20, 7, ConfState(("x",), removed=("a",))), b"twenty")
     storage.persist(HardState(7, "x", 20), snapshot=installed)
     assert everything(DjangoStorage()) == everything(storage)
     assert DjangoStorage().snapshot() == installed
+    assert DjangoStorage().initial_state()[1].removed == ("a",)  # removed ids never rejoin
 
 
 @pytest.mark.django_db

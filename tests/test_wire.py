@@ -38,7 +38,9 @@ from django_raft.wire import (
 NETWORK_MESSAGES = [kind for kind in MessageType if kind not in LOCAL_MESSAGES]
 LOCAL_MESSAGE_TYPES = [kind for kind in MessageType if kind in LOCAL_MESSAGES]
 SNAPSHOT = SnapshotMetadata(
-    index=120, term=7, conf_state=ConfState(voters=("n1", "n2", "n3"), learners=("n4",))
+    index=120,
+    term=7,
+    conf_state=ConfState(voters=("n1", "n2", "n3"), learners=("n4",), removed=("n0",)),
 )
 
 

@@ -24,27 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64jango_raft/raft.proto\x12\x0b\x64jango_raft\"X\n\x05\x45ntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12$\n\x04type\x18\x03 \x01(\x0e\x32\x16.django_raft.EntryType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"-\n\tConfState\x12\x0e\n\x06voters\x18\x01 \x03(\t\x12\x10\n\x08learners\x18\x02 \x03(\t\"[\n\x10SnapshotMetadata\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12*\n\nconf_state\x18\x03 \x01(\x0b\x32\x16.django_raft.ConfState\"\xd6\x02\n\x07Message\x12&\n\x04type\x18\x01 \x01(\x0e\x32\x18.django_raft.MessageType\x12\n\n\x02to\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x10 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x10\n\x08log_term\x18\x04 \x01(\x04\x12\r\n\x05index\x18\x05 \x01(\x04\x12#\n\x07\x65ntries\x18\x06 \x03(\x0b\x32\x12.django_raft.Entry\x12\x0e\n\x06\x63ommit\x18\x07 \x01(\x04\x12\x0e\n\x06reject\x18\x08 \x01(\x08\x12\x13\n\x0breject_hint\x18\t \x01(\x04\x12/\n\x08snapshot\x18\n \x01(\x0b\x32\x1d.django_raft.SnapshotMetadata\x12\x0e\n\x06offset\x18\x0b \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x0c \x01(\x0c\x12\x0c\n\x04\x64one\x18\r \x01(\x08\x12\x0f\n\x07\x63ontext\x18\x0e \x01(\x0c\x12\x10\n\x08transfer\x18\x0f \x01(\x08\"`\n\x07\x43ommand\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x05 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x0f\n\x07time_ms\x18\x04 \x01(\x04\"9\n\rCommandResult\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\r\n\x05\x65rror\x18\x03 \x01(\t*>\n\tEntryType\x12\x15\n\x11\x45NTRY_TYPE_NORMAL\x10\x00\x12\x1a\n\x16\x45NTRY_TYPE_CONF_CHANGE\x10\x01*\xcd\x03\n\x0bMessageType\x12\x1c\n\x18MESSAGE_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13MESSAGE_TYPE_APPEND\x10\x01\x12 \n\x1cMESSAGE_TYPE_APPEND_RESPONSE\x10\x02\x12\x1d\n\x19MESSAGE_TYPE_REQUEST_VOTE\x10\x03\x12&\n\"MESSAGE_TYPE_REQUEST_VOTE_RESPONSE\x10\x04\x12\x19\n\x15MESSAGE_TYPE_PRE_VOTE\x10\x05\x12\"\n\x1eMESSAGE_TYPE_PRE_VOTE_RESPONSE\x10\x06\x12\x1a\n\x16MESSAGE_TYPE_HEARTBEAT\x10\x07\x12#\n\x1fMESSAGE_TYPE_HEARTBEAT_RESPONSE\x10\x08\x12\x19\n\x15MESSAGE_TYPE_SNAPSHOT\x10\t\x12\"\n\x1eMESSAGE_TYPE_SNAPSHOT_RESPONSE\x10\n\x12\x1c\n\x18MESSAGE_TYPE_TIMEOUT_NOW\x10\x0b\x12\x1b\n\x17MESSAGE_TYPE_READ_INDEX\x10\x0c\x12$\n MESSAGE_TYPE_READ_INDEX_RESPONSE\x10\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64jango_raft/raft.proto\x12\x0b\x64jango_raft\"X\n\x05\x45ntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12$\n\x04type\x18\x03 \x01(\x0e\x32\x16.django_raft.EntryType\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\">\n\tConfState\x12\x0e\n\x06voters\x18\x01 \x03(\t\x12\x10\n\x08learners\x18\x02 \x03(\t\x12\x0f\n\x07removed\x18\x03 \x03(\t\"[\n\x10SnapshotMetadata\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12*\n\nconf_state\x18\x03 \x01(\x0b\x32\x16.django_raft.ConfState\"\xd6\x02\n\x07Message\x12&\n\x04type\x18\x01 \x01(\x0e\x32\x18.django_raft.MessageType\x12\n\n\x02to\x18\x02 \x01(\t\x12\x0e\n\x06sender\x18\x10 \x01(\t\x12\x0c\n\x04term\x18\x03 \x01(\x04\x12\x10\n\x08log_term\x18\x04 \x01(\x04\x12\r\n\x05index\x18\x05 \x01(\x04\x12#\n\x07\x65ntries\x18\x06 \x03(\x0b\x32\x12.django_raft.Entry\x12\x0e\n\x06\x63ommit\x18\x07 \x01(\x04\x12\x0e\n\x06reject\x18\x08 \x01(\x08\x12\x13\n\x0breject_hint\x18\t \x01(\x04\x12/\n\x08snapshot\x18\n \x01(\x0b\x32\x1d.django_raft.SnapshotMetadata\x12\x0e\n\x06offset\x18\x0b \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x0c \x01(\x0c\x12\x0c\n\x04\x64one\x18\r \x01(\x08\x12\x0f\n\x07\x63ontext\x18\x0e \x01(\x0c\x12\x10\n\x08transfer\x18\x0f \x01(\x08\"`\n\x07\x43ommand\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\targuments\x18\x05 \x01(\x0c\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12\x0f\n\x07time_ms\x18\x04 \x01(\x04\"9\n\rCommandResult\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\x0c\x12\r\n\x05\x65rror\x18\x03 \x01(\t*>\n\tEntryType\x12\x15\n\x11\x45NTRY_TYPE_NORMAL\x10\x00\x12\x1a\n\x16\x45NTRY_TYPE_CONF_CHANGE\x10\x01*\xcd\x03\n\x0bMessageType\x12\x1c\n\x18MESSAGE_TYPE_UNSPECIFIED\x10\x00\x12\x17\n\x13MESSAGE_TYPE_APPEND\x10\x01\x12 \n\x1cMESSAGE_TYPE_APPEND_RESPONSE\x10\x02\x12\x1d\n\x19MESSAGE_TYPE_REQUEST_VOTE\x10\x03\x12&\n\"MESSAGE_TYPE_REQUEST_VOTE_RESPONSE\x10\x04\x12\x19\n\x15MESSAGE_TYPE_PRE_VOTE\x10\x05\x12\"\n\x1eMESSAGE_TYPE_PRE_VOTE_RESPONSE\x10\x06\x12\x1a\n\x16MESSAGE_TYPE_HEARTBEAT\x10\x07\x12#\n\x1fMESSAGE_TYPE_HEARTBEAT_RESPONSE\x10\x08\x12\x19\n\x15MESSAGE_TYPE_SNAPSHOT\x10\t\x12\"\n\x1eMESSAGE_TYPE_SNAPSHOT_RESPONSE\x10\n\x12\x1c\n\x18MESSAGE_TYPE_TIMEOUT_NOW\x10\x0b\x12\x1b\n\x17MESSAGE_TYPE_READ_INDEX\x10\x0c\x12$\n MESSAGE_TYPE_READ_INDEX_RESPONSE\x10\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'django_raft.proto.raft_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENTRYTYPE']._serialized_start=771
-  _globals['_ENTRYTYPE']._serialized_end=833
-  _globals['_MESSAGETYPE']._serialized_start=836
-  _globals['_MESSAGETYPE']._serialized_end=1297
+  _globals['_ENTRYTYPE']._serialized_start=788
+  _globals['_ENTRYTYPE']._serialized_end=850
+  _globals['_MESSAGETYPE']._serialized_start=853
+  _globals['_MESSAGETYPE']._serialized_end=1314
   _globals['_ENTRY']._serialized_start=39
   _globals['_ENTRY']._serialized_end=127
   _globals['_CONFSTATE']._serialized_start=129
-  _globals['_CONFSTATE']._serialized_end=174
-  _globals['_SNAPSHOTMETADATA']._serialized_start=176
-  _globals['_SNAPSHOTMETADATA']._serialized_end=267
-  _globals['_MESSAGE']._serialized_start=270
-  _globals['_MESSAGE']._serialized_end=612
-  _globals['_COMMAND']._serialized_start=614
-  _globals['_COMMAND']._serialized_end=710
-  _globals['_COMMANDRESULT']._serialized_start=712
-  _globals['_COMMANDRESULT']._serialized_end=769
+  _globals['_CONFSTATE']._serialized_end=191
+  _globals['_SNAPSHOTMETADATA']._serialized_start=193
+  _globals['_SNAPSHOTMETADATA']._serialized_end=284
+  _globals['_MESSAGE']._serialized_start=287
+  _globals['_MESSAGE']._serialized_end=629
+  _globals['_COMMAND']._serialized_start=631
+  _globals['_COMMAND']._serialized_end=727
+  _globals['_COMMANDRESULT']._serialized_start=729
+  _globals['_COMMANDRESULT']._serialized_end=786
 # @@protoc_insertion_point(module_scope)
