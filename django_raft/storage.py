@@ -153,7 +153,13 @@ class DjangoStorage:
             models.Snapshot.objects.using(using)
             .filter(pk=models.SINGLETON)
             .values_list(
-                "index", "term", "voters", "learners", "removed", "compacted_index", "compacted_term"
+                "index",
+                "term",
+                "voters",
+                "learners",
+                "removed",
+                "compacted_index",
+                "compacted_term",
             )
             .first()
         )
