@@ -207,6 +207,8 @@ class RaftNode:
         self._max_turn = 0.0
         self._full_status_at = 0.0
         self._membership_changed = False
+        self._dropped_since_log = 0
+        self._dropped_logged_at = 0.0
         self._snapshotting = False
         self._status: dict[str, Any] = self._make_status()
         self._last_leader_contact = time.monotonic()
@@ -438,10 +440,23 @@ class RaftNode:
         status = self._status
         if message.term == status["term"] and message.sender == status["leader"]:
             self._last_leader_contact = time.monotonic()
-        try:
-            self.raw.step(message)
-        except RaftError as error:
-            logger.warning("raft: cannot step %s: %s", message.type.value, error)
+        dropped = self.raw.dropped
+        before = dropped.total()
+        self.raw.step(message)  # never raises for a peer's input: it drops and counts
+        if dropped.total() != before:
+            self._dropped_since_log += 1
+            if time.monotonic() - self._dropped_logged_at > 10:  # a note at most every 10 s
+                logger.warning(
+                    "raft: node %s dropped a %s from %r that does not fit its state"
+                    " (%d dropped since the last note; counts by reason: %s)",
+                    self.node_id,
+                    message.type.value,
+                    message.sender,
+                    self._dropped_since_log,
+                    dict(dropped),
+                )
+                self._dropped_since_log = 0
+                self._dropped_logged_at = time.monotonic()
         if message.type is MessageType.HEARTBEAT_RESPONSE and status["state"] == "leader":
             self.signals.send(
                 signals.heartbeat, node_id=self.node_id, value=message.sender, prev_value=None
@@ -653,6 +668,7 @@ class RaftNode:
         status["max_turn_ms"] = round(self._max_turn * 1000, 3)
         status["pending_proposals"] = len(self._pending)
         status["signals_dropped"] = self.signals.dropped
+        status["messages_dropped"] = dict(self.raw.dropped)
         return status
 
     def _update_status(self) -> None:
