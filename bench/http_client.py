@@ -38,6 +38,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     errors: Counter[str] = Counter()
     lock = threading.Lock()
 
+    submitter = django_raft.Client(timeout=TIMEOUT)
+
     def client(number: int) -> None:
         mine: list[float] = []
         failed: Counter[str] = Counter()
@@ -45,9 +47,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         while time.perf_counter() < deadline and (count is None or i < count):
             began = time.perf_counter()
             try:
-                django_raft.do(
-                    "kv.set", timeout=TIMEOUT, key=f"{name}-{number}-{i % 100}", value=str(i)
-                )
+                submitter.do("kv.set", key=f"{name}-{number}-{i % 100}", value=str(i))
             except Exception as error:
                 failed[type(error).__name__] += 1
             else:
