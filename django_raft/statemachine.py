@@ -267,9 +267,12 @@ class StateMachine:
         goes on applying (on PostgreSQL it runs at REPEATABLE READ for that).
         """
         using = self.alias
+        connection = connections[using]
+        # Inside a caller's transaction (a test, a single-threaded host) that one's view holds.
+        outermost = not connection.in_atomic_block
         with transaction.atomic(using=using):
-            if connections[using].vendor == "postgresql":
-                with connections[using].cursor() as cursor:
+            if connection.vendor == "postgresql" and outermost:
+                with connection.cursor() as cursor:
                     cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             index, _ = self.applied()
             members = list(

@@ -67,7 +67,10 @@ class Node:
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = cluster.workdir / f"{node_id}.log"
         if POSTGRES:
-            self.database_url = f"{POSTGRES.rstrip('/').rsplit('/', 1)[0]}/raft_it_{node_id}"
+            # One set of databases per xdist worker: two clusters may run at once.
+            worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+            server = POSTGRES.rstrip("/").rsplit("/", 1)[0]
+            self.database_url = f"{server}/raft_it_{worker}_{node_id}"
             self.sqlite_path = None
         else:
             self.database_url = ""
