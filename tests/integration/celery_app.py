@@ -30,3 +30,10 @@ def record_slot(self: Task) -> int:
     slot = str(self.request.id).rsplit("@", 1)[1]
     result: int = django_raft.do("kv.incr", key=f"slot:{slot}")
     return result
+
+
+@app.task(name="raft_it.record_signal")
+def record_signal(signal: str, node_id: str, value: object, prev_value: object) -> int:
+    """Record a forwarded Raft signal in the replicated store."""
+    result: int = django_raft.do("kv.set", key=f"signal:{node_id}:{signal}", value=str(value))
+    return result
