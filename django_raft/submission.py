@@ -326,16 +326,28 @@ class Client:
 
     # -- sessions
 
+    def open_session(self, deadline: float | None = None) -> str:
+        """Open a new session through the log; return its client id."""
+        deadline = time.monotonic() + self._seconds() if deadline is None else deadline
+        timeout = self.session_timeout or raft_settings.SESSION_TIMEOUT
+        body = {"name": sessions.OPEN_SESSION, "arguments": {"timeout_ms": int(timeout * 1000)}}
+        return str(raise_for(self._attempts(body, deadline, retry=True)))
+
+    def send(self, command: str, arguments: dict[str, Any], client_id: str, sequence: int) -> Any:
+        """Run ``command`` as number ``sequence`` of session ``client_id``, retrying until
+        the deadline: however often it is sent, it is applied at most once."""
+        body = {
+            "name": command,
+            "arguments": arguments,
+            "client_id": client_id,
+            "sequence": sequence,
+        }
+        return raise_for(self._attempts(body, time.monotonic() + self._seconds(), retry=True))
+
     def _next(self, deadline: float) -> tuple[str, int]:
         session = getattr(self._local, "session", None)
         if session is None:
-            timeout = self.session_timeout or raft_settings.SESSION_TIMEOUT
-            body = {
-                "name": sessions.OPEN_SESSION,
-                "arguments": {"timeout_ms": int(timeout * 1000)},
-            }
-            client_id = raise_for(self._attempts(body, deadline, retry=True))
-            session = self._local.session = [str(client_id), itertools.count(1)]
+            session = self._local.session = [self.open_session(deadline), itertools.count(1)]
         return session[0], next(session[1])
 
     @property

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+import django_raft
+
 from .cluster import ROOT, Cluster, Node, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -158,7 +160,7 @@ def test_every_slot_is_dispatched_once_across_leader_failovers(cluster: Cluster)
 SIGNAL_BROKER = "redis://127.0.0.1:6379/7"
 
 
-def test_chosen_signals_are_forwarded_to_celery_tasks(tmp_path: Path) -> None:
+def test_signals_are_forwarded_and_commands_submitted_through_celery(tmp_path: Path) -> None:
     pytest.importorskip("celery")
     if not redis_is_up():
         pytest.skip("no Redis on 127.0.0.1:6379")
@@ -191,8 +193,35 @@ def test_chosen_signals_are_forwarded_to_celery_tasks(tmp_path: Path) -> None:
             return all(values.get(key) == value for key, value in wanted.items())
 
         wait_for(forwarded, 30, "the leader_changed signals to reach the Celery task")
+
+        # Commands submitted through Celery: each applied once, whatever the redeliveries.
+        os.environ.update(RAFT_TEST_BROKER=SIGNAL_BROKER, RAFT_TEST_QUEUE=queue)
+        from django.test import override_settings
+
+        from django_raft.contrib.celery.tasks import submit, submit_async
+
+        from . import celery_app  # noqa: F401  (the app the tasks are sent with)
+        from .cluster import SECRET
+
+        members = {node.node_id: node.address for node in cluster.founders}
+        with override_settings(
+            DJANGO_RAFT={"SECRET": SECRET, "ADDRESS": second.address, "CLUSTER": members}
+        ):
+            for _ in range(3):
+                submit_async("kv.incr", key="async")
+            client_id = django_raft.Client().open_session()
+            for _ in range(3):  # the same task delivered three times
+                submit.delay("kv.incr", {"key": "once"}, client_id, 1)
+        wait_for(
+            lambda: watcher.kv().get("async") == "3" and watcher.kv().get("once") == "1",
+            30,
+            "the commands sent through Celery",
+        )
+        time.sleep(1.0)
+        assert watcher.kv().get("once") == "1"
     finally:
-        os.environ.pop("CELERY_BROKER_URL", None)
+        for variable in ("CELERY_BROKER_URL", "RAFT_TEST_BROKER", "RAFT_TEST_QUEUE"):
+            os.environ.pop(variable, None)
         if worker is not None:
             worker.kill()
             worker.wait(timeout=20)
