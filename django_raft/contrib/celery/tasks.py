@@ -16,14 +16,12 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from celery import shared_task
 from celery.result import AsyncResult
 
 logger = logging.getLogger(__name__)
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 @shared_task(name="django_raft.submit", acks_late=True)
@@ -44,14 +42,14 @@ def submit_async(command: str, /, **arguments: Any) -> AsyncResult:
     return result
 
 
-def leader_only_task(lock: str, ttl: float) -> Callable[[F], F]:
+def leader_only_task(lock: str, ttl: float) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: run the function only where the node leads, holding ``lock``.
 
     Elsewhere (or when another run holds the lock) it returns None without running.
     The function receives ``fencing_token=<the lock's token>``.
     """
 
-    def decorator(function: F) -> F:
+    def decorator(function: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             from django_raft.leader import is_leader
@@ -70,6 +68,6 @@ def leader_only_task(lock: str, ttl: float) -> Callable[[F], F]:
             finally:
                 held.release()
 
-        return wrapper  # type: ignore[return-value]
+        return wrapper
 
     return decorator
