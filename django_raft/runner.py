@@ -189,6 +189,8 @@ class RaftNode:
         self._max_turn = 0.0
         self._full_status_at = 0.0
         self._snapshotting = False
+        self.snapshot_failures = 0
+        """Snapshots that could not be saved (each logged; the next is tried when due)."""
         self._status: dict[str, Any] = self._make_status()
         self._last_leader_contact = time.monotonic()
         self._threshold_warned = False
@@ -282,7 +284,8 @@ class RaftNode:
 
         Besides the core's fields: ``max_turn_ms``, the longest turn of the loop so far;
         ``pending_proposals``, proposals not yet answered; ``signals_dropped``, events
-        dropped because signal receivers could not keep up.
+        dropped because signal receivers could not keep up; ``snapshot_failures``,
+        snapshots that could not be saved (logged; tried again when next due).
         """
         return dict(self._status)
 
@@ -562,7 +565,12 @@ class RaftNode:
         connection = connections[self.machine.alias]
         if connection.vendor == "sqlite" and connection.is_in_memory_db():  # type: ignore[attr-defined]
             # Another connection would not see this one's database: save it here.
-            self._snapshot_saved(SnapshotSaved(*self.machine.save_applied()))
+            try:
+                saved = SnapshotSaved(*self.machine.save_applied())
+            except Exception:
+                logger.exception("raft: node %s could not save a snapshot", self.node_id)
+                saved = SnapshotSaved(0, None)
+            self._snapshot_saved(saved)
             return
         self._snapshotting = True
         threading.Thread(
@@ -584,6 +592,7 @@ class RaftNode:
         """Record a saved snapshot and compact the log behind it."""
         self._snapshotting = False
         if saved.data is None:
+            self.snapshot_failures += 1
             return
         try:
             snapshot = self.raw.create_snapshot(saved.index, saved.data)
@@ -605,6 +614,7 @@ class RaftNode:
         status["max_turn_ms"] = round(self._max_turn * 1000, 3)
         status["pending_proposals"] = len(self._pending)
         status["signals_dropped"] = self.signals.dropped
+        status["snapshot_failures"] = self.snapshot_failures
         return status
 
     def _update_status(self) -> None:

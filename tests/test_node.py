@@ -298,6 +298,7 @@ def test_status_fields(running: Running) -> None:
         "max_turn_ms",
         "pending_proposals",
         "signals_dropped",
+        "snapshot_failures",
     }
     assert 0 < status["max_turn_ms"] < 60_000
     assert status["pending_proposals"] == status["signals_dropped"] == 0
