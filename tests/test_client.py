@@ -83,3 +83,17 @@ def test_a_failing_snapshot_is_logged_counted_and_tried_again(
     monkeypatch.setattr(node.raw, "snapshot_due", lambda: True)
     django_raft.do("kv.set", key="a", value="fixed")
     wait_for(lambda: models.Snapshot.objects.exists(), 5, "a snapshot saved")
+
+
+def test_an_expired_session_is_replaced_and_the_command_applied_once(
+    running: Running,  # noqa: F811
+) -> None:
+    import time
+
+    client = Client(session_timeout=0.3)
+    assert client.do("kv.incr", key="e") == 1
+    first = client.client_id
+    time.sleep(0.6)  # log time moves on with another client's command
+    django_raft.do("kv.incr", key="other")
+    assert client.do("kv.incr", key="e") == 2  # refused in the old session, sent in a new one
+    assert client.client_id != first
