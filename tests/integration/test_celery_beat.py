@@ -107,6 +107,7 @@ def test_every_slot_is_dispatched_once_across_leader_failovers(cluster: Cluster)
                     "info",
                 )
             )
+        wait_for(lambda: slots(cluster.founders[0]), 40, "the first slot to be counted")
         started = time.monotonic()
         beats = dict(zip(cluster.founders, processes[1::2], strict=True))
         faults = []
