@@ -784,11 +784,11 @@ def test_bodies_over_smaller_limits_are_refused(
 def test_a_stopped_node_answers_503(running: Running) -> None:
     running.node.stop()
     answer = post(running.url("status"), b"{}")
-    assert answer.status_code == 503 and answer.json()["error_type"] == "StopError"
+    assert answer.status_code == 503 and answer.json()["error_type"] == "NodeStoppedError"
     answer = post(running.url("command"), json.dumps(COMMAND).encode())
-    assert answer.status_code == 503 and answer.json()["error_type"] == "StopError"
+    assert answer.status_code == 503 and answer.json()["error_type"] == "NodeStoppedError"
     answer = rpc("appendEntries", HEARTBEAT)(running)
-    assert answer.status_code == 503 and answer.json()["error_type"] == "StopError"
+    assert answer.status_code == 503 and answer.json()["error_type"] == "NodeStoppedError"
 
 
 # -- framing ---------------------------------------------------------------------------------

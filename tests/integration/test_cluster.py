@@ -61,7 +61,7 @@ def test_leader_elected_and_commands_apply_identically_everywhere(cluster: Clust
     assert ok(followers[1].do("kv.set", key="a", value="3")) == 2
     assert ok(followers[1].do("kv.incr", key="n", by=5)) == 5
     failed = followers[0].do("kv.incr", key="a", by="x")
-    assert not failed["ok"] and failed["error_type"] == "CommandError"
+    assert not failed["ok"] and failed["error_type"] == "CommandFailedError"
     state = assert_same_state(cluster.running(), cluster)
     assert state == {"a": "3", "b": "2", "n": "5"}
 
