@@ -398,8 +398,8 @@ class Client:
                 return {**answer, "first": first}
             first = first and error_type in ("NotLeaderError", "OverloadedError")
             last = {**answer, "first": first}
-            if not retry and error_type in ("CommandTimeoutError", "ClusterUnreachableError"):
-                return last
+            if not retry and error_type not in ("NotLeaderError", "OverloadedError"):
+                return last  # it may have reached the log: only a session makes a retry safe
             if error_type not in ("CommandTimeoutError",):
                 self._forget(address)
                 time.sleep(min(RETRY_PAUSE, _remaining(deadline)))
