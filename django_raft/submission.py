@@ -396,9 +396,9 @@ class Client:
                 if answer.get("ok"):
                     self._remember(answer)
                 return {**answer, "first": first}
-            first = first and error_type in ("NotLeaderError", "OverloadedError")
+            first = first and error_type in _NOT_APPENDED
             last = {**answer, "first": first}
-            if not retry and error_type not in ("NotLeaderError", "OverloadedError"):
+            if not retry and error_type not in _NOT_APPENDED:
                 return last  # it may have reached the log: only a session makes a retry safe
             if error_type not in ("CommandTimeoutError",):
                 self._forget(address)
@@ -462,6 +462,8 @@ class Client:
 
 
 _RETRYABLE_NAMES = frozenset(kind.__name__ for kind in _RETRYABLE) | {"StopError"}
+_NOT_APPENDED = frozenset(("NotLeaderError", "OverloadedError", "ProposalDroppedError"))
+"""Answers that say the command was not appended: retrying cannot apply it twice."""
 
 _default: Client | None = None
 _default_lock = threading.Lock()
