@@ -11,5 +11,11 @@ class DjangoRaftConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        """Register the system checks."""
+        """Register the system checks; forward the signals ``SIGNAL_TASKS`` names."""
         from . import checks  # noqa: F401
+        from .conf import raft_settings
+
+        if raft_settings.SIGNAL_TASKS and not raft_settings.coded_problems():
+            from .contrib.celery.signals import forward_signals
+
+            forward_signals(raft_settings.SIGNAL_TASKS)

@@ -42,6 +42,7 @@ IDS: dict[str, str] = {
     "PRE_VOTE": "django_raft.E020",
     "CHECK_QUORUM": "django_raft.E021",
     "SESSION_TIMEOUT": "django_raft.E022",
+    "SIGNAL_TASKS": "django_raft.E023",
     "heartbeat-below-tick": "django_raft.E030",
     "tick-too-short": "django_raft.E031",
     "election-not-above-heartbeat": "django_raft.E032",

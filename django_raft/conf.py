@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "RPC_TIMEOUT": 1.0,
     "PRE_VOTE": True,
     "CHECK_QUORUM": True,
+    "SIGNAL_TASKS": {},
 }
 """Every setting, with go-raft's defaults where go-raft had one."""
 
@@ -67,6 +68,22 @@ def _url(value: Any) -> bool:
         return False
     return parts.scheme in ("http", "https") and bool(parts.hostname) and port != 0
 
+
+_SIGNAL_NAMES = frozenset(
+    (
+        "state_changed",
+        "leader_changed",
+        "term_changed",
+        "committed",
+        "peer_added",
+        "peer_removed",
+        "removed",
+        "heartbeat",
+        "heartbeat_interval",
+        "election_timeout_threshold",
+    )
+)
+"""The signals of ``django_raft.signals`` (a test checks that the two agree)."""
 
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "NODE_ID": (lambda v: isinstance(v, str) and bool(v) and v.isprintable(), "a non-empty string"),
@@ -112,6 +129,14 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "RPC_TIMEOUT": (_positive_number, "a positive number of seconds"),
     "PRE_VOTE": (lambda v: isinstance(v, bool), "True or False"),
     "CHECK_QUORUM": (lambda v: isinstance(v, bool), "True or False"),
+    # Signals the raftnode process forwards to Celery tasks (contrib/celery/signals.py).
+    "SIGNAL_TASKS": (
+        lambda v: (
+            isinstance(v, dict)
+            and all(k in _SIGNAL_NAMES and isinstance(t, str) and t for k, t in v.items())
+        ),
+        "a dict of signal name (from django_raft.signals) -> Celery task name",
+    ),
 }
 
 

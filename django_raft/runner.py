@@ -210,6 +210,8 @@ class RaftNode:
         self._dropped_since_log = 0
         self._dropped_logged_at = 0.0
         self._snapshotting = False
+        self.snapshot_failures = 0
+        """Snapshots that could not be saved (each logged; the next is tried when due)."""
         self._status: dict[str, Any] = self._make_status()
         self._last_leader_contact = time.monotonic()
         self._threshold_warned = False
@@ -314,7 +316,8 @@ class RaftNode:
 
         Besides the core's fields: ``max_turn_ms``, the longest turn of the loop so far;
         ``pending_proposals``, proposals not yet answered; ``signals_dropped``, events
-        dropped because signal receivers could not keep up.
+        dropped because signal receivers could not keep up; ``snapshot_failures``,
+        snapshots that could not be saved (logged; tried again when next due).
         """
         return dict(self._status)
 
@@ -624,7 +627,12 @@ class RaftNode:
         connection = connections[self.machine.alias]
         if connection.vendor == "sqlite" and connection.is_in_memory_db():  # type: ignore[attr-defined]
             # Another connection would not see this one's database: save it here.
-            self._snapshot_saved(SnapshotSaved(*self.machine.save_applied()))
+            try:
+                saved = SnapshotSaved(*self.machine.save_applied())
+            except Exception:
+                logger.exception("raft: node %s could not save a snapshot", self.node_id)
+                saved = SnapshotSaved(0, None)
+            self._snapshot_saved(saved)
             return
         self._snapshotting = True
         threading.Thread(
@@ -646,6 +654,7 @@ class RaftNode:
         """Record a saved snapshot and compact the log behind it."""
         self._snapshotting = False
         if saved.data is None:
+            self.snapshot_failures += 1
             return
         try:
             snapshot = self.raw.create_snapshot(saved.index, saved.data)
@@ -669,6 +678,7 @@ class RaftNode:
         status["pending_proposals"] = len(self._pending)
         status["signals_dropped"] = self.signals.dropped
         status["messages_dropped"] = dict(self.raw.dropped)
+        status["snapshot_failures"] = self.snapshot_failures
         return status
 
     def _update_status(self) -> None:

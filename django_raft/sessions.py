@@ -86,11 +86,11 @@ def apply(machine: StateMachine, entry: Entry, command: DecodedCommand, fast: bo
     with connections[using].cursor() as cursor:
         cursor.execute(_SELECT_SESSION, [command.client_id])
         row = cursor.fetchone()
-    if row is None:
+    if row is None or row[5] <= now:  # gone, or past its time (swept later)
         return Outcome(
             ok=False, error=f"{EXPIRED}: session {command.client_id} expired or does not exist"
         )
-    last_sequence, last_ok, last_value, last_error, timeout_ms = row
+    last_sequence, last_ok, last_value, last_error, timeout_ms, _ = row
     if command.sequence <= last_sequence:
         if command.sequence == last_sequence:
             value = json.loads(last_value) if last_ok else None
@@ -179,7 +179,8 @@ def _sql(template: str) -> str:
 
 
 _SELECT_SESSION = _sql(
-    "SELECT last_sequence, last_ok, last_value, last_error, timeout_ms FROM {session} "
+    "SELECT last_sequence, last_ok, last_value, last_error, timeout_ms, expires_ms "
+    "FROM {session} "
     "WHERE client_id = %s"
 )
 _UPDATE_SESSION = _sql(

@@ -326,16 +326,28 @@ class Client:
 
     # -- sessions
 
+    def open_session(self, deadline: float | None = None) -> str:
+        """Open a new session through the log; return its client id."""
+        deadline = time.monotonic() + self._seconds() if deadline is None else deadline
+        timeout = self.session_timeout or raft_settings.SESSION_TIMEOUT
+        body = {"name": sessions.OPEN_SESSION, "arguments": {"timeout_ms": int(timeout * 1000)}}
+        return str(raise_for(self._attempts(body, deadline, retry=True)))
+
+    def send(self, command: str, arguments: dict[str, Any], client_id: str, sequence: int) -> Any:
+        """Run ``command`` as number ``sequence`` of session ``client_id``, retrying until
+        the deadline: however often it is sent, it is applied at most once."""
+        body = {
+            "name": command,
+            "arguments": arguments,
+            "client_id": client_id,
+            "sequence": sequence,
+        }
+        return raise_for(self._attempts(body, time.monotonic() + self._seconds(), retry=True))
+
     def _next(self, deadline: float) -> tuple[str, int]:
         session = getattr(self._local, "session", None)
         if session is None:
-            timeout = self.session_timeout or raft_settings.SESSION_TIMEOUT
-            body = {
-                "name": sessions.OPEN_SESSION,
-                "arguments": {"timeout_ms": int(timeout * 1000)},
-            }
-            client_id = raise_for(self._attempts(body, deadline, retry=True))
-            session = self._local.session = [str(client_id), itertools.count(1)]
+            session = self._local.session = [self.open_session(deadline), itertools.count(1)]
         return session[0], next(session[1])
 
     @property
@@ -384,10 +396,10 @@ class Client:
                 if answer.get("ok"):
                     self._remember(answer)
                 return {**answer, "first": first}
-            first = first and error_type in ("NotLeaderError", "OverloadedError")
+            first = first and error_type in _NOT_APPENDED
             last = {**answer, "first": first}
-            if not retry and error_type in ("CommandTimeoutError", "ClusterUnreachableError"):
-                return last
+            if not retry and error_type not in _NOT_APPENDED:
+                return last  # it may have reached the log: only a session makes a retry safe
             if error_type not in ("CommandTimeoutError",):
                 self._forget(address)
                 time.sleep(min(RETRY_PAUSE, _remaining(deadline)))
@@ -450,6 +462,8 @@ class Client:
 
 
 _RETRYABLE_NAMES = frozenset(kind.__name__ for kind in _RETRYABLE) | {"StopError"}
+_NOT_APPENDED = frozenset(("NotLeaderError", "OverloadedError", "ProposalDroppedError"))
+"""Answers that say the command was not appended: retrying cannot apply it twice."""
 
 _default: Client | None = None
 _default_lock = threading.Lock()

@@ -60,7 +60,7 @@ def _read_body(request: HttpRequest, limit: int) -> bytes | JsonResponse:
 def _running_node() -> RaftNode | JsonResponse:
     node = RaftNode.current
     if node is None or node.stopping.is_set():
-        return _error(503, "no Raft node runs in this process", "StopError")
+        return _error(503, "no Raft node runs in this process", "NodeStoppedError")
     return node
 
 
@@ -102,7 +102,7 @@ def rpc_answer(path: str, body: bytes, sender: str | None, sequence: str | None 
     """Step the Raft messages of a checked request body; answer with their replies."""
     node = RaftNode.current
     if node is None or node.stopping.is_set():
-        return Answer.error(503, "no Raft node runs in this process", "StopError")
+        return Answer.error(503, "no Raft node runs in this process", "NodeStoppedError")
     try:
         messages = unframe(body) if path == BATCH_PATH else [decode_message(body)]
     except WireError as error:
@@ -121,7 +121,7 @@ def rpc_answer(path: str, body: bytes, sender: str | None, sequence: str | None 
     try:
         replies = node.receive(messages, raft_settings.RPC_TIMEOUT, sequence)
     except StopError as error:
-        return Answer.error(503, str(error), "StopError")
+        return Answer.error(503, str(error), "NodeStoppedError")
     return Answer(200, CONTENT_TYPE, frame(replies))
 
 
@@ -187,7 +187,7 @@ def command_answer(body: bytes) -> Answer:
         return Answer.error(400, "the body must be a JSON object")
     node = RaftNode.current
     if node is None or node.stopping.is_set():
-        return Answer.error(503, "no Raft node runs in this process", "StopError")
+        return Answer.error(503, "no Raft node runs in this process", "NodeStoppedError")
     timeout = _valid_timeout(payload)
     if timeout is None:
         return Answer.error(400, TIMEOUT_RULE)

@@ -57,3 +57,43 @@ def test_legacy_error_names_map_to_the_new_errors() -> None:
 
     assert exceptions.CommandError is exceptions.CommandFailedError
     assert "CommandError" not in exceptions.__all__
+
+
+def test_a_failing_snapshot_is_logged_counted_and_tried_again(
+    running: Running,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from django_raft import models
+    from tests.integration.cluster import wait_for
+
+    node = running.node
+
+    def broken() -> tuple[int, bytes]:
+        raise LookupError("App 'nope' doesn't have a 'Model' model.")
+
+    monkeypatch.setattr(node.raw, "snapshot_due", lambda: True)
+    monkeypatch.setattr(node.machine, "save_applied", broken)
+    for value in range(3):
+        django_raft.do("kv.set", key="a", value=str(value))
+    wait_for(lambda: node.status()["snapshot_failures"] >= 1, 5, "a failed snapshot")
+    assert node.status()["state"] == "leader"
+    assert "could not save a snapshot" in caplog.text
+    monkeypatch.undo()  # the cause is fixed: the next one is saved
+    monkeypatch.setattr(node.raw, "snapshot_due", lambda: True)
+    django_raft.do("kv.set", key="a", value="fixed")
+    wait_for(lambda: models.Snapshot.objects.exists(), 5, "a snapshot saved")
+
+
+def test_an_expired_session_is_replaced_and_the_command_applied_once(
+    running: Running,  # noqa: F811
+) -> None:
+    import time
+
+    client = Client(session_timeout=0.3)
+    assert client.do("kv.incr", key="e") == 1
+    first = client.client_id
+    time.sleep(0.6)  # log time moves on with another client's command
+    django_raft.do("kv.incr", key="other")
+    assert client.do("kv.incr", key="e") == 2  # refused in the old session, sent in a new one
+    assert client.client_id != first

@@ -44,6 +44,10 @@ def marked_block(name: str) -> str:
     return match.group(1)
 
 
+DEMO_BASE = {"REPLICATED_MODELS": ["kv.KeyValue"]}
+"""What demo_project/settings.py gives settings_from_env besides the environment."""
+
+
 def raft_messages(raft: dict[str, Any]) -> list[checks.CheckMessage]:
     with override_settings(DJANGO_RAFT=raft):
         return [m for m in checks.run_checks() if str(m.id).startswith("django_raft.")]
@@ -65,7 +69,7 @@ def test_each_server_s_node_database_and_web_fit_together(server: int) -> None:
         SERVICES[row[key]] for key in ("Node service", "Database service", "Web service")
     )
     env = node["environment"]
-    raft = settings_from_env(environ=env)
+    raft = settings_from_env(DEMO_BASE, environ=env)
     assert raft["NODE_ID"] == row["Node id"]
     assert raft["ADDRESS"] == row["Raft address"]
     assert urlsplit(raft["ADDRESS"]).hostname == row["Node service"]
@@ -93,7 +97,7 @@ def test_the_nodes_share_one_secret_and_each_has_its_own_database() -> None:
 
 def test_the_guide_s_environment_file_makes_valid_settings() -> None:
     environ = dict(line.split("=", 1) for line in marked_block("env").splitlines() if line)
-    raft = settings_from_env(environ=environ)
+    raft = settings_from_env(DEMO_BASE, environ=environ)
     assert raft["NODE_ID"] in raft["CLUSTER"] and len(raft["CLUSTER"]) == 3
     assert raft["ADDRESS"] == raft["CLUSTER"][raft["NODE_ID"]]
     assert raft_messages(raft) == []

@@ -69,6 +69,7 @@ def test_every_setting_can_be_given_and_is_parsed_after_its_default() -> None:
         "RAFT_RPC_TIMEOUT": "0.5",
         "RAFT_PRE_VOTE": "false",
         "RAFT_CHECK_QUORUM": "Yes",
+        "RAFT_SIGNAL_TASKS": "leader_changed=app.tasks.on_leader",
     }
     assert {f"RAFT_{name}" for name in DEFAULTS} <= set(environ)
     built = settings_from_env(environ=environ)

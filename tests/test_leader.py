@@ -75,3 +75,22 @@ def test_is_leader_is_false_when_the_node_cannot_be_asked(
 
     monkeypatch.setattr("django_raft.client.status", down)
     assert leader.is_leader() is False
+
+
+def test_leader_only_on_a_management_command_s_handle(monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.core.management import BaseCommand, call_command
+
+    ran: list[str] = []
+
+    class Nightly(BaseCommand):
+        @leader_only
+        def handle(self, *args: Any, **options: Any) -> None:
+            ran.append("nightly")
+
+    state = {"state": "follower"}
+    monkeypatch.setattr("django_raft.client.status", lambda **kwargs: state)
+    call_command(Nightly())
+    assert ran == []
+    state["state"] = "leader"
+    call_command(Nightly())
+    assert ran == ["nightly"]

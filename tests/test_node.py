@@ -193,7 +193,7 @@ def stored_state() -> dict[str, Any]:
     }
 
 
-DIAGNOSTICS = ("max_turn_ms", "messages_dropped")
+DIAGNOSTICS = ("max_turn_ms", "messages_dropped", "snapshot_failures")
 """Status fields that count what the node saw, not state it keeps."""
 
 
@@ -303,6 +303,7 @@ def test_status_fields(running: Running) -> None:
         "pending_proposals",
         "signals_dropped",
         "messages_dropped",
+        "snapshot_failures",
     }
     assert 0 < status["max_turn_ms"] < 60_000
     assert status["pending_proposals"] == status["signals_dropped"] == 0
@@ -788,11 +789,11 @@ def test_bodies_over_smaller_limits_are_refused(
 def test_a_stopped_node_answers_503(running: Running) -> None:
     running.node.stop()
     answer = post(running.url("status"), b"{}")
-    assert answer.status_code == 503 and answer.json()["error_type"] == "StopError"
+    assert answer.status_code == 503 and answer.json()["error_type"] == "NodeStoppedError"
     answer = post(running.url("command"), json.dumps(COMMAND).encode())
-    assert answer.status_code == 503 and answer.json()["error_type"] == "StopError"
+    assert answer.status_code == 503 and answer.json()["error_type"] == "NodeStoppedError"
     answer = rpc("appendEntries", HEARTBEAT)(running)
-    assert answer.status_code == 503 and answer.json()["error_type"] == "StopError"
+    assert answer.status_code == 503 and answer.json()["error_type"] == "NodeStoppedError"
 
 
 # -- framing ---------------------------------------------------------------------------------

@@ -110,6 +110,10 @@ BAD_VALUES: list[tuple[str, Any]] = [
         for value in (0, -1, NAN, INF, "1", None)
     ],
     *[("SESSION_TIMEOUT", value) for value in (0, -1, 0.0001, 31 * 86400, NAN, "60", True)],
+    *[
+        ("SIGNAL_TASKS", value)
+        for value in ({"no_such_signal": "t"}, {"committed": ""}, {"committed": 5}, ["x"], None)
+    ],
     *[(name, value) for name in ("PRE_VOTE", "CHECK_QUORUM") for value in (1, 0, "yes", None)],
 ]
 
@@ -498,3 +502,13 @@ def test_a_handler_using_a_model_outside_replicated_models_is_warned_about() -> 
     warned = {m.obj for m in messages if m.id == IDS["handler-writes-unreplicated-model"]}
     assert {"kv.set", "kv.incr", "kv.get", "kv.delete"} <= warned
     assert not raft_messages({**VALID, "REPLICATED_MODELS": ["kv.KeyValue"]})
+
+
+def test_signal_tasks_knows_every_signal() -> None:
+    import django.dispatch
+
+    from django_raft import signals
+    from django_raft.conf import _SIGNAL_NAMES
+
+    declared = {n for n, v in vars(signals).items() if isinstance(v, django.dispatch.Signal)}
+    assert declared == _SIGNAL_NAMES

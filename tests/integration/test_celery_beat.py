@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from .cluster import ROOT, Cluster, Node
+import django_raft
+
+from .cluster import ROOT, Cluster, Node, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -48,8 +50,10 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         cluster.close()
 
 
-def celery(node: Node, queue: str, *arguments: str) -> subprocess.Popen[bytes]:
-    env = {**node.env(), "RAFT_TEST_BROKER": BROKER, "RAFT_TEST_QUEUE": queue}
+def celery(
+    node: Node, queue: str, *arguments: str, broker: str = BROKER
+) -> subprocess.Popen[bytes]:
+    env = {**node.env(), "RAFT_TEST_BROKER": broker, "RAFT_TEST_QUEUE": queue}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     log = (node.cluster.workdir / f"{node.node_id}-{arguments[0]}.log").open("ab")
     try:
@@ -103,6 +107,7 @@ def test_every_slot_is_dispatched_once_across_leader_failovers(cluster: Cluster)
                     "info",
                 )
             )
+        wait_for(lambda: slots(cluster.founders[0]), 40, "the first slot to be counted")
         started = time.monotonic()
         beats = dict(zip(cluster.founders, processes[1::2], strict=True))
         faults = []
@@ -151,3 +156,74 @@ def test_every_slot_is_dispatched_once_across_leader_failovers(cluster: Cluster)
     )
     assert expected >= 15
     assert duplicated == [] and skipped == []
+
+
+SIGNAL_BROKER = "redis://127.0.0.1:6379/7"
+
+
+def test_signals_are_forwarded_and_commands_submitted_through_celery(tmp_path: Path) -> None:
+    pytest.importorskip("celery")
+    if not redis_is_up():
+        pytest.skip("no Redis on 127.0.0.1:6379")
+    queue = "celery"  # the default queue of the nodes' default Celery app, on database 7
+    os.environ["CELERY_BROKER_URL"] = SIGNAL_BROKER
+    cluster = Cluster(tmp_path, SIGNAL_TASKS="leader_changed=raft_it.record_signal")
+    worker = None
+    try:
+        cluster.start()
+        first = cluster.leader()
+        worker = celery(
+            cluster.founders[0],
+            queue,
+            "worker",
+            "--pool=solo",
+            "-Q",
+            queue,
+            "-l",
+            "warning",
+            broker=SIGNAL_BROKER,
+        )
+        first.kill()
+        survivors = [node for node in cluster.founders if node is not first]
+        second = cluster.leader(among=survivors, timeout=20)
+        watcher = survivors[0]
+        wanted = {f"signal:{node.node_id}:leader_changed": second.node_id for node in survivors}
+
+        def forwarded() -> bool:
+            values = watcher.kv()
+            return all(values.get(key) == value for key, value in wanted.items())
+
+        wait_for(forwarded, 30, "the leader_changed signals to reach the Celery task")
+
+        # Commands submitted through Celery: each applied once, whatever the redeliveries.
+        os.environ.update(RAFT_TEST_BROKER=SIGNAL_BROKER, RAFT_TEST_QUEUE=queue)
+        from django.test import override_settings
+
+        from django_raft.contrib.celery.tasks import submit, submit_async
+
+        from . import celery_app  # noqa: F401  (the app the tasks are sent with)
+        from .cluster import SECRET
+
+        members = {node.node_id: node.address for node in cluster.founders}
+        with override_settings(
+            DJANGO_RAFT={"SECRET": SECRET, "ADDRESS": second.address, "CLUSTER": members}
+        ):
+            for _ in range(3):
+                submit_async("kv.incr", key="async")
+            client_id = django_raft.Client().open_session()
+            for _ in range(3):  # the same task delivered three times
+                submit.delay("kv.incr", {"key": "once"}, client_id, 1)
+        wait_for(
+            lambda: watcher.kv().get("async") == "3" and watcher.kv().get("once") == "1",
+            30,
+            "the commands sent through Celery",
+        )
+        time.sleep(1.0)
+        assert watcher.kv().get("once") == "1"
+    finally:
+        for variable in ("CELERY_BROKER_URL", "RAFT_TEST_BROKER", "RAFT_TEST_QUEUE"):
+            os.environ.pop(variable, None)
+        if worker is not None:
+            worker.kill()
+            worker.wait(timeout=20)
+        cluster.close()

@@ -74,13 +74,19 @@ def test_a_captured_command_replayed_runs_once(cluster: Cluster) -> None:
 
 def test_do_goes_on_when_the_node_at_address_is_down(cluster: Cluster) -> None:
     first = cluster.founders[0]
-    first.kill()
     with client_settings(cluster, address=first.address, COMMAND_TIMEOUT=20):
         client = Client()
         assert client.do("kv.incr", key="c") == 1
         assert client.do("kv.set", key="name", value="timeout") == 1  # an argument "key"
-        learnt = client.addresses()
-    assert set(learnt) == {node.address for node in cluster.founders}
+        # CLUSTER names the founders; a client also learns the members from the nodes.
+        with override_settings(DJANGO_RAFT={"SECRET": SECRET, "ADDRESS": first.address}):
+            learner = Client()
+            assert learner.addresses() == [first.address]
+            learner.do("kv.incr", key="c")
+            assert set(learner.addresses()) == {node.address for node in cluster.founders}
+            first.kill()
+            assert learner.do("kv.incr", key="c") == 3  # ADDRESS is down: another member
+        assert client.do("kv.incr", key="c") == 4
 
 
 def test_kill_9_and_sigstop_of_the_leader_lose_and_double_nothing(cluster: Cluster) -> None:
@@ -174,3 +180,61 @@ def test_linearizable_read_sees_every_acknowledged_command(cluster: Cluster) -> 
             assert client.read("kv.read", key="r") == str(value)
         with read(stale=True) as index:
             assert index == 0
+
+
+HOLDER = """
+import sys, time
+import django
+django.setup()
+import django_raft
+from django_raft.exceptions import StaleTokenError
+
+lock = django_raft.Lock("paused", ttl=1.0)
+token = lock.acquire()
+print(token, flush=True)
+sys.stdin.readline()  # the test pauses this process past the TTL, then says go on
+try:
+    django_raft.do("kv.fenced_set", key="p", value="late", lock="paused", token=token)
+    print("written", flush=True)
+except StaleTokenError:
+    print("refused", flush=True)
+"""
+
+
+def test_a_holder_process_paused_past_its_ttl_is_fenced(cluster: Cluster) -> None:
+    import subprocess
+    import sys
+
+    from .cluster import ROOT
+
+    env = {**cluster.founders[1].env(), "RAFT_COMMAND_TIMEOUT": "20"}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        token = int(holder.stdout.readline())
+        holder.send_signal(signal.SIGSTOP)
+        with client_settings(cluster, COMMAND_TIMEOUT=20):
+            other = Lock("paused", ttl=30.0, client=Client())
+            assert other.acquire(blocking=False) == 0  # held, within its TTL
+            newer = other.acquire(timeout=15)  # once the TTL has passed in log time
+            assert newer > token
+            assert Client().do("kv.fenced_set", key="p", value="new", lock="paused", token=newer)
+        holder.send_signal(signal.SIGCONT)
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "refused"
+        assert holder.wait(timeout=30) == 0
+    finally:
+        if holder.poll() is None:
+            holder.send_signal(signal.SIGCONT)
+            holder.kill()
+            holder.wait(timeout=10)
+    cluster.wait_applied()
+    assert {node.kv().get("p") for node in cluster.founders} == {"new"}

@@ -17,17 +17,20 @@ grants each slot once and remembers each entry's last granted slot, so:
 
 Each task is sent with the id ``<entry name>@<slot in ms>`` and the header
 ``raft_slot``, so a task can tell which slot it runs for. Interval schedules
-(``schedule``, numbers, ``timedelta``) are supported; crontab entries are not yet (they
-are logged and skipped).
+(``schedule``, numbers, ``timedelta``) and ``crontab`` entries are supported (a crontab
+entry with no slot granted yet starts at its next time after the beat starts); solar
+schedules are not (logged and skipped).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from celery.beat import ScheduleEntry, Scheduler
+from celery.schedules import crontab
 from celery.schedules import schedule as interval_schedule
 
 logger = logging.getLogger(__name__)
@@ -36,6 +39,47 @@ CATCH_UP = 300.0
 """Seconds back a newly leading beat dispatches the slots nobody claimed."""
 IDLE_INTERVAL = 0.25
 """Seconds between checks for leadership while this node does not lead."""
+
+
+MAX_SLOTS = 1000
+"""The most slots computed at once (a schedule far behind is caught up over ticks)."""
+
+
+def due_slots(schedule: Any, last: int | None, now_ms: int) -> list[int]:
+    """The slots (ms since the epoch) after ``last`` up to ``now_ms``, in order.
+
+    An interval schedule fires at the multiples of its period since the epoch (with no
+    ``last``: the latest one); a crontab at its times, in its timezone, after ``last``.
+    """
+    if isinstance(schedule, crontab):
+        slots: list[int] = []
+        moment = last if last is not None else now_ms
+        while len(slots) < MAX_SLOTS:
+            moment = next_slot(schedule, moment)
+            if moment > now_ms:
+                break
+            slots.append(moment)
+        return slots
+    period = _period(schedule)
+    current = now_ms // period * period
+    if last is None:
+        return [current]
+    start = max(last + period, current - (MAX_SLOTS - 1) * period)
+    return list(range(start, current + 1, period))
+
+
+def next_slot(schedule: Any, after: int) -> int:
+    """The first slot of ``schedule`` after ``after`` (ms since the epoch)."""
+    if isinstance(schedule, crontab):
+        moment = datetime.fromtimestamp(after / 1000, UTC)
+        base, delta, _ = schedule.remaining_delta(moment)
+        return int((base + delta).timestamp() * 1000)
+    period = _period(schedule)
+    return (after // period + 1) * period
+
+
+def _period(schedule: Any) -> int:
+    return max(1, int(schedule.run_every.total_seconds() * 1000))
 
 
 class RaftScheduler(Scheduler):
@@ -60,50 +104,42 @@ class RaftScheduler(Scheduler):
         now_ms = int(time.time() * 1000)
         sleep = self.max_interval
         for name, entry in list(self.schedule.items()):
-            period = self._period(entry)
-            if period is None:
+            if not isinstance(entry.schedule, interval_schedule | crontab):
+                if name not in self._warned:
+                    self._warned.add(name)
+                    logger.warning("raft beat: %s: neither interval nor crontab: skipped", name)
                 continue
             try:
-                self._dispatch(entry, period, now_ms)
+                following = self._dispatch(entry, now_ms)
             except Exception as error:
                 logger.warning("raft beat: %s not dispatched yet: %s", name, error)
                 return IDLE_INTERVAL
-            following = (now_ms // period + 1) * period
             sleep = min(sleep, max(0.0, (following - now_ms) / 1000))
         return sleep
 
-    def _period(self, entry: ScheduleEntry) -> int | None:
-        schedule = entry.schedule
-        if isinstance(schedule, interval_schedule) and type(schedule) is interval_schedule:
-            return max(1, int(schedule.run_every.total_seconds() * 1000))
-        if entry.name not in self._warned:
-            self._warned.add(entry.name)
-            logger.warning("raft beat: %s is not an interval schedule: skipped", entry.name)
-        return None
-
-    def _dispatch(self, entry: ScheduleEntry, period: int, now_ms: int) -> None:
+    def _dispatch(self, entry: ScheduleEntry, now_ms: int) -> int:
+        """Claim and send the entry's due slots; return when its next slot falls (ms)."""
         from django_raft import sessions
         from django_raft.client import Client
 
-        current = now_ms // period * period
         last = self._last.get(entry.name)
         if last is None:
             last = self._stored_last(entry.name)
-        if last is None:
-            slots = [current]
-        else:
-            oldest = max(last + period, current - int(CATCH_UP * 1000) // period * period)
-            if oldest > last + period:
-                logger.warning(
-                    "raft beat: %s: slots from %s to %s are older than %s s: dropped",
-                    entry.name,
-                    last + period,
-                    oldest - period,
-                    CATCH_UP,
-                )
-            slots = list(range(oldest, current + 1, period))
+        if last is None and isinstance(entry.schedule, crontab):
+            last = self._last[entry.name] = now_ms  # first start: from the next fire time
+        slots = due_slots(entry.schedule, last, now_ms)
+        dropped = [slot for slot in slots if slot < now_ms - CATCH_UP * 1000]
+        if dropped:
+            logger.warning(
+                "raft beat: %s: %d slots older than %s s dropped",
+                entry.name,
+                len(dropped),
+                CATCH_UP,
+            )
+            slots = slots[len(dropped) :]
+        following = next_slot(entry.schedule, slots[-1] if slots else (last or now_ms))
         if not slots:
-            return
+            return following
         if self._client is None:
             self._client = Client()
         answer = self._client.do(
@@ -112,6 +148,7 @@ class RaftScheduler(Scheduler):
         self._last[entry.name] = int(answer["last"])
         for slot in answer["granted"]:
             self._send(entry, int(slot))
+        return following
 
     def _stored_last(self, name: str) -> int | None:
         """The last slot granted as this server's node knows it (the log decides anyway)."""
