@@ -41,6 +41,8 @@ def redis_is_up() -> bool:
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
     pytest.importorskip("celery")
     if not redis_is_up():
+        if os.environ.get("CI") == "true":
+            pytest.fail("no Redis on 127.0.0.1:6379 under CI=true (.ci/run checks it)")
         pytest.skip("no Redis on 127.0.0.1:6379")
     cluster = Cluster(tmp_path)
     try:
@@ -164,6 +166,8 @@ SIGNAL_BROKER = "redis://127.0.0.1:6379/7"
 def test_signals_are_forwarded_and_commands_submitted_through_celery(tmp_path: Path) -> None:
     pytest.importorskip("celery")
     if not redis_is_up():
+        if os.environ.get("CI") == "true":
+            pytest.fail("no Redis on 127.0.0.1:6379 under CI=true (.ci/run checks it)")
         pytest.skip("no Redis on 127.0.0.1:6379")
     queue = "celery"  # the default queue of the nodes' default Celery app, on database 7
     os.environ["CELERY_BROKER_URL"] = SIGNAL_BROKER
