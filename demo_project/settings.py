@@ -1,7 +1,9 @@
 """Settings of the demo project, also used by the test suite.
 
-SQLite (``db.sqlite3`` in the repository root) by default; PostgreSQL when
-``DATABASE_URL`` is set, e.g. ``postgres://user:pass@127.0.0.1:5432/name``.
+SQLite (``db.sqlite3`` in the repository root, or ``DJANGO_SQLITE_PATH``) by default;
+PostgreSQL when ``DATABASE_URL`` is set, e.g. ``postgres://user:pass@127.0.0.1:5432/name``.
+``DEBUG`` is off unless ``DJANGO_DEBUG=1``; the built-in ``SECRET_KEY`` is refused unless
+the project runs in development (debug on, or ``ALLOWED_HOSTS`` only this machine).
 """
 
 import os
@@ -9,13 +11,28 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from django.core.exceptions import ImproperlyConfigured
+
+from django_raft.environ import settings_from_env
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-SECRET_KEY = os.environ.get(
-    "DJANGO_SECRET_KEY", "django-insecure-dev-only-do-not-use-in-production"
-)
-DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
-ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
+DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"
+LOCAL_HOSTS = ["localhost", "127.0.0.1", "[::1]"]
+ALLOWED_HOSTS = os.environ.get("DJANGO_ALLOWED_HOSTS", ",".join(LOCAL_HOSTS)).split(",")
+DEVELOPMENT = DEBUG or set(ALLOWED_HOSTS) <= set(LOCAL_HOSTS)
+"""In development (debug on, or served only to this machine) a built-in key will do."""
+
+INSECURE_SECRET_KEY = "django-insecure-dev-only-do-not-use-in-production"
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEVELOPMENT:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is not set: outside development (DJANGO_DEBUG=1 or "
+            "DJANGO_ALLOWED_HOSTS limited to localhost) the demo project refuses its "
+            "built-in insecure key; set DJANGO_SECRET_KEY to a long random string."
+        )
+    SECRET_KEY = INSECURE_SECRET_KEY
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -25,6 +42,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
     "django_raft",
     "demo_project.kv",
 ]
@@ -98,33 +117,12 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 
+REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
+SPECTACULAR_SETTINGS = {"TITLE": "django-raft", "VERSION": "0.1.0"}
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 
-def raft_settings_from_environment(environ: Any) -> dict[str, Any]:
-    """Read this node's DJANGO_RAFT settings from RAFT_* variables (one process per node).
-
-    RAFT_NODE_ID, RAFT_ADDRESS, RAFT_SECRET; RAFT_CLUSTER as "n1=http://...,n2=http://...";
-    numbers such as RAFT_SNAPSHOT_THRESHOLD or RAFT_ELECTION_TIMEOUT as plain numbers.
-    """
-    result: dict[str, Any] = {"REPLICATED_MODELS": ["kv.KeyValue"]}
-    for key, value in environ.items():
-        if not key.startswith("RAFT_") or key == "RAFT_TEST_POSTGRES":
-            continue
-        name = key[len("RAFT_") :]
-        if name == "CLUSTER":
-            pairs = [item.split("=", 1) for item in value.split(",") if item]
-            result[name] = {node_id: address for node_id, address in pairs}
-        elif name in ("NODE_ID", "ADDRESS", "SECRET", "DATABASE", "URL_PREFIX"):
-            result[name] = value
-        else:
-            try:
-                result[name] = int(value)
-            except ValueError:
-                result[name] = float(value)
-    return result
-
-
-# The node's id, address, peers and secret come from the environment, so that one
+# The node's id, address, peers and secret come from RAFT_* variables, so that one
 # settings module serves every node of the demo cluster.
-DJANGO_RAFT: dict[str, Any] = raft_settings_from_environment(os.environ)
+DJANGO_RAFT: dict[str, Any] = settings_from_env({"REPLICATED_MODELS": ["kv.KeyValue"]})

@@ -1,4 +1,8 @@
-"""System checks: the ``DJANGO_RAFT`` settings, validated as the node validates them."""
+"""System checks: the ``DJANGO_RAFT`` settings, validated as the node validates them.
+
+Each problem has its own id, so that one can be silenced (``SILENCED_SYSTEM_CHECKS``)
+without hiding the others; every id is listed in docs/reference.md.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +10,99 @@ from typing import Any
 
 from django.core.checks import CheckMessage, Error, Warning, register
 
-from .conf import raft_settings
+from .conf import _RULES, DEFAULTS, raft_settings
+
+REFERENCE = "docs/reference.md#settings"
+"""Where every setting, its default and its valid range are described."""
+
+IDS: dict[str, str] = {
+    "not-a-dict": "django_raft.E001",
+    "unknown": "django_raft.E002",
+    "NODE_ID": "django_raft.E003",
+    "ADDRESS": "django_raft.E004",
+    "CLUSTER": "django_raft.E005",
+    "SECRET": "django_raft.E006",
+    "DATABASE": "django_raft.E007",
+    "URL_PREFIX": "django_raft.E008",
+    "TICK_INTERVAL": "django_raft.E009",
+    "HEARTBEAT_INTERVAL": "django_raft.E010",
+    "ELECTION_TIMEOUT": "django_raft.E011",
+    "ELECTION_TIMEOUT_THRESHOLD_PERCENT": "django_raft.E012",
+    "MAX_ENTRIES_PER_REQUEST": "django_raft.E013",
+    "ENTRIES_AFTER_SNAPSHOT": "django_raft.E014",
+    "SNAPSHOT_THRESHOLD": "django_raft.E015",
+    "MAX_SNAPSHOT_CHUNK": "django_raft.E016",
+    "REPLICATED_MODELS": "django_raft.E017",
+    "COMMAND_TIMEOUT": "django_raft.E018",
+    "RPC_TIMEOUT": "django_raft.E019",
+    "PRE_VOTE": "django_raft.E020",
+    "CHECK_QUORUM": "django_raft.E021",
+    "heartbeat-below-tick": "django_raft.E030",
+    "tick-too-short": "django_raft.E031",
+    "election-not-above-heartbeat": "django_raft.E032",
+    "node-not-in-cluster": "django_raft.E033",
+    "core-config": "django_raft.E034",
+    "empty-secret": "django_raft.W001",
+    "even-cluster": "django_raft.W002",
+}
+"""The id of each problem: a setting's name for a value that breaks its own rule."""
+
+UNLISTED = "django_raft.E099"
+"""The id of a setting's problem when the setting has no id of its own above."""
+
+_HINTS: dict[str, str] = {
+    "not-a-dict": "Set DJANGO_RAFT to a dict of settings, e.g. {'NODE_ID': 'n1', ...}.",
+    "unknown": "Fix the spelling of the key or remove it.",
+    "heartbeat-below-tick": "Raise DJANGO_RAFT['HEARTBEAT_INTERVAL'] or lower TICK_INTERVAL.",
+    "tick-too-short": "Raise DJANGO_RAFT['TICK_INTERVAL'] (the default is 0.01 s).",
+    "election-not-above-heartbeat": (
+        "Make DJANGO_RAFT['ELECTION_TIMEOUT'] about three times HEARTBEAT_INTERVAL "
+        "(the defaults are 0.15 s and 0.05 s)."
+    ),
+    "node-not-in-cluster": (
+        "Add this node to DJANGO_RAFT['CLUSTER'], or leave CLUSTER empty and start it with "
+        "raftnode --join URL."
+    ),
+    "core-config": "Change the settings the message names.",
+}
+
+
+def _hint(what: str) -> str:
+    if what in _RULES:
+        default = DEFAULTS[what]
+        fix = f"Set DJANGO_RAFT[{what!r}] to {_RULES[what][1]}"
+        fix += f", or leave it out for the default {default!r}." if default != "" else "."
+    else:
+        fix = _HINTS[what]
+    return f"{fix} See {REFERENCE}."
 
 
 @register()
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """Report each invalid DJANGO_RAFT setting (E001) and an empty SECRET (W001)."""
+    """Report each invalid DJANGO_RAFT setting with its own id, and risky valid ones."""
     messages: list[CheckMessage] = [
-        Error(problem, hint="See the Settings section of the README.", id="django_raft.E001")
-        for problem in raft_settings.problems()
+        Error(message, hint=_hint(what), id=IDS.get(what, UNLISTED))
+        for what, message in raft_settings.coded_problems()
     ]
-    if not messages and raft_settings.NODE_ID and not raft_settings.SECRET:
+    if messages:
+        return messages
+    if raft_settings.NODE_ID and not raft_settings.SECRET:
         messages.append(
             Warning(
                 "DJANGO_RAFT['SECRET'] is empty: anyone who can reach a node can speak Raft "
                 "to it and submit commands.",
-                hint="Set the same long random SECRET on every node.",
-                id="django_raft.W001",
+                hint=f"Set the same long random SECRET on every node. See {REFERENCE}.",
+                id=IDS["empty-secret"],
+            )
+        )
+    size = len(raft_settings.CLUSTER)
+    if size and size % 2 == 0:
+        messages.append(
+            Warning(
+                f"DJANGO_RAFT['CLUSTER'] has {size} founding members: an even-sized cluster "
+                f"survives no more failures than one of {size - 1} and needs a larger majority.",
+                hint=f"Found the cluster with an odd number of members (3 or 5). See {REFERENCE}.",
+                id=IDS["even-cluster"],
             )
         )
     return messages

@@ -2,8 +2,9 @@
 
 ``raft_settings.NAME`` returns the user's value or the default. The object re-reads the
 dict when Django's ``setting_changed`` fires (``override_settings`` in tests). Every
-check lives in ``problems()``, which the system checks and ``manage.py raftnode`` share,
-together with the core's own ``Config.validate``.
+check lives in ``coded_problems()`` (a setting's own rule in ``_RULES``), which the system
+checks and ``manage.py raftnode`` (through ``problems()``) share, together with the
+core's own ``Config.validate``. Every setting is documented in docs/reference.md.
 """
 
 from __future__ import annotations
@@ -108,6 +109,18 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+PROBLEMS: tuple[str, ...] = (
+    "not-a-dict",
+    "unknown",
+    "heartbeat-below-tick",
+    "tick-too-short",
+    "election-not-above-heartbeat",
+    "node-not-in-cluster",
+    "core-config",
+)
+"""The problems ``coded_problems`` reports that are not one setting's own rule."""
+
+
 class RaftSettings:
     """Attribute access to ``settings.DJANGO_RAFT`` merged over ``DEFAULTS``."""
 
@@ -131,11 +144,27 @@ class RaftSettings:
 
     def problems(self, node: bool = False) -> list[str]:
         """Return one message per invalid setting; ``node`` adds what a node needs to run."""
+        return [message for _, message in self.coded_problems(node)]
+
+    def coded_problems(self, node: bool = False) -> list[tuple[str, str]]:
+        """Return ``(what, message)`` per invalid setting, ``what`` naming the problem.
+
+        ``what`` is the setting's name when its value breaks its own rule, otherwise
+        one of ``PROBLEMS`` (the system checks give each its own id).
+        """
         user = self._user()
         if "__invalid__" in user:
-            return [f"DJANGO_RAFT must be a dict, not {type(user['__invalid__']).__name__}"]
+            return [
+                (
+                    "not-a-dict",
+                    f"DJANGO_RAFT must be a dict, not {type(user['__invalid__']).__name__}",
+                )
+            ]
         found = [
-            f"DJANGO_RAFT[{name!r}]: unknown setting (known: {', '.join(sorted(DEFAULTS))})"
+            (
+                "unknown",
+                f"DJANGO_RAFT[{name!r}]: unknown setting (known: {', '.join(sorted(DEFAULTS))})",
+            )
             for name in user
             if name not in DEFAULTS
         ]
@@ -144,34 +173,48 @@ class RaftSettings:
             if name in ("NODE_ID", "ADDRESS") and value == "" and not node:
                 continue
             if not rule(value):
-                found.append(f"DJANGO_RAFT[{name!r}] must be {expected}, not {value!r}")
+                found.append((name, f"DJANGO_RAFT[{name!r}] must be {expected}, not {value!r}"))
         if found:
             return found
         if self.HEARTBEAT_INTERVAL < self.TICK_INTERVAL:
-            found.append("DJANGO_RAFT['HEARTBEAT_INTERVAL'] must be at least TICK_INTERVAL")
+            found.append(
+                (
+                    "heartbeat-below-tick",
+                    "DJANGO_RAFT['HEARTBEAT_INTERVAL'] must be at least TICK_INTERVAL",
+                )
+            )
         longest = max(self.HEARTBEAT_INTERVAL, self.ELECTION_TIMEOUT)
         if not math.isfinite(longest / self.TICK_INTERVAL):
             found.append(
-                "DJANGO_RAFT['TICK_INTERVAL'] is too short to count HEARTBEAT_INTERVAL and "
-                "ELECTION_TIMEOUT in ticks"
+                (
+                    "tick-too-short",
+                    "DJANGO_RAFT['TICK_INTERVAL'] is too short to count HEARTBEAT_INTERVAL and "
+                    "ELECTION_TIMEOUT in ticks",
+                )
             )
         elif self.ticks(self.ELECTION_TIMEOUT) <= self.ticks(self.HEARTBEAT_INTERVAL):
             # Compared in ticks, as the core counts them: 54 ms is not longer than 50 ms
             # when both are 5 ticks of 10 ms.
             found.append(
-                "DJANGO_RAFT['ELECTION_TIMEOUT'] must be greater than HEARTBEAT_INTERVAL, "
-                "by at least one TICK_INTERVAL"
+                (
+                    "election-not-above-heartbeat",
+                    "DJANGO_RAFT['ELECTION_TIMEOUT'] must be greater than HEARTBEAT_INTERVAL, "
+                    "by at least one TICK_INTERVAL",
+                )
             )
         if node and self.CLUSTER and self.NODE_ID not in self.CLUSTER:
             found.append(
-                f"DJANGO_RAFT['NODE_ID'] {self.NODE_ID!r} is not in CLUSTER; a node joining an "
-                "existing cluster leaves CLUSTER empty and is given --join"
+                (
+                    "node-not-in-cluster",
+                    f"DJANGO_RAFT['NODE_ID'] {self.NODE_ID!r} is not in CLUSTER; a node joining "
+                    "an existing cluster leaves CLUSTER empty and is given --join",
+                )
             )
         if not found:
             try:
                 self.core_config("validation").validate()
             except ConfigError as error:
-                found.append(f"DJANGO_RAFT: {error}")
+                found.append(("core-config", f"DJANGO_RAFT: {error}"))
         return found
 
     def ticks(self, seconds: float) -> int:

@@ -2,8 +2,9 @@
 
 ``LogEntry``, ``HardState`` and ``Snapshot`` are written only by ``DjangoStorage``;
 ``Member`` and ``AppliedState`` only by the ``StateMachine``, in the same transaction
-as the command handlers' changes; ``NodeStatus`` by the running node. Rows of the
-single-row models have the primary key ``SINGLETON``.
+as the command handlers' changes. Rows of the single-row models have the primary key
+``SINGLETON``. What a running node reports about itself (state, leader) is not stored:
+ask the node with ``django_raft.status()``.
 """
 
 from __future__ import annotations
@@ -147,34 +148,3 @@ class AppliedState(SingletonModel):
 
     def __str__(self) -> str:
         return f"applied up to #{self.applied_index} (term {self.applied_term})"
-
-
-class NodeStatus(SingletonModel):
-    """What the node process last reported about itself."""
-
-    class State(models.TextChoices):
-        STOPPED = "stopped", "stopped"
-        INITIALIZED = "initialized", "initialized"
-        FOLLOWER = "follower", "follower"
-        PRE_CANDIDATE = "pre-candidate", "pre-candidate"
-        CANDIDATE = "candidate", "candidate"
-        LEADER = "leader", "leader"
-        SNAPSHOTTING = "snapshotting", "snapshotting"
-
-    node_id = models.CharField("node id", max_length=MAX_NODE_ID_LENGTH, blank=True, default="")
-    state = models.CharField("state", max_length=16, choices=State.choices, default=State.STOPPED)
-    term = models.PositiveBigIntegerField("term", default=0)
-    leader = models.CharField(
-        "leader", max_length=MAX_NODE_ID_LENGTH, blank=True, default="", help_text="Empty: unknown."
-    )
-    commit_index = models.PositiveBigIntegerField("commit index", default=0)
-    applied_index = models.PositiveBigIntegerField("applied index", default=0)
-    last_index = models.PositiveBigIntegerField("last log index", default=0)
-    updated_at = models.DateTimeField("updated at", auto_now=True)
-
-    class Meta:
-        verbose_name = "node status"
-        verbose_name_plural = "node status"
-
-    def __str__(self) -> str:
-        return f"{self.node_id or 'node'}: {self.state} in term {self.term}"

@@ -6,7 +6,7 @@ include them to expose the client API from its web processes.
 
 from django.urls import path
 
-from . import views
+from . import node_ops, views
 
 app_name = "django_raft"
 
@@ -15,4 +15,8 @@ urlpatterns = [
     path("command", views.command, name="command"),
     path("status", views.status, name="status"),
     path("members", views.members, name="members"),
+    path("overview", node_ops.overview, name="overview"),
+    path("transfer", node_ops.transfer, name="transfer"),
+    path("snapshot", node_ops.snapshot, name="snapshot"),
+    path("metrics", node_ops.metrics_view, name="metrics"),
 ]

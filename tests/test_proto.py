@@ -1,7 +1,8 @@
-"""The checked-in protobuf modules are exactly what ``scripts/genproto`` makes of the .proto.
+"""``scripts/genproto --check`` fails, with the diff, when the .proto and the modules differ.
 
-The first run installs the pinned generators into ``.venv-genproto/`` (about half a
-minute, from the package index); later runs reuse it.
+``scripts/test`` runs the check itself on the checked-in modules, with the pinned
+generators it installs once into ``.venv-genproto/``; this test runs the script on a
+changed copy of the .proto, and is skipped until those generators are installed.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
-GENPROTO = ROOT / "scripts" / "genproto"
+GENERATORS = ROOT / ".venv-genproto"
 PROTO = Path("proto") / "django_raft" / "raft.proto"
 GENERATED = [Path("django_raft") / "proto" / name for name in ("raft_pb2.py", "raft_pb2.pyi")]
 
@@ -23,29 +26,25 @@ def genproto_check(root: Path) -> subprocess.CompletedProcess[str]:
         cwd=root,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=120,
         check=False,
     )
 
 
-def test_generated_modules_match_the_proto() -> None:
-    result = genproto_check(ROOT)
-    assert result.returncode == 0, (
-        "the checked-in protobuf modules are stale: run scripts/genproto\n"
-        f"{result.stdout}{result.stderr}"
-    )
-
-
+@pytest.mark.skipif(
+    not any(GENERATORS.glob(".installed-*")),
+    reason="the pinned protobuf generators are not installed: scripts/test installs them",
+)
 def test_the_check_fails_with_a_diff_when_the_proto_changes(tmp_path: Path) -> None:
-    # A copy of what the script reads, sharing the generator venv when it exists.
     for relative in [Path("scripts") / "genproto", PROTO, *GENERATED]:
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / relative, tmp_path / relative)
-    if (ROOT / ".venv-genproto").is_dir():
-        os.symlink(ROOT / ".venv-genproto", tmp_path / ".venv-genproto")
+    os.symlink(GENERATORS, tmp_path / ".venv-genproto")
+    unchanged = genproto_check(tmp_path)
+    assert unchanged.returncode == 0, unchanged.stdout + unchanged.stderr
+
     proto = tmp_path / PROTO
     proto.write_text(proto.read_text() + "\nmessage Added {\n  uint64 field = 1;\n}\n")
-
     result = genproto_check(tmp_path)
 
     assert result.returncode == 1, result.stdout + result.stderr

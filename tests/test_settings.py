@@ -1,23 +1,30 @@
 """The ``DJANGO_RAFT`` settings are validated in one place, and ``raftnode`` refuses bad options.
 
-Every invalid setting is a ``django_raft.E001`` system check error whose message names
-the setting; ``manage.py raftnode`` with a bad option raises ``CommandError`` before it
+Every invalid setting is a system check error with the id of its problem
+(``django_raft.E001``...), a message naming the setting and a hint linking to the
+reference; ``manage.py raftnode`` with a bad option raises ``CommandError`` before it
 opens the storage or a socket, so the node's database is left as it was.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core import checks
 from django.core.management import CommandError, call_command
+from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
 from django_raft import models, server
-from django_raft.conf import DEFAULTS, raft_settings
+from django_raft.checks import IDS, REFERENCE, UNLISTED
+from django_raft.conf import DEFAULTS, PROBLEMS, raft_settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 VALID: dict[str, Any] = {
     "NODE_ID": "n1",
@@ -42,8 +49,8 @@ def raft_messages(value: Any) -> list[checks.CheckMessage]:
 
 def errors_of(value: Any) -> list[str]:
     messages = raft_messages(value)
-    assert all(m.id in ("django_raft.E001", "django_raft.W001") for m in messages), messages
-    return [m.msg for m in messages if m.id == "django_raft.E001"]
+    assert all(m.id in IDS.values() for m in messages), messages
+    return [m.msg for m in messages if m.level >= checks.ERROR]
 
 
 # -- system checks ------------------------------------------------------------------------
@@ -116,6 +123,65 @@ def test_a_bad_value_is_an_error_naming_the_setting(name: str, value: Any) -> No
     assert len(errors) == 1, errors
     assert f"DJANGO_RAFT[{name!r}]" in errors[0]
     assert repr(value) in errors[0]
+    [message] = raft_messages({**VALID, name: value})
+    assert message.id == IDS[name]
+    assert f"DJANGO_RAFT[{name!r}]" in str(message.hint)
+    assert str(message.hint).endswith(f"See {REFERENCE}.")
+
+
+def test_every_problem_has_its_own_id() -> None:
+    assert set(IDS) >= set(DEFAULTS) | set(PROBLEMS)
+    assert len(set(IDS.values())) == len(IDS)
+    assert UNLISTED not in IDS.values()
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (["not", "a", "dict"], "not-a-dict"),
+        ({**VALID, "NODEID": "n1"}, "unknown"),
+        (
+            {**VALID, "TICK_INTERVAL": 0.1, "HEARTBEAT_INTERVAL": 0.05, "ELECTION_TIMEOUT": 1},
+            "heartbeat-below-tick",
+        ),
+        ({**VALID, "TICK_INTERVAL": 1e-300, "ELECTION_TIMEOUT": 1e300}, "tick-too-short"),
+        ({**VALID, "ELECTION_TIMEOUT": 0.05}, "election-not-above-heartbeat"),
+        ({**VALID, "SECRET": ""}, "empty-secret"),
+        ({**VALID, "CLUSTER": dict(list(VALID["CLUSTER"].items())[:2])}, "even-cluster"),
+    ],
+)
+def test_each_cross_setting_problem_has_its_id_and_a_hint(value: Any, problem: str) -> None:
+    [message] = raft_messages(value)
+    assert message.id == IDS[problem]
+    assert str(message.hint).endswith(f"See {REFERENCE}.")
+
+
+def test_a_problem_can_be_silenced_alone() -> None:
+    bad = {**VALID, "TICK_INTERVAL": -1, "PRE_VOTE": "no"}
+    with (
+        override_settings(DJANGO_RAFT=bad, SILENCED_SYSTEM_CHECKS=[IDS["PRE_VOTE"]]),
+        pytest.raises(SystemCheckError) as raised,
+    ):
+        call_command("check")
+    assert IDS["TICK_INTERVAL"] in str(raised.value)
+    assert IDS["PRE_VOTE"] not in str(raised.value)
+
+
+def test_the_reference_anchor_of_the_hints_exists() -> None:
+    path, _, anchor = REFERENCE.partition("#")
+    text = (ROOT / path).read_text()
+    headings = {
+        re.sub(r"[^a-z0-9 _-]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+        for line in text.splitlines()
+        if line.startswith("#")
+    }
+    assert anchor in headings
+
+
+def test_every_check_id_is_in_the_reference() -> None:
+    text = (ROOT / "docs" / "reference.md").read_text()
+    missing = [code for code in IDS.values() if f"`{code}`" not in text]
+    assert missing == []
 
 
 def test_the_same_bad_values_are_errors_with_no_node_configured() -> None:
@@ -222,7 +288,7 @@ def test_a_valid_configuration_gives_no_error(value: dict[str, Any]) -> None:
 
 def test_empty_secret_on_a_node_is_a_warning() -> None:
     messages = raft_messages({**VALID, "SECRET": ""})
-    assert [m.id for m in messages] == ["django_raft.W001"]
+    assert [m.id for m in messages] == [IDS["empty-secret"]]
     assert isinstance(messages[0], checks.Warning)
     assert "DJANGO_RAFT['SECRET']" in messages[0].msg
     assert raft_messages(VALID) == []

@@ -17,7 +17,7 @@ import pytest
 
 from .cluster import Cluster, Node, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.slow]
 
 
 @pytest.fixture

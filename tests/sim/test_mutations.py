@@ -16,6 +16,7 @@ from .simulation import Simulation
 MAX_SEEDS = 400
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
 def test_simulator_catches_broken_rule(mutant: Mutant, monkeypatch: pytest.MonkeyPatch) -> None:
     for owner, attribute, replacement in mutant.patches:

@@ -29,6 +29,7 @@ def run_schedule(seed: int, ticks: int = TICKS) -> Stats:
         pytest.fail(f"{violation}\n{simulation.replay_hint()}", pytrace=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", range(CHUNKS))
 def test_random_schedules_keep_raft_safe_and_live(chunk: int) -> None:
     seeds = range(chunk, SCHEDULES, CHUNKS)

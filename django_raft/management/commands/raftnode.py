@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ... import events
 from ...conf import _url, raft_settings
 
 
@@ -71,6 +72,7 @@ class Command(BaseCommand):
                 problems.append(f"--bind: {error}")
         if problems:
             raise CommandError("\n".join(problems))
+        events.install(options["verbosity"])
         try:
             node, server = start_node(
                 node_id, address, bind, options["bootstrap"], join, options["threads"]

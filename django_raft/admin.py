@@ -1,0 +1,428 @@
+"""The Django admin of django_raft: a live cluster dashboard, members, the log, snapshots.
+
+It runs in web processes. What it shows about the live cluster comes from the nodes
+(``monitor.gather``: every member asked at once, with a short timeout); what it changes
+is proposed through Raft (``operations``), never written to the database. The log, the
+hard state and the snapshot are read from this node's database, read-only.
+
+Any staff user with the view permissions sees the pages; acting needs
+``django_raft.change_member`` (membership, leadership) or
+``django_raft.change_snapshot`` (taking a snapshot).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.core.paginator import Paginator
+from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
+from django.db.models.functions import Length
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.template.loader import render_to_string
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+
+from . import commands, logview, monitor, operations
+from .conf import raft_settings
+from .core import RaftError
+from .models import AppliedState, HardState, LogEntry, Member, Snapshot
+
+MEMBER_PERMISSION = "django_raft.change_member"
+SNAPSHOT_PERMISSION = "django_raft.change_snapshot"
+COUNT_CAP = 10_000
+"""A filtered log page counts at most this many matching entries."""
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Pages over data that is the node's, not the user's: no add, change or delete."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return super().get_queryset(request).using(raft_settings.DATABASE)
+
+
+def _propose(request: HttpRequest, what: str, call: Any) -> bool:
+    """Run one proposal; report its outcome as an admin message; return whether it worked."""
+    try:
+        call()
+    except (RaftError, ValueError, NotImplementedError) as error:
+        messages.error(request, f"{what}: failed — {type(error).__name__}: {error}")
+        return False
+    messages.success(request, f"{what}: done.")
+    return True
+
+
+class AddMemberForm(forms.Form):
+    """A node to add: its id, its address and whether it votes."""
+
+    node_id = forms.CharField(label="node id", max_length=255)
+    address = forms.URLField(
+        label="address",
+        max_length=2048,
+        assume_scheme="http",
+        help_text="Where the other nodes reach it.",
+    )
+    role = forms.ChoiceField(
+        choices=(("voter", "voter"), ("learner", "learner (gets the log, does not vote)")),
+        initial="learner",
+    )
+
+    def clean_node_id(self) -> str:
+        node_id: str = self.cleaned_data["node_id"].strip()
+        if not node_id.isprintable():
+            raise forms.ValidationError("A node id is printable text.")
+        return node_id
+
+
+@admin.register(Member)
+class MemberAdmin(admin.ModelAdmin):
+    """Members, the dashboard, and the membership changes proposed through Raft."""
+
+    list_display = ("node_id", "address", "role", "updated_at")
+    list_filter = ("role",)
+    search_fields = ("node_id", "address")
+    readonly_fields = ("node_id", "address", "role", "updated_at")
+    actions = ("promote", "remove", "transfer_leadership")
+    change_list_template = "admin/django_raft/member/change_list.html"
+    change_form_template = "admin/django_raft/member/change_form.html"
+
+    def can_act(self, request: HttpRequest) -> bool:
+        """Whether the user may propose membership and leadership changes."""
+        return bool(request.user.has_perm(MEMBER_PERMISSION))
+
+    def has_raft_permission(self, request: HttpRequest) -> bool:
+        return self.can_act(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self.can_act(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Member]:
+        return super().get_queryset(request).using(raft_settings.DATABASE)
+
+    def get_list_display(self, request: HttpRequest) -> list[Any]:
+        """The stored columns, plus live ones from one ``gather`` for the whole page."""
+        rows = {m.node_id: m for m in monitor.gather().members}
+
+        @admin.display(description="state")
+        def live_state(member: Member) -> str:
+            row = rows.get(member.node_id)
+            return row.state if row is not None else "—"
+
+        @admin.display(description="lag")
+        def live_lag(member: Member) -> str:
+            row = rows.get(member.node_id)
+            return "—" if row is None or row.lag is None else str(row.lag)
+
+        return [*self.list_display, live_state, live_lag]
+
+    # -- pages --------------------------------------------------------------------------
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view
+        return [
+            path("dashboard/", view(self.dashboard_view), name="django_raft_dashboard"),
+            path("dashboard/data/", view(self.dashboard_data), name="django_raft_dashboard_data"),
+            *super().get_urls(),
+        ]
+
+    def _context(self, request: HttpRequest, title: str) -> dict[str, Any]:
+        return {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": title,
+            "can_act": self.can_act(request),
+        }
+
+    def dashboard_view(self, request: HttpRequest) -> HttpResponse:
+        """The cluster table, the leader's replication progress, events and health."""
+        if not self.has_view_permission(request):
+            return self._refuse(request)
+        cluster = monitor.gather()
+        context = {
+            **self._context(request, "Raft cluster"),
+            "cluster": cluster,
+            "data_url": reverse("admin:django_raft_dashboard_data"),
+        }
+        return TemplateResponse(request, "admin/django_raft/dashboard.html", context)
+
+    def dashboard_data(self, request: HttpRequest) -> JsonResponse:
+        """The dashboard's data as JSON, with the table rendered, for its self-refresh."""
+        if not self.has_view_permission(request):
+            return JsonResponse({"error": "permission denied"}, status=403)
+        cluster = monitor.gather()
+        html = render_to_string(
+            "admin/django_raft/_cluster.html", {"cluster": cluster}, request=request
+        )
+        return JsonResponse({"cluster": cluster.as_dict(), "html": html})
+
+    def _refuse(self, request: HttpRequest) -> HttpResponse:
+        from django.core.exceptions import PermissionDenied
+
+        raise PermissionDenied
+
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        """A form to propose adding a voter or a learner; nothing is saved here."""
+        if not self.can_act(request):
+            return self._refuse(request)
+        form = AddMemberForm(request.POST if request.method == "POST" else None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            done = _propose(
+                request,
+                f"Add {data['node_id']} as a {data['role']}",
+                lambda: operations.add_member(data["node_id"], data["address"], data["role"]),
+            )
+            if done:
+                return HttpResponseRedirect(reverse("admin:django_raft_member_changelist"))
+        context = {**self._context(request, "Add a member"), "form": form}
+        return TemplateResponse(request, "admin/django_raft/member/add.html", context)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> HttpResponse:
+        cluster = monitor.gather()
+        live = next((m for m in cluster.members if m.node_id == object_id), None)
+        extra = {
+            **(extra_context or {}),
+            "live": live,
+            "cluster": cluster,
+            "can_act": self.can_act(request),
+        }
+        return super().change_view(request, object_id, form_url, extra)
+
+    # -- actions: each asks for confirmation, then proposes ----------------------------
+
+    def _confirm(
+        self, request: HttpRequest, queryset: QuerySet[Member], action: str, question: str
+    ) -> HttpResponse:
+        context = {
+            **self._context(request, "Are you sure?"),
+            "question": question,
+            "members": list(queryset),
+            "action": action,
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/django_raft/confirm.html", context)
+
+    @admin.action(description="Promote the selected learners to voters", permissions=["raft"])
+    def promote(self, request: HttpRequest, queryset: QuerySet[Member]) -> HttpResponse | None:
+        if request.POST.get("post") != "yes":
+            return self._confirm(request, queryset, "promote", "Promote to voter")
+        for member in queryset:
+            _propose(
+                request, f"Promote {member.node_id}", lambda m=member: operations.promote(m.node_id)
+            )
+        return None
+
+    @admin.action(description="Remove the selected members from the cluster", permissions=["raft"])
+    def remove(self, request: HttpRequest, queryset: QuerySet[Member]) -> HttpResponse | None:
+        if request.POST.get("post") != "yes":
+            return self._confirm(request, queryset, "remove", "Remove from the cluster")
+        for member in queryset:
+            _propose(
+                request,
+                f"Remove {member.node_id}",
+                lambda m=member: operations.remove_member(m.node_id),
+            )
+        return None
+
+    @admin.action(description="Transfer leadership to the selected member", permissions=["raft"])
+    def transfer_leadership(
+        self, request: HttpRequest, queryset: QuerySet[Member]
+    ) -> HttpResponse | None:
+        chosen = list(queryset)
+        if len(chosen) != 1:
+            messages.error(request, "Select exactly one member to transfer leadership to.")
+            return None
+        if request.POST.get("post") != "yes":
+            return self._confirm(request, queryset, "transfer_leadership", "Make leader")
+        node_id = chosen[0].node_id
+        _propose(
+            request,
+            f"Transfer leadership to {node_id}",
+            lambda: operations.transfer_leadership(node_id),
+        )
+        return None
+
+
+class LogPaginator(Paginator):
+    """Pages the log without ``COUNT(*)`` over it.
+
+    The log's indexes have no gaps, so the whole log counts as last - first + 1 from the
+    primary key's two ends; a filtered list counts matches only up to ``COUNT_CAP``.
+    """
+
+    @cached_property
+    def count(self) -> int:
+        queryset: QuerySet[Any] = self.object_list  # type: ignore[assignment]
+        if not queryset.query.where:
+            first, last = logview.log_bounds()
+            return 0 if last is None or first is None else last - first + 1
+        # Ordered as listed, so that the scan stops at the cap, newest first.
+        return int(queryset[:COUNT_CAP].count())
+
+
+class CommandFilter(admin.SimpleListFilter):
+    """Filter by command name, offering the registered commands (no scan of the log)."""
+
+    title = "command"
+    parameter_name = "command"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(name, name) for name in commands.names()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(command=value) if value else queryset
+
+
+class TermFilter(admin.SimpleListFilter):
+    """Filter by term, offering the ten latest terms (from the hard state, no scan)."""
+
+    title = "term"
+    parameter_name = "term"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        row = HardState.objects.using(raft_settings.DATABASE).first()
+        current = row.term if row is not None else 0
+        return [(str(t), str(t)) for t in range(current, max(0, current - 10), -1)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value and value.isdigit() and len(value) < 20:
+            first, last = logview.term_range(int(value))
+            return queryset.filter(index__range=(first, last), term=int(value))
+        return queryset
+
+
+@admin.register(LogEntry)
+class LogEntryAdmin(ReadOnlyAdmin):
+    """The Raft log, newest first, decoded; fast on millions of entries."""
+
+    list_display = ("index", "term", "type", "command", "preview", "size", "is_applied")
+    list_filter = ("type", CommandFilter, TermFilter)
+    search_fields = ("=command",)
+    search_help_text = "Search by command name (exact)."
+    ordering = ("-index",)
+    paginator = LogPaginator
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # facets count over the whole log
+    list_per_page = 50
+    fields = ("index", "term", "type", "command", "size", "is_applied", "payload")
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        applied = logview.applied_index()
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(applied=ExpressionWrapper(Q(index__lte=applied), output_field=BooleanField()))
+        )
+
+    @admin.display(description="arguments")
+    def preview(self, entry: LogEntry) -> str:
+        return logview.preview(logview.decode(entry))
+
+    @admin.display(description="size")
+    def size(self, entry: LogEntry) -> int:
+        return len(entry.data)
+
+    @admin.display(description="applied", boolean=True)
+    def is_applied(self, entry: LogEntry) -> bool:
+        return bool(getattr(entry, "applied", False))
+
+    @admin.display(description="decoded payload")
+    def payload(self, entry: LogEntry) -> str:
+        decoded = json.dumps(logview.decode(entry), indent=2, ensure_ascii=False)
+        return format_html('<pre class="raft-payload">{}</pre>', decoded)
+
+
+@admin.register(HardState)
+class HardStateAdmin(ReadOnlyAdmin):
+    """currentTerm, votedFor and the commit index as persisted on this node."""
+
+    list_display = ("term", "vote", "commit")
+
+
+@admin.register(AppliedState)
+class AppliedStateAdmin(ReadOnlyAdmin):
+    """The last entry applied on this node."""
+
+    list_display = ("applied_index", "applied_term")
+
+
+@admin.register(Snapshot)
+class SnapshotAdmin(ReadOnlyAdmin):
+    """The latest snapshot (metadata and size), and go-raft's TakeSnapshot on demand."""
+
+    list_display = ("index", "term", "voters", "learners", "size", "compacted_index", "created_at")
+    fields = ("index", "term", "voters", "learners", "size", "compacted_index", "created_at")
+    readonly_fields = fields
+    change_list_template = "admin/django_raft/snapshot/change_list.html"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return super().get_queryset(request).defer("data").annotate(data_size=Length("data"))
+
+    @admin.display(description="size (bytes)")
+    def size(self, snapshot: Snapshot) -> int:
+        return int(getattr(snapshot, "data_size", 0) or 0)
+
+    def get_urls(self) -> list[URLPattern]:
+        view = self.admin_site.admin_view(self.take_view)
+        return [path("take/", view, name="django_raft_snapshot_take"), *super().get_urls()]
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        can_take = request.user.has_perm(SNAPSHOT_PERMISSION)
+        return super().changelist_view(request, {**(extra_context or {}), "can_take": can_take})
+
+    def take_view(self, request: HttpRequest) -> HttpResponse:
+        """Confirm, then make our node snapshot now and compact its log."""
+        from django.core.exceptions import PermissionDenied
+
+        if not request.user.has_perm(SNAPSHOT_PERMISSION):
+            raise PermissionDenied
+        if request.method == "POST":
+            try:
+                report = operations.take_snapshot()
+            except (RaftError, ValueError, NotImplementedError) as error:
+                messages.error(request, f"Take a snapshot: failed — {error}")
+            else:
+                messages.success(
+                    request,
+                    f"Snapshot at #{report['index']} (term {report['term']}): "
+                    f"{report['size']} bytes in {report['seconds'] * 1000:.1f} ms; "
+                    f"log compacted up to #{report['compacted_to']}."
+                    + ("" if report["taken"] else " (nothing new to snapshot)"),
+                )
+            return HttpResponseRedirect(reverse("admin:django_raft_snapshot_changelist"))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Take a snapshot now?",
+            "question": "Snapshot this node's state now and compact its log",
+            "members": [],
+            "action": "",
+        }
+        return TemplateResponse(request, "admin/django_raft/confirm.html", context)

@@ -1,0 +1,312 @@
+"""The REST API views: cluster status, members, leadership, snapshots, log, commands, health."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.http import Http404
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import generics, status
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.pagination import CursorPagination
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .. import client, logview, monitor, operations
+from ..conf import raft_settings
+from ..core import DuplicatePeerError, MembershipError, NotLeaderError, RaftError
+from ..exceptions import CommandError, CommandTimeoutError, StopError, UnavailableError
+from .permissions import RaftPermission, WriteThrottle
+from .serializers import (
+    AddMemberSerializer,
+    CommandSerializer,
+    ErrorSerializer,
+    LogEntrySerializer,
+    NodeIdSerializer,
+    ResultSerializer,
+    SnapshotRequestSerializer,
+)
+
+MEMBER_READ = "django_raft.view_member"
+MEMBER_WRITE = "django_raft.change_member"
+
+
+def _authentication_classes() -> list[type]:
+    classes: list[type] = [SessionAuthentication]
+    if "rest_framework.authtoken" in settings.INSTALLED_APPS:
+        from rest_framework.authentication import TokenAuthentication
+
+        classes.append(TokenAuthentication)
+    return classes
+
+
+_STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (CommandError, 422),
+    (CommandTimeoutError, 504),
+    (NotLeaderError, 503),
+    (StopError, 503),
+    (UnavailableError, 503),
+    (DuplicatePeerError, 409),
+    (MembershipError, 409),
+    (RaftError, 409),
+    (ValueError, 400),
+    (NotImplementedError, 501),
+)
+
+_ERROR_RESPONSES = {
+    400: ErrorSerializer,
+    403: ErrorSerializer,
+    409: ErrorSerializer,
+    422: ErrorSerializer,
+    429: ErrorSerializer,
+    501: ErrorSerializer,
+    503: ErrorSerializer,
+    504: ErrorSerializer,
+}
+
+
+def _answer(call: Callable[[], Any]) -> Response:
+    """Run ``call``; answer its value, or the error as ``do()`` would raise it."""
+    try:
+        value = call()
+    except Exception as error:
+        for kind, code in _STATUS:
+            if isinstance(error, kind):
+                body = {"ok": False, "error": str(error), "error_type": type(error).__name__}
+                return Response(body, status=code)
+        raise
+    return Response({"ok": True, "value": value})
+
+
+class RaftAPIView(APIView):
+    """Session (and token, when installed) authentication, the app's permissions, throttling."""
+
+    permission_classes = (RaftPermission,)
+    throttle_classes = (WriteThrottle,)
+    schema = AutoSchema()
+    read_permission = MEMBER_READ
+    write_permission = MEMBER_WRITE
+
+    def get_authenticators(self) -> list[Any]:
+        return [auth() for auth in _authentication_classes()]
+
+
+class StatusView(RaftAPIView):
+    """The cluster table: every member asked at once, health verdict, recent events."""
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="Cluster status")
+    def get(self, request: Request) -> Response:
+        return Response(monitor.gather().as_dict())
+
+
+class MembersView(RaftAPIView):
+    """List the members (live), or propose adding one."""
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT}, summary="List members, live")
+    def get(self, request: Request) -> Response:
+        return Response(monitor.gather().as_dict()["members"])
+
+    @extend_schema(
+        request=AddMemberSerializer,
+        responses={200: ResultSerializer, **_ERROR_RESPONSES},
+        summary="Propose adding a voter or a learner",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = AddMemberSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        return _answer(
+            lambda: operations.add_member(data["node_id"], data["address"], data["role"])
+        )
+
+
+class PromoteView(RaftAPIView):
+    """Propose making a learner a voter."""
+
+    @extend_schema(
+        request=None,
+        responses={200: ResultSerializer, **_ERROR_RESPONSES},
+        summary="Promote a learner to voter",
+    )
+    def post(self, request: Request, node_id: str) -> Response:
+        return _answer(lambda: operations.promote(node_id))
+
+
+class MemberView(RaftAPIView):
+    """Propose removing a member."""
+
+    @extend_schema(responses={200: ResultSerializer, **_ERROR_RESPONSES}, summary="Remove a member")
+    def delete(self, request: Request, node_id: str) -> Response:
+        return _answer(lambda: operations.remove_member(node_id))
+
+
+class LeadershipTransferView(RaftAPIView):
+    """Ask the leader to hand over to a voter."""
+
+    @extend_schema(
+        request=NodeIdSerializer,
+        responses={200: ResultSerializer, **_ERROR_RESPONSES},
+        summary="Transfer leadership",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = NodeIdSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        node_id = serializer.validated_data["node_id"]
+        return _answer(lambda: operations.transfer_leadership(node_id))
+
+
+class SnapshotView(RaftAPIView):
+    """Make a node take a snapshot now and compact its log (go-raft's TakeSnapshot)."""
+
+    read_permission = "django_raft.view_snapshot"
+    write_permission = "django_raft.change_snapshot"
+
+    @extend_schema(
+        request=SnapshotRequestSerializer,
+        responses={200: ResultSerializer, **_ERROR_RESPONSES},
+        summary="Take a snapshot now",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = SnapshotRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        node_id = serializer.validated_data.get("node_id")
+        return _answer(lambda: operations.take_snapshot(node_id))
+
+
+class LogPagination(CursorPagination):
+    """Newest first, by index; no count."""
+
+    ordering = "-index"
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+_LOG_FILTERS = [
+    OpenApiParameter("type", OpenApiTypes.INT, description="0 command, 1 membership change"),
+    OpenApiParameter("command", OpenApiTypes.STR, description="command name"),
+    OpenApiParameter("term", OpenApiTypes.INT, description="term"),
+]
+
+
+class LogMixin:
+    """This node's log, read-only, with ``applied_index`` for the serializer."""
+
+    serializer_class = LogEntrySerializer
+    read_permission = "django_raft.view_logentry"
+    write_permission = ""
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        context: dict[str, Any] = super().get_serializer_context()  # type: ignore[misc]
+        context["applied_index"] = logview.applied_index()
+        return context
+
+
+class LogListView(LogMixin, RaftAPIView, generics.ListAPIView):
+    """The log, newest first, cursor-paginated; filter by type, command, term."""
+
+    pagination_class = LogPagination
+
+    def get_queryset(self) -> Any:
+        queryset = logview.entries()
+        params = self.request.query_params
+        for name in ("type", "term"):
+            value = params.get(name)
+            if value is not None:
+                if not value.isdigit() or len(value) > 19:
+                    from rest_framework.exceptions import ValidationError
+
+                    raise ValidationError({name: "must be a non-negative integer"})
+                queryset = queryset.filter(**{name: int(value)})
+                if name == "term":
+                    queryset = queryset.filter(index__range=logview.term_range(int(value)))
+        if params.get("command"):
+            queryset = queryset.filter(command=params["command"])
+        return queryset
+
+    @extend_schema(parameters=_LOG_FILTERS, summary="The log, newest first")
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+class LogEntryView(LogMixin, RaftAPIView, generics.RetrieveAPIView):
+    """One log entry, with its full decoded payload."""
+
+    lookup_field = "index"
+
+    def get_object(self) -> Any:
+        index = self.kwargs["index"]
+        entry = logview.entries().filter(index=index).first() if index < 2**63 else None
+        if entry is None:
+            raise Http404("no such entry in this node's log")
+        return entry
+
+    @extend_schema(summary="One log entry, decoded")
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+class CommandsView(RaftAPIView):
+    """Run a registered command through the log; answer its result, or do()'s error."""
+
+    read_permission = "django_raft.view_logentry"
+    write_permission = "django_raft.add_logentry"
+
+    @extend_schema(
+        request=CommandSerializer,
+        responses={200: ResultSerializer, **_ERROR_RESPONSES},
+        summary="Submit a command",
+    )
+    def post(self, request: Request) -> Response:
+        serializer = CommandSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        return _answer(
+            lambda: client.do(data["name"], timeout=data.get("timeout"), **data["arguments"])
+        )
+
+
+class HealthView(APIView):
+    """Liveness and readiness: 200 when our node is up and has a leader within the lag budget."""
+
+    permission_classes = (AllowAny,)
+    authentication_classes = ()
+    throttle_classes = ()
+    schema = AutoSchema()
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "max_lag", OpenApiTypes.INT, description="entries the node may be behind"
+            )
+        ],
+        responses={200: OpenApiTypes.OBJECT, 400: OpenApiTypes.OBJECT, 503: OpenApiTypes.OBJECT},
+        summary="Health for load balancers",
+    )
+    def get(self, request: Request) -> Response:
+        raw = request.query_params.get("max_lag", str(monitor.LAG_BUDGET))
+        if not raw.isdigit() or len(raw) > 12:
+            return Response({"healthy": False, "reason": "max_lag must be an integer"}, 400)
+        budget = int(raw)
+        try:
+            node = monitor.ask(raft_settings.ADDRESS or "", monitor.TIMEOUT)
+        except Exception as error:
+            return _unhealthy(f"node unreachable: {error}")
+        facts = {k: node.get(k) for k in ("id", "state", "term", "leader", "commit", "applied")}
+        if not node.get("leader"):
+            return _unhealthy("no leader known", facts)
+        lag = int(node.get("commit", 0)) - int(node.get("applied", 0))
+        if lag > budget:
+            return _unhealthy(f"applied index {lag} entries behind commit (budget {budget})", facts)
+        return Response({"healthy": True, "reason": "", **facts, "lag": lag})
+
+
+def _unhealthy(reason: str, facts: dict[str, Any] | None = None) -> Response:
+    body = {"healthy": False, "reason": reason, **(facts or {})}
+    return Response(body, status=status.HTTP_503_SERVICE_UNAVAILABLE)

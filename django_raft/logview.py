@@ -1,0 +1,120 @@
+"""Log entries as people read them: decoded payload, a short preview, size, applied or not.
+
+Shared by the admin, the REST API and ``manage.py raftlog``. It only reads the node-local
+database.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .conf import raft_settings
+from .core import ConfChange, EntryType, RaftError
+from .models import SINGLETON, AppliedState, LogEntry
+from .wire import WireError, decode_command
+
+PREVIEW_LENGTH = 80
+
+
+def applied_index() -> int:
+    """The last index applied on this node (0 when nothing is)."""
+    row = AppliedState.objects.using(raft_settings.DATABASE).filter(pk=SINGLETON).first()
+    return row.applied_index if row is not None else 0
+
+
+def entries() -> Any:
+    """Every stored entry, newest first, from the node-local database."""
+    return LogEntry.objects.using(raft_settings.DATABASE).order_by("-index")
+
+
+def log_bounds() -> tuple[int | None, int | None]:
+    """The first and last stored index, each read from one end of the primary key.
+
+    (Two queries: SQLite answers MIN and MAX from the index only when each is alone.)
+    """
+    indexes = LogEntry.objects.using(raft_settings.DATABASE).values_list("index", flat=True)
+    return indexes.order_by("index").first(), indexes.order_by("-index").first()
+
+
+def term_range(term: int) -> tuple[int, int]:
+    """The indexes of the entries of ``term``: ``(first, last)``, empty when ``first > last``.
+
+    Terms never decrease along a log, so each term's entries are one run of indexes,
+    found by bisecting the primary key: a few point reads instead of a scan of the log.
+    """
+    first, last = log_bounds()
+    if first is None or last is None:
+        return 1, 0
+    rows = LogEntry.objects.using(raft_settings.DATABASE)
+
+    def term_at(index: int) -> int:
+        found = rows.filter(index=index).values_list("term", flat=True).first()
+        return found if found is not None else 0
+
+    def first_at_least(wanted: int) -> int:
+        lo, hi = first, last + 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if term_at(mid) < wanted:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    return first_at_least(term), first_at_least(term + 1) - 1
+
+
+def decode(entry: LogEntry) -> dict[str, Any]:
+    """Decode an entry's data: a command's name and arguments, or a membership change."""
+    data = bytes(entry.data)
+    if entry.type == EntryType.CONF_CHANGE.value:
+        try:
+            change = ConfChange.decode(data)
+        except (RaftError, ValueError, KeyError, TypeError) as error:
+            return {"kind": "undecodable", "error": str(error)}
+        return {
+            "kind": "membership change",
+            "change": change.type.value,
+            "node_id": change.node_id,
+            "address": change.context,
+        }
+    if not data:
+        return {"kind": "no-op"}
+    try:
+        name, arguments, client_id, sequence = decode_command(data)
+    except WireError as error:
+        return {"kind": "undecodable", "error": str(error)}
+    payload: dict[str, Any] = {"kind": "command", "name": name, "arguments": arguments}
+    if client_id:
+        payload.update(client_id=client_id, sequence=sequence)
+    return payload
+
+
+def preview(payload: dict[str, Any]) -> str:
+    """A one-line summary of a decoded payload, at most ``PREVIEW_LENGTH`` characters."""
+    kind = payload.get("kind")
+    if kind == "command":
+        text = json.dumps(payload["arguments"], separators=(", ", ": "), ensure_ascii=False)
+    elif kind == "membership change":
+        text = f"{payload['change']} {payload['node_id']} {payload['address']}".strip()
+    elif kind == "undecodable":
+        text = f"undecodable: {payload['error']}"
+    else:
+        text = "(empty: a new leader's first entry)"
+    return text if len(text) <= PREVIEW_LENGTH else text[: PREVIEW_LENGTH - 1] + "…"
+
+
+def describe(entry: LogEntry, applied: int) -> dict[str, Any]:
+    """The entry as JSON-ready data: index, term, type, command, payload, preview, size."""
+    payload = decode(entry)
+    return {
+        "index": entry.index,
+        "term": entry.term,
+        "type": LogEntry.Type(entry.type).label if entry.type in LogEntry.Type.values else "?",
+        "command": entry.command,
+        "preview": preview(payload),
+        "size": len(entry.data),
+        "applied": entry.index <= applied,
+        "payload": payload,
+    }

@@ -1,0 +1,142 @@
+"""The README's Python examples run as written.
+
+Each Python block of the README is preceded by ``<!-- readme-test: WHERE -->``: a file
+path puts the block in that file of a new project made in a temporary folder,
+``shell`` runs it with ``manage.py shell`` against that project's running node. The
+project gets only what the README leaves to the reader and ``startproject`` writes (a
+database, a SECRET_KEY, a URLconf).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from django_raft.client import post, raise_for
+from tests.integration.cluster import free_port, wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+MARKED = re.compile(r"<!-- readme-test: (\S+) -->\n```python\n(.*?)```", re.DOTALL)
+
+SCAFFOLD = """
+# Added by the test: what the README leaves to the reader.
+import os
+
+INSTALLED_APPS = [app for app in INSTALLED_APPS if app is not ...]
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ["DB"]}}
+SECRET_KEY = "readme-test"
+USE_TZ = True
+ROOT_URLCONF = "myproject.urls"
+"""
+
+MANAGE = """import sys
+from django.core.management import execute_from_command_line
+execute_from_command_line(sys.argv)
+"""
+
+
+def blocks() -> dict[str, str]:
+    found = dict(MARKED.findall(README))
+    assert len(found) == len(MARKED.findall(README)), "two blocks for one place"
+    return found
+
+
+def test_every_python_block_is_tested() -> None:
+    assert README.count("```python\n") == len(MARKED.findall(README)) >= 5
+
+
+def test_the_settings_example_builds_each_server_s_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    code = blocks()["myproject/settings.py"]
+    cluster = "n1=http://10.0.0.1:8001,n2=http://10.0.0.2:8001,n3=http://10.0.0.3:8001"
+    built = []
+    for n in (1, 2, 3):
+        monkeypatch.setenv("RAFT_NODE_ID", f"n{n}")
+        monkeypatch.setenv("RAFT_ADDRESS", f"http://10.0.0.{n}:8001")
+        monkeypatch.setenv("RAFT_CLUSTER", cluster)
+        monkeypatch.setenv("RAFT_SECRET", "s")
+        namespace: dict[str, Any] = {}
+        exec(compile(code, "README settings", "exec"), namespace)
+        built.append(namespace["DJANGO_RAFT"])
+    assert [b["NODE_ID"] for b in built] == ["n1", "n2", "n3"]
+    assert all(b["CLUSTER"] == built[0]["CLUSTER"] and len(b["CLUSTER"]) == 3 for b in built)
+    assert all(b["REPLICATED_MODELS"] == ["myapp.Flag"] for b in built)
+    with override_settings(DJANGO_RAFT=built[1]):
+        from django.core import checks
+
+        assert [m for m in checks.run_checks() if str(m.id).startswith("django_raft")] == []
+
+
+@pytest.mark.slow
+def test_the_project_of_the_readme_runs_a_node_and_takes_commands(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    for where, code in blocks().items():
+        if where == "shell":
+            continue
+        path = project / where
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.parent / "__init__.py").touch()
+        path.write_text(code + (SCAFFOLD if where.endswith("settings.py") else ""))
+    (project / "manage.py").write_text(MANAGE)
+    (project / "myproject" / "urls.py").write_text("urlpatterns = []\n")
+    port = free_port()
+    address = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAFT_", "DJANGO_"))}
+    env.update(
+        DJANGO_SETTINGS_MODULE="myproject.settings",
+        DB=str(tmp_path / "node.sqlite3"),
+        RAFT_NODE_ID="n1",
+        RAFT_ADDRESS=address,
+        RAFT_CLUSTER=f"n1={address}",
+        RAFT_SECRET="readme-secret",
+    )
+
+    def manage(*arguments: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "manage.py", *arguments],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result.stdout
+
+    manage("makemigrations", "myapp", "-v", "0")
+    manage("migrate", "-v", "0")
+    log = (tmp_path / "node.log").open("wb")
+    node = subprocess.Popen(
+        [sys.executable, "manage.py", "raftnode", "--bootstrap"],
+        cwd=project,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        with override_settings(DJANGO_RAFT={"SECRET": "readme-secret"}):
+            wait_for(
+                lambda: raise_for(post(address, "status", {}, 1.0))["state"] == "leader",
+                30,
+                "the node to lead",
+            )
+        check = (
+            "\nfrom myapp.models import Flag\n"
+            "print(list(Flag.objects.values_list('name', 'enabled')))\n"
+            "print(django_raft.status()['state'])\n"
+        )
+        out = manage("shell", "-v", "0", "-c", blocks()["shell"] + check)
+    finally:
+        node.terminate()
+        node.wait(timeout=30)
+        log.close()
+    assert out.splitlines() == ["[('beta', True)]", "leader"]
