@@ -56,5 +56,9 @@ class UnknownPeerError(MembershipError):
     """The node named is not a member of the cluster."""
 
 
+class RemovedPeerError(MembershipError):
+    """The node named was removed from the cluster; its id may not be used again."""
+
+
 class ConfChangePendingError(ProposalDroppedError):
     """A membership change is still uncommitted; only one may be in flight at a time."""

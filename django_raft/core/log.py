@@ -27,6 +27,7 @@ class RaftLog:
         "offset",
         "pending_snapshot",
         "storage",
+        "truncated_at",
         "unstable",
     )
 
@@ -36,6 +37,8 @@ class RaftLog:
         self.offset = storage.last_index() + 1
         """Index of ``unstable[0]``."""
         self.pending_snapshot: Snapshot | None = None
+        self.truncated_at = 0
+        """The lowest index whose entry was replaced or removed since last read (0: none)."""
         hard_state, conf_state = storage.initial_state()
         snapshot_index = storage.snapshot().metadata.index
         self.applied = max(applied, snapshot_index)
@@ -163,9 +166,24 @@ class RaftLog:
                 raise AssertionError(
                     f"entry {conflict} conflicts with committed entry (committed={self.committed})"
                 )
+            if conflict <= self.last_index():
+                self._note_truncation(conflict)
             self.append(entries[conflict - prev_index - 1 :])
         self.commit_to(min(commit, last_new))
         return last_new
+
+    def _note_truncation(self, index: int) -> None:
+        if not self.truncated_at or index < self.truncated_at:
+            self.truncated_at = index
+
+    def conflicts_below(self, index: int, entries: tuple[Entry, ...]) -> bool:
+        """Whether any of ``entries`` at or below ``index`` differs from ours in term."""
+        for entry in entries:
+            if entry.index > index:
+                return False
+            if entry.index >= self.first_index() and not self.match_term(entry.index, entry.term):
+                return True
+        return False
 
     def append(self, entries: tuple[Entry, ...] | list[Entry]) -> int:
         """Append entries, replacing any from ``entries[0].index`` on; return last index."""
@@ -235,6 +253,8 @@ class RaftLog:
     def restore(self, snapshot: Snapshot) -> None:
         """Replace the whole log by a snapshot received from the leader."""
         metadata = snapshot.metadata
+        if self.last_index() > metadata.index:
+            self._note_truncation(metadata.index + 1)
         self.pending_snapshot = snapshot
         self.unstable = []
         self.offset = metadata.index + 1

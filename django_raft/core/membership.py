@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .errors import DuplicatePeerError, MembershipError, UnknownPeerError
+from .errors import DuplicatePeerError, MembershipError, RemovedPeerError, UnknownPeerError
 from .types import ConfChange, ConfChangeType, ConfState, Entry, EntryType, HardState
 
 
@@ -14,6 +14,11 @@ def validate_conf_change(conf_state: ConfState, change: ConfChange) -> None:
     if not isinstance(node_id, str) or not node_id:
         raise MembershipError("a membership change needs a non-empty node id")
     voters, learners = conf_state.voters, conf_state.learners
+    if change.type is not ConfChangeType.REMOVE and node_id in conf_state.removed:
+        raise RemovedPeerError(
+            f"{node_id!r} was removed from the cluster and a removed id never rejoins "
+            "(messages from its old incarnation may still arrive): add the node under a new id"
+        )
     if change.type is ConfChangeType.ADD_VOTER and node_id in voters:
         raise DuplicatePeerError(f"{node_id!r} is already a voter")
     if change.type is ConfChangeType.ADD_LEARNER:
@@ -37,11 +42,20 @@ def apply_conf_change(conf_state: ConfState, change: ConfChange) -> ConfState:
     node_id = change.node_id
     voters = [v for v in conf_state.voters if v != node_id]
     learners = [n for n in conf_state.learners if n != node_id]
+    removed = set(conf_state.removed)
     if change.type is ConfChangeType.ADD_VOTER:
         voters.append(node_id)
+        removed.discard(node_id)  # only in logs written before ids were refused reuse
     elif change.type is ConfChangeType.ADD_LEARNER:
         learners.append(node_id)
-    return ConfState(voters=tuple(sorted(voters)), learners=tuple(sorted(learners)))
+        removed.discard(node_id)
+    elif node_id in conf_state.voters or node_id in conf_state.learners:
+        removed.add(node_id)
+    return ConfState(
+        voters=tuple(sorted(voters)),
+        learners=tuple(sorted(learners)),
+        removed=tuple(sorted(removed)),
+    )
 
 
 def bootstrap(voters: Iterable[str]) -> tuple[HardState, list[Entry]]:

@@ -8,6 +8,9 @@ Raft paper (Ongaro and Ousterhout, 2014) and the thesis (Ongaro, 2014).
 
 from __future__ import annotations
 
+import logging
+import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,6 +28,7 @@ from .membership import validate_conf_change
 from .progress import Progress, ProgressState
 from .storage import Storage
 from .types import (
+    LOCAL_MESSAGES,
     NONE,
     ConfChange,
     ConfState,
@@ -44,7 +48,53 @@ _VOTE_REPLY = {
     MessageType.REQUEST_VOTE: MessageType.REQUEST_VOTE_RESPONSE,
     MessageType.PRE_VOTE: MessageType.PRE_VOTE_RESPONSE,
 }
+_VOTE_REQUESTS = (MessageType.REQUEST_VOTE, MessageType.PRE_VOTE)
 _FROM_LEADER = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT)
+_LOCAL = tuple(LOCAL_MESSAGES)
+# Tuples, not sets: membership of an enum in a tuple compares identities, while a set
+# calls the enum's (slow, Python-level) __hash__ on every message.
+_MAX_FORWARDED_READS = 10_000
+_log = logging.getLogger(__name__)
+
+
+def _malformed(message: Message, own_id: str) -> str:
+    """Return why ``message`` cannot come from a correct peer, or "" when it can."""
+    if message.type in _LOCAL:
+        return "local_type"
+    if message.to not in (NONE, own_id):
+        return "wrong_recipient"
+    if message.sender in (NONE, own_id):
+        return "bad_sender"
+    if (
+        min(message.term, message.index, message.log_term, message.commit) < 0
+        or min(message.reject_hint, message.offset) < 0
+    ):
+        return "out_of_range"
+    if message.log_term > message.term and message.type in _FROM_LEADER:
+        return "out_of_range"
+    if message.entries:
+        if message.type is not MessageType.APPEND:
+            return "bad_entries"
+        previous_term = message.log_term
+        for position, entry in enumerate(message.entries, start=message.index + 1):
+            if entry.index != position or not previous_term <= entry.term <= message.term:
+                return "bad_entries"
+            previous_term = entry.term
+            if entry.type is EntryType.CONF_CHANGE:
+                try:
+                    ConfChange.decode(entry.data)
+                except ValueError:
+                    return "bad_entries"
+    if message.type is MessageType.SNAPSHOT:
+        metadata = message.snapshot
+        if (
+            metadata is None
+            or not 0 < metadata.term <= message.term
+            or metadata.index <= 0
+            or not metadata.conf_state.voters
+        ):
+            return "bad_snapshot"
+    return ""
 
 
 @dataclass
@@ -55,6 +105,8 @@ class _PendingRead:
     index: int
     requester: str
     acks: set[str] = field(default_factory=set)
+    key: bytes = b""
+    """Names this read in heartbeats: issued by the core, so unique by construction."""
 
 
 @dataclass
@@ -89,6 +141,14 @@ class Raft:
         self.messages: list[Message] = []
         self.read_states: list[ReadState] = []
         self.pending_reads: list[_PendingRead] = []
+        self.forwarded_reads: dict[bytes, bytes] = {}
+        """Reads sent to the leader and not answered yet: key -> the host's context."""
+        self._read_nonce = os.urandom(8)
+        """Makes read keys differ between runs of the process, so that an answer to a read
+        made before a restart never answers one made after it."""
+        self._read_seq = 0
+        self.dropped: Counter[str] = Counter()
+        """Messages refused because they do not fit this node's state, by reason."""
         self.reads_awaiting_commit: list[Message] = []
         self.incoming_snapshot: _IncomingSnapshot | None = None
         self.outgoing_snapshots: dict[str, Snapshot] = {}
@@ -327,7 +387,7 @@ class Raft:
 
     def broadcast_heartbeat(self) -> None:
         """Assert leadership to every follower (repeating the newest pending read)."""
-        context = self.pending_reads[-1].context if self.pending_reads else b""
+        context = self.pending_reads[-1].key if self.pending_reads else b""
         for peer in self._peers():
             self._send_heartbeat(peer, context)
 
@@ -337,6 +397,9 @@ class Raft:
         if self.term != term:
             self.term = term
             self.vote = NONE
+            # Replies queued in an older term (an acknowledgement, a vote) are no longer
+            # backed by what this Ready persists: they must not be sent.
+            self.messages = [m for m in self.messages if not 0 < m.term < term]
         self.lead = NONE
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
@@ -347,6 +410,7 @@ class Raft:
         self.lead_transferee = NONE
         self.outgoing_snapshots = {}
         self.pending_reads = []
+        self.forwarded_reads = {}
         self.reads_awaiting_commit = []
         next_index = self.log.last_index() + 1
         self.progress = {
@@ -437,7 +501,11 @@ class Raft:
         if self.log.pending_snapshot is not None:
             # Campaign with a log we have not yet made durable: not allowed.
             return
-        if self.config.pre_vote and not transfer:
+        if (self.config.pre_vote or self.id not in self.voters) and not transfer:
+            # A node that its own log removes (the change is not committed yet, see
+            # promotable) always asks with a pre-vote first, whatever the settings: it
+            # may still be needed to lead, but must not raise the others' terms in vain
+            # (each raise would cost a lagging voter its vote, and the cluster a leader).
             self._campaign(MessageType.PRE_VOTE)
         else:
             self._campaign(MessageType.REQUEST_VOTE, transfer)
@@ -496,13 +564,36 @@ class Raft:
 
     # -- stepping -----------------------------------------------------------------------
 
+    def _drop(self, reason: str) -> None:
+        self.dropped[reason] += 1
+        _log.debug("node %s dropped a message: %s", self.id, reason)
+
+    def receive(self, message: Message) -> None:
+        """Step a message from a peer, after checking that it could make sense here.
+
+        A message that no correct peer could have sent (a local kind, a negative term or
+        index, entries that do not follow prevLogIndex or have terms above the
+        message's, an undecodable membership change, a snapshot that does not fit its
+        term) is dropped and counted in ``dropped``: nothing a peer sends makes a node
+        raise.
+        """
+        reason = _malformed(message, self.id)
+        if reason:
+            self._drop(reason)
+            return
+        self.step(message)
+
     def step(self, message: Message) -> None:
         """Handle one message: first the term rules common to every role, then the role's."""
         kind = message.type
-        if kind in _VOTE_REPLY and self._ignore_vote_request(message):
+        if kind in _VOTE_REQUESTS and self._ignore_vote_request(message):
+            return
+        if kind in _VOTE_REQUESTS and message.transfer and message.sender not in self.voters:
+            # Only a voter can be handed leadership; a transfer vote lifts the lease.
+            self._drop("transfer_from_non_member")
             return
         if message.term > self.term:
-            if kind in _VOTE_REPLY and not message.transfer and self._in_lease():
+            if kind in _VOTE_REQUESTS and not message.transfer and self._in_lease():
                 # Check-quorum: a follower that heard from a leader within the minimum
                 # election timeout ignores vote requests, so a node that was cut off and
                 # comes back cannot depose a healthy leader (§4.2.3 of the thesis).
@@ -522,7 +613,7 @@ class Raft:
 
         if kind is MessageType.HUP:
             self._hup()
-        elif kind in _VOTE_REPLY:
+        elif kind in _VOTE_REQUESTS:
             self._step_vote_request(message)
         else:
             self._step_role(message)
@@ -549,9 +640,9 @@ class Raft:
         )
 
     def _step_stale(self, message: Message) -> None:
-        if message.type in _FROM_LEADER and (self.config.check_quorum or self.config.pre_vote):
-            # A stale leader that cannot see a higher term (because our pre-votes never
-            # raise anyone's term) would otherwise never learn it was replaced.
+        """Figure 2: a request from an older term is answered with our current term, so
+        a stale leader or candidate learns it was superseded, whatever the settings."""
+        if message.type in _FROM_LEADER:
             self._send(
                 Message(
                     type=MessageType.APPEND_RESPONSE,
@@ -560,10 +651,10 @@ class Raft:
                     term=self.term,
                 )
             )
-        elif message.type is MessageType.PRE_VOTE:
+        elif message.type in _VOTE_REQUESTS:
             self._send(
                 Message(
-                    type=MessageType.PRE_VOTE_RESPONSE,
+                    type=_VOTE_REPLY[message.type],
                     to=message.sender,
                     sender=self.id,
                     term=self.term,
@@ -600,13 +691,18 @@ class Raft:
             self.append_entries(list(message.entries))
             self.broadcast_append()
             return
+        progress = self.progress.get(message.sender)
+        if progress is None:
+            self._drop("not_a_member")
+            return
         if kind is MessageType.READ_INDEX:
             self._read_index(message.context, message.sender)
             return
-        progress = self.progress.get(message.sender)
-        if progress is None:
-            return
         if kind is MessageType.APPEND_RESPONSE:
+            if message.index > self.log.last_index():
+                # No follower can match entries we never had.
+                self._drop("match_past_log")
+                return
             progress.recent_active = True
             self._handle_append_response(message, progress)
         elif kind is MessageType.HEARTBEAT_RESPONSE:
@@ -614,11 +710,14 @@ class Raft:
             self._handle_heartbeat_response(message, progress)
         elif kind is MessageType.SNAPSHOT_RESPONSE:
             progress.recent_active = True
+            outgoing = self.outgoing_snapshots.get(message.sender)
             if (
                 progress.state is ProgressState.SNAPSHOT
                 and message.snapshot is not None
                 and message.snapshot.index == progress.snapshot_index
                 and message.index == progress.snapshot_offset
+                and outgoing is not None
+                and message.offset <= len(outgoing.data)
             ):
                 # The answer to the chunk in flight (stale and duplicate answers are
                 # ignored, so only one chunk is ever outstanding): go on from where the
@@ -630,7 +729,7 @@ class Raft:
     def _handle_append_response(self, message: Message, progress: Progress) -> None:
         sender = message.sender
         if message.reject:
-            hint_index = message.reject_hint
+            hint_index = min(message.reject_hint, self.log.last_index())
             if message.log_term > 0:
                 # Skip, in one step, every entry of ours whose term the follower's
                 # entry at hint_index rules out (§5.3's optimisation).
@@ -703,7 +802,8 @@ class Raft:
         if self.log.committed >= self.log.last_conf_index():
             members = (*self.voters, *self.learners)
             for gone in [member for member in self.progress if member not in members]:
-                self._send_append(gone)  # carries the commit of its removal
+                if gone != self.id:
+                    self._send_append(gone)  # carries the commit of its removal
                 del self.progress[gone]
         if self._conf_committed_without_us():
             # A leader that removed itself steps down once the removal commits (§4.2.2).
@@ -744,9 +844,16 @@ class Raft:
             else:
                 self._handle_snapshot(message)
         elif kind is MessageType.TIMEOUT_NOW:
+            if message.sender not in self.voters or self.lead not in (NONE, message.sender):
+                self._drop("timeout_now_not_from_leader")
+                return
             self._hup(transfer=True)
         elif kind is MessageType.READ_INDEX_RESPONSE:
-            self.read_states.append(ReadState(message.index, message.context))
+            context = self.forwarded_reads.pop(message.context, None)
+            if context is None:
+                self._drop("unknown_read")
+                return
+            self.read_states.append(ReadState(message.index, context))
 
     def _respond(self, message: Message, kind: MessageType, **fields: Any) -> None:
         self._send(Message(type=kind, to=message.sender, sender=self.id, term=self.term, **fields))
@@ -756,10 +863,17 @@ class Raft:
             # Everything up to our commit index already matches the leader's log.
             self._respond(message, MessageType.APPEND_RESPONSE, index=self.log.committed)
             return
+        if self.log.match_term(message.index, message.log_term) and self.log.conflicts_below(
+            self.log.committed, message.entries
+        ):
+            # A leader never sends entries that differ from committed ones.
+            self._drop("conflicts_with_commit")
+            return
         last = self.log.maybe_append(
             message.index, message.log_term, message.commit, message.entries
         )
         if last is not None:
+            self._forget_truncated_acks()
             self._sync_conf()
             self._respond(message, MessageType.APPEND_RESPONSE, index=last)
             return
@@ -774,8 +888,25 @@ class Raft:
             log_term=hint_term,
         )
 
+    def _forget_truncated_acks(self) -> None:
+        """Drop queued acknowledgements of entries the log no longer holds."""
+        truncated = self.log.truncated_at
+        if truncated:
+            self.log.truncated_at = 0
+            self.messages = [
+                m
+                for m in self.messages
+                if not (
+                    m.type is MessageType.APPEND_RESPONSE and not m.reject and m.index >= truncated
+                )
+            ]
+
     def _handle_heartbeat(self, message: Message) -> None:
-        self.log.commit_to(message.commit)
+        # The leader sends min(our match, its commit): anything past our log is wrong.
+        last = self.log.last_index()
+        if message.commit > last:
+            self._drop("commit_past_log")
+        self.log.commit_to(min(message.commit, last))
         self._respond(message, MessageType.HEARTBEAT_RESPONSE, context=message.context)
 
     # -- snapshots ----------------------------------------------------------------------
@@ -836,6 +967,7 @@ class Raft:
             self.log.commit_to(metadata.index)
             return
         self.log.restore(snapshot)
+        self._forget_truncated_acks()
         self._sync_conf()
 
     def compaction_floor(self) -> int:
@@ -889,16 +1021,48 @@ class Raft:
         """Ask for a linearizable read; the answer comes back as a ``ReadState``.
 
         On the leader it is answered locally once a quorum confirms leadership; on a
-        follower it is forwarded to the leader.
+        follower it is forwarded to the leader. Heartbeats and the request to the leader
+        carry a key the core issues, never ``context``; a context names one read at a
+        time, so asking again with a context still unanswered abandons the earlier read.
         """
+        self._abandon_read(context)
         if self.state is StateType.LEADER:
             self._read_index(context, self.id)
         elif self.lead != NONE:
+            key = self.new_read_key()
+            if len(self.forwarded_reads) >= _MAX_FORWARDED_READS:
+                # Answers lost on the way are never collected otherwise.
+                del self.forwarded_reads[next(iter(self.forwarded_reads))]
+            self.forwarded_reads[key] = context
             self._send(
-                Message(type=MessageType.READ_INDEX, to=self.lead, sender=self.id, context=context)
+                Message(type=MessageType.READ_INDEX, to=self.lead, sender=self.id, context=key)
             )
         else:
             raise NotLeaderError(NONE)
+
+    def _abandon_read(self, context: bytes) -> None:
+        """Forget an unanswered read of ours named ``context``: a context names one read
+        at a time, so an answer to the earlier read can never answer the new one."""
+        own = self.id
+        if self.read_states:
+            self.read_states = [r for r in self.read_states if r.context != context]
+        if self.pending_reads:
+            self.pending_reads = [
+                r for r in self.pending_reads if r.requester != own or r.context != context
+            ]
+        if self.reads_awaiting_commit:
+            self.reads_awaiting_commit = [
+                m for m in self.reads_awaiting_commit if m.sender != own or m.context != context
+            ]
+        if context in self.forwarded_reads.values():
+            self.forwarded_reads = {
+                key: value for key, value in self.forwarded_reads.items() if value != context
+            }
+
+    def new_read_key(self) -> bytes:
+        """Return a name for a read that no other read of this process ever had."""
+        self._read_seq += 1
+        return self._read_nonce + self._read_seq.to_bytes(8, "big")
 
     def _read_index(self, context: bytes, requester: str) -> None:
         if self.log.term(self.log.committed) != self.term:
@@ -907,7 +1071,7 @@ class Raft:
                 Message(type=MessageType.READ_INDEX, sender=requester, context=context)
             )
             return
-        read = _PendingRead(context, self.log.committed, requester, {self.id})
+        read = _PendingRead(context, self.log.committed, requester, {self.id}, self.new_read_key())
         if self.voters == (self.id,):
             # Alone, we are the majority. A leader that removed itself is no part of the
             # majority, so even a single remaining voter must confirm its leadership.
@@ -915,13 +1079,13 @@ class Raft:
             return
         self.pending_reads.append(read)
         for peer in self._peers():
-            self._send_heartbeat(peer, context)
+            self._send_heartbeat(peer, read.key)
 
-    def _confirm_read(self, context: bytes, voter: str) -> None:
+    def _confirm_read(self, key: bytes, voter: str) -> None:
         if voter not in self.voters:
             return
         for position, read in enumerate(self.pending_reads):
-            if read.context == context:
+            if read.key == key:
                 read.acks.add(voter)
                 if len(read.acks & set(self.voters)) >= self.quorum():
                     # A quorum confirmed our leadership after this read (and every earlier

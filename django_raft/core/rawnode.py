@@ -1,29 +1,63 @@
 """The host's handle on the core: feed it ticks and messages, take ``Ready``, ``advance``.
 
-A host loop looks like this (the ordering contract is written down once, in ``Ready``)::
+A complete host loop, here for a one-node cluster whose state machine is a list (the
+ordering contract it follows is written down once, in ``Ready``; the test suite runs
+this example as it stands)::
 
-    node = RawNode(Config(id="a"), storage)
-    while running:
-        node.tick()                       # at a fixed interval
-        node.step(message)                # for each message received
-        if node.has_ready():
+    from django_raft.core import (
+        Config, EntryType, MemoryStorage, RawNode, StateType, bootstrap,
+    )
+
+    storage = MemoryStorage()
+    storage.persist(*bootstrap(["a"]))         # once, before the first start
+    state_machine: list[bytes] = []            # volatile: rebuilt from the snapshot
+    node = RawNode(Config(id="a", applied=storage.snapshot().metadata.index), storage)
+    outbox = []                                # what a transport would send
+    reads = []                                 # ReadStates to serve once applied
+
+    def handle_ready() -> None:
+        while node.has_ready():
             ready = node.ready()
-            storage.persist(ready.hard_state, ready.entries)   # atomic and synced
-            transport.send(ready.messages)
-            apply(ready.committed_entries)
+            early, late = ready.partition_messages()
+            outbox.extend(early)               # a leader's replication may go first
+            storage.persist(ready.hard_state, ready.entries, ready.snapshot)  # synced
+            outbox.extend(late)                # votes and acknowledgements: once durable
+            if ready.snapshot is not None:     # the leader sent us its state machine
+                state_machine[:] = [ready.snapshot.data]
+            for entry in ready.committed_entries:
+                # Membership changes are applied by the core; empty data is a no-op.
+                if entry.type is EntryType.NORMAL and entry.data:
+                    state_machine.append(entry.data)
+            reads.extend(ready.read_states)
             node.advance(ready)
+
+    while node.basic_status().state is not StateType.LEADER:
+        node.tick()                            # at a fixed interval, e.g. every 10 ms
+        handle_ready()                         # after every tick, step and proposal
+    first, last = node.propose_batch([b"x", b"y"])
+    handle_ready()
+    node.read_index(b"read-1")
+    handle_ready()
+    assert state_machine == [b"x", b"y"]
+    assert [(r.index, r.context) for r in reads] == [(last, b"read-1")]
+
+Messages received from peers go to ``node.step(message)``, followed by
+``handle_ready()``. ``step`` never raises for what a peer sent: what does not fit is
+dropped and counted in ``node.dropped``. An ``AssertionError`` from the core means the
+host broke the contract (storage that lost what a Ready persisted, entries applied out
+of order): stop the node and investigate.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 from .config import Config
-from .errors import RaftError, StoppedError
+from .errors import StoppedError
 from .raft import Raft
 from .storage import Storage
 from .types import (
-    LOCAL_MESSAGES,
     BasicStatus,
     ConfChange,
     ConfState,
@@ -108,7 +142,9 @@ class RawNode:
         """Request a linearizable read named ``context``; a ``ReadState`` answers it.
 
         The host serves the read once its state machine has applied the ReadState's
-        index. No answer comes if leadership changes first: the host retries.
+        index. No answer comes if leadership changes first: the host retries, with the
+        same context if it likes (a context names one read at a time: asking again
+        abandons the earlier read, whose answer, should it still come, is dropped).
         """
         self._check_running()
         self.raft.read_index(context)
@@ -142,11 +178,20 @@ class RawNode:
         return max(0, min(keep_from, self.raft.compaction_floor()))
 
     def step(self, message: Message) -> None:
-        """Hand the core one message received from a peer."""
+        """Hand the core one message received from a peer.
+
+        It never raises for what a peer sent: a message that does not fit this node's
+        state is dropped and counted in ``dropped``. An ``AssertionError`` from the core
+        means the host broke the contract (for example, entries not persisted as a Ready
+        required, or storage that lost acknowledged state): the node must stop.
+        """
         self._check_running()
-        if message.type in LOCAL_MESSAGES:
-            raise RaftError(f"{message.type.value} is a local message and cannot be received")
-        self.raft.step(message)
+        self.raft.receive(message)
+
+    @property
+    def dropped(self) -> Counter[str]:
+        """How many messages from peers were refused, by reason (for metrics and logs)."""
+        return self.raft.dropped
 
     def has_ready(self) -> bool:
         """Whether there is anything to persist, send or apply."""

@@ -49,10 +49,16 @@ class HardState:
 
 @dataclass(frozen=True, slots=True)
 class ConfState:
-    """The cluster membership: the voters, and the learners that only receive the log."""
+    """The cluster membership: the voters, and the learners that only receive the log.
+
+    ``removed`` lists every id ever removed: a removed id never rejoins (a message still
+    on its way from the old node could be taken for the new one's), so a node that comes
+    back joins under a new id.
+    """
 
     voters: tuple[str, ...] = ()
     learners: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
 
 
 class ConfChangeType(enum.Enum):
@@ -231,8 +237,11 @@ class Message:
     """On vote requests: sent because of a leadership transfer, so leases do not apply."""
 
 
-_EARLY_MESSAGES = frozenset(
-    {MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT, MessageType.TIMEOUT_NOW}
+_EARLY_MESSAGES = (
+    MessageType.APPEND,
+    MessageType.HEARTBEAT,
+    MessageType.SNAPSHOT,
+    MessageType.TIMEOUT_NOW,
 )
 """What a leader may send while it persists (Raft thesis §10.2.1)."""
 

@@ -185,7 +185,7 @@ def test_follower_commit_entry(count: int, commit: int) -> None:
         # Entry 2 has another term: refuse, and point at entry 1 (term 1 ≤ 1).
         (1, 2, True, 2, 1, 1),
         # No entry 3: refuse, and point at our last entry.
-        (3, 3, True, 3, 2, 2),
+        (2, 3, True, 3, 2, 2),
     ],
 )
 def test_follower_check_append(

@@ -58,8 +58,9 @@ def test_read_index_waits_for_current_term_commit() -> None:
     ready = read_ready(leader)
     assert ready.read_states == ()
     beats = [m for m in ready.messages if m.type is MessageType.HEARTBEAT]
-    assert {(m.to, m.context) for m in beats} == {("2", b"ctx"), ("3", b"ctx")}
-    leader.step(heartbeat_answer(leader, "3", b"ctx"))
+    key = beats[0].context
+    assert {(m.to, m.context) for m in beats} == {("2", key), ("3", key)}
+    leader.step(heartbeat_answer(leader, "3", key))
     assert read_ready(leader).read_states == (ReadState(noop, b"ctx"),)
 
 
@@ -73,15 +74,16 @@ def test_read_index_needs_quorum_heartbeat() -> None:
     leader.read_index(b"ctx")
     ready = read_ready(leader)
     beats = [m for m in ready.messages if m.type is MessageType.HEARTBEAT]
-    assert {m.to for m in beats if m.context == b"ctx"} == {"2", "3", "4", "5", "6"}
+    key = beats[0].context
+    assert {m.to for m in beats if m.context == key} == {"2", "3", "4", "5", "6"}
     for sender in ("6", "2", "2"):
-        leader.step(heartbeat_answer(leader, sender, b"ctx"))
+        leader.step(heartbeat_answer(leader, sender, key))
         assert read_ready(leader).read_states == ()
     leader.step(heartbeat_answer(leader, "3", b"other"))
     assert read_ready(leader).read_states == ()
-    leader.step(heartbeat_answer(leader, "3", b"ctx"))
+    leader.step(heartbeat_answer(leader, "3", key))
     assert read_ready(leader).read_states == (ReadState(commit, b"ctx"),)
-    leader.step(heartbeat_answer(leader, "4", b"ctx"))
+    leader.step(heartbeat_answer(leader, "4", key))
     assert read_ready(leader).read_states == ()
 
 
@@ -129,8 +131,8 @@ def test_later_confirmation_answers_earlier_reads_in_order() -> None:
     leader.read_index(b"first")
     read_messages(leader)
     leader.read_index(b"second")
-    read_messages(leader)
-    leader.step(heartbeat_answer(leader, "2", b"second"))
+    (key,) = {m.context for m in read_messages(leader)}
+    leader.step(heartbeat_answer(leader, "2", key))
     commit = leader.raft.log.committed
     assert read_ready(leader).read_states == (
         ReadState(commit, b"first"),
@@ -163,9 +165,7 @@ def test_follower_read_index_forwarded() -> None:
     network = settled_leader(node_ids(3))
     follower = network.nodes["2"]
     follower.read_index(b"ctx")
-    assert [(m.type, m.to, m.context) for m in follower.raft.messages] == [
-        (MessageType.READ_INDEX, "1", b"ctx")
-    ]
+    assert [(m.type, m.to) for m in follower.raft.messages] == [(MessageType.READ_INDEX, "1")]
     network.deliver()
     assert network.read_states["2"] == [ReadState(network.nodes["1"].raft.log.committed, b"ctx")]
     assert network.read_states["1"] == []
@@ -234,3 +234,36 @@ def test_leader_removing_itself_needs_confirmation_for_reads() -> None:
     network.tick(ELECTION_TICK // 2)
     assert leader.raft.state is StateType.LEADER
     assert network.read_states["1"] == []
+
+
+def test_read_contexts_are_issued_by_the_core() -> None:
+    """Read contexts are unique by construction: a host reusing its context cannot have a
+    delayed heartbeat answer for an earlier read confirm a later one on a stale leader."""
+    network = settled_leader(node_ids(3))
+    leader = network.nodes["1"]
+    leader.read_index(b"same")
+    (first,) = {m.context for m in read_messages(leader)}
+    leader.step(heartbeat_answer(leader, "2", first))
+    assert [r.context for r in read_ready(leader).read_states] == [b"same"]
+    leader.read_index(b"same")
+    (second,) = {m.context for m in read_messages(leader)}
+    assert second != first
+    leader.step(heartbeat_answer(leader, "3", first))
+    assert read_ready(leader).read_states == ()
+    leader.step(heartbeat_answer(leader, "3", second))
+    assert [r.context for r in read_ready(leader).read_states] == [b"same"]
+
+
+def test_follower_ignores_answers_to_reads_it_did_not_send() -> None:
+    """A follower hands out a read state only for a read it forwarded and has not been
+    answered yet: a duplicated or delayed answer, or one for a reused context, is dropped."""
+    network = settled_leader(node_ids(3))
+    follower = network.nodes["2"]
+    follower.read_index(b"ctx")
+    network.deliver()
+    answer = next(m for m in network.delivered if m.type is MessageType.READ_INDEX_RESPONSE)
+    assert len(network.read_states["2"]) == 1
+    follower.read_index(b"ctx")
+    follower.step(answer)
+    assert read_ready(follower).read_states == ()
+    assert follower.dropped["unknown_read"] == 1

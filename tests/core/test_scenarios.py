@@ -79,7 +79,7 @@ def test_shrink_to_one_node() -> None:
         assert leader.raft.log.committed >= index
         network.propose(b"without " + node_id.encode())
         network.tick()
-    assert leader.conf_state() == ConfState(voters=("1",))
+    assert leader.conf_state() == ConfState(voters=("1",), removed=("2", "3", "4", "5"))
     assert leader.raft.quorum() == 1
     index = leader.propose(b"alone")
     network.drop = isolate("2", "3", "4", "5")
@@ -112,7 +112,7 @@ def test_remove_the_leader() -> None:
     network.propose(b"b")
     network.tick(3 * ELECTION_TICK)
     assert network.leader() is new
-    assert new.conf_state() == ConfState(voters=("2", "3", "4", "5"))
+    assert new.conf_state() == ConfState(voters=("2", "3", "4", "5"), removed=("1",))
     assert_same_state(network, ("2", "3", "4", "5"))
     assert network.commands("2") == [b"a", b"b"]
     assert old.raft.state is StateType.FOLLOWER

@@ -21,6 +21,10 @@ STATE_MACHINE_SAFETY = "State Machine Safety"
 LIVENESS = "Liveness"
 LINEARIZABILITY = "Linearizable reads"
 CORE_ERROR = "Core raised"
+DURABILITY = "Persisted before sent"
+"""Every message is backed by state persisted in the same or an earlier Ready."""
+STALE_TERM = "Stale term answered"
+"""Figure 2: a request from an older term is answered with the current term."""
 
 
 class InvariantViolation(AssertionError):

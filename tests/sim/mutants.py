@@ -14,22 +14,32 @@ from typing import Any
 from django_raft.core import (
     NONE,
     ConfChange,
+    ConfState,
     Entry,
     EntryType,
     HardState,
     Message,
+    MessageType,
+    NotLeaderError,
+    Ready,
+    StateType,
     validate_conf_change,
 )
+from django_raft.core import raft as raft_module
 from django_raft.core.log import RaftLog
-from django_raft.core.raft import Raft, _PendingRead
+from django_raft.core.progress import Progress
+from django_raft.core.raft import _FROM_LEADER, _VOTE_REPLY, Raft, _PendingRead
 
 from .invariants import (
     CORE_ERROR,
+    DURABILITY,
     ELECTION_SAFETY,
     LEADER_APPEND_ONLY,
     LEADER_COMPLETENESS,
     LINEARIZABILITY,
+    LIVENESS,
     LOG_MATCHING,
+    STALE_TERM,
     STATE_MACHINE_SAFETY,
 )
 
@@ -46,7 +56,7 @@ class Mutant:
     name: str
     rule: str
     catches: frozenset[str]
-    patches: tuple[tuple[type, str, Callable[..., Any]], ...]
+    patches: tuple[tuple[object, str, Callable[..., Any]], ...]
     profile: str | None = None
 
 
@@ -112,10 +122,10 @@ def _applied_to_unchecked(self: RaftLog, index: int) -> None:
 
 
 def _read_before_own_commit(self: Raft, context: bytes, requester: str) -> None:
-    read = _PendingRead(context, self.log.committed, requester, {self.id})
+    read = _PendingRead(context, self.log.committed, requester, {self.id}, self.new_read_key())
     self.pending_reads.append(read)
     for peer in self._peers():
-        self._send_heartbeat(peer, context)
+        self._send_heartbeat(peer, read.key)
 
 
 def _read_without_quorum(self: Raft, context: bytes, requester: str) -> None:
@@ -128,6 +138,87 @@ def _conf_change_without_waiting(self: Raft, change: ConfChange) -> int:
     return self._propose_entry(EntryType.CONF_CHANGE, change.encode())
 
 
+def _validate_allowing_removed_ids(conf_state: ConfState, change: ConfChange) -> None:
+    validate_conf_change(ConfState(conf_state.voters, conf_state.learners), change)
+
+
+def _stale_answered_only_with_pre_vote_or_check_quorum(self: Raft, message: Message) -> None:
+    if message.type in _FROM_LEADER and (self.config.check_quorum or self.config.pre_vote):
+        self._send(
+            Message(
+                type=MessageType.APPEND_RESPONSE, to=message.sender, sender=self.id, term=self.term
+            )
+        )
+    elif message.type is MessageType.PRE_VOTE:
+        self._send(
+            Message(
+                type=_VOTE_REPLY[message.type],
+                to=message.sender,
+                sender=self.id,
+                term=self.term,
+                reject=True,
+            )
+        )
+
+
+def _reset_keeping_queued_messages(self: Raft, term: int) -> None:
+    if self.term != term:
+        self.term = term
+        self.vote = NONE
+    self.lead = NONE
+    self.election_elapsed = 0
+    self.heartbeat_elapsed = 0
+    self.randomized_election_timeout = self._rng.randrange(
+        self.config.election_tick, 2 * self.config.election_tick
+    )
+    self.votes = {}
+    self.lead_transferee = NONE
+    self.outgoing_snapshots = {}
+    self.pending_reads = []
+    self.forwarded_reads = {}
+    self.reads_awaiting_commit = []
+    next_index = self.log.last_index() + 1
+    self.progress = {
+        member: Progress(next_index, self.config.max_inflight_messages)
+        for member in (*self.voters, *self.learners)
+    }
+    if self.id in self.progress:
+        self.progress[self.id].match = self.log.stable_index()
+
+
+def _read_index_with_host_context(self: Raft, context: bytes) -> None:
+    if self.state is StateType.LEADER:
+        self._read_index(context, self.id)
+    elif self.lead != NONE:
+        self.forwarded_reads[context] = context
+        self._send(
+            Message(type=MessageType.READ_INDEX, to=self.lead, sender=self.id, context=context)
+        )
+    else:
+        raise NotLeaderError(NONE)
+
+
+def _leader_read_with_host_context(self: Raft, context: bytes, requester: str) -> None:
+    if self.log.term(self.log.committed) != self.term:
+        self.reads_awaiting_commit.append(
+            Message(type=MessageType.READ_INDEX, sender=requester, context=context)
+        )
+        return
+    read = _PendingRead(context, self.log.committed, requester, {self.id}, context)
+    if self.voters == (self.id,):
+        self._answer_read(read)
+        return
+    self.pending_reads.append(read)
+    for peer in self._peers():
+        self._send_heartbeat(peer, context)
+
+
+def _send_everything_before_persisting(
+    self: Ready,
+) -> tuple[tuple[Message, ...], tuple[Message, ...]]:
+    return self.messages, ()
+
+
 MUTANTS = (
     Mutant(
         "vote_twice_in_a_term",
@@ -138,7 +229,7 @@ MUTANTS = (
     Mutant(
         "vote_not_persisted",
         "Figure 2: votedFor is persisted before responding",
-        frozenset({ELECTION_SAFETY}),
+        frozenset({ELECTION_SAFETY, DURABILITY}),
         ((Raft, "hard_state", _hard_state_without_vote),),
         "elections",
     ),
@@ -172,7 +263,7 @@ MUTANTS = (
     Mutant(
         "truncate_matching_entries",
         "§5.3: delete only entries that conflict, never entries that match",
-        frozenset({LEADER_COMPLETENESS, STATE_MACHINE_SAFETY, CORE_ERROR}),
+        frozenset({LEADER_COMPLETENESS, STATE_MACHINE_SAFETY, CORE_ERROR, DURABILITY}),
         ((RaftLog, "maybe_append", _truncate_matching_tail),),
     ),
     Mutant(
@@ -193,5 +284,39 @@ MUTANTS = (
         frozenset({ELECTION_SAFETY, LEADER_COMPLETENESS, STATE_MACHINE_SAFETY, LOG_MATCHING}),
         ((Raft, "propose_conf_change", _conf_change_without_waiting),),
         "membership",
+    ),
+    Mutant(
+        "removed_id_rejoins",
+        "a removed id never rejoins: its old messages would be taken for the new node's",
+        frozenset({LEADER_COMPLETENESS, STATE_MACHINE_SAFETY, LIVENESS, CORE_ERROR}),
+        ((raft_module, "validate_conf_change", _validate_allowing_removed_ids),),
+        "membership",
+    ),
+    Mutant(
+        "stale_term_unanswered",
+        "Figure 2: a request from an older term is answered with the current term",
+        frozenset({STALE_TERM}),
+        ((Raft, "_step_stale", _stale_answered_only_with_pre_vote_or_check_quorum),),
+    ),
+    Mutant(
+        "stale_acks_survive_a_new_term",
+        "a Ready sends only messages backed by what it persists: replies of an older term go",
+        frozenset({DURABILITY}),
+        ((Raft, "_reset", _reset_keeping_queued_messages),),
+    ),
+    Mutant(
+        "read_context_from_the_host",
+        "§6.4 of the thesis: a heartbeat answer confirms only the read it was sent for",
+        frozenset({LINEARIZABILITY}),
+        (
+            (Raft, "read_index", _read_index_with_host_context),
+            (Raft, "_read_index", _leader_read_with_host_context),
+        ),
+    ),
+    Mutant(
+        "send_everything_before_persisting",
+        "Figure 2: votes and acknowledgements are sent only once persisted",
+        frozenset({DURABILITY}),
+        ((Ready, "partition_messages", _send_everything_before_persisting),),
     ),
 )

@@ -7,8 +7,11 @@ random comes from ``random.Random(seed)``, so a seed replays exactly.
 
 Faults, for the first 70 % of a run:
 - messages are dropped, duplicated, delayed (which reorders them) and, rarely, held
-  back for several election timeouts and delivered stale;
-- partitions: symmetric splits, a leader isolated, one-way link cuts;
+  back for several election timeouts and delivered stale; in half of the ticks a node
+  steps every message due to it before it takes its Ready (a batch);
+- partitions: symmetric splits, a leader isolated, one-way (asymmetric) link cuts, and
+  bridges (two sides that only one node connects);
+- pre-vote and check-quorum each switched off in some schedules;
 - the host follows the Ready contract with the leader sending its replication
   messages before it persists (``Ready.partition_messages``) and every node sending
   its replies before it applies;
@@ -18,10 +21,12 @@ Faults, for the first 70 % of a run:
   Readies; a crashed node restarts later from its storage, restoring its state
   machine from its snapshot;
 - membership churn: learners and voters added (fresh nodes with empty disks),
-  learners promoted, members removed, the leader included;
+  learners promoted, members removed, the leader included, and removed ids added back
+  with empty disks (which the core refuses);
 - snapshots: automatic (a small threshold) and forced, with few entries kept after
   them, so lagging and new nodes are sent snapshots in small chunks;
-- leadership transfers to random voters, and linearizable reads (ReadIndex) on any node.
+- leadership transfers to random voters, and linearizable reads (ReadIndex) on any node,
+  the host reusing the context of a read it gave up on.
 
 Then the faults heal and liveness is checked: a leader must emerge, and every proposal
 accepted by a leader that stays in office must commit within a bounded number of ticks.
@@ -29,6 +34,7 @@ accepted by a leader that stays in office must commit within a bounded number of
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections import defaultdict
@@ -44,10 +50,12 @@ from django_raft.core import (
     EntryType,
     MemoryStorage,
     Message,
+    MessageType,
     ProgressState,
     RaftError,
     RawNode,
     Ready,
+    RemovedPeerError,
     Snapshot,
     StateType,
     bootstrap,
@@ -55,8 +63,10 @@ from django_raft.core import (
 
 from .invariants import (
     CORE_ERROR,
+    DURABILITY,
     LINEARIZABILITY,
     LIVENESS,
+    STALE_TERM,
     Checker,
     InvariantViolation,
     chain_hash,
@@ -76,6 +86,8 @@ QUIET_TICKS = 80
 CONVERGE_BOUND = 400
 """Extra quiet ticks allowed, after the run, for every member to reach the same state."""
 MAX_VOTERS = 5
+_FROM_LEADER = (MessageType.APPEND, MessageType.HEARTBEAT, MessageType.SNAPSHOT)
+_CLAIMS_OWN_VOTE = (*_FROM_LEADER, MessageType.TIMEOUT_NOW, MessageType.REQUEST_VOTE)
 
 
 @dataclass(frozen=True)
@@ -97,9 +109,28 @@ class Faults:
     entries_after_snapshot: int
     forced_snapshot_rate: float
     chunk: int
+    pre_vote: bool = True
+    check_quorum: bool = True
+    slow_disk: float = 0.0
+    """How often a leader's write takes several ticks while it goes on working."""
 
     @classmethod
     def draw(cls, rng: random.Random, profile: str) -> Faults:
+        """Pick a fault mix and the election settings (pre-vote and check-quorum each off
+        in some schedules, both off in one in five)."""
+        faults = cls._draw(rng, profile)
+        pre_vote, check_quorum = rng.choice(
+            ((True, True), (True, True), (False, False), (True, False), (False, True))
+        )
+        return dataclasses.replace(
+            faults,
+            pre_vote=pre_vote,
+            check_quorum=check_quorum,
+            slow_disk=rng.choice((0.0, 0.2, 0.5)),
+        )
+
+    @classmethod
+    def _draw(cls, rng: random.Random, profile: str) -> Faults:
         """Pick a fault mix: some schedules calm, some brutal.
 
         The "elections" profile leaves out membership, snapshots and reads and crashes
@@ -185,6 +216,9 @@ class SimNode:
         self.digest = 0
         self.pending_crash: str | None = None
         self.was_leader = False
+        self.writing: tuple[Ready, tuple[Message, ...]] | None = None
+        """A Ready whose write is still in progress (a slow disk)."""
+        self.write_done = 0
 
     def chain_at(self, index: int) -> int | None:
         """The hash of this node's persisted log up to ``index``, if it still knows it."""
@@ -208,17 +242,21 @@ class SimNode:
             snapshot_threshold=faults.snapshot_threshold,
             entries_after_snapshot=faults.entries_after_snapshot,
             max_snapshot_chunk=faults.chunk,
+            pre_vote=faults.pre_vote,
+            check_quorum=faults.check_quorum,
             rng=random.Random(rng.getrandbits(64)),
         )
         self.raw = RawNode(config, self.storage)
         self.pending_crash = None
         self.was_leader = False
+        self.writing = None
 
     def crash(self) -> None:
         """Lose the process and everything not on disk."""
         self.raw = None
         self.pending_crash = None
         self.was_leader = False
+        self.writing = None
 
     def snapshot_data(self, rng: random.Random) -> bytes:
         """Serialise the state machine as of ``applied_index``."""
@@ -266,11 +304,21 @@ class Stats:
     proposals: int = 0
     committed: int = 0
     conf_changes: int = 0
+    reuse_refused: int = 0
+    """Attempts to add back a removed id, which the core refuses."""
     snapshots_sent: int = 0
     snapshots_installed: int = 0
     transfers: int = 0
     reads: int = 0
     reads_served: int = 0
+    reads_reused: int = 0
+    """Reads issued with the context of an earlier, unanswered read."""
+    stale_answered: int = 0
+    """Requests from an older term, each answered with the current term."""
+    slow_writes: int = 0
+    """Readies whose write spanned ticks while the node went on working."""
+    early_sends: int = 0
+    """Messages a leader sent before persisting the Ready that carried them."""
 
 
 @dataclass
@@ -317,32 +365,50 @@ class Simulation:
 
     def _drain(self, node: SimNode) -> None:
         raw = node.raw
-        while raw is not None and raw.has_ready():
+        while raw is not None and node.writing is None and raw.has_ready():
             ready = raw.ready()
             early, late = ready.partition_messages()
+            self.stats.early_sends += len(early)
             for message in early:
+                self._check_backed(node, message)
                 self._send(message)
             if node.pending_crash == "after_early_send" and early:
                 self._crash(node)
                 return
-            self._persist(node, ready)
-            if node.pending_crash == "after_persist":
-                self._crash(node)
+            if early and self.rng.random() < self.faults.slow_disk:
+                # The write takes a few ticks; the node goes on stepping and ticking
+                # meanwhile, and takes no Ready before this one is advanced.
+                self.stats.slow_writes += 1
+                node.writing = (ready, late)
+                node.write_done = self.now + self.rng.randint(1, 4)
                 return
-            for message in late:
-                self._send(message)
-            if node.pending_crash == "after_send" and late:
-                self._crash(node)
+            if not self._finish(node, ready, late):
                 return
-            if ready.snapshot is not None:
-                self._restore(node, ready.snapshot)
-            for entry in ready.committed_entries:
-                self._apply(node, entry)
-            for read_state in ready.read_states:
-                self._read_answered(node, read_state.index, read_state.context)
-            raw.advance(ready)
-            self._serve_reads(node)
-            self._maybe_snapshot(node)
+
+    def _finish(self, node: SimNode, ready: Ready, late: tuple[Message, ...]) -> bool:
+        """Persist a Ready, send what had to wait, apply, advance; False if it crashed."""
+        raw = node.raw
+        assert raw is not None
+        self._persist(node, ready)
+        if node.pending_crash == "after_persist":
+            self._crash(node)
+            return False
+        for message in late:
+            self._check_backed(node, message)
+            self._send(message)
+        if node.pending_crash == "after_send" and late:
+            self._crash(node)
+            return False
+        if ready.snapshot is not None:
+            self._restore(node, ready.snapshot)
+        for entry in ready.committed_entries:
+            self._apply(node, entry)
+        for read_state in ready.read_states:
+            self._read_answered(node, read_state.index, read_state.context)
+        raw.advance(ready)
+        self._serve_reads(node)
+        self._maybe_snapshot(node)
+        return True
 
     def _persist(self, node: SimNode, ready: Ready) -> None:
         storage = node.storage
@@ -416,8 +482,16 @@ class Simulation:
             return
         node = self.rng.choice(live)
         assert node.raw is not None
+        # A host may reuse the context of a read it gave up on (not answered within a few
+        # election timeouts): the core must not confuse the two.
+        context = f"read-{node.id}-{self.rng.randrange(4)}".encode()
+        pending = self.reads.get(context)
+        if pending is not None:
+            if self.now - pending.began < 3 * ELECTION_TICK:
+                return
+            del self.reads[context]
+            self.stats.reads_reused += 1
         self.stats.reads += 1
-        context = f"read-{self.stats.reads}".encode()
         try:
             node.raw.read_index(context)
         except RaftError:
@@ -469,15 +543,67 @@ class Simulation:
         if not due:
             return
         self.rng.shuffle(due)
-        for message in due:
+        if self.rng.random() < 0.5:
+            # A host steps everything it received before it takes the next Ready: a
+            # batch may hold a request and a newer term's message that supersedes it.
+            due.sort(key=lambda m: m.to)
+        for position, message in enumerate(due):
             node = self.nodes[message.to]
             if node.raw is None or (message.sender, message.to) in self.cut:
                 continue
+            stale = (
+                message.type in _FROM_LEADER
+                and 0 < message.term < node.raw.raft.term
+                and node.raw.raft.term
+            )
             self._guard(node, partial(RawNode.step, message=message))
+            if stale and node.raw is not None:
+                self._check_stale_answered(node, message, stale)
             if node.pending_crash == "before_persist":
                 self._crash(node)
                 continue
+            if position + 1 < len(due) and due[position + 1].to == message.to:
+                continue  # the rest of this node's batch first
             self._drain(node)
+
+    def _check_stale_answered(self, node: SimNode, request: Message, term: int) -> None:
+        """Figure 2: a request from an older term is answered with the current term."""
+        assert node.raw is not None
+        if not any(m.to == request.sender and m.term == term for m in node.raw.raft.messages):
+            raise InvariantViolation(
+                STALE_TERM,
+                f"{node.id} (term {term}) did not answer {request.type.value} of term "
+                f"{request.term} from {request.sender}",
+            )
+        self.stats.stale_answered += 1
+
+    def _check_backed(self, node: SimNode, message: Message) -> None:
+        """Every message is backed by state already persisted when it is sent."""
+        kind = message.type
+        if message.term == 0 or kind in (MessageType.PRE_VOTE, MessageType.PRE_VOTE_RESPONSE):
+            return
+        hard_state = node.storage.hard_state
+        problem = ""
+        if message.term != hard_state.term:
+            problem = f"of term {message.term} with term {hard_state.term} persisted"
+        elif kind in _CLAIMS_OWN_VOTE and hard_state.vote != node.id:
+            problem = f"with vote {hard_state.vote!r} persisted"
+        elif (
+            kind is MessageType.REQUEST_VOTE_RESPONSE
+            and not message.reject
+            and hard_state.vote != message.to
+        ):
+            problem = f"granting a vote with vote {hard_state.vote!r} persisted"
+        elif (
+            kind is MessageType.APPEND_RESPONSE
+            and not message.reject
+            and node.storage.last_index() < message.index
+        ):
+            problem = f"up to {message.index} with {node.storage.last_index()} persisted"
+        if problem:
+            raise InvariantViolation(
+                DURABILITY, f"{node.id} sent {kind.value} to {message.to} {problem}"
+            )
 
     # -- faults ------------------------------------------------------------------------
 
@@ -515,7 +641,7 @@ class Simulation:
     def _partition(self) -> None:
         rng = self.rng
         ids = list(self.ids)
-        kind = rng.choice(("split", "isolate_leader", "one_way"))
+        kind = rng.choice(("split", "isolate_leader", "one_way", "bridge"))
         self.cut.clear()
         if len(ids) < 2:
             return
@@ -523,6 +649,18 @@ class Simulation:
             for _ in range(rng.randint(1, len(ids))):
                 a, b = rng.sample(ids, 2)
                 self.cut.add((a, b))
+            return
+        if kind == "bridge" and len(ids) >= 3:
+            # Two sides that cannot hear each other, and one node (ids[0], the bridge)
+            # that hears both.
+            rng.shuffle(ids)
+            rest = ids[1:]
+            side = rest[: rng.randint(1, len(rest) - 1)]
+            for a in side:
+                for b in rest:
+                    if b not in side:
+                        self.cut.add((a, b))
+                        self.cut.add((b, a))
             return
         if kind == "isolate_leader":
             leaders = self._leaders()
@@ -551,14 +689,25 @@ class Simulation:
                 ConfChange(ConfChangeType.ADD_LEARNER, new_id),
             ]
             choices += [ConfChange(ConfChangeType.ADD_VOTER, n) for n in conf.learners]
+            # A node that was removed tries to come back under its old id, with an
+            # empty disk: the core refuses (a removed id never rejoins).
+            choices += [ConfChange(ConfChangeType.ADD_VOTER, n) for n in conf.removed]
         choices += [ConfChange(ConfChangeType.REMOVE, n) for n in conf.voters + conf.learners]
         change = self.rng.choice(choices)
+        reused = change.type is not ConfChangeType.REMOVE and change.node_id in conf.removed
         try:
             leader.raw.propose_conf_change(change)
+        except RemovedPeerError:
+            self.stats.reuse_refused += 1
+            return
         except RaftError:
             return
         self.stats.conf_changes += 1
-        if change.node_id not in self.nodes:
+        if reused:
+            node = SimNode(change.node_id, ())
+            self.nodes[node.id] = node
+            node.start(self.rng, self.faults)
+        elif change.node_id not in self.nodes:
             self.next_id += 1
             node = SimNode(change.node_id, ())
             self.nodes[node.id] = node
@@ -668,6 +817,10 @@ class Simulation:
         elif self.now == self.heal_at:
             self._heal()
         for node in list(self.nodes.values()):
+            if node.writing is not None and node.write_done <= tick:
+                (ready, late), node.writing = node.writing, None
+                if self._finish(node, ready, late):
+                    self._drain(node)
             if node.raw is not None:
                 self._guard(node, lambda raw: raw.tick())
                 self._drain(node)

@@ -58,11 +58,13 @@ def test_schedules_exercise_every_fault() -> None:
     totals = Stats()
     sizes = set()
     profiles = set()
+    settings = set()
     for seed in range(40):
         simulation = Simulation(seed, ticks=600)
         stats = simulation.run()
         sizes.add(len(simulation.ids))
         profiles.add(simulation.profile)
+        settings.add((simulation.faults.pre_vote, simulation.faults.check_quorum))
         for name, value in vars(stats).items():
             setattr(totals, name, getattr(totals, name) + value)
     assert {1, 3, 5} <= sizes
@@ -77,6 +79,12 @@ def test_schedules_exercise_every_fault() -> None:
     assert totals.snapshots_installed > 5
     assert totals.transfers > 5
     assert totals.reads_served > 100
+    assert settings == {(True, True), (True, False), (False, True), (False, False)}
+    assert totals.reuse_refused > 0
+    assert totals.reads_reused > 5
+    assert totals.stale_answered > 100
+    assert totals.slow_writes > 100
+    assert totals.early_sends > 1000
 
 
 def test_violation_names_the_seed_and_replay_command() -> None:
