@@ -22,6 +22,14 @@ IDS: dict[str, str] = {
     "ADDRESS": "django_raft.E004",
     "CLUSTER": "django_raft.E005",
     "SECRET": "django_raft.E006",
+    "CLIENT_SECRET": "django_raft.E022",
+    "ALLOW_WEAK_SECRET": "django_raft.E023",
+    "AUTH_WINDOW": "django_raft.E024",
+    "TLS_CERT": "django_raft.E025",
+    "TLS_KEY": "django_raft.E026",
+    "TLS_CA": "django_raft.E027",
+    "TLS_CLIENT_AUTH": "django_raft.E028",
+    "MAX_COMMAND_SIZE": "django_raft.E029",
     "DATABASE": "django_raft.E007",
     "URL_PREFIX": "django_raft.E008",
     "TICK_INTERVAL": "django_raft.E009",
@@ -42,6 +50,11 @@ IDS: dict[str, str] = {
     "election-not-above-heartbeat": "django_raft.E032",
     "node-not-in-cluster": "django_raft.E033",
     "core-config": "django_raft.E034",
+    "weak-secret": "django_raft.E035",
+    "weak-client-secret": "django_raft.E036",
+    "tls-pair": "django_raft.E037",
+    "tls-client-auth-without-ca": "django_raft.E038",
+    "tls-file": "django_raft.E039",
     "empty-secret": "django_raft.W001",
     "even-cluster": "django_raft.W002",
 }
@@ -64,6 +77,17 @@ _HINTS: dict[str, str] = {
         "raftnode --join URL."
     ),
     "core-config": "Change the settings the message names.",
+    "weak-secret": (
+        "Set DJANGO_RAFT['SECRET'] to the output of "
+        '`python -c "import secrets; print(secrets.token_urlsafe(48))"` on every node.'
+    ),
+    "weak-client-secret": (
+        "Set DJANGO_RAFT['CLIENT_SECRET'] to the output of "
+        '`python -c "import secrets; print(secrets.token_urlsafe(48))"`, or leave it empty.'
+    ),
+    "tls-pair": "Set DJANGO_RAFT['TLS_CERT'] and TLS_KEY together.",
+    "tls-client-auth-without-ca": "Set DJANGO_RAFT['TLS_CA'], TLS_CERT and TLS_KEY.",
+    "tls-file": "Fix the path, or the file's permissions for the user running the node.",
 }
 
 

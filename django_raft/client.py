@@ -19,6 +19,7 @@ from .core import DuplicatePeerError, MembershipError, NotLeaderError, ProposalD
 from .exceptions import (
     CommandError,
     CommandTimeoutError,
+    InvalidCommandError,
     OverloadedError,
     StopError,
     UnavailableError,
@@ -38,6 +39,7 @@ _ERRORS: dict[str, type[Exception]] = {
     "ProposalDroppedError": ProposalDroppedError,
     "UnavailableError": UnavailableError,
     "OverloadedError": OverloadedError,
+    "InvalidCommandError": InvalidCommandError,
 }
 
 

@@ -30,6 +30,7 @@ back and applied again call by call, each call alone in a batch of one.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -43,6 +44,7 @@ __all__ = [
     "Handler",
     "StateHooks",
     "UnknownCommandError",
+    "check_call",
     "command",
     "get",
     "get_state_hooks",
@@ -153,6 +155,35 @@ def get(name: str) -> Handler:
         return _handlers[name]
     except KeyError:
         raise UnknownCommandError(f"no handler is registered for command {name!r}") from None
+
+
+def check_call(name: str, arguments: Mapping[str, Any], size: int, max_size: int) -> None:
+    """Refuse, before it is proposed, a command that could only fail on every node.
+
+    Raise ``InvalidCommandError`` when no handler is registered under ``name``, when
+    ``arguments`` do not bind to the handler's keyword parameters (a batch handler's
+    calls are not checked: its signature takes them all), or when the encoded command
+    (``size`` bytes) is over ``max_size``. Such a command never enters the log.
+    """
+    from .exceptions import InvalidCommandError  # exceptions imports the core; keep it lazy
+
+    if size > max_size:
+        raise InvalidCommandError(
+            f"command {name!r} is {size} bytes, over MAX_COMMAND_SIZE ({max_size} bytes)"
+        )
+    handler = _handlers.get(name)
+    if handler is None:
+        raise InvalidCommandError(f"no handler is registered for command {name!r}")
+    if name in _batch:
+        return
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: nothing to check it against
+    try:
+        signature.bind(None, **arguments)
+    except TypeError as error:
+        raise InvalidCommandError(f"command {name!r}: {error}") from None
 
 
 def names() -> list[str]:

@@ -8,6 +8,7 @@ __all__ = [
     "CommandError",
     "CommandTimeoutError",
     "DuplicatePeerError",
+    "InvalidCommandError",
     "NotLeaderError",
     "OverloadedError",
     "RaftError",
@@ -38,3 +39,8 @@ class UnavailableError(RaftError):
 
 class OverloadedError(RaftError):
     """The node holds as many outstanding proposals as it may; retry later."""
+
+
+class InvalidCommandError(RaftError):
+    """The leader refused the command before proposing it: no handler has its name, its
+    arguments do not fit the handler, or it is larger than ``MAX_COMMAND_SIZE``."""
