@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -33,6 +34,10 @@ LISTEN_BACKLOG = 1024
 made bursts of new clients see connection resets)."""
 KEEP_ALIVE_TIMEOUT = 60
 """Seconds an idle keep-alive connection stays open, so clients and peers reuse it."""
+GIL_SWITCH_INTERVAL = 0.001
+"""Seconds a thread holds the GIL while another waits (Python's default is 0.005). The
+loop thread gives up the GIL on every database call; with the default, a busy request
+or application thread would make it wait up to 5 ms each time to get it back."""
 DEFAULT_THREADS = 64
 """Request threads: each client waiting for its command's commit holds one."""
 
@@ -172,6 +177,7 @@ def start_node(
     threads: int = DEFAULT_THREADS,
 ) -> tuple[RaftNode, wsgi.Server]:
     """Open storage, bootstrap or join if asked, start the loop and the HTTP server."""
+    sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL))
     alias = raft_settings.DATABASE
     make_durable(alias)
     storage = DjangoStorage(alias)

@@ -556,3 +556,32 @@ def test_make_durable_refuses_postgresql_without_synchronous_commit() -> None:
     finally:
         with connection.cursor() as cursor:
             cursor.execute("SET synchronous_commit = on")
+
+
+def relaxed(captured: CaptureQueriesContext) -> bool:
+    """Whether a write was committed without waiting for the disk."""
+    return any(
+        "synchronous=NORMAL" in query["sql"] or "synchronous_commit = off" in query["sql"]
+        for query in captured.captured_queries
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("restore_durability")
+def test_only_a_write_of_the_commit_index_alone_skips_the_sync() -> None:
+    """commitIndex is volatile (Figure 2): a Ready that moves only it is not synced."""
+    make_durable("default")
+    storage = DjangoStorage()
+    writes = [
+        (HardState(term=1, vote="a"), make_entries([1, 1]), False),
+        (HardState(term=1, vote="a", commit=1), (), True),
+        (HardState(term=1, vote="a", commit=2), (), True),
+        (HardState(term=2, vote="a", commit=2), (), False),  # a new term must be synced
+        (HardState(term=2, vote="b", commit=2), (), False),
+        (HardState(term=2, vote="b", commit=3), make_entries([2], first=3), False),
+    ]
+    for hard_state, entries, expected in writes:
+        with CaptureQueriesContext(connection) as captured:
+            storage.persist(hard_state, entries)
+        assert relaxed(captured) is expected, hard_state
+    assert DjangoStorage().initial_state()[0] == HardState(term=2, vote="b", commit=3)
