@@ -239,10 +239,11 @@ class Verifier:
                 SIGNATURE_HEADER,
             )
         ]
-        if any(not isinstance(value, str) or not value for value in values):
+        present = [value for value in values if isinstance(value, str) and value]
+        if len(present) != len(values):
             return "missing signature headers: only cluster members and clients may call this"
-        sender, receiver, timestamp, nonce, digest, signature = values  # type: ignore[misc]
-        if receiver != self.node_id and not (receiver == ANY_NODE and NODE not in kinds):
+        sender, receiver, timestamp, nonce, digest, signature = present
+        if receiver != self.node_id and not (receiver == ANY_NODE and CLIENT in kinds):
             return f"addressed to {receiver!r}, not to this node"
         if not timestamp.isascii() or not timestamp.isdigit() or len(timestamp) > 16:
             return "malformed timestamp"

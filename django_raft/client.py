@@ -2,7 +2,7 @@
 
 In the ``raftnode`` process the command goes straight to the node's loop; anywhere else
 (a view, the shell, a Celery task) it is posted to the node at ``DJANGO_RAFT['ADDRESS']``.
-A follower forwards to the leader. Requests are signed with the cluster secret.
+A follower forwards to the leader. Requests are signed with the client key (``auth``).
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import json
 import threading
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
+from .auth import ANY_NODE, CLIENT, Signer, derive_keys
 from .conf import raft_settings
 from .core import DuplicatePeerError, MembershipError, NotLeaderError, ProposalDroppedError
 from .exceptions import (
@@ -24,7 +26,7 @@ from .exceptions import (
     StopError,
     UnavailableError,
 )
-from .transport import NODE_HEADER, SIGNATURE_HEADER, sign
+from .tls import requests_options
 
 _sessions = threading.local()
 """One keep-alive session per thread (a Session must not be shared between threads)."""
@@ -58,16 +60,16 @@ def post(address: str, route: str, body: dict[str, Any], timeout: float) -> dict
     """POST a signed JSON request to a node's client route; return its JSON answer."""
     data = json.dumps(body).encode()
     url = f"{address.rstrip('/')}/{raft_settings.URL_PREFIX}{route}"
-    headers = {
-        "Content-Type": "application/json",
-        NODE_HEADER: "client",
-        SIGNATURE_HEADER: sign(raft_settings.SECRET, data),
-    }
+    keys = derive_keys(raft_settings.SECRET, raft_settings.CLIENT_SECRET)
+    signer = Signer(keys.client, CLIENT, raft_settings.NODE_ID or "client")
+    headers = signer.headers("POST", urlsplit(url).path, ANY_NODE, data)
+    headers["Content-Type"] = "application/json"
+    tls = requests_options(raft_settings.TLS_CERT, raft_settings.TLS_KEY, raft_settings.TLS_CA)
     session = getattr(_sessions, "session", None)
     if session is None:
         session = _sessions.session = requests.Session()
     try:
-        response = session.post(url, data=data, headers=headers, timeout=timeout + 1.0)
+        response = session.post(url, data=data, headers=headers, timeout=timeout + 1.0, **tls)
     except requests.RequestException as error:
         raise UnavailableError(f"cannot reach {address}: {error}") from error
     try:

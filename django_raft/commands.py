@@ -105,11 +105,18 @@ class UnknownCommandError(LookupError):
 
 _handlers: dict[str, Handler] = {}
 _batch: set[str] = set()
+_arguments: dict[str, Handler] = {}
 _state_hooks: StateHooks | None = None
 
 
-def register(name: str, handler: Handler, *, batch: bool = False) -> None:
+def register(
+    name: str, handler: Handler, *, batch: bool = False, arguments: Handler | None = None
+) -> None:
     """Register ``handler`` for the command ``name`` (a batch handler if ``batch``).
+
+    ``arguments``, for a batch handler, is a function whose signature (after the
+    context) is that of one call: the leader checks each command's arguments against
+    it before proposing (see ``check_call``).
 
     Registering the same handler again is a no-op (``ready()`` may run twice); a second,
     different handler for a name is a configuration error.
@@ -129,16 +136,21 @@ def register(name: str, handler: Handler, *, batch: bool = False) -> None:
     _handlers[name] = handler
     if batch:
         _batch.add(name)
+    if arguments is not None:
+        _arguments[name] = arguments
 
 
-def command(name: str, *, batch: bool = False) -> Callable[[F], F]:
+def command(
+    name: str, *, batch: bool = False, arguments: Handler | None = None
+) -> Callable[[F], F]:
     """Decorator: register the decorated function as the handler of ``name``.
 
-    With ``batch=True`` it receives runs of calls (see the module's docstring).
+    With ``batch=True`` it receives runs of calls (see the module's docstring), and
+    ``arguments`` may give the signature of one call.
     """
 
     def decorator(handler: F) -> F:
-        register(name, handler, batch=batch)
+        register(name, handler, batch=batch, arguments=arguments)
         return handler
 
     return decorator
@@ -161,8 +173,9 @@ def check_call(name: str, arguments: Mapping[str, Any], size: int, max_size: int
     """Refuse, before it is proposed, a command that could only fail on every node.
 
     Raise ``InvalidCommandError`` when no handler is registered under ``name``, when
-    ``arguments`` do not bind to the handler's keyword parameters (a batch handler's
-    calls are not checked: its signature takes them all), or when the encoded command
+    ``arguments`` do not bind to the handler's keyword parameters (for a batch handler,
+    to those of the ``arguments`` function it was registered with, if any), or when the
+    encoded command
     (``size`` bytes) is over ``max_size``. Such a command never enters the log.
     """
     from .exceptions import InvalidCommandError  # exceptions imports the core; keep it lazy
@@ -175,7 +188,9 @@ def check_call(name: str, arguments: Mapping[str, Any], size: int, max_size: int
     if handler is None:
         raise InvalidCommandError(f"no handler is registered for command {name!r}")
     if name in _batch:
-        return
+        handler = _arguments.get(name)
+        if handler is None:
+            return
     try:
         signature = inspect.signature(handler)
     except (TypeError, ValueError):
@@ -219,6 +234,7 @@ def reset() -> None:
     global _state_hooks
     _handlers.clear()
     _batch.clear()
+    _arguments.clear()
     _state_hooks = None
 
 

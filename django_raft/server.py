@@ -20,20 +20,22 @@ from cheroot import wsgi
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import Http404, HttpRequest, HttpResponseBase, JsonResponse
 
-from . import views
+from . import tls, views
 from .conf import raft_settings
 from .runner import RaftNode
 from .statemachine import StateMachine
 from .storage import DjangoStorage, make_durable
-from .transport import NODE_HEADER, SEQUENCE_HEADER, SIGNATURE_HEADER
+from .transport import SEQUENCE_HEADER
 
 logger = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 1024
 """Connections the kernel queues before the server accepts them (cheroot's default, 5,
 made bursts of new clients see connection resets)."""
-KEEP_ALIVE_TIMEOUT = 60
-"""Seconds an idle keep-alive connection stays open, so clients and peers reuse it."""
+CONNECTION_TIMEOUT = 5
+"""Seconds a connection may stay silent: an idle keep-alive connection is closed after
+it, and so is one that stops sending in the middle of a request. Peers send every
+heartbeat interval, so their connections never sit that long."""
 GIL_SWITCH_INTERVAL = 0.001
 """Seconds a thread holds the GIL while another waits (Python's default is 0.005). The
 loop thread gives up the GIL on every database call; with the default, a busy request
@@ -131,26 +133,43 @@ class NodeApplication(WSGIHandler):
 
     def _answer(self, environ: dict[str, Any], rpc_path: str | None) -> views.Answer:
         limit = views.MAX_RPC_BODY if rpc_path is not None else views.MAX_CLIENT_BODY
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            return views.Answer.error(400, "bad Content-Length")
-        if length > limit:
-            return views.Answer.error(413, f"request body over {limit} bytes")
-        body = environ["wsgi.input"].read(length) if length else b""
-        refused = views.check_body(body, environ.get(_SIGNATURE_KEY), limit)
-        if refused is not None:
-            return refused
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        checked = views.authenticate(
+            path,
+            lambda name: environ.get("HTTP_" + name.upper().replace("-", "_")),
+            environ.get("CONTENT_LENGTH"),
+            limit,
+            rpc=rpc_path is not None,
+        )
+        if isinstance(checked, views.Answer):
+            return checked
+        body = environ["wsgi.input"].read(checked.length) if checked.length else b""
+        if not checked.body_matches(body):
+            return views.Answer.error(403, "the body does not match its signature", "Forbidden")
         if rpc_path is not None:
-            return views.rpc_answer(
-                rpc_path, body, environ.get(_NODE_KEY), environ.get(_SEQUENCE_KEY)
-            )
+            return views.rpc_answer(rpc_path, body, checked.sender, environ.get(_SEQUENCE_KEY))
         return views.command_answer(body)
 
 
-_SIGNATURE_KEY = "HTTP_" + SIGNATURE_HEADER.upper().replace("-", "_")
-_NODE_KEY = "HTTP_" + NODE_HEADER.upper().replace("-", "_")
 _SEQUENCE_KEY = "HTTP_" + SEQUENCE_HEADER.upper().replace("-", "_")
+
+
+class NodeServer(wsgi.Server):
+    """cheroot's server, except that a new connection gets a thread only once it sends.
+
+    cheroot hands every accepted connection to a request thread at once, so connections
+    that send nothing would hold every thread and starve peers and clients. Here a new
+    connection waits in the selector, like an idle keep-alive one, and is closed after
+    ``CONNECTION_TIMEOUT`` if it never sends anything.
+    """
+
+    def process_conn(self, conn: Any) -> None:
+        """Queue a connection that has sent something; park a new one in the selector."""
+        if not getattr(conn, "raft_seen", False):
+            conn.raft_seen = True
+            self._connections.put(conn)  # type: ignore[attr-defined]
+            return
+        super().process_conn(conn)
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -191,13 +210,20 @@ def start_node(
     node = RaftNode(node_id, address, storage, machine)
     node.transport.set_address(node_id, address)
     host, port = parse_bind(bind)
-    server = wsgi.Server(
+    server = NodeServer(
         (host, port),
         NodeApplication(),
         numthreads=threads,
         request_queue_size=LISTEN_BACKLOG,
-        timeout=KEEP_ALIVE_TIMEOUT,
+        timeout=CONNECTION_TIMEOUT,
     )
+    if raft_settings.TLS_CERT:
+        server.ssl_adapter = tls.server_adapter(
+            raft_settings.TLS_CERT,
+            raft_settings.TLS_KEY,
+            raft_settings.TLS_CA,
+            raft_settings.TLS_CLIENT_AUTH,
+        )
     server.prepare()
     threading.Thread(target=server.serve, name="raft-http", daemon=True).start()
     node.start()
