@@ -106,7 +106,7 @@ def _canonical(
     # Length-prefixed, so no two different field lists give the same bytes.
     parts = [_VERSION]
     for field in fields:
-        data = field.encode("utf-8", "surrogateescape")
+        data = field.encode("utf-8", "surrogatepass")
         parts.append(len(data).to_bytes(4, "big") + data)
     return b"".join(parts)
 

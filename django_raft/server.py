@@ -6,17 +6,24 @@ keep-alive, which peers' ``requests.Session`` senders reuse connection by connec
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
+import queue
 import signal
+import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
+from cheroot import server as cheroot_server
 from cheroot import wsgi
+from cheroot.workers.threadpool import ThreadPool
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import Http404, HttpRequest, HttpResponseBase, JsonResponse
 
@@ -40,6 +47,14 @@ GIL_SWITCH_INTERVAL = 0.001
 """Seconds a thread holds the GIL while another waits (Python's default is 0.005). The
 loop thread gives up the GIL on every database call; with the default, a busy request
 or application thread would make it wait up to 5 ms each time to get it back."""
+HEADER_TIMEOUT = 2.0
+"""Seconds a connection has to send a request's line and headers (TLS handshake included)."""
+PEER_THREADS = 8
+"""Request threads kept for peers' connections (see ``NodeServer``)."""
+MAX_KEEP_ALIVE = 256
+"""Idle keep-alive connections of clients kept open at most (peers' are not counted)."""
+UNREAD_STATUSES = (403, 413)
+"""Refusals that may leave the request body unread: the connection is closed after them."""
 DEFAULT_THREADS = 64
 """Request threads: each client waiting for its command's commit holds one."""
 
@@ -128,6 +143,10 @@ class NodeApplication(WSGIHandler):
             logger.exception("raft: error serving POST %s", environ.get("PATH_INFO"))
             answer = views.Answer.json(_ERROR_500, 500)
         headers = [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body)))]
+        if answer.status in UNREAD_STATUSES:
+            headers.append(("Connection", "close"))  # the body may be unread: do not read it
+        elif rpc_path is not None and answer.status == 200:
+            headers.append((PEER_HEADER, "1"))
         start_response(f"{answer.status} {HTTPStatus(answer.status).phrase}", headers)
         return [answer.body]
 
@@ -154,22 +173,153 @@ class NodeApplication(WSGIHandler):
 _SEQUENCE_KEY = "HTTP_" + SEQUENCE_HEADER.upper().replace("-", "_")
 
 
-class NodeServer(wsgi.Server):
-    """cheroot's server, except that a new connection gets a thread only once it sends.
+PEER_HEADER = "X-Raft-Peer"
+"""Set by the application on an answer to an authenticated RPC, taken off by the server:
+the connection then belongs to a peer and is served by the peers' own threads."""
 
-    cheroot hands every accepted connection to a request thread at once, so connections
-    that send nothing would hold every thread and starve peers and clients. Here a new
-    connection waits in the selector, like an idle keep-alive one, and is closed after
-    ``CONNECTION_TIMEOUT`` if it never sends anything.
+
+class _Request(cheroot_server.HTTPRequest):
+    """A request whose answer may mark its connection as a peer's, or close it unread.
+
+    cheroot reads what is left of a request body before answering, to keep the
+    connection alive; an answer with ``Connection: close`` (a request refused before its
+    body was read) closes it instead of reading what an unauthenticated client announced.
     """
 
+    def parse_request(self) -> None:
+        """Read the request line and headers, within ``HEADER_TIMEOUT`` in all."""
+        watchdog = getattr(self.server, "watchdog", None)
+        if watchdog is None:
+            super().parse_request()
+            return
+        token = watchdog.arm(self.conn.socket)
+        try:
+            super().parse_request()
+        finally:
+            watchdog.disarm(token)
+
+    def send_headers(self) -> None:
+        peer = PEER_HEADER.encode().lower()
+        kept = []
+        for key, value in self.outheaders:
+            name = key.lower()
+            if name == peer:
+                self.conn.raft_peer = True
+                continue
+            if name == b"connection" and value.lower() == b"close":
+                self.close_connection = True
+            kept.append((key, value))
+        self.outheaders = kept
+        super().send_headers()
+
+
+class _Watchdog(threading.Thread):
+    """Cuts connections that take longer than ``HEADER_TIMEOUT`` to send their headers.
+
+    cheroot's timeout is per read: a client sending a byte now and then would hold a
+    request thread for as long as it likes.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(name="raft-http-watchdog", daemon=True)
+        self.timeout = timeout
+        self._armed: dict[int, tuple[float, socket.socket]] = {}
+        self._lock = threading.Lock()
+        self._tokens = itertools.count()
+        self.stopped = threading.Event()
+
+    def arm(self, sock: socket.socket) -> int:
+        token = next(self._tokens)
+        with self._lock:
+            self._armed[token] = (time.monotonic() + self.timeout, sock)
+        return token
+
+    def disarm(self, token: int) -> None:
+        with self._lock:
+            self._armed.pop(token, None)
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.05):
+            now = time.monotonic()
+            with self._lock:
+                late = [token for token, (deadline, _) in self._armed.items() if deadline < now]
+                cut = [self._armed.pop(token)[1] for token in late]
+            for sock in cut:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Connection(cheroot_server.HTTPConnection):
+    RequestHandlerClass = _Request
+
+
+class _PeerLane:
+    """What the peers' request threads see as their server: their own queue of
+    connections (``requests``), and the real server for everything else."""
+
+    def __init__(self, server: NodeServer, threads: int) -> None:
+        self._server = server
+        self.requests = ThreadPool(self, min=threads, max=threads)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+class NodeServer(wsgi.Server):
+    """cheroot's server, with room kept for peers, and no thread for a silent connection.
+
+    - A new connection waits in the selector, like an idle keep-alive one, and gets a
+      thread only once it sends something; it is closed after ``CONNECTION_TIMEOUT``
+      if it never does. (cheroot hands it a thread at once: connections that send
+      nothing would hold every thread.)
+    - A connection that carried an authenticated Raft RPC is a peer's: its requests go
+      to ``PEER_THREADS`` threads of their own, so clients, slow or many, cannot delay
+      heartbeats. Peers' connections are always kept alive; other keep-alive
+      connections are bounded (``MAX_KEEP_ALIVE``).
+    """
+
+    ConnectionClass = _Connection
+    keep_alive_conn_limit = MAX_KEEP_ALIVE
+
+    def prepare(self) -> None:
+        """Bind, and start the peers' threads as well."""
+        super().prepare()
+        self.watchdog = _Watchdog(HEADER_TIMEOUT)
+        self.watchdog.start()
+        self._peer_lane = _PeerLane(self, PEER_THREADS)
+        self._peer_lane.requests.start()
+        self._peer_threads = set(self._peer_lane.requests._threads)  # type: ignore[attr-defined]
+
+    @property
+    def can_add_keepalive_connection(self) -> bool:
+        """Whether a connection may be kept alive (a peer's always)."""
+        if threading.current_thread() in self._peer_threads:
+            return bool(self.ready)
+        return bool(super().can_add_keepalive_connection)
+
     def process_conn(self, conn: Any) -> None:
-        """Queue a connection that has sent something; park a new one in the selector."""
+        """Park a new connection; hand a peer's to the peers' threads, others to the rest."""
         if not getattr(conn, "raft_seen", False):
             conn.raft_seen = True
             self._connections.put(conn)  # type: ignore[attr-defined]
             return
+        if getattr(conn, "raft_peer", False):
+            try:
+                self._peer_lane.requests.put(conn)
+            except queue.Full:
+                conn.close()
+            return
         super().process_conn(conn)
+
+    def stop(self) -> None:
+        """Stop serving, the peers' threads too."""
+        super().stop()
+        watchdog = getattr(self, "watchdog", None)
+        if watchdog is not None:
+            watchdog.stopped.set()
+        lane = getattr(self, "_peer_lane", None)
+        if lane is not None:
+            lane.requests.stop(timeout=2)
 
 
 def parse_bind(bind: str) -> tuple[str, int]:

@@ -85,7 +85,9 @@ def _read_body(request: HttpRequest, limit: int, rpc: bool = False) -> bytes | J
         request.path, request.headers.get, request.META.get("CONTENT_LENGTH"), limit, rpc
     )
     if isinstance(checked, Answer):
-        return JsonResponse(json.loads(checked.body), status=checked.status)
+        refused = JsonResponse(json.loads(checked.body), status=checked.status)
+        refused["Connection"] = "close"  # the body is unread: do not let the server read it
+        return refused
     body = request.read(checked.length) if checked.length else b""
     if not checked.body_matches(body):
         return _error(403, "the body does not match its signature", "Forbidden")
