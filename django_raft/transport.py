@@ -148,8 +148,6 @@ class _PeerSender(threading.Thread):
         self.peer = peer
         self.source = source
         self.session = requests.Session()
-        for name, value in transport.tls_options.items():
-            setattr(self.session, name, value)
 
     def run(self) -> None:
         transport = self.transport
@@ -175,7 +173,10 @@ class _PeerSender(threading.Thread):
         headers[SEQUENCE_HEADER] = f"{transport.incarnation}:{sequence}"
         started = time.monotonic()
         try:
-            response = self.session.post(url, data=body, headers=headers, timeout=transport.timeout)
+            # TLS options per request: REQUESTS_CA_BUNDLE would override the session's.
+            response = self.session.post(
+                url, data=body, headers=headers, timeout=transport.timeout, **transport.tls_options
+            )
         except requests.RequestException as error:
             logger.debug("raft: %s unreachable: %s", self.peer, error)
             return
