@@ -183,10 +183,11 @@ def test_tls_settings_must_make_a_set(tmp_path: Any) -> None:
 @pytest.mark.parametrize("field", ["term", "log_term", "index", "commit", "reject_hint", "offset"])
 def test_values_past_the_bound_are_refused_both_ways(field: str) -> None:
     message = Message(type=MessageType.HEARTBEAT, to="n2", sender="n1")
-    fine = dataclasses.replace(message, **{field: MAX_VALUE})
+    values: dict[str, Any] = {field: MAX_VALUE}
+    fine = dataclasses.replace(message, **values)
     assert getattr(decode_message(encode_message(fine)), field) == MAX_VALUE
     with pytest.raises(WireError):
-        encode_message(dataclasses.replace(message, **{field: MAX_VALUE + 1}))
+        encode_message(dataclasses.replace(message, **{**values, field: MAX_VALUE + 1}))
     wire = pb.Message(type=pb.MESSAGE_TYPE_HEARTBEAT, to="n2", sender="n1")
     setattr(wire, field, 2**63 - 1)  # what 52a15dc accepted, and then could not go past
     with pytest.raises(WireError, match="out of range"):
@@ -260,13 +261,14 @@ def test_commands_that_could_only_fail_are_refused_before_proposing() -> None:
         commands.check_call("t.one", {"key": "k"}, 10, 100)
         commands.check_call("t.batch", {"key": "k", "by": 2}, 10, 100)
         commands.check_call("t.free", {"anything": 1}, 10, 100)
-        for name, arguments, size in [
+        cases: list[tuple[str, dict[str, Any], int]] = [
             ("t.none", {}, 10),
             ("t.one", {}, 10),
             ("t.one", {"key": "k", "extra": 1}, 10),
             ("t.batch", {"by": 2}, 10),
             ("t.one", {"key": "k"}, 101),
-        ]:
+        ]
+        for name, arguments, size in cases:
             with pytest.raises(InvalidCommandError):
                 commands.check_call(name, arguments, size, 100)
     finally:

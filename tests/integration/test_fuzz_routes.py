@@ -184,7 +184,7 @@ def send(node: Node, route: str, body: bytes, signing: str) -> requests.Response
             kind = NODE
         secret = OTHER_SECRET if signing == "other-secret" else SECRET
         receiver = node.node_id if kind == NODE else "*"
-        headers = signed(url, body, secret, "n2", kind, receiver)
+        headers.update(signed(url, body, secret, "n2", kind, receiver))
         if signing == "corrupt":
             headers[SIGNATURE_HEADER] = b"\xc3\xa9" + headers[SIGNATURE_HEADER][2:].encode()
     return requests.post(url, data=body, headers=headers, timeout=15)

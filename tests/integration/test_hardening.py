@@ -268,7 +268,7 @@ def test_idle_and_slow_connections_do_not_starve_the_cluster(cluster: Cluster) -
 
     def slow(node: Node) -> None:
         host, port = node.address.removeprefix("http://").split(":")
-        mine = []
+        mine: list[socket.socket] = []
         while not stop.is_set():
             # More slow clients than the node has request threads, each sending a byte
             # every half second, and coming back when cut off.
