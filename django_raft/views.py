@@ -205,7 +205,11 @@ def _forward(
                 "error_type": "NotLeaderError",
                 "leader": leader,
             }
-    return post(address, route, {**body, "hops": hops + 1}, _remaining(deadline))
+    try:
+        return post(address, route, {**body, "hops": hops + 1}, _remaining(deadline))
+    except UnavailableError as error:
+        # A JSON answer like any other: never an HTML page or a traceback.
+        return {"ok": False, "error": str(error), "error_type": "UnavailableError"}
 
 
 def _run(node: RaftNode, call: Any, deadline: float) -> dict[str, Any]:

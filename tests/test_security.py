@@ -276,3 +276,35 @@ def test_commands_that_could_only_fail_are_refused_before_proposing() -> None:
         from django.apps import apps
 
         apps.get_app_config("kv").ready()
+
+
+# -- senders only for members ----------------------------------------------------------------
+
+
+def test_the_transport_starts_senders_only_for_members_and_stops_removed_ones() -> None:
+    import threading
+
+    from django_raft.transport import Transport
+
+    transport = Transport("n1", SECRET, "raft/", 0.2, deliver=lambda messages: None)
+    transport.set_address("n2", "http://127.0.0.1:9")  # a member (nobody listens there)
+    before = threading.active_count()
+    try:
+        transport.send(
+            [
+                Message(type=MessageType.HEARTBEAT, to=f"ghost{n}", sender="n1", term=1)
+                for n in range(20)
+            ]
+        )
+        assert threading.active_count() == before and not transport._peers
+        transport.send([Message(type=MessageType.HEARTBEAT, to="n2", sender="n1", term=1)])
+        senders = list(transport._peers["n2"].senders)
+        assert senders and all(sender.is_alive() for sender in senders)
+        transport.forget("n2")
+        for sender in senders:
+            sender.join(timeout=5)
+        assert not any(sender.is_alive() for sender in senders) and not transport._peers
+        transport.send([Message(type=MessageType.HEARTBEAT, to="n2", sender="n1", term=1)])
+        assert not transport._peers  # forgotten: no new senders either
+    finally:
+        transport.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import threading
 import time
@@ -314,3 +315,25 @@ def test_idle_and_slow_connections_do_not_starve_the_cluster(cluster: Cluster) -
         for thread in slow_threads:
             thread.join()
     wait_for(lambda: leader.status()["leader"] == leader.node_id, 5, "the leader")
+
+
+def test_a_follower_that_cannot_reach_the_leader_answers_json_in_time(cluster: Cluster) -> None:
+    leader, follower = follower_of(cluster)
+    assert leader.process is not None
+    leader.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        url = f"{follower.address}/raft/command"
+        body = json.dumps({"name": "kv.set", "arguments": {"key": "p", "value": "1"}, "timeout": 2})
+        data = body.encode()
+        headers = signed(url, data, SECRET) | {"Content-Type": "application/json"}
+        response = requests.post(url, data=data, headers=headers, timeout=10)
+        elapsed = time.monotonic() - started
+        assert response.status_code < 500, response.text[:200]
+        assert response.headers["Content-Type"] == "application/json", response.text[:200]
+        answer = response.json()
+        assert answer["ok"] or answer["error_type"], answer
+        assert elapsed < 4, elapsed  # the caller's 2 s, and a second for the connection
+    finally:
+        leader.process.send_signal(signal.SIGCONT)
+    cluster.leader()
