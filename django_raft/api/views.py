@@ -21,7 +21,13 @@ from rest_framework.views import APIView
 from .. import client, logview, monitor, operations
 from ..conf import raft_settings
 from ..core import DuplicatePeerError, MembershipError, NotLeaderError, RaftError
-from ..exceptions import CommandError, CommandTimeoutError, StopError, UnavailableError
+from ..exceptions import (
+    CommandError,
+    CommandTimeoutError,
+    InvalidCommandError,
+    StopError,
+    UnavailableError,
+)
 from .permissions import RaftPermission, WriteThrottle
 from .serializers import (
     AddMemberSerializer,
@@ -48,6 +54,7 @@ def _authentication_classes() -> list[type]:
 
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (CommandError, 422),
+    (InvalidCommandError, 422),
     (CommandTimeoutError, 504),
     (NotLeaderError, 503),
     (StopError, 503),
