@@ -12,7 +12,6 @@ import logging
 import queue
 import signal
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -43,10 +42,6 @@ CONNECTION_TIMEOUT = 5
 """Seconds a connection may stay silent: an idle keep-alive connection is closed after
 it, and so is one that stops sending in the middle of a request. Peers send every
 heartbeat interval, so their connections never sit that long."""
-GIL_SWITCH_INTERVAL = 0.001
-"""Seconds a thread holds the GIL while another waits (Python's default is 0.005). The
-loop thread gives up the GIL on every database call; with the default, a busy request
-or application thread would make it wait up to 5 ms each time to get it back."""
 HEADER_TIMEOUT = 2.0
 """Seconds a connection has to send a request's line and headers (TLS handshake included)."""
 PEER_THREADS = 8
@@ -346,7 +341,6 @@ def start_node(
     threads: int = DEFAULT_THREADS,
 ) -> tuple[RaftNode, wsgi.Server]:
     """Open storage, bootstrap or join if asked, start the loop and the HTTP server."""
-    sys.setswitchinterval(min(sys.getswitchinterval(), GIL_SWITCH_INTERVAL))
     alias = raft_settings.DATABASE
     make_durable(alias)
     storage = DjangoStorage(alias)
