@@ -593,7 +593,7 @@ class Raft:
             self._drop("transfer_from_non_member")
             return
         if message.term > self.term:
-            if kind in _VOTE_REQUESTS and not message.transfer and self._in_lease():
+            if kind in _VOTE_REQUESTS and not message.transfer and self._in_lease(message.sender):
                 # Check-quorum: a follower that heard from a leader within the minimum
                 # election timeout ignores vote requests, so a node that was cut off and
                 # comes back cannot depose a healthy leader (§4.2.3 of the thesis).
@@ -606,7 +606,12 @@ class Raft:
             elif kind in _FROM_LEADER:
                 self.become_follower(message.term, message.sender)
             else:
+                # Figure 2: only a current leader's AppendEntries or a vote we grant reset
+                # the election timer. A node that restarted its timer on every newer term
+                # it merely heard of stays a step behind a disruptive candidate for good.
+                elapsed = self.election_elapsed
                 self.become_follower(message.term, NONE)
+                self.election_elapsed = elapsed
         elif message.term and message.term < self.term:
             self._step_stale(message)
             return
@@ -632,9 +637,18 @@ class Raft:
             and not self.log.is_up_to_date(message.index, message.log_term)
         )
 
-    def _in_lease(self) -> bool:
+    def _in_lease(self, candidate: str) -> bool:
+        """Whether to disregard a vote request because a current leader was heard from
+        within the minimum election timeout (thesis §4.2.3).
+
+        With check-quorum this holds for every candidate (a leader that lost its quorum
+        steps down, so the lease cannot outlive it). Without it, it holds only for a
+        candidate outside our membership: a removed server that never learned of its
+        removal, which would otherwise keep raising the term of a member that does not
+        know it (a new one knows nobody) and depose every leader, for good.
+        """
         return (
-            self.config.check_quorum
+            (self.config.check_quorum or candidate not in self.voters)
             and self.lead != NONE
             and self.election_elapsed < self.config.election_tick
         )

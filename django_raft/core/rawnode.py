@@ -144,7 +144,8 @@ class RawNode:
         The host serves the read once its state machine has applied the ReadState's
         index. No answer comes if leadership changes first: the host retries, with the
         same context if it likes (a context names one read at a time: asking again
-        abandons the earlier read, whose answer, should it still come, is dropped).
+        abandons the earlier read, whose answer, should it still come, is dropped; an
+        answer already handed out in a Ready not yet advanced is the earlier read's).
         """
         self._check_running()
         self.raft.read_index(context)

@@ -121,3 +121,38 @@ def test_a_leader_removing_itself_never_sends_to_itself() -> None:
     network.tick()
     assert not any(m.to == m.sender for m in network.delivered)
     assert leader.dropped == {}
+
+
+def test_a_non_member_cannot_depose_a_leader_heard_from_even_without_check_quorum() -> None:
+    """Thesis §4.2.3: a server that heard from a current leader within the minimum
+    election timeout disregards a vote request from outside its membership (a removed
+    server that never learned of its removal), with check-quorum off too; a fresh
+    member that knows nobody otherwise gave it its vote in every term, deposing each
+    leader before it could send that member the log. Members' requests still count."""
+    node = new_node("2", node_ids(3), term=1, pre_vote=False, check_quorum=False)
+    node.step(Message(type=MessageType.HEARTBEAT, to="2", sender="1", term=1))
+    read_ready(node)
+    node.step(
+        Message(type=MessageType.REQUEST_VOTE, to="2", sender="9", term=5, index=9, log_term=5)
+    )
+    assert (node.raft.term, node.raft.lead) == (1, "1")
+    assert not node.has_ready()
+    node.step(
+        Message(type=MessageType.REQUEST_VOTE, to="2", sender="3", term=5, index=9, log_term=5)
+    )
+    assert (node.raft.term, node.raft.vote) == (5, "3")
+
+
+def test_only_a_leader_or_a_granted_vote_resets_the_election_timer() -> None:
+    """Figure 2: a follower converts to candidate when its election timeout elapses
+    without hearing from the current leader or granting a vote; merely hearing of a
+    newer term does not restart the timeout (a node that did stayed one step behind a
+    disruptive candidate in every term)."""
+    node = new_node("1", node_ids(3), terms=[1, 1], term=1, pre_vote=False)
+    for _ in range(5):
+        node.tick()
+    node.step(
+        Message(type=MessageType.REQUEST_VOTE, to="1", sender="2", term=2, index=1, log_term=1)
+    )
+    assert node.raft.term == 2
+    assert node.raft.election_elapsed == 5

@@ -13,7 +13,7 @@ from tests.core.helpers import make_entries
 def new_log(stable: Sequence[int], unstable: Sequence[int] = (), committed: int = 0) -> RaftLog:
     """A log whose storage holds ``stable`` and whose memory holds ``unstable`` after it."""
     storage = MemoryStorage()
-    storage.append(make_entries(stable))
+    storage.persist(entries=make_entries(stable))
     log = RaftLog(storage)
     log.append(make_entries(unstable, first=len(stable) + 1))
     log.committed = committed
@@ -37,10 +37,9 @@ def test_new_log_starts_from_storage() -> None:
     """A log built over storage starts with nothing unstable, the stored commit index,
     and applied at least up to the compaction point."""
     storage = MemoryStorage()
-    storage.append(make_entries([1, 1, 2, 2]))
+    storage.persist(HardState(term=2, commit=3), make_entries([1, 1, 2, 2]))
     storage.create_snapshot(Snapshot(SnapshotMetadata(1, storage.term(1))))
     storage.compact(1)
-    storage.set_hard_state(HardState(term=2, commit=3))
     log = RaftLog(storage)
     assert (log.first_index(), log.last_index(), log.last_term()) == (2, 4, 2)
     assert (log.committed, log.applied, log.offset, log.unstable) == (3, 1, 5, [])
@@ -124,7 +123,7 @@ def test_stable_to_ignores_entries_replaced_meanwhile() -> None:
     handed_out = list(log.unstable)
     log.append(stamped([(2, 2)]))
     assert isinstance(log.storage, MemoryStorage)
-    log.storage.append(handed_out)
+    log.storage.persist(entries=handed_out)
     log.stable_to(3, 1)
     assert pairs(log.unstable) == [(2, 2)]
     assert log.last_index() == 2

@@ -207,7 +207,7 @@ def test_learner_neither_campaigns_nor_counts_toward_commit() -> None:
     assert not learner.has_ready()
 
     storage = MemoryStorage(ConfState(voters=("1", "2", "3"), learners=("4",)))
-    storage.set_hard_state(HardState(term=1))
+    storage.persist(HardState(term=1))
     leader = RawNode(Config(id="1"), storage)
     leader.raft.become_candidate()
     leader.raft.become_leader()

@@ -487,7 +487,8 @@ class Simulation:
         context = f"read-{node.id}-{self.rng.randrange(4)}".encode()
         pending = self.reads.get(context)
         if pending is not None:
-            if self.now - pending.began < 3 * ELECTION_TICK:
+            if self.now - pending.began < 3 * ELECTION_TICK or node.writing is not None:
+                # Not while a Ready is in progress: it may carry the earlier read's answer.
                 return
             del self.reads[context]
             self.stats.reads_reused += 1

@@ -37,11 +37,13 @@ def test_simulator_catches_broken_rule(mutant: Mutant, monkeypatch: pytest.Monke
 
 def test_every_safety_property_has_a_mutant() -> None:
     from .invariants import (
+        DURABILITY,
         ELECTION_SAFETY,
         LEADER_APPEND_ONLY,
         LEADER_COMPLETENESS,
         LINEARIZABILITY,
         LOG_MATCHING,
+        STALE_TERM,
         STATE_MACHINE_SAFETY,
     )
 
@@ -53,4 +55,6 @@ def test_every_safety_property_has_a_mutant() -> None:
         LEADER_COMPLETENESS,
         STATE_MACHINE_SAFETY,
         LINEARIZABILITY,
+        DURABILITY,
+        STALE_TERM,
     }
