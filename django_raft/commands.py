@@ -47,6 +47,7 @@ __all__ = [
     "check_call",
     "command",
     "get",
+    "get_arguments",
     "get_state_hooks",
     "is_batch",
     "names",
@@ -199,6 +200,11 @@ def check_call(name: str, arguments: Mapping[str, Any], size: int, max_size: int
         signature.bind(None, **arguments)
     except TypeError as error:
         raise InvalidCommandError(f"command {name!r}: {error}") from None
+
+
+def get_arguments(name: str) -> Handler | None:
+    """Return the function describing one call of batch command ``name``, if any."""
+    return _arguments.get(name)
 
 
 def names() -> list[str]:
