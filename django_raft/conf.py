@@ -235,7 +235,7 @@ class RaftSettings:
                     "an existing cluster leaves CLUSTER empty and is given --join",
                 )
             )
-        found.extend(self._security_problems(node))
+        found.extend(self.security_problems(node))
         if not found:
             try:
                 self.core_config("validation").validate()
@@ -243,11 +243,16 @@ class RaftSettings:
                 found.append(("core-config", f"DJANGO_RAFT: {error}"))
         return found
 
-    def _security_problems(self, node: bool) -> list[tuple[str, str]]:
+    def security_problems(self, node: bool) -> list[tuple[str, str]]:
         """Secrets too weak to run a node with, and TLS files that do not make a set."""
         from .auth import MIN_SECRET_LENGTH  # auth needs nothing from here; keep it lazy
 
-        found = []
+        found: list[tuple[str, str]] = []
+        if any(
+            not isinstance(getattr(self, name), str)
+            for name in ("SECRET", "CLIENT_SECRET", "TLS_CERT", "TLS_KEY", "TLS_CA")
+        ):
+            return found  # their own rules report them
         generate = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
         if node and not self.ALLOW_WEAK_SECRET and len(self.SECRET) < MIN_SECRET_LENGTH:
             found.append(

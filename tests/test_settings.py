@@ -373,6 +373,20 @@ def no_node(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Any, ...]]]:
         yield started
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("secret", ["", "dev", "x" * 31])
+def test_raftnode_refuses_an_empty_or_short_secret(
+    no_node: list[tuple[Any, ...]], secret: str
+) -> None:
+    with override_settings(DJANGO_RAFT={**VALID, "SECRET": secret}):
+        with pytest.raises(CommandError, match=r"token_urlsafe\(48\)"):
+            call_command("raftnode", "--bootstrap", stdout=_Sink())
+        assert no_node == []
+    with override_settings(DJANGO_RAFT={**VALID, "SECRET": secret, "ALLOW_WEAK_SECRET": True}):
+        call_command("raftnode", "--bootstrap", stdout=_Sink())
+        assert len(no_node) == 1
+
+
 def assert_nothing_stored() -> None:
     assert not models.LogEntry.objects.exists()
     assert not models.HardState.objects.exists()
