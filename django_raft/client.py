@@ -21,7 +21,7 @@ from .core import DuplicatePeerError, MembershipError, NotLeaderError, ProposalD
 from .exceptions import (
     CommandError,
     CommandTimeoutError,
-    InvalidCommandError,
+    InvalidRequestError,
     OverloadedError,
     StopError,
     UnavailableError,
@@ -41,7 +41,7 @@ _ERRORS: dict[str, type[Exception]] = {
     "ProposalDroppedError": ProposalDroppedError,
     "UnavailableError": UnavailableError,
     "OverloadedError": OverloadedError,
-    "InvalidCommandError": InvalidCommandError,
+    "InvalidRequestError": InvalidRequestError,
 }
 
 

@@ -173,21 +173,21 @@ def get(name: str) -> Handler:
 def check_call(name: str, arguments: Mapping[str, Any], size: int, max_size: int) -> None:
     """Refuse, before it is proposed, a command that could only fail on every node.
 
-    Raise ``InvalidCommandError`` when no handler is registered under ``name``, when
+    Raise ``InvalidRequestError`` when no handler is registered under ``name``, when
     ``arguments`` do not bind to the handler's keyword parameters (for a batch handler,
     to those of the ``arguments`` function it was registered with, if any), or when the
     encoded command
     (``size`` bytes) is over ``max_size``. Such a command never enters the log.
     """
-    from .exceptions import InvalidCommandError  # exceptions imports the core; keep it lazy
+    from .exceptions import InvalidRequestError  # exceptions imports the core; keep it lazy
 
     if size > max_size:
-        raise InvalidCommandError(
+        raise InvalidRequestError(
             f"command {name!r} is {size} bytes, over MAX_COMMAND_SIZE ({max_size} bytes)"
         )
     handler = _handlers.get(name)
     if handler is None:
-        raise InvalidCommandError(f"no handler is registered for command {name!r}")
+        raise InvalidRequestError(f"no handler is registered for command {name!r}")
     if name in _batch:
         handler = _arguments.get(name)
         if handler is None:
@@ -199,7 +199,7 @@ def check_call(name: str, arguments: Mapping[str, Any], size: int, max_size: int
     try:
         signature.bind(None, **arguments)
     except TypeError as error:
-        raise InvalidCommandError(f"command {name!r}: {error}") from None
+        raise InvalidRequestError(f"command {name!r}: {error}") from None
 
 
 def get_arguments(name: str) -> Handler | None:

@@ -8,7 +8,7 @@ __all__ = [
     "CommandError",
     "CommandTimeoutError",
     "DuplicatePeerError",
-    "InvalidCommandError",
+    "InvalidRequestError",
     "NotLeaderError",
     "OverloadedError",
     "RaftError",
@@ -41,6 +41,5 @@ class OverloadedError(RaftError):
     """The node holds as many outstanding proposals as it may; retry later."""
 
 
-class InvalidCommandError(RaftError):
-    """The leader refused the command before proposing it: no handler has its name, its
-    arguments do not fit the handler, or it is larger than ``MAX_COMMAND_SIZE``."""
+class InvalidRequestError(RaftError, ValueError):
+    """The request was refused before reaching the log (bad name, arguments or option)."""

@@ -23,7 +23,7 @@ from .client import post
 from .commands import check_call
 from .conf import raft_settings
 from .core import ConfChange, ConfChangeType, RaftError
-from .exceptions import CommandTimeoutError, InvalidCommandError, StopError, UnavailableError
+from .exceptions import CommandTimeoutError, InvalidRequestError, StopError, UnavailableError
 from .runner import RaftNode
 from .transport import (
     BATCH_PATH,
@@ -250,8 +250,8 @@ def submit_command(body: dict[str, Any], deadline: float) -> dict[str, Any]:
         check_call(name, arguments, len(data), raft_settings.MAX_COMMAND_SIZE)
     except WireError as error:
         return {"ok": False, "error": str(error), "error_type": "BadRequest"}
-    except InvalidCommandError as error:
-        return {"ok": False, "error": str(error), "error_type": "InvalidCommandError"}
+    except InvalidRequestError as error:
+        return {"ok": False, "error": str(error), "error_type": "InvalidRequestError"}
     answer = _run(node, lambda seconds: node.propose(data, seconds), deadline)
     if answer.get("error_type") == "NotLeaderError":
         return _forward(node, "command", body, deadline)
@@ -297,7 +297,7 @@ def command_answer(body: bytes) -> Answer:
     if timeout is None:
         return Answer.error(400, TIMEOUT_RULE)
     answer = submit_command(payload, time.monotonic() + timeout)
-    refused = answer.get("error_type") in ("BadRequest", "InvalidCommandError")
+    refused = answer.get("error_type") in ("BadRequest", "InvalidRequestError")
     return Answer.json(answer, status=400 if refused else 200)
 
 

@@ -31,7 +31,7 @@ from django_raft import commands, models, signals, views
 from django_raft.auth import NODE, NODE_HEADER, SIGNATURE_HEADER
 from django_raft.commands import Context
 from django_raft.core import Entry, EntryType, Message, MessageType
-from django_raft.exceptions import CommandError, InvalidCommandError, OverloadedError
+from django_raft.exceptions import CommandError, InvalidRequestError, OverloadedError
 from django_raft.runner import RaftNode
 from django_raft.server import start_node
 from django_raft.statemachine import describe_error
@@ -244,15 +244,15 @@ def test_a_raising_handler_is_a_command_error_and_the_node_goes_on(
     with pytest.raises(CommandError, match=r"^TypeError: by must be an integer, not str"):
         django_raft.do("kv.incr", key="n", by="1")
     # Refused before proposing: they never enter the log.
-    with pytest.raises(InvalidCommandError, match=r"no handler is registered for command 'no\.su"):
+    with pytest.raises(InvalidRequestError, match=r"no handler is registered for command 'no\.su"):
         django_raft.do("no.such")
     with pytest.raises(CommandError, match=r"cannot encode command 'kv\.set'"):
         django_raft.do("kv.set", key="c", value=float("nan"))
-    with pytest.raises(InvalidCommandError, match=r"'kv\.set': .*unexpected keyword argument"):
+    with pytest.raises(InvalidRequestError, match=r"'kv\.set': .*unexpected keyword argument"):
         django_raft.do("kv.set", key="a", value="y", extra=1)
-    with pytest.raises(InvalidCommandError, match=r"'kv\.set': missing a required argument"):
+    with pytest.raises(InvalidRequestError, match=r"'kv\.set': missing a required argument"):
         django_raft.do("kv.set", key="a")
-    with pytest.raises(InvalidCommandError, match=r"over MAX_COMMAND_SIZE"):
+    with pytest.raises(InvalidRequestError, match=r"over MAX_COMMAND_SIZE"):
         django_raft.do("kv.set", key="a", value="v" * (1 << 20))
     # The node still works; each failed command is in the log, applied as a no-op.
     assert django_raft.do("kv.set", key="a", value="y") == 2

@@ -38,7 +38,7 @@ from django_raft.core import (
     SnapshotMetadata,
     bootstrap,
 )
-from django_raft.exceptions import InvalidCommandError
+from django_raft.exceptions import InvalidRequestError
 from django_raft.proto import raft_pb2 as pb
 from django_raft.statemachine import StateMachine, check_snapshot
 from django_raft.wire import MAX_VALUE, WireError, decode_message, encode_message
@@ -269,7 +269,7 @@ def test_commands_that_could_only_fail_are_refused_before_proposing() -> None:
             ("t.one", {"key": "k"}, 101),
         ]
         for name, arguments, size in cases:
-            with pytest.raises(InvalidCommandError):
+            with pytest.raises(InvalidRequestError):
                 commands.check_call(name, arguments, size, 100)
     finally:
         commands.reset()

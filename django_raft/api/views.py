@@ -24,7 +24,7 @@ from ..core import DuplicatePeerError, MembershipError, NotLeaderError, RaftErro
 from ..exceptions import (
     CommandError,
     CommandTimeoutError,
-    InvalidCommandError,
+    InvalidRequestError,
     StopError,
     UnavailableError,
 )
@@ -54,7 +54,7 @@ def _authentication_classes() -> list[type]:
 
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (CommandError, 422),
-    (InvalidCommandError, 422),
+    (InvalidRequestError, 422),
     (CommandTimeoutError, 504),
     (NotLeaderError, 503),
     (StopError, 503),
