@@ -12,6 +12,7 @@ import logging
 import queue
 import signal
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -245,7 +246,26 @@ class _Watchdog(threading.Thread):
 
 
 class _Connection(cheroot_server.HTTPConnection):
+    """A connection whose TLS handshake, if any, is done first, in the request thread,
+    within ``HEADER_TIMEOUT``; a failed one is logged in one line and closes it."""
+
     RequestHandlerClass = _Request
+
+    def communicate(self) -> bool:
+        """Shake hands if not done yet, then serve the request as cheroot does."""
+        sock = self.socket
+        if isinstance(sock, ssl.SSLSocket) and not getattr(self, "raft_shaken", False):
+            watchdog: _Watchdog = self.server.watchdog
+            token = watchdog.arm(sock)
+            try:
+                sock.do_handshake()
+            except (ssl.SSLError, OSError) as error:
+                logger.info("raft: TLS handshake with %s failed: %s", self.remote_addr, error)
+                return False
+            finally:
+                watchdog.disarm(token)
+            self.raft_shaken = True
+        return bool(super().communicate())
 
 
 class _PeerLane:
