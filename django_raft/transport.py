@@ -119,8 +119,8 @@ class _PeerQueue:
         with self.wakeup:
             while not self.queue and not stopped.is_set() and not self.closed.is_set():
                 self.wakeup.wait(0.5)
-            if stopped.is_set() or self.closed.is_set():
-                return None
+            if stopped.is_set() or not self.queue:
+                return None  # stopped; or closed, with what was queued sent
             batch = [self.queue.popleft()]
             entries = len(batch[0].entries)
             while self.queue and len(batch) < MAX_BATCH:
@@ -220,6 +220,8 @@ class Transport:
         self.incarnation = secrets.token_hex(8)
         self.stopped = threading.Event()
         self._peers: dict[str, _PeerQueue] = {}
+        self.forgotten: set[str] = set()
+        """Removed members: never sent to again (a removed id never rejoins)."""
 
     def set_address(self, node_id: str, address: str) -> None:
         """Record where ``node_id`` is reached (from the membership entries' context)."""
@@ -227,8 +229,12 @@ class Transport:
             self.addresses[node_id] = address
 
     def forget(self, node_id: str) -> None:
-        """Stop sending to ``node_id`` (removed from the cluster): its senders end."""
-        self.addresses.pop(node_id, None)
+        """Stop sending to ``node_id`` (removed from the cluster).
+
+        What is already queued is still sent (it may tell the node of its removal);
+        then its senders end, and nothing more is queued for it.
+        """
+        self.forgotten.add(node_id)
         queue = self._peers.pop(node_id, None)
         if queue is not None:
             queue.closed.set()
@@ -248,7 +254,7 @@ class Transport:
             if queue is None:
                 if self.stopped.is_set():
                     return
-                if peer not in self.addresses or peer == self.node_id:
+                if peer not in self.addresses or peer in self.forgotten or peer == self.node_id:
                     logger.debug(
                         "raft: %d message(s) for unknown node %r dropped", len(batch), peer
                     )
