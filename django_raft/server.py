@@ -45,7 +45,7 @@ it, and so is one that stops sending in the middle of a request. Peers send ever
 heartbeat interval, so their connections never sit that long."""
 HEADER_TIMEOUT = 2.0
 """Seconds a connection has to send a request's line and headers (TLS handshake included)."""
-PEER_THREADS = 8
+PEER_THREADS = 16
 """Request threads kept for peers' connections (see ``NodeServer``)."""
 MAX_KEEP_ALIVE = 256
 """Idle keep-alive connections of clients kept open at most (peers' are not counted)."""
