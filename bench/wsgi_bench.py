@@ -26,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo_project.settings")
-os.environ["RAFT_SECRET"] = "bench"
+os.environ["RAFT_SECRET"] = "bench-secret-" + "b" * 32
 
 import django  # noqa: E402
 
@@ -36,8 +36,8 @@ logging.getLogger("django.request").setLevel(logging.CRITICAL)  # no log line pe
 import requests  # noqa: E402
 from cheroot import wsgi  # noqa: E402
 
+from django_raft.auth import ANY_NODE, CLIENT, Signer, derive_keys  # noqa: E402
 from django_raft.server import NodeApplication  # noqa: E402
-from django_raft.transport import NODE_HEADER, SIGNATURE_HEADER, sign  # noqa: E402
 from tests.integration.cluster import free_port  # noqa: E402
 
 
@@ -60,7 +60,7 @@ def _client(arguments: tuple[int, int, float]) -> list[float]:
     """One client process: ``threads`` keep-alive sessions posting for ``seconds``."""
     port, threads, seconds = arguments
     body = b"{}"
-    headers = {NODE_HEADER: "client", SIGNATURE_HEADER: sign("bench", body)}
+    signer = Signer(derive_keys(os.environ["RAFT_SECRET"]).client, CLIENT, "client")
     url = f"http://127.0.0.1:{port}/raft/status"
     latencies: list[float] = []
     lock = threading.Lock()
@@ -71,6 +71,7 @@ def _client(arguments: tuple[int, int, float]) -> list[float]:
         mine = []
         while time.perf_counter() < stop:
             begin = time.perf_counter()
+            headers = signer.headers("POST", "/raft/status", ANY_NODE, body)
             response = session.post(url, data=body, headers=headers)
             mine.append(time.perf_counter() - begin)
             assert response.status_code == 503, response.status_code  # no node: fast path

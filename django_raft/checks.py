@@ -49,6 +49,19 @@ IDS: dict[str, str] = {
     "node-not-in-cluster": "django_raft.E033",
     "core-config": "django_raft.E034",
     "replicated-model-unknown": "django_raft.E035",
+    "CLIENT_SECRET": "django_raft.E040",
+    "ALLOW_WEAK_SECRET": "django_raft.E041",
+    "AUTH_WINDOW": "django_raft.E042",
+    "TLS_CERT": "django_raft.E043",
+    "TLS_KEY": "django_raft.E044",
+    "TLS_CA": "django_raft.E045",
+    "TLS_CLIENT_AUTH": "django_raft.E046",
+    "MAX_COMMAND_SIZE": "django_raft.E047",
+    "weak-secret": "django_raft.E050",
+    "weak-client-secret": "django_raft.E051",
+    "tls-pair": "django_raft.E052",
+    "tls-client-auth-without-ca": "django_raft.E053",
+    "tls-file": "django_raft.E054",
     "empty-secret": "django_raft.W001",
     "even-cluster": "django_raft.W002",
     "handler-writes-unreplicated-model": "django_raft.W003",
@@ -72,6 +85,17 @@ _HINTS: dict[str, str] = {
         "raftnode --join URL."
     ),
     "core-config": "Change the settings the message names.",
+    "weak-secret": (
+        "Set DJANGO_RAFT['SECRET'] to the output of "
+        '`python -c "import secrets; print(secrets.token_urlsafe(48))"` on every node.'
+    ),
+    "weak-client-secret": (
+        "Set DJANGO_RAFT['CLIENT_SECRET'] to the output of "
+        '`python -c "import secrets; print(secrets.token_urlsafe(48))"`, or leave it empty.'
+    ),
+    "tls-pair": "Set DJANGO_RAFT['TLS_CERT'] and TLS_KEY together.",
+    "tls-client-auth-without-ca": "Set DJANGO_RAFT['TLS_CA'], TLS_CERT and TLS_KEY.",
+    "tls-file": "Fix the path, or the file's permissions for the user running the node.",
 }
 
 

@@ -30,6 +30,7 @@ back and applied again call by call, each call alone in a batch of one.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -43,8 +44,10 @@ __all__ = [
     "Handler",
     "StateHooks",
     "UnknownCommandError",
+    "check_call",
     "command",
     "get",
+    "get_arguments",
     "get_state_hooks",
     "is_batch",
     "is_read_only",
@@ -105,14 +108,25 @@ class UnknownCommandError(LookupError):
 _handlers: dict[str, Handler] = {}
 _batch: set[str] = set()
 _read_only: set[str] = set()
+_arguments: dict[str, Handler] = {}
 _state_hooks: StateHooks | None = None
 
 
-def register(name: str, handler: Handler, *, batch: bool = False, read_only: bool = False) -> None:
+def register(
+    name: str,
+    handler: Handler,
+    *,
+    batch: bool = False,
+    read_only: bool = False,
+    arguments: Handler | None = None,
+) -> None:
     """Register ``handler`` for the command ``name`` (a batch handler if ``batch``).
 
     A ``read_only`` handler only reads: ``django_raft.Client().read(name)`` runs it on
     one node after a ReadIndex round, without a log entry (``django_raft.reads``).
+    ``arguments``, for a batch handler, is a function whose signature (after the
+    context) is that of one call: the leader checks each command's arguments against
+    it before proposing (see ``check_call``).
 
     Registering the same handler again is a no-op (``ready()`` may run twice); a second,
     different handler for a name is a configuration error.
@@ -136,16 +150,21 @@ def register(name: str, handler: Handler, *, batch: bool = False, read_only: boo
         _batch.add(name)
     if read_only:
         _read_only.add(name)
+    if arguments is not None:
+        _arguments[name] = arguments
 
 
-def command(name: str, *, batch: bool = False, read_only: bool = False) -> Callable[[F], F]:
+def command(
+    name: str, *, batch: bool = False, read_only: bool = False, arguments: Handler | None = None
+) -> Callable[[F], F]:
     """Decorator: register the decorated function as the handler of ``name``.
 
-    With ``batch=True`` it receives runs of calls (see the module's docstring).
+    With ``batch=True`` it receives runs of calls (see the module's docstring), and
+    ``arguments`` may give the signature of one call.
     """
 
     def decorator(handler: F) -> F:
-        register(name, handler, batch=batch, read_only=read_only)
+        register(name, handler, batch=batch, read_only=read_only, arguments=arguments)
         return handler
 
     return decorator
@@ -167,6 +186,43 @@ def get(name: str) -> Handler:
         return _handlers[name]
     except KeyError:
         raise UnknownCommandError(f"no handler is registered for command {name!r}") from None
+
+
+def check_call(name: str, arguments: Mapping[str, Any], size: int, max_size: int) -> None:
+    """Refuse, before it is proposed, a command that could only fail on every node.
+
+    Raise ``InvalidRequestError`` when no handler is registered under ``name``, when
+    ``arguments`` do not bind to the handler's keyword parameters (for a batch handler,
+    to those of the ``arguments`` function it was registered with, if any), or when the
+    encoded command
+    (``size`` bytes) is over ``max_size``. Such a command never enters the log.
+    """
+    from .exceptions import InvalidRequestError  # exceptions imports the core; keep it lazy
+
+    if size > max_size:
+        raise InvalidRequestError(
+            f"command {name!r} is {size} bytes, over MAX_COMMAND_SIZE ({max_size} bytes)"
+        )
+    handler = _handlers.get(name)
+    if handler is None:
+        raise InvalidRequestError(f"no handler is registered for command {name!r}")
+    if name in _batch:
+        handler = _arguments.get(name)
+        if handler is None:
+            return
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: nothing to check it against
+    try:
+        signature.bind(None, **arguments)
+    except TypeError as error:
+        raise InvalidRequestError(f"command {name!r}: {error}") from None
+
+
+def get_arguments(name: str) -> Handler | None:
+    """Return the function describing one call of batch command ``name``, if any."""
+    return _arguments.get(name)
 
 
 def names() -> list[str]:
@@ -203,6 +259,7 @@ def reset() -> None:
     _handlers.clear()
     _batch.clear()
     _read_only.clear()
+    _arguments.clear()
     _state_hooks = None
 
 

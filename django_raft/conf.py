@@ -10,6 +10,7 @@ core's own ``Config.validate``. Every setting is documented in docs/reference.md
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -24,6 +25,14 @@ DEFAULTS: dict[str, Any] = {
     "ADDRESS": "",
     "CLUSTER": {},
     "SECRET": "",
+    "CLIENT_SECRET": "",
+    "ALLOW_WEAK_SECRET": False,
+    "AUTH_WINDOW": 30.0,
+    "TLS_CERT": "",
+    "TLS_KEY": "",
+    "TLS_CA": "",
+    "TLS_CLIENT_AUTH": False,
+    "MAX_COMMAND_SIZE": 1 << 20,
     "DATABASE": "default",
     "URL_PREFIX": "raft/",
     "TICK_INTERVAL": 0.01,
@@ -95,6 +104,17 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a dict of node id -> http(s) URL (the founding members)",
     ),
     "SECRET": (lambda v: isinstance(v, str), "a string shared by every node of the cluster"),
+    "CLIENT_SECRET": (lambda v: isinstance(v, str), "a string shared by nodes and clients"),
+    "ALLOW_WEAK_SECRET": (lambda v: isinstance(v, bool), "True or False"),
+    "AUTH_WINDOW": (
+        lambda v: _positive_number(v) and v <= 3600,
+        "a number of seconds in (0, 3600]",
+    ),
+    "TLS_CERT": (lambda v: isinstance(v, str), 'the path of a PEM certificate (chain), or ""'),
+    "TLS_KEY": (lambda v: isinstance(v, str), 'the path of the certificate\'s PEM key, or ""'),
+    "TLS_CA": (lambda v: isinstance(v, str), 'the path of a PEM CA bundle, or ""'),
+    "TLS_CLIENT_AUTH": (lambda v: isinstance(v, bool), "True or False"),
+    "MAX_COMMAND_SIZE": (_positive_int, "a positive number of bytes"),
     "DATABASE": (lambda v: isinstance(v, str) and v in settings.DATABASES, "an alias in DATABASES"),
     "URL_PREFIX": (
         lambda v: isinstance(v, str) and not v.startswith("/") and (v == "" or v.endswith("/")),
@@ -148,6 +168,11 @@ PROBLEMS: tuple[str, ...] = (
     "election-not-above-heartbeat",
     "node-not-in-cluster",
     "core-config",
+    "weak-secret",
+    "weak-client-secret",
+    "tls-pair",
+    "tls-client-auth-without-ca",
+    "tls-file",
 )
 """The problems ``coded_problems`` reports that are not one setting's own rule."""
 
@@ -241,11 +266,59 @@ class RaftSettings:
                     "an existing cluster leaves CLUSTER empty and is given --join",
                 )
             )
+        found.extend(self.security_problems(node))
         if not found:
             try:
                 self.core_config("validation").validate()
             except ConfigError as error:
                 found.append(("core-config", f"DJANGO_RAFT: {error}"))
+        return found
+
+    def security_problems(self, node: bool) -> list[tuple[str, str]]:
+        """Secrets too weak to run a node with, and TLS files that do not make a set."""
+        from .auth import MIN_SECRET_LENGTH  # auth needs nothing from here; keep it lazy
+
+        found: list[tuple[str, str]] = []
+        if any(
+            not isinstance(getattr(self, name), str)
+            for name in ("SECRET", "CLIENT_SECRET", "TLS_CERT", "TLS_KEY", "TLS_CA")
+        ):
+            return found  # their own rules report them
+        generate = 'generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
+        if node and not self.ALLOW_WEAK_SECRET and len(self.SECRET) < MIN_SECRET_LENGTH:
+            found.append(
+                (
+                    "weak-secret",
+                    f"DJANGO_RAFT['SECRET'] has {len(self.SECRET)} characters; a node needs at "
+                    f"least {MIN_SECRET_LENGTH} ({generate}, or set ALLOW_WEAK_SECRET in "
+                    "development)",
+                )
+            )
+        client = self.CLIENT_SECRET
+        if client and not self.ALLOW_WEAK_SECRET and len(client) < MIN_SECRET_LENGTH:
+            found.append(
+                (
+                    "weak-client-secret",
+                    f"DJANGO_RAFT['CLIENT_SECRET'] has {len(client)} characters; it needs at "
+                    f"least {MIN_SECRET_LENGTH} ({generate})",
+                )
+            )
+        if bool(self.TLS_CERT) != bool(self.TLS_KEY):
+            found.append(
+                ("tls-pair", "DJANGO_RAFT['TLS_CERT'] and TLS_KEY go together: set both or neither")
+            )
+        if self.TLS_CLIENT_AUTH and not (self.TLS_CA and self.TLS_CERT):
+            found.append(
+                (
+                    "tls-client-auth-without-ca",
+                    "DJANGO_RAFT['TLS_CLIENT_AUTH'] needs TLS_CA (to verify the clients' "
+                    "certificates) and TLS_CERT/TLS_KEY (for this node's own)",
+                )
+            )
+        for name in ("TLS_CERT", "TLS_KEY", "TLS_CA"):
+            path = getattr(self, name)
+            if path and not os.access(path, os.R_OK):
+                found.append(("tls-file", f"DJANGO_RAFT[{name!r}]: cannot read {path!r}"))
         return found
 
     def ticks(self, seconds: float) -> int:

@@ -47,7 +47,7 @@ from .core import (
 from .dispatch import SignalDispatcher
 from .exceptions import CommandTimeoutError, OverloadedError, StopError
 from .snapshotting import take_snapshot
-from .statemachine import Outcome, StateMachine
+from .statemachine import Outcome, StateMachine, check_snapshot
 from .storage import DjangoStorage
 from .transport import Sequencer, Transport
 
@@ -174,7 +174,9 @@ class RaftNode:
         applied, _ = machine.applied()
         config = raft_settings.core_config(node_id, applied=applied)
         config = dataclasses.replace(
-            config, max_committed_per_ready=min(config.max_committed_per_ready, MAX_APPLY_PER_READY)
+            config,
+            max_committed_per_ready=min(config.max_committed_per_ready, MAX_APPLY_PER_READY),
+            snapshot_check=check_snapshot,
         )
         self.raw = RawNode(config, storage)
         self.tick_interval = raft_settings.TICK_INTERVAL
@@ -595,6 +597,7 @@ class RaftNode:
         self._membership_changed = True
         node_id = change.node_id
         if change.type is ConfChangeType.REMOVE:
+            self.transport.forget(node_id)
             self.signals.send(
                 signals.peer_removed, node_id=self.node_id, value=node_id, prev_value=None
             )

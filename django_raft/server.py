@@ -6,33 +6,51 @@ keep-alive, which peers' ``requests.Session`` senders reuse connection by connec
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
+import queue
 import signal
+import socket
+import ssl
 import threading
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
+from cheroot import server as cheroot_server
 from cheroot import wsgi
+from cheroot.workers.threadpool import ThreadPool
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import Http404, HttpRequest, HttpResponseBase, JsonResponse
 
-from . import views
+from . import tls, views
 from .conf import raft_settings
 from .runner import RaftNode
 from .statemachine import StateMachine
 from .storage import DjangoStorage, make_durable
-from .transport import NODE_HEADER, SEQUENCE_HEADER, SIGNATURE_HEADER
+from .transport import SEQUENCE_HEADER
 
 logger = logging.getLogger(__name__)
 
 LISTEN_BACKLOG = 1024
 """Connections the kernel queues before the server accepts them (cheroot's default, 5,
 made bursts of new clients see connection resets)."""
-KEEP_ALIVE_TIMEOUT = 60
-"""Seconds an idle keep-alive connection stays open, so clients and peers reuse it."""
+CONNECTION_TIMEOUT = 5
+"""Seconds a connection may stay silent: an idle keep-alive connection is closed after
+it, and so is one that stops sending in the middle of a request. Peers send every
+heartbeat interval, so their connections never sit that long."""
+HEADER_TIMEOUT = 2.0
+"""Seconds a connection has to send a request's line and headers (TLS handshake included)."""
+PEER_THREADS = 16
+"""Request threads kept for peers' connections (see ``NodeServer``)."""
+MAX_KEEP_ALIVE = 256
+"""Idle keep-alive connections of clients kept open at most (peers' are not counted)."""
+UNREAD_STATUSES = (403, 413)
+"""Refusals that may leave the request body unread: the connection is closed after them."""
 DEFAULT_THREADS = 64
 """Request threads: each client waiting for its command's commit holds one."""
 
@@ -121,31 +139,202 @@ class NodeApplication(WSGIHandler):
             logger.exception("raft: error serving POST %s", environ.get("PATH_INFO"))
             answer = views.Answer.json(_ERROR_500, 500)
         headers = [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body)))]
+        if answer.status in UNREAD_STATUSES:
+            headers.append(("Connection", "close"))  # the body may be unread: do not read it
+        elif rpc_path is not None and answer.status == 200:
+            headers.append((PEER_HEADER, "1"))
         start_response(f"{answer.status} {HTTPStatus(answer.status).phrase}", headers)
         return [answer.body]
 
     def _answer(self, environ: dict[str, Any], rpc_path: str | None) -> views.Answer:
         limit = views.MAX_RPC_BODY if rpc_path is not None else views.MAX_CLIENT_BODY
-        try:
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-        except ValueError:
-            return views.Answer.error(400, "bad Content-Length")
-        if length > limit:
-            return views.Answer.error(413, f"request body over {limit} bytes")
-        body = environ["wsgi.input"].read(length) if length else b""
-        refused = views.check_body(body, environ.get(_SIGNATURE_KEY), limit)
-        if refused is not None:
-            return refused
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        checked = views.authenticate(
+            path,
+            lambda name: environ.get("HTTP_" + name.upper().replace("-", "_")),
+            environ.get("CONTENT_LENGTH"),
+            limit,
+            rpc=rpc_path is not None,
+        )
+        if isinstance(checked, views.Answer):
+            return checked
+        body = environ["wsgi.input"].read(checked.length) if checked.length else b""
+        if not checked.body_matches(body):
+            return views.Answer.error(403, "the body does not match its signature", "Forbidden")
         if rpc_path is not None:
-            return views.rpc_answer(
-                rpc_path, body, environ.get(_NODE_KEY), environ.get(_SEQUENCE_KEY)
-            )
+            return views.rpc_answer(rpc_path, body, checked.sender, environ.get(_SEQUENCE_KEY))
         return views.command_answer(body)
 
 
-_SIGNATURE_KEY = "HTTP_" + SIGNATURE_HEADER.upper().replace("-", "_")
-_NODE_KEY = "HTTP_" + NODE_HEADER.upper().replace("-", "_")
 _SEQUENCE_KEY = "HTTP_" + SEQUENCE_HEADER.upper().replace("-", "_")
+
+
+PEER_HEADER = "X-Raft-Peer"
+"""Set by the application on an answer to an authenticated RPC, taken off by the server:
+the connection then belongs to a peer and is served by the peers' own threads."""
+
+
+class _Request(cheroot_server.HTTPRequest):
+    """A request whose answer may mark its connection as a peer's, or close it unread.
+
+    cheroot reads what is left of a request body before answering, to keep the
+    connection alive; an answer with ``Connection: close`` (a request refused before its
+    body was read) closes it instead of reading what an unauthenticated client announced.
+    """
+
+    def parse_request(self) -> None:
+        """Read the request line and headers, within ``HEADER_TIMEOUT`` in all."""
+        watchdog = getattr(self.server, "watchdog", None)
+        if watchdog is None:
+            super().parse_request()
+            return
+        token = watchdog.arm(self.conn.socket)
+        try:
+            super().parse_request()
+        finally:
+            watchdog.disarm(token)
+
+    def send_headers(self) -> None:
+        peer = PEER_HEADER.encode().lower()
+        kept = []
+        for key, value in self.outheaders:
+            name = key.lower()
+            if name == peer:
+                self.conn.raft_peer = True
+                continue
+            if name == b"connection" and value.lower() == b"close":
+                self.close_connection = True
+            kept.append((key, value))
+        self.outheaders = kept
+        super().send_headers()
+
+
+class _Watchdog(threading.Thread):
+    """Cuts connections that take longer than ``HEADER_TIMEOUT`` to send their headers.
+
+    cheroot's timeout is per read: a client sending a byte now and then would hold a
+    request thread for as long as it likes.
+    """
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(name="raft-http-watchdog", daemon=True)
+        self.timeout = timeout
+        self._armed: dict[int, tuple[float, socket.socket]] = {}
+        self._lock = threading.Lock()
+        self._tokens = itertools.count()
+        self.stopped = threading.Event()
+
+    def arm(self, sock: socket.socket) -> int:
+        token = next(self._tokens)
+        with self._lock:
+            self._armed[token] = (time.monotonic() + self.timeout, sock)
+        return token
+
+    def disarm(self, token: int) -> None:
+        with self._lock:
+            self._armed.pop(token, None)
+
+    def run(self) -> None:
+        while not self.stopped.wait(0.05):
+            now = time.monotonic()
+            with self._lock:
+                late = [token for token, (deadline, _) in self._armed.items() if deadline < now]
+                cut = [self._armed.pop(token)[1] for token in late]
+            for sock in cut:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Connection(cheroot_server.HTTPConnection):
+    """A connection whose TLS handshake, if any, is done first, in the request thread,
+    within ``HEADER_TIMEOUT``; a failed one is logged in one line and closes it."""
+
+    RequestHandlerClass = _Request
+
+    def communicate(self) -> bool:
+        """Shake hands if not done yet, then serve the request as cheroot does."""
+        sock = self.socket
+        if isinstance(sock, ssl.SSLSocket) and not getattr(self, "raft_shaken", False):
+            watchdog: _Watchdog = self.server.watchdog
+            token = watchdog.arm(sock)
+            try:
+                sock.do_handshake()
+            except (ssl.SSLError, OSError) as error:
+                logger.info("raft: TLS handshake with %s failed: %s", self.remote_addr, error)
+                return False
+            finally:
+                watchdog.disarm(token)
+            self.raft_shaken = True
+        return bool(super().communicate())
+
+
+class _PeerLane:
+    """What the peers' request threads see as their server: their own queue of
+    connections (``requests``), and the real server for everything else."""
+
+    def __init__(self, server: NodeServer, threads: int) -> None:
+        self._server = server
+        self.requests = ThreadPool(self, min=threads, max=threads)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
+
+
+class NodeServer(wsgi.Server):
+    """cheroot's server, with room kept for peers, and no thread for a silent connection.
+
+    - A new connection waits in the selector, like an idle keep-alive one, and gets a
+      thread only once it sends something; it is closed after ``CONNECTION_TIMEOUT``
+      if it never does. (cheroot hands it a thread at once: connections that send
+      nothing would hold every thread.)
+    - A connection that carried an authenticated Raft RPC is a peer's: its requests go
+      to ``PEER_THREADS`` threads of their own, so clients, slow or many, cannot delay
+      heartbeats. Peers' connections are always kept alive; other keep-alive
+      connections are bounded (``MAX_KEEP_ALIVE``).
+    """
+
+    ConnectionClass = _Connection
+    keep_alive_conn_limit = MAX_KEEP_ALIVE
+
+    def prepare(self) -> None:
+        """Bind, and start the peers' threads as well."""
+        super().prepare()
+        self.watchdog = _Watchdog(HEADER_TIMEOUT)
+        self.watchdog.start()
+        self._peer_lane = _PeerLane(self, PEER_THREADS)
+        self._peer_lane.requests.start()
+        self._peer_threads = set(self._peer_lane.requests._threads)  # type: ignore[attr-defined]
+
+    @property
+    def can_add_keepalive_connection(self) -> bool:
+        """Whether a connection may be kept alive (a peer's always)."""
+        if threading.current_thread() in self._peer_threads:
+            return bool(self.ready)
+        return bool(super().can_add_keepalive_connection)
+
+    def process_conn(self, conn: Any) -> None:
+        """Park a new connection; hand a peer's to the peers' threads, others to the rest."""
+        if not getattr(conn, "raft_seen", False):
+            conn.raft_seen = True
+            self._connections.put(conn)  # type: ignore[attr-defined]
+            return
+        if getattr(conn, "raft_peer", False):
+            try:
+                self._peer_lane.requests.put(conn)
+            except queue.Full:
+                conn.close()
+            return
+        super().process_conn(conn)
+
+    def stop(self) -> None:
+        """Stop serving, the peers' threads too."""
+        super().stop()
+        watchdog = getattr(self, "watchdog", None)
+        if watchdog is not None:
+            watchdog.stopped.set()
+        lane = getattr(self, "_peer_lane", None)
+        if lane is not None:
+            lane.requests.stop(timeout=2)
 
 
 def parse_bind(bind: str) -> tuple[str, int]:
@@ -185,13 +374,20 @@ def start_node(
     node = RaftNode(node_id, address, storage, machine)
     node.transport.set_address(node_id, address)
     host, port = parse_bind(bind)
-    server = wsgi.Server(
+    server = NodeServer(
         (host, port),
         NodeApplication(),
         numthreads=threads,
         request_queue_size=LISTEN_BACKLOG,
-        timeout=KEEP_ALIVE_TIMEOUT,
+        timeout=CONNECTION_TIMEOUT,
     )
+    if raft_settings.TLS_CERT:
+        server.ssl_adapter = tls.server_adapter(
+            raft_settings.TLS_CERT,
+            raft_settings.TLS_KEY,
+            raft_settings.TLS_CA,
+            raft_settings.TLS_CLIENT_AUTH,
+        )
     server.prepare()
     threading.Thread(target=server.serve, name="raft-http", daemon=True).start()
     node.start()

@@ -20,6 +20,8 @@ keys to the same row. Use natural keys, or keys derived from the command.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 import re
@@ -42,14 +44,13 @@ from .models import MAX_ADDRESS_LENGTH, SINGLETON, AppliedState, Member
 from .storage import redoable_transaction
 from .wire import DecodedCommand, decode_envelope
 
-__all__ = ["Outcome", "StateMachine", "describe_error"]
+__all__ = ["Outcome", "StateMachine", "check_snapshot", "describe_error"]
 
 SNAPSHOT_MAGIC = b"django-raft-state/2\n"
 """How a snapshot made by ``StateMachine.save`` starts; a length-prefixed JSON list of
 members follows, then the length-prefixed client sessions and locks (``sessions.dump``),
-then the replicated state."""
-SNAPSHOT_MAGIC_1 = b"django-raft-state/1\n"
-"""Snapshots of the first format, without sessions, are still read."""
+then the replicated state, then the SHA-256 of everything before it."""
+_DIGEST_SIZE = 32
 
 MAX_ERROR_LENGTH = 2000
 LOAD_BATCH_SIZE = 1000
@@ -285,7 +286,8 @@ class StateMachine:
             state = hooks.save(using) if hooks is not None else _dump_models(using)
         header = json.dumps(members, separators=(",", ":")).encode()
         parts = (SNAPSHOT_MAGIC, _LENGTH.pack(len(header)), header, _LENGTH.pack(len(tracked)))
-        return index, b"".join((*parts, tracked, state))
+        body = b"".join((*parts, tracked, state))
+        return index, body + hashlib.sha256(body).digest()
 
     def catch_up(self, snapshot: Snapshot) -> bool:
         """Restore ``snapshot`` if the state is behind it; return whether it was.
@@ -362,30 +364,65 @@ def _address(context: str) -> str:
 
 
 def _split_snapshot(data: bytes) -> tuple[list[tuple[str, str, str]], bytes, bytes]:
-    """Members, sessions (``b""`` in a first-format snapshot) and the replicated state."""
+    """Members, sessions and the replicated state; ``ValueError`` unless it is whole."""
     start = len(SNAPSHOT_MAGIC)
-    version = 2 if data.startswith(SNAPSHOT_MAGIC) else 1
-    if not data.startswith((SNAPSHOT_MAGIC, SNAPSHOT_MAGIC_1)) or len(data) < start + _LENGTH.size:
+    if not data.startswith(SNAPSHOT_MAGIC) or len(data) < start + _LENGTH.size + _DIGEST_SIZE:
         raise ValueError("not a django-raft snapshot (no header)")
-    (length,) = _LENGTH.unpack_from(data, start)
+    body, digest = data[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
+    if not hmac.compare_digest(hashlib.sha256(body).digest(), digest):
+        raise ValueError("the snapshot's checksum does not match its content")
+    (length,) = _LENGTH.unpack_from(body, start)
     start += _LENGTH.size
-    if start + length > len(data):
+    if start + length > len(body):
         raise ValueError("truncated django-raft snapshot")
     try:
-        members = json.loads(data[start : start + length])
+        members = json.loads(body[start : start + length])
         rows = [(str(node_id), str(address), str(role)) for node_id, address, role in members]
     except (TypeError, ValueError) as error:
         raise ValueError(f"malformed members in django-raft snapshot: {error}") from None
     start += length
-    if version == 1:
-        return rows, b"", data[start:]
-    if len(data) < start + _LENGTH.size:
+    if len(body) < start + _LENGTH.size:
         raise ValueError("truncated django-raft snapshot")
-    (length,) = _LENGTH.unpack_from(data, start)
+    (length,) = _LENGTH.unpack_from(body, start)
     start += _LENGTH.size
-    if start + length > len(data):
+    if start + length > len(body):
         raise ValueError("truncated django-raft snapshot")
-    return rows, data[start : start + length], data[start + length :]
+    return rows, body[start : start + length], body[start + length :]
+
+
+def check_snapshot(snapshot: Snapshot) -> str | None:
+    """Say why a snapshot received from the leader is unusable, or None if it is whole.
+
+    Checked before anything of it is stored: the format and checksum, members that
+    match the membership its metadata names, and (for the model dump) state that parses
+    as rows of the replicated models. A snapshot refused here changes nothing.
+    """
+    try:
+        members, _, state = _split_snapshot(snapshot.data)
+    except ValueError as error:
+        return str(error)
+    conf = snapshot.metadata.conf_state
+    roles = {node_id: role for node_id, _, role in members}
+    expected = {voter: Member.Role.VOTER for voter in conf.voters}
+    expected.update({learner: Member.Role.LEARNER for learner in conf.learners})
+    if len(roles) != len(members) or roles != expected:
+        return "the snapshot's members do not match its metadata"
+    if commands.get_state_hooks() is not None:
+        return None
+    labels = {label.lower() for label in raft_settings.REPLICATED_MODELS}
+    try:
+        rows = json.loads(state)
+    except (ValueError, RecursionError):
+        return "the snapshot's state is not JSON"
+    if not isinstance(rows, list) or not all(
+        isinstance(row, dict)
+        and isinstance(row.get("model"), str)
+        and row["model"].lower() in labels
+        and isinstance(row.get("fields"), dict)
+        for row in rows
+    ):
+        return "the snapshot's state is not rows of the replicated models"
+    return None
 
 
 def replicated_models() -> list[type[Model]]:

@@ -18,11 +18,14 @@ import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import requests
 from django.core.signals import setting_changed
 
 from . import sessions
+from .auth import ANY_NODE, CLIENT, Signer, derive_keys
+from .commands import check_call
 from .conf import raft_settings
 from .core import (
     DuplicatePeerError,
@@ -42,7 +45,7 @@ from .exceptions import (
     SessionExpiredError,
     StaleTokenError,
 )
-from .transport import NODE_HEADER, SIGNATURE_HEADER, sign
+from .tls import requests_options
 from .wire import WireError, encode_command
 
 if TYPE_CHECKING:
@@ -123,16 +126,18 @@ def post(address: str, route: str, body: dict[str, Any], timeout: float) -> dict
     """
     data = json.dumps(body).encode()
     url = f"{address.rstrip('/')}/{raft_settings.URL_PREFIX}{route}"
-    headers = {
-        "Content-Type": "application/json",
-        NODE_HEADER: "client",
-        SIGNATURE_HEADER: sign(raft_settings.SECRET, data),
-    }
+    keys = derive_keys(raft_settings.SECRET, raft_settings.CLIENT_SECRET)
+    signer = Signer(keys.client, CLIENT, raft_settings.NODE_ID or "client")
+    headers = signer.headers("POST", urlsplit(url).path, ANY_NODE, data)
+    headers["Content-Type"] = "application/json"
+    tls = requests_options(raft_settings.TLS_CERT, raft_settings.TLS_KEY, raft_settings.TLS_CA)
     session = getattr(_http, "session", None)
     if session is None:
         session = _http.session = requests.Session()
     try:
-        response = session.post(url, data=data, headers=headers, timeout=(1.0, timeout + 1.0))
+        response = session.post(
+            url, data=data, headers=headers, timeout=(1.0, timeout + 1.0), **tls
+        )
     except (requests.ConnectionError, requests.ConnectTimeout) as error:
         if isinstance(error, requests.ReadTimeout):
             raise ClusterUnreachableError(f"{address} did not answer: {error}") from error
@@ -249,8 +254,12 @@ def submit_command(body: dict[str, Any], deadline: float) -> dict[str, Any]:
         data = encode_command(
             name, arguments, client_id, sequence, int(time.time() * 1000) if tracked else 0
         )
+        if name not in sessions.BUILTIN:  # the sessions' own commands are always well formed
+            check_call(name, arguments, len(data), raft_settings.MAX_COMMAND_SIZE)
     except WireError as error:
         return _failure(str(error), "BadRequest")
+    except InvalidRequestError as error:
+        return _failure(str(error), "InvalidRequestError")
     answer = run_on_node(node, lambda seconds: node.propose(data, seconds), deadline)
     if answer.get("error_type") == "NotLeaderError":
         return forward(node, "command", body, deadline)

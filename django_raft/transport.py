@@ -6,14 +6,14 @@ which Raft tolerates), so it never stalls the loop or the other peers. Each peer
 slow round trip (a commit notice, a large batch) does not hold back the next
 AppendEntries. Each request carries what was queued, up to ``MAX_BATCH`` messages and
 ``MAX_BATCH_ENTRIES`` entries (one write to disk on the peer for all of them). Every
-request is signed with the cluster secret (HMAC-SHA256 of the body); the replies a peer
-produces for a request come back in the response body and are handed to ``deliver``.
+request is signed with the node key (``auth``: method, path, sender, receiver, time, nonce
+and body); the replies a peer produces for a request come back in the response body and
+are handed to ``deliver``. Senders exist only for peers with a known address (current
+members): a message to any other id is dropped, and ``forget`` stops a removed peer's.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import secrets
 import struct
@@ -21,19 +21,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from urllib.parse import urlsplit
 
 import requests
 
-from . import events, metrics
+from . import events, metrics, tls
+from .auth import NODE, Signer, derive_keys
+from .conf import raft_settings
 from .core import Message, MessageType
 from .wire import WireError, decode_message, encode_message
 
 logger = logging.getLogger(__name__)
 
-SIGNATURE_HEADER = "X-Raft-Signature"
 SEQUENCE_HEADER = "X-Raft-Sequence"
 """``<incarnation>:<n>``: the order of a sender's requests to one peer."""
-NODE_HEADER = "X-Raft-Node"
 CONTENT_TYPE = "application/x-protobuf"
 MAX_QUEUE = 10_000
 """Messages held for one peer before the oldest are dropped."""
@@ -65,24 +66,6 @@ PATHS = {
     MessageType.READ_INDEX_RESPONSE: "readIndexResponse",
 }
 """The route each message kind is posted to (go-raft's paths, and one per response)."""
-
-
-def sign(secret: str, body: bytes) -> str:
-    """Return the signature of ``body`` under the cluster secret."""
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def verify(secret: str, body: bytes, signature: str | None) -> bool:
-    """Whether ``signature`` is the cluster's signature of ``body`` (constant time).
-
-    Compared as bytes: a header of any characters is just a wrong signature.
-    """
-    if not secret:
-        return True
-    if signature is None:
-        return False
-    given = signature.encode("utf-8", "replace")
-    return hmac.compare_digest(sign(secret, body).encode(), given)
 
 
 def frame(messages: Iterable[Message]) -> bytes:
@@ -117,6 +100,7 @@ class _PeerQueue:
     def __init__(self, transport: Transport, peer: str) -> None:
         self.queue: deque[Message] = deque(maxlen=MAX_QUEUE)
         self.wakeup = threading.Condition()
+        self.closed = threading.Event()
         self.sequence = 0
         self.senders = [
             _PeerSender(transport, peer, self, number) for number in range(PIPELINE_DEPTH)
@@ -133,10 +117,10 @@ class _PeerQueue:
         """Wait for messages; return a batch of them in order, and its sequence number
         (None once stopped)."""
         with self.wakeup:
-            while not self.queue and not stopped.is_set():
+            while not self.queue and not stopped.is_set() and not self.closed.is_set():
                 self.wakeup.wait(0.5)
-            if stopped.is_set():
-                return None
+            if stopped.is_set() or not self.queue:
+                return None  # stopped; or closed, with what was queued sent
             batch = [self.queue.popleft()]
             entries = len(batch[0].entries)
             while self.queue and len(batch) < MAX_BATCH:
@@ -184,15 +168,15 @@ class _PeerSender(threading.Thread):
         else:
             body, path = frame(batch), BATCH_PATH
         url = f"{address.rstrip('/')}/{transport.prefix}rpc/{path}"
-        headers = {
-            "Content-Type": CONTENT_TYPE,
-            NODE_HEADER: transport.node_id,
-            SIGNATURE_HEADER: sign(transport.secret, body),
-            SEQUENCE_HEADER: f"{transport.incarnation}:{sequence}",
-        }
+        headers = transport.signer.headers("POST", urlsplit(url).path, self.peer, body)
+        headers["Content-Type"] = CONTENT_TYPE
+        headers[SEQUENCE_HEADER] = f"{transport.incarnation}:{sequence}"
         started = time.monotonic()
         try:
-            response = self.session.post(url, data=body, headers=headers, timeout=transport.timeout)
+            # TLS options per request: REQUESTS_CA_BUNDLE would override the session's.
+            response = self.session.post(
+                url, data=body, headers=headers, timeout=transport.timeout, **transport.tls_options
+            )
         except requests.RequestException as error:
             logger.debug("raft: %s unreachable: %s", self.peer, error)
             events.peer_failed(transport.node_id, self.peer, str(error))
@@ -225,7 +209,10 @@ class Transport:
         on_round_trip: Callable[[str, float], None] | None = None,
     ) -> None:
         self.node_id = node_id
-        self.secret = secret
+        self.signer = Signer(derive_keys(secret).node, NODE, node_id)
+        self.tls_options = tls.requests_options(
+            raft_settings.TLS_CERT, raft_settings.TLS_KEY, raft_settings.TLS_CA
+        )
         self.prefix = prefix
         self.timeout = timeout
         self.deliver = deliver
@@ -234,14 +221,32 @@ class Transport:
         self.incarnation = secrets.token_hex(8)
         self.stopped = threading.Event()
         self._peers: dict[str, _PeerQueue] = {}
+        self.forgotten: set[str] = set()
+        """Removed members: never sent to again (a removed id never rejoins)."""
 
     def set_address(self, node_id: str, address: str) -> None:
         """Record where ``node_id`` is reached (from the membership entries' context)."""
         if address:
             self.addresses[node_id] = address
 
+    def forget(self, node_id: str) -> None:
+        """Stop sending to ``node_id`` (removed from the cluster).
+
+        What is already queued is still sent (it may tell the node of its removal);
+        then its senders end, and nothing more is queued for it.
+        """
+        self.forgotten.add(node_id)
+        queue = self._peers.pop(node_id, None)
+        if queue is not None:
+            queue.closed.set()
+            queue.wake_all()
+
     def send(self, messages: Iterable[Message]) -> None:
-        """Queue messages for their peers; never blocks on the network."""
+        """Queue messages for their peers; never blocks on the network.
+
+        A message to an id with no known address (not a member) is dropped: no sender
+        thread is ever started for it.
+        """
         by_peer: dict[str, list[Message]] = {}
         for message in messages:
             by_peer.setdefault(message.to, []).append(message)
@@ -251,6 +256,11 @@ class Transport:
             if queue is None:
                 if self.stopped.is_set():
                     return
+                if peer not in self.addresses or peer in self.forgotten or peer == self.node_id:
+                    logger.debug(
+                        "raft: %d message(s) for unknown node %r dropped", len(batch), peer
+                    )
+                    continue
                 queue = self._peers[peer] = _PeerQueue(self, peer)
             queue.put(batch)
 

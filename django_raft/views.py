@@ -1,7 +1,9 @@
 """The routes a ``raftnode`` serves: Raft RPCs between nodes, and the client API.
 
-Every request must be signed with the cluster secret. Bad input of any kind gets a
-4xx with a message and changes nothing; the node keeps running.
+Every request must be signed (``auth``): Raft RPCs with the node key, client routes with
+the client key (or the node key: nodes forward). The signed headers are checked before
+any of the body is read. Bad input of any kind gets a 4xx with a message and changes
+nothing; the node keeps running.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from . import metrics
+from .auth import CLIENT, NODE, NODE_HEADER, Checked, Verifier, derive_keys
 from .conf import raft_settings
 from .core import ConfChange, ConfChangeType
 from .exceptions import StopError
@@ -24,15 +27,12 @@ from .submission import forward, run_on_node, status_answer, submit_command
 from .transport import (
     BATCH_PATH,
     CONTENT_TYPE,
-    NODE_HEADER,
     PATHS,
     SEQUENCE_HEADER,
-    SIGNATURE_HEADER,
     frame,
     unframe,
-    verify,
 )
-from .wire import WireError, decode_message
+from .wire import MAX_TERM_JUMP, WireError, decode_message
 
 MAX_RPC_BODY = 64 << 20
 MAX_CLIENT_BODY = 4 << 20
@@ -42,18 +42,52 @@ def _error(status: int, message: str, error_type: str = "BadRequest") -> JsonRes
     return JsonResponse({"ok": False, "error": message, "error_type": error_type}, status=status)
 
 
-def _read_body(request: HttpRequest, limit: int) -> bytes | JsonResponse:
+_verifiers: dict[tuple[Any, ...], Verifier] = {}
+
+
+def verifier() -> Verifier:
+    """The verifier of this process's node (one nonce memory per node and settings)."""
+    node = RaftNode.current
+    node_id = node.node_id if node is not None else raft_settings.NODE_ID
+    key = (node_id, raft_settings.SECRET, raft_settings.CLIENT_SECRET, raft_settings.AUTH_WINDOW)
+    found = _verifiers.get(key)
+    if found is None:
+        _verifiers.clear()
+        found = _verifiers[key] = Verifier(
+            derive_keys(raft_settings.SECRET, raft_settings.CLIENT_SECRET),
+            node_id,
+            raft_settings.AUTH_WINDOW,
+        )
+    return found
+
+
+def authenticate(
+    path: str, header: Any, content_length: str | None, limit: int, rpc: bool
+) -> Checked | Answer:
+    """Check a POST's signed headers and announced length, before reading its body."""
     try:
-        length = int(request.META.get("CONTENT_LENGTH") or 0)
+        length = int(content_length or 0)
     except ValueError:
-        return _error(400, "bad Content-Length")
-    if length > limit:
-        return _error(413, f"request body over {limit} bytes")
-    body = request.read(limit + 1)
-    if len(body) > limit:
-        return _error(413, f"request body over {limit} bytes")
-    if not verify(raft_settings.SECRET, body, request.headers.get(SIGNATURE_HEADER)):
-        return _error(403, "missing or wrong signature: only cluster members may call this route")
+        return Answer.error(400, "bad Content-Length")
+    if not 0 <= length <= limit:
+        return Answer.error(413, f"request body over {limit} bytes")
+    checked = verifier().check("POST", path, header, length, (NODE,) if rpc else (CLIENT, NODE))
+    if isinstance(checked, str):
+        return Answer.error(403, checked, "Forbidden")
+    return checked
+
+
+def _read_body(request: HttpRequest, limit: int, rpc: bool = False) -> bytes | JsonResponse:
+    checked = authenticate(
+        request.path, request.headers.get, request.META.get("CONTENT_LENGTH"), limit, rpc
+    )
+    if isinstance(checked, Answer):
+        refused = JsonResponse(json.loads(checked.body), status=checked.status)
+        refused["Connection"] = "close"  # the body is unread: do not let the server read it
+        return refused
+    body = request.read(checked.length) if checked.length else b""
+    if not checked.body_matches(body):
+        return _error(403, "the body does not match its signature", "Forbidden")
     return body
 
 
@@ -87,17 +121,6 @@ class Answer:
         return HttpResponse(self.body, status=self.status, content_type=self.content_type)
 
 
-def check_body(body: bytes, signature: str | None, limit: int) -> Answer | None:
-    """Refuse a body over ``limit`` bytes or without the cluster's signature."""
-    if len(body) > limit:
-        return Answer.error(413, f"request body over {limit} bytes")
-    if not verify(raft_settings.SECRET, body, signature):
-        return Answer.error(
-            403, "missing or wrong signature: only cluster members may call this route"
-        )
-    return None
-
-
 def rpc_answer(path: str, body: bytes, sender: str | None, sequence: str | None = None) -> Answer:
     """Step the Raft messages of a checked request body; answer with their replies."""
     node = RaftNode.current
@@ -109,7 +132,10 @@ def rpc_answer(path: str, body: bytes, sender: str | None, sequence: str | None 
         return Answer.error(400, f"not a Raft message: {error}")
     if not messages:
         return Answer.error(400, "no message")
+    ceiling = node.status().get("term", 0) + MAX_TERM_JUMP
     for message in messages:
+        if message.term > ceiling:
+            return Answer.error(400, f"term {message.term} is implausibly far ahead of ours")
         if path != BATCH_PATH and PATHS.get(message.type) != path:
             return Answer.error(400, f"a {message.type.value} message does not belong on {path!r}")
         if message.to != node.node_id:
@@ -129,7 +155,7 @@ def rpc_answer(path: str, body: bytes, sender: str | None, sequence: str | None 
 @require_POST
 def rpc(request: HttpRequest, path: str) -> HttpResponse:
     """Step one Raft message; answer with the messages it produced for the sender."""
-    body = _read_body(request, MAX_RPC_BODY)
+    body = _read_body(request, MAX_RPC_BODY, rpc=True)
     if isinstance(body, JsonResponse):
         return body
     headers = request.headers
@@ -192,7 +218,8 @@ def command_answer(body: bytes) -> Answer:
     if timeout is None:
         return Answer.error(400, TIMEOUT_RULE)
     answer = submit_command(payload, time.monotonic() + timeout)
-    return Answer.json(answer, status=400 if answer.get("error_type") == "BadRequest" else 200)
+    refused = answer.get("error_type") in ("BadRequest", "InvalidRequestError")
+    return Answer.json(answer, status=400 if refused else 200)
 
 
 @csrf_exempt

@@ -27,6 +27,7 @@ from .core import (
 from .proto import raft_pb2 as pb
 
 __all__ = [
+    "MAX_TERM_JUMP",
     "MAX_VALUE",
     "DecodedCommand",
     "WireError",
@@ -39,9 +40,15 @@ __all__ = [
     "encode_result",
 ]
 
-MAX_VALUE = 2**63 - 1
-"""The largest index, term, offset or sequence number decoded: what a signed 64-bit
-database column holds. The wire's uint64 allows more; no real log gets there."""
+MAX_VALUE = 2**62 - 1
+"""The largest index, term, offset or sequence number encoded or decoded: one bound for
+all, well inside what a signed 64-bit database column holds, so that a node that
+accepted the largest term can still count elections past it (the wire's uint64 allows
+more; no real log gets there)."""
+MAX_TERM_JUMP = 2**40
+"""How far a peer's term may be ahead of ours: more elections than a cluster runs in
+centuries. A message further ahead is a bug or corruption, refused by the receiver so
+that one message cannot spend the terms left."""
 
 
 class WireError(ValueError):
@@ -71,6 +78,9 @@ def encode_message(message: Message) -> bytes:
     kind = _TO_WIRE.get(message.type)
     if kind is None:
         raise WireError(f"{message.type.name} is a local message: it never crosses the network")
+    for name in _RANGE_CHECKED:
+        if not 0 <= getattr(message, name) <= MAX_VALUE:
+            raise WireError(f"cannot encode {message.type.name} message: {name} out of range")
     try:
         wire = pb.Message(
             type=kind,

@@ -102,7 +102,7 @@ def test_the_project_of_the_readme_runs_a_node_and_takes_commands(tmp_path: Path
         RAFT_NODE_ID="n1",
         RAFT_ADDRESS=address,
         RAFT_CLUSTER=f"n1={address}",
-        RAFT_SECRET="readme-secret",
+        RAFT_SECRET="readme-secret-" + "r" * 32,
     )
 
     def manage(*arguments: str) -> str:
@@ -128,7 +128,7 @@ def test_the_project_of_the_readme_runs_a_node_and_takes_commands(tmp_path: Path
         stderr=subprocess.STDOUT,
     )
     try:
-        with override_settings(DJANGO_RAFT={"SECRET": "readme-secret"}):
+        with override_settings(DJANGO_RAFT={"SECRET": "readme-secret-" + "r" * 32}):
             wait_for(
                 lambda: raise_for(post(address, "status", {}, 1.0))["state"] == "leader",
                 30,

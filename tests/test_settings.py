@@ -34,7 +34,7 @@ VALID: dict[str, Any] = {
         "n2": "http://127.0.0.1:8002",
         "n3": "https://raft.example.com:8003",
     },
-    "SECRET": "s",
+    "SECRET": "settings-test-secret-" + "s" * 32,
     "DATABASE": "default",
     "URL_PREFIX": "raft/",
     "REPLICATED_MODELS": ["kv.KeyValue"],
@@ -79,6 +79,15 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("SECRET", 5),
     ("SECRET", None),
     ("SECRET", b"bytes"),
+    ("CLIENT_SECRET", None),
+    ("CLIENT_SECRET", 5),
+    ("ALLOW_WEAK_SECRET", 1),
+    ("ALLOW_WEAK_SECRET", "yes"),
+    *[("AUTH_WINDOW", value) for value in (0, -1, NAN, INF, 3601, "30", True)],
+    *[(name, value) for name in ("TLS_CERT", "TLS_KEY", "TLS_CA") for value in (None, 5)],
+    ("TLS_CLIENT_AUTH", "yes"),
+    ("TLS_CLIENT_AUTH", 1),
+    *[("MAX_COMMAND_SIZE", value) for value in (0, -1, 1.5, "10", True)],
     ("DATABASE", "nope"),
     ("DATABASE", 0),
     ("URL_PREFIX", "/raft/"),
@@ -367,6 +376,20 @@ def no_node(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Any, ...]]]:
     monkeypatch.setattr(server, "serve_forever", lambda node, http_server: None)
     with override_settings(DJANGO_RAFT=VALID):
         yield started
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("secret", ["", "dev", "x" * 31])
+def test_raftnode_refuses_an_empty_or_short_secret(
+    no_node: list[tuple[Any, ...]], secret: str
+) -> None:
+    with override_settings(DJANGO_RAFT={**VALID, "SECRET": secret}):
+        with pytest.raises(CommandError, match=r"token_urlsafe\(48\)"):
+            call_command("raftnode", "--bootstrap", stdout=_Sink())
+        assert no_node == []
+    with override_settings(DJANGO_RAFT={**VALID, "SECRET": secret, "ALLOW_WEAK_SECRET": True}):
+        call_command("raftnode", "--bootstrap", stdout=_Sink())
+        assert len(no_node) == 1
 
 
 def assert_nothing_stored() -> None:

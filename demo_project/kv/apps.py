@@ -18,6 +18,8 @@ class KvConfig(AppConfig):
 
         for name, handler in kv_commands.HANDLERS.items():
             if name in kv_commands.BATCH_HANDLERS:
-                commands.register(name, kv_commands.BATCH_HANDLERS[name], batch=True)
+                commands.register(
+                    name, kv_commands.BATCH_HANDLERS[name], batch=True, arguments=handler
+                )
             else:
                 commands.register(name, handler, read_only=name in kv_commands.READ_ONLY)

@@ -8,10 +8,12 @@ go-raft defaults (heartbeat 50 ms, election timeout 150 ms) are, with a 10 ms ti
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from .errors import ConfigError
+from .types import Snapshot
 
 MAX_ENTRIES_PER_MESSAGE = 2000
 """go-raft's MaxLogEntriesPerRequest."""
@@ -75,6 +77,9 @@ class Config:
     pre_vote: bool = True
     check_quorum: bool = True
     rng: RandomSource | None = None
+    snapshot_check: Callable[[Snapshot], str | None] | None = None
+    """Called with a snapshot received whole from the leader, before anything of it is
+    kept: it returns why the snapshot is unusable (the transfer starts over), or None."""
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first invalid setting."""

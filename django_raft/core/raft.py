@@ -969,7 +969,23 @@ class Raft:
             )
             return
         self.incoming_snapshot = None
-        self._restore(Snapshot(metadata, bytes(incoming.data)))
+        snapshot = Snapshot(metadata, bytes(incoming.data))
+        check = self.config.snapshot_check
+        problem = check(snapshot) if check is not None else None
+        if problem:
+            # Nothing of it is kept: the leader is told to send it again from the start.
+            self._drop("snapshot_invalid")
+            _log.warning("node %s refused a snapshot: %s", self.id, problem)
+            self._respond(
+                message,
+                MessageType.SNAPSHOT_RESPONSE,
+                snapshot=metadata,
+                index=message.offset,
+                offset=0,
+                reject=True,
+            )
+            return
+        self._restore(snapshot)
         # We match the leader up to the snapshot; entries we kept after it may still differ.
         self._respond(message, MessageType.APPEND_RESPONSE, index=self.log.committed)
 

@@ -140,7 +140,7 @@ def test_commands_answer_like_do(web: Cluster, operator: User) -> None:
     unknown = {"name": "no.such.command", "arguments": {}}
     response = client.post(API + "commands", unknown, content_type="application/json")
     assert response.status_code == 422
-    assert response.json()["error_type"] == "CommandFailedError"
+    assert response.json()["error_type"] == "InvalidRequestError"  # refused, never proposed
     bad = {"name": "kv.set", "arguments": [1, 2]}
     assert client.post(API + "commands", bad, content_type="application/json").status_code == 400
 

@@ -28,12 +28,12 @@ from django_raft import events, metrics
 from django_raft.models import LogEntry, Snapshot
 from django_raft.runner import RaftNode
 from django_raft.server import start_node
-from django_raft.transport import NODE_HEADER, SIGNATURE_HEADER, sign
 from tests.integration.cluster import free_port, wait_for
+from tests.signing import signed as signed_headers
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.postgres]
 
-SECRET = "local-secret"
+SECRET = "local-secret-" + "l" * 32
 
 
 class Local:
@@ -45,8 +45,9 @@ class Local:
 
     def post(self, route: str, body: dict[str, Any], signed: bool = True) -> requests.Response:
         data = json.dumps(body).encode()
-        headers = {NODE_HEADER: "client", SIGNATURE_HEADER: sign(SECRET, data)} if signed else {}
-        return requests.post(f"{self.address}/raft/{route}", data=data, headers=headers, timeout=10)
+        url = f"{self.address}/raft/{route}"
+        headers = signed_headers(url, data, SECRET) if signed else {}
+        return requests.post(url, data=data, headers=headers, timeout=10)
 
 
 @pytest.fixture

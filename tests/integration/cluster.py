@@ -21,10 +21,10 @@ from typing import Any
 
 import requests
 
-from django_raft.transport import NODE_HEADER, SIGNATURE_HEADER, sign
+from tests.signing import signed
 
 ROOT = Path(__file__).resolve().parents[2]
-SECRET = "integration-test-secret"
+SECRET = "integration-test-secret-" + "s" * 32
 POSTGRES = os.environ.get("RAFT_TEST_POSTGRES", "")
 """A postgres:// URL of a server where each node gets its own database, or ""."""
 
@@ -63,7 +63,7 @@ class Node:
         self.cluster = cluster
         self.node_id = node_id
         self.port = free_port()
-        self.address = f"http://127.0.0.1:{self.port}"
+        self.address = f"{cluster.scheme}://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = cluster.workdir / f"{node_id}.log"
         if POSTGRES:
@@ -130,15 +130,10 @@ class Node:
 
     def post(self, route: str, body: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
         data = json.dumps(body).encode()
+        url = f"{self.address}/raft/{route}"
+        headers = {"Content-Type": "application/json"} | signed(url, data, SECRET)
         response = requests.post(
-            f"{self.address}/raft/{route}",
-            data=data,
-            headers={
-                "Content-Type": "application/json",
-                NODE_HEADER: "client",
-                SIGNATURE_HEADER: sign(SECRET, data),
-            },
-            timeout=timeout,
+            url, data=data, headers=headers, timeout=timeout, **self.cluster.tls
         )
         answer: dict[str, Any] = response.json()
         return answer
@@ -184,9 +179,18 @@ def _recreate_postgres_database(url: str) -> None:
 class Cluster:
     """A set of nodes founded together; more can be added to join later."""
 
-    def __init__(self, workdir: Path, size: int = 3, **settings: Any) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        size: int = 3,
+        tls: dict[str, Any] | None = None,
+        **settings: Any,
+    ) -> None:
         self.workdir = workdir
         self.settings = settings
+        self.tls: dict[str, Any] = tls or {}
+        """``requests`` options (verify, cert) for https nodes; settings carry TLS_*."""
+        self.scheme = "https" if settings.get("TLS_CERT") else "http"
         self.founders: list[Node] = []
         self.nodes: dict[str, Node] = {}
         for i in range(1, size + 1):

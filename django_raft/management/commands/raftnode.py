@@ -43,6 +43,11 @@ class Command(BaseCommand):
         address = raft_settings.ADDRESS if options["address"] is None else options["address"]
         join = options["join"]
         problems = raft_settings.problems(node=False)
+        problems.extend(
+            message
+            for what, message in raft_settings.security_problems(node=True)
+            if what == "weak-secret"
+        )
         if not isinstance(node_id, str) or not node_id or not node_id.isprintable():
             problems.append("a node id is required: --node-id or DJANGO_RAFT['NODE_ID']")
         elif (
