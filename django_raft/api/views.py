@@ -57,7 +57,7 @@ def _authentication_classes() -> list[type]:
 _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (CommandFailedError, 422),
     (CommandTimeoutError, 504),
-    (InvalidRequestError, 400),
+    (InvalidRequestError, 422),
     (NotLeaderError, 503),
     (NodeStoppedError, 503),
     (OverloadedError, 503),
