@@ -31,7 +31,8 @@ back and applied again call by call, each call alone in a batch of one.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -52,6 +53,7 @@ __all__ = [
     "is_batch",
     "is_read_only",
     "names",
+    "preserved",
     "register",
     "reset",
     "state_hooks",
@@ -261,6 +263,31 @@ def reset() -> None:
     _read_only.clear()
     _arguments.clear()
     _state_hooks = None
+
+
+@contextmanager
+def preserved() -> Iterator[None]:
+    """Restore every registration (handlers, their kinds, state hooks) on exit (for tests)."""
+    global _state_hooks
+    saved = (
+        dict(_handlers),
+        set(_batch),
+        set(_read_only),
+        dict(_arguments),
+        _state_hooks,
+    )
+    try:
+        yield
+    finally:
+        handlers, batch, read_only, arguments, _state_hooks = saved
+        _handlers.clear()
+        _handlers.update(handlers)
+        _batch.clear()
+        _batch.update(batch)
+        _read_only.clear()
+        _read_only.update(read_only)
+        _arguments.clear()
+        _arguments.update(arguments)
 
 
 def _describe(function: Callable[..., Any]) -> str:

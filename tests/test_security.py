@@ -253,8 +253,8 @@ def test_commands_that_could_only_fail_are_refused_before_proposing() -> None:
     def batch(context: Any, calls: Any) -> list[Any]:
         return []
 
-    commands.reset()
-    try:
+    with commands.preserved():
+        commands.reset()
         commands.register("t.one", handler)
         commands.register("t.batch", batch, batch=True, arguments=handler)
         commands.register("t.free", batch, batch=True)
@@ -271,11 +271,6 @@ def test_commands_that_could_only_fail_are_refused_before_proposing() -> None:
         for name, arguments, size in cases:
             with pytest.raises(InvalidRequestError):
                 commands.check_call(name, arguments, size, 100)
-    finally:
-        commands.reset()
-        from django.apps import apps
-
-        apps.get_app_config("kv").ready()
 
 
 # -- senders only for members ----------------------------------------------------------------

@@ -24,11 +24,8 @@ pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
 @pytest.fixture(autouse=True)
 def registry() -> Iterator[None]:
-    saved = {name: (commands.get(name), commands.is_batch(name)) for name in commands.names()}
-    yield
-    commands.reset()
-    for name, (handler, batch) in saved.items():
-        commands.register(name, handler, batch=batch)
+    with commands.preserved():
+        yield
 
 
 class Log:

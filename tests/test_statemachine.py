@@ -37,17 +37,8 @@ pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 @pytest.fixture(autouse=True)
 def registry() -> Iterator[None]:
     """Let a test register handlers; put back what the apps registered afterwards."""
-    saved = {
-        name: (commands.get(name), commands.is_batch(name), commands.get_arguments(name))
-        for name in commands.names()
-    }
-    hooks = commands.get_state_hooks()
-    yield
-    commands.reset()
-    for name, (handler, batch, arguments) in saved.items():
-        commands.register(name, handler, batch=batch, arguments=arguments)
-    if hooks is not None:
-        commands.state_hooks(hooks.save, hooks.restore)
+    with commands.preserved():
+        yield
 
 
 @pytest.fixture
@@ -592,3 +583,31 @@ def test_a_raising_handler_in_a_run_gives_the_outcomes_of_applying_entry_by_entr
     assert not together[5].ok and together[5].error.startswith("TypeError: value must be")
     assert together[6] == Outcome(False, None, "ValueError: refusing 'c'")
     assert not together[8].ok and together[9] == Outcome(True, 2)
+
+
+def test_preserved_puts_back_every_registration() -> None:
+    """What a test registers or resets inside it is undone: kinds and checks included."""
+    before = {
+        name: (
+            commands.get(name),
+            commands.is_batch(name),
+            commands.is_read_only(name),
+            commands.get_arguments(name),
+        )
+        for name in commands.names()
+    }
+    assert any(batch for _, batch, _, _ in before.values())  # kv.set, a batch handler
+    assert any(read_only for _, _, read_only, _ in before.values())
+    with commands.preserved():
+        commands.reset()
+        commands.register("t.only", lambda context: None)
+    after = {
+        name: (
+            commands.get(name),
+            commands.is_batch(name),
+            commands.is_read_only(name),
+            commands.get_arguments(name),
+        )
+        for name in commands.names()
+    }
+    assert after == before
