@@ -585,9 +585,9 @@ def test_a_raising_handler_in_a_run_gives_the_outcomes_of_applying_entry_by_entr
     assert not together[8].ok and together[9] == Outcome(True, 2)
 
 
-def test_preserved_puts_back_every_registration() -> None:
-    """What a test registers or resets inside it is undone: kinds and checks included."""
-    before = {
+def registrations() -> dict[str, tuple[Any, bool, bool, Any]]:
+    """Every registered command: its handler, kinds and argument check."""
+    return {
         name: (
             commands.get(name),
             commands.is_batch(name),
@@ -596,18 +596,14 @@ def test_preserved_puts_back_every_registration() -> None:
         )
         for name in commands.names()
     }
+
+
+def test_preserved_puts_back_every_registration() -> None:
+    """What a test registers or resets inside it is undone: kinds and checks included."""
+    before = registrations()
     assert any(batch for _, batch, _, _ in before.values())  # kv.set, a batch handler
     assert any(read_only for _, _, read_only, _ in before.values())
     with commands.preserved():
         commands.reset()
         commands.register("t.only", lambda context: None)
-    after = {
-        name: (
-            commands.get(name),
-            commands.is_batch(name),
-            commands.is_read_only(name),
-            commands.get_arguments(name),
-        )
-        for name in commands.names()
-    }
-    assert after == before
+    assert registrations() == before
