@@ -20,7 +20,7 @@ from . import events, metrics
 from .core import RaftError
 from .runner import RaftNode
 from .submission import forward
-from .views import _client_request, _error, _running_node
+from .views import _client_request, _error, _running_node, node_id_of
 
 TRANSFER_WAIT = 2.0
 """Seconds a transfer waits for the new leader to be known before answering."""
@@ -58,9 +58,9 @@ def transfer(request: HttpRequest) -> JsonResponse:
     if isinstance(checked, JsonResponse):
         return checked
     payload, node, timeout = checked
-    transferee = payload.get("node_id")
-    if not isinstance(transferee, str) or not transferee or not transferee.isprintable():
-        return _error(400, "node_id must be a non-empty string")
+    transferee = node_id_of(payload)
+    if isinstance(transferee, JsonResponse):
+        return transferee
     deadline = time.monotonic() + timeout
     if node.status().get("state") != "leader":
         return JsonResponse(forward(node, "transfer", payload, deadline))

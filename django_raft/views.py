@@ -22,6 +22,7 @@ from .auth import CLIENT, NODE, NODE_HEADER, Checked, Verifier, derive_keys
 from .conf import raft_settings
 from .core import ConfChange, ConfChangeType
 from .exceptions import StopError
+from .models import MAX_NODE_ID_LENGTH
 from .runner import RaftNode
 from .submission import forward, run_on_node, status_answer, submit_command
 from .transport import (
@@ -246,6 +247,20 @@ def status(request: HttpRequest) -> JsonResponse:
 _ROLES = {"voter": ConfChangeType.ADD_VOTER, "learner": ConfChangeType.ADD_LEARNER}
 
 
+def node_id_of(payload: dict[str, Any]) -> str | JsonResponse:
+    """The request's ``node_id``, or the 400 answer that refuses it (a stored member id is
+    at most ``MAX_NODE_ID_LENGTH`` printable characters)."""
+    node_id = payload.get("node_id")
+    if (
+        not isinstance(node_id, str)
+        or not node_id
+        or len(node_id) > MAX_NODE_ID_LENGTH
+        or not node_id.isprintable()
+    ):
+        return _error(400, f"node_id must be 1 to {MAX_NODE_ID_LENGTH} printable characters")
+    return node_id
+
+
 @csrf_exempt
 @require_POST
 def members(request: HttpRequest) -> JsonResponse:
@@ -254,9 +269,9 @@ def members(request: HttpRequest) -> JsonResponse:
     if isinstance(checked, JsonResponse):
         return checked
     payload, node, timeout = checked
-    node_id = payload.get("node_id")
-    if not isinstance(node_id, str) or not node_id or not node_id.isprintable():
-        return _error(400, "node_id must be a non-empty string")
+    node_id = node_id_of(payload)
+    if isinstance(node_id, JsonResponse):
+        return node_id
     if payload.get("remove"):
         change = ConfChange(ConfChangeType.REMOVE, node_id)
     else:

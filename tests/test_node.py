@@ -654,6 +654,12 @@ CLIENT_CASES = [
     Case("members: no node_id", client("members", {}), 400, "node_id must be"),
     Case("members: node_id a number", client("members", {"node_id": 2}), 400, "node_id must be"),
     Case(
+        "members: node_id longer than a member id is stored",
+        client("members", {"node_id": "n" * 256, "address": "http://x"}),
+        400,
+        "node_id must be 1 to 255",
+    ),
+    Case(
         "members: node_id not printable",
         client("members", {"node_id": "n\n2", "address": "http://x"}),
         400,
