@@ -6,14 +6,20 @@ lock. Other threads (the WSGI server's request threads, the transport's senders,
 future.
 
 Every turn of the loop is bounded, so ticks and heartbeats are never starved however
-much is queued or committed: it takes at most ``MAX_ITEMS_PER_TURN`` requests (all the
-proposals among them go to the core as one batch: one append, one broadcast), ticks the
+much is queued or committed: it takes at most ``MAX_ITEMS_PER_TURN`` requests, ticks the
 core when a tick is due, then handles Readies in the order the core requires (persist,
 send, apply, advance) until the turn's time budget is spent; what is left waits for
 the next turn. Each Ready applies at most ``MAX_APPLY_PER_READY`` entries. A peer's
 request is answered as soon as the entries it carried are durable, before anything is
-applied. Proposals are bounded too (``MAX_PENDING_PROPOSALS``): beyond the bound they
-are refused with ``OverloadedError``. Signals are sent by a dispatcher thread.
+applied.
+
+Proposals wait in the node until the log has room for them: at most
+``MAX_UNAPPLIED`` entries may be appended and not yet applied here, so the log never
+runs ahead of what the state machine can apply (the entries to apply are still in
+memory, and each turn's work stays small); those that fit go to the core as one batch
+(one append, one broadcast). Proposals are bounded too (``MAX_PENDING_PROPOSALS``):
+beyond the bound they are refused with ``OverloadedError``. Signals are sent by a
+dispatcher thread.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +50,7 @@ from .core import (
     RaftError,
     RawNode,
     Snapshot,
+    StateType,
 )
 from .dispatch import SignalDispatcher
 from .exceptions import CommandTimeoutError, OverloadedError, StopError
@@ -61,6 +69,9 @@ TURN_BUDGET_FRACTION = 0.2
 """A turn stops handling Readies once it ran this fraction of the heartbeat interval."""
 MAX_PENDING_PROPOSALS = 65_536
 """Proposals queued or waiting for their commit before new ones are refused."""
+MAX_UNAPPLIED = 2048
+"""Entries this node may have appended and not yet applied before it holds proposals
+back (below the storage's in-memory tail, so what is applied is never read back)."""
 
 
 # -- the mailbox: what other threads ask of the loop -------------------------------------
@@ -202,10 +213,12 @@ class RaftNode:
         self.max_pending = max_pending
         self._room = threading.BoundedSemaphore(max_pending)
         self._pending: dict[int, _Pending] = {}
+        self._held: deque[Propose] = deque()
         self._reads: dict[bytes, Future[int]] = {}
         self._read_waiting: list[tuple[int, Future[int]]] = []
         self._read_ids = itertools.count()
         self._slots: dict[str, ReplySlot] = {}
+        self._waiting_slots: list[ReplySlot] = []
         self._max_turn = 0.0
         self._full_status_at = 0.0
         self._membership_changed = False
@@ -367,7 +380,8 @@ class RaftNode:
         next_tick = time.monotonic() + self.tick_interval
         try:
             while not self.stopping.is_set():
-                wait = 0.0 if self.raw.has_ready() else next_tick - time.monotonic()
+                busy = self.raw.has_ready() or (self._held and self._room_in_log() > 0)
+                wait = 0.0 if busy else next_tick - time.monotonic()
                 requests = self._take(max(0.0, wait))
                 started = time.monotonic()
                 self._handle(requests)
@@ -402,18 +416,18 @@ class RaftNode:
         return requests
 
     def _handle(self, requests: list[Request]) -> None:
-        proposals: list[Propose] = []
+        held = self._held
         for request in requests:
             if isinstance(request, Propose):
                 if request.future.set_running_or_notify_cancel():
-                    proposals.append(request)
+                    held.append(request)
                 continue
-            if proposals:
-                self._propose(proposals)
-                proposals = []
             if isinstance(request, Step):
                 if request.slot is not None:
+                    # Replies to a peer ride on its first waiting request; every one of
+                    # its requests is answered when the turn's writes are durable.
                     self._slots.setdefault(request.slot.peer, request.slot)
+                    self._waiting_slots.append(request.slot)
                 for message in request.messages:
                     self._step(message)
             elif isinstance(request, Wake):
@@ -425,8 +439,20 @@ class RaftNode:
                     self._request(request)
                 except RaftError as error:
                     request.future.set_exception(error)
-        if proposals:
-            self._propose(proposals)
+        room = min(self._room_in_log(), MAX_ITEMS_PER_TURN)
+        if held and room > 0:
+            self._propose([held.popleft() for _ in range(min(room, len(held)))])
+
+    def _room_in_log(self) -> int:
+        """How many more entries may be appended before ``MAX_UNAPPLIED`` is reached.
+
+        A node that does not lead lets every held proposal through: the core refuses
+        them at once with ``NotLeaderError``.
+        """
+        status = self.raw.basic_status()
+        if status.state is not StateType.LEADER:
+            return len(self._held)
+        return MAX_UNAPPLIED - (status.last_index - status.applied)
 
     def _propose(self, proposals: list[Propose]) -> None:
         """Append a burst of proposals to the log together: one append, one broadcast."""
@@ -545,9 +571,10 @@ class RaftNode:
         )
 
     def _answer_peers(self) -> None:
-        for slot in self._slots.values():
+        for slot in self._waiting_slots:
             slot.done.set()
         self._slots.clear()
+        self._waiting_slots.clear()
 
     def _send(self, messages: tuple[Message, ...]) -> None:
         outgoing = []
@@ -678,7 +705,7 @@ class RaftNode:
 
     def _add_runtime_status(self, status: dict[str, Any]) -> dict[str, Any]:
         status["max_turn_ms"] = round(self._max_turn * 1000, 3)
-        status["pending_proposals"] = len(self._pending)
+        status["pending_proposals"] = len(self._pending) + len(self._held)
         status["signals_dropped"] = self.signals.dropped
         status["messages_dropped"] = dict(self.raw.dropped)
         status["snapshot_failures"] = self.snapshot_failures
@@ -743,6 +770,9 @@ class RaftNode:
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(error)
+        for proposal in self._held:
+            proposal.future.set_exception(error)
+        self._held.clear()
         for future in self._reads.values():
             if not future.done():
                 future.set_exception(error)

@@ -13,6 +13,7 @@ import queue
 import signal
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +54,15 @@ UNREAD_STATUSES = (403, 413)
 """Refusals that may leave the request body unread: the connection is closed after them."""
 DEFAULT_THREADS = 64
 """Request threads: each client waiting for its command's commit holds one."""
+SWITCH_INTERVAL = 0.001
+"""Seconds a thread may hold the interpreter before another runnable thread gets it.
+
+The node's threads (loop, senders, request threads, and whatever the process itself
+runs) take turns holding the GIL, and every database or socket call gives it up. With
+Python's default of 5 ms, a loop that does a few dozen such calls per turn waits
+behind any busy thread for up to 5 ms each time: turns of 100 ms and more, late
+heartbeats and lost leaders under load. A shorter interval bounds those waits; the
+node process sets it when it starts (``sys.setswitchinterval``), lowering it only."""
 
 
 def _json_errors(get_response: Callable[[HttpRequest], HttpResponseBase]) -> Any:
@@ -361,6 +371,7 @@ def start_node(
     threads: int = DEFAULT_THREADS,
 ) -> tuple[RaftNode, wsgi.Server]:
     """Open storage, bootstrap or join if asked, start the loop and the HTTP server."""
+    sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
     alias = raft_settings.DATABASE
     make_durable(alias)
     storage = DjangoStorage(alias)

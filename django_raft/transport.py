@@ -1,11 +1,15 @@
 """HTTP transport between nodes: per peer, a queue and a few senders with keep-alive sessions.
 
-A slow or dead peer only fills its own queue (bounded: the oldest messages are dropped,
-which Raft tolerates), so it never stalls the loop or the other peers. Each peer has
-``PIPELINE_DEPTH`` sender threads, so that many requests can be in flight to it: a
-slow round trip (a commit notice, a large batch) does not hold back the next
-AppendEntries. Each request carries what was queued, up to ``MAX_BATCH`` messages and
-``MAX_BATCH_ENTRIES`` entries (one write to disk on the peer for all of them). Every
+A slow or dead peer only fills its own queues (bounded: the oldest messages are dropped,
+which Raft tolerates), so it never stalls the loop or the other peers. Each peer has two
+lanes. Replication goes on the data lane, with ``PIPELINE_DEPTH`` sender threads, so
+that many requests can be in flight: a slow round trip (a commit notice, a large batch)
+does not hold back the next AppendEntries; its requests are numbered so the peer steps
+them in order. Heartbeats, votes and TimeoutNow go on the control lane, with a sender
+of its own and no numbering: they never wait behind a large batch, so a busy leader
+is still heard from within the election timeout. Each request carries what was queued,
+up to ``MAX_BATCH`` messages and ``MAX_BATCH_ENTRIES`` entries (one write to disk on
+the peer for all of them). Every
 request is signed with the node key (``auth``: method, path, sender, receiver, time, nonce
 and body); the replies a peer produces for a request come back in the response body and
 are handed to ``deliver``. Senders exist only for peers with a known address (current
@@ -45,6 +49,18 @@ MAX_BATCH_ENTRIES = 1000
 write, and its loop turn, stay short."""
 PIPELINE_DEPTH = 2
 """Requests in flight to one peer at a time."""
+CONTROL = frozenset(
+    {
+        MessageType.HEARTBEAT,
+        MessageType.HEARTBEAT_RESPONSE,
+        MessageType.PRE_VOTE,
+        MessageType.PRE_VOTE_RESPONSE,
+        MessageType.REQUEST_VOTE,
+        MessageType.REQUEST_VOTE_RESPONSE,
+        MessageType.TIMEOUT_NOW,
+    }
+)
+"""The messages sent on the control lane: small, and safe to step out of order."""
 GAP_WAIT = 0.05
 """Seconds a request waits for the one sent before it (lost, it is skipped)."""
 BATCH_PATH = "batch"
@@ -95,15 +111,22 @@ def unframe(data: bytes) -> list[Message]:
 
 
 class _PeerQueue:
-    """The messages waiting for one peer, and the sender threads that post them."""
+    """The messages waiting on one lane to one peer, and the sender threads that post them.
 
-    def __init__(self, transport: Transport, peer: str) -> None:
+    ``sequenced``: requests are numbered (``SEQUENCE_HEADER``) so the peer steps them in
+    the order they were taken.
+    """
+
+    def __init__(
+        self, transport: Transport, peer: str, lane: str, depth: int, sequenced: bool
+    ) -> None:
         self.queue: deque[Message] = deque(maxlen=MAX_QUEUE)
         self.wakeup = threading.Condition()
         self.closed = threading.Event()
+        self.sequenced = sequenced
         self.sequence = 0
         self.senders = [
-            _PeerSender(transport, peer, self, number) for number in range(PIPELINE_DEPTH)
+            _PeerSender(transport, peer, self, f"{lane}-{number}") for number in range(depth)
         ]
         for sender in self.senders:
             sender.start()
@@ -113,9 +136,9 @@ class _PeerQueue:
             self.queue.extend(messages)
             self.wakeup.notify()
 
-    def take(self, stopped: threading.Event) -> tuple[list[Message], int] | None:
+    def take(self, stopped: threading.Event) -> tuple[list[Message], int | None] | None:
         """Wait for messages; return a batch of them in order, and its sequence number
-        (None once stopped)."""
+        (None when the lane is not sequenced); None once stopped."""
         with self.wakeup:
             while not self.queue and not stopped.is_set() and not self.closed.is_set():
                 self.wakeup.wait(0.5)
@@ -131,6 +154,8 @@ class _PeerQueue:
                 entries += more
             if self.queue:
                 self.wakeup.notify()  # another sender may take the rest
+            if not self.sequenced:
+                return batch, None
             self.sequence += 1
             return batch, self.sequence
 
@@ -142,8 +167,8 @@ class _PeerQueue:
 class _PeerSender(threading.Thread):
     """Posts batches taken from one peer's queue over its own session."""
 
-    def __init__(self, transport: Transport, peer: str, source: _PeerQueue, number: int) -> None:
-        super().__init__(name=f"raft-send-{peer}-{number}", daemon=True)
+    def __init__(self, transport: Transport, peer: str, source: _PeerQueue, name: str) -> None:
+        super().__init__(name=f"raft-send-{peer}-{name}", daemon=True)
         self.transport = transport
         self.peer = peer
         self.source = source
@@ -158,7 +183,7 @@ class _PeerSender(threading.Thread):
             self._post(*taken)
         self.session.close()
 
-    def _post(self, batch: list[Message], sequence: int) -> None:
+    def _post(self, batch: list[Message], sequence: int | None) -> None:
         transport = self.transport
         address = transport.addresses.get(self.peer)
         if not address:
@@ -170,7 +195,8 @@ class _PeerSender(threading.Thread):
         url = f"{address.rstrip('/')}/{transport.prefix}rpc/{path}"
         headers = transport.signer.headers("POST", urlsplit(url).path, self.peer, body)
         headers["Content-Type"] = CONTENT_TYPE
-        headers[SEQUENCE_HEADER] = f"{transport.incarnation}:{sequence}"
+        if sequence is not None:
+            headers[SEQUENCE_HEADER] = f"{transport.incarnation}:{sequence}"
         started = time.monotonic()
         try:
             # TLS options per request: REQUESTS_CA_BUNDLE would override the session's.
@@ -220,7 +246,8 @@ class Transport:
         self.addresses: dict[str, str] = {}
         self.incarnation = secrets.token_hex(8)
         self.stopped = threading.Event()
-        self._peers: dict[str, _PeerQueue] = {}
+        self._peers: dict[str, tuple[_PeerQueue, _PeerQueue]] = {}
+        """Per peer: its data lane and its control lane."""
         self.forgotten: set[str] = set()
         """Removed members: never sent to again (a removed id never rejoins)."""
 
@@ -236,8 +263,7 @@ class Transport:
         then its senders end, and nothing more is queued for it.
         """
         self.forgotten.add(node_id)
-        queue = self._peers.pop(node_id, None)
-        if queue is not None:
+        for queue in self._peers.pop(node_id, ()):
             queue.closed.set()
             queue.wake_all()
 
@@ -252,8 +278,8 @@ class Transport:
             by_peer.setdefault(message.to, []).append(message)
             metrics.count_sent(message.type.value)
         for peer, batch in by_peer.items():
-            queue = self._peers.get(peer)
-            if queue is None:
+            lanes = self._peers.get(peer)
+            if lanes is None:
                 if self.stopped.is_set():
                     return
                 if peer not in self.addresses or peer in self.forgotten or peer == self.node_id:
@@ -261,15 +287,24 @@ class Transport:
                         "raft: %d message(s) for unknown node %r dropped", len(batch), peer
                     )
                     continue
-                queue = self._peers[peer] = _PeerQueue(self, peer)
-            queue.put(batch)
+                lanes = self._peers[peer] = (
+                    _PeerQueue(self, peer, "data", PIPELINE_DEPTH, sequenced=True),
+                    _PeerQueue(self, peer, "control", 1, sequenced=False),
+                )
+            data, control = lanes
+            urgent = [message for message in batch if message.type in CONTROL]
+            if urgent:
+                control.put(urgent)
+            if len(urgent) < len(batch):
+                data.put([message for message in batch if message.type not in CONTROL])
 
     def stop(self) -> None:
         """Stop every sender thread."""
         self.stopped.set()
-        for queue in self._peers.values():
+        lanes = [queue for pair in self._peers.values() for queue in pair]
+        for queue in lanes:
             queue.wake_all()
-        for queue in self._peers.values():
+        for queue in lanes:
             for sender in queue.senders:
                 sender.join(timeout=2)
 

@@ -252,7 +252,7 @@ def encode_command(
     if sequence > MAX_VALUE or not 0 <= time_ms <= MAX_VALUE:
         raise WireError(f"command {name!r}: sequence or time out of range")
     try:
-        encoded = json.dumps(arguments, separators=(",", ":"), allow_nan=False).encode()
+        encoded = _ENCODER.encode(arguments).encode()
         command = pb.Command(
             name=name, arguments=encoded, client_id=client_id, sequence=sequence, time_ms=time_ms
         )
@@ -304,7 +304,7 @@ def encode_result(ok: bool, value: Any = None, error: str = "") -> bytes:
     if not ok and (value is not None or not error):
         raise WireError("a failed result carries an error message and no value")
     try:
-        encoded = json.dumps(value, separators=(",", ":"), allow_nan=False).encode() if ok else b""
+        encoded = _ENCODER.encode(value).encode() if ok else b""
         result = pb.CommandResult(ok=ok, value=encoded, error=error)
     except (TypeError, ValueError, RecursionError) as cause:
         raise WireError(f"cannot encode result: {cause}") from cause
@@ -331,10 +331,16 @@ def _reject_constant(constant: str) -> None:
     raise ValueError(f"{constant} is not JSON")
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+"""Compact strict JSON, built once: ``json.dumps`` with options builds one per call."""
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+"""Strict JSON (no NaN or Infinity), built once for the same reason."""
+
+
 def _decode_json(data: bytes, what: str) -> Any:
     """Parse strict JSON (UTF-8, no NaN or Infinity), raising ``WireError`` on anything else."""
     try:
-        return json.loads(data.decode(), parse_constant=_reject_constant)
+        return _DECODER.decode(data.decode())
     except (ValueError, RecursionError) as error:
         # UnicodeDecodeError and JSONDecodeError are ValueErrors; nesting deep enough
         # to exhaust the stack is a RecursionError.

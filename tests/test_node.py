@@ -27,7 +27,7 @@ from django.test import override_settings
 
 import django_raft
 from demo_project.kv.models import KeyValue
-from django_raft import commands, models, sessions, signals, views
+from django_raft import commands, models, runner, sessions, signals, views
 from django_raft.auth import NODE, NODE_HEADER, SIGNATURE_HEADER
 from django_raft.commands import Context
 from django_raft.core import Entry, EntryType, Message, MessageType
@@ -943,6 +943,61 @@ def test_propose_async_answers_every_proposal_of_a_burst(running: Running) -> No
     assert running.node.status()["pending_proposals"] == 0
 
 
+def test_every_request_of_a_peer_stepped_in_one_turn_is_answered(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two requests of one peer (the transport keeps several in flight) in one turn: the
+    replies ride on one of them, and both are answered as soon as the turn is durable."""
+    node = running.node
+    entered, release = blocking_handler(monkeypatch)
+    held = node.propose_async(encode_command("tests.block", {}))
+    assert entered.wait(10)  # the loop is busy: what comes now waits for one turn
+    answers: list[list[Message]] = []
+
+    def receive() -> None:
+        answers.append(node.receive([rpc_message(term=0)], timeout=60))
+
+    threads = [threading.Thread(target=receive) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: node.inbox.qsize() >= 2, 10, "both requests to be queued")
+    release.set()
+    for thread in threads:
+        thread.join(10)  # the one left out of the turn's answers waited its whole timeout
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(answers) == 2
+    assert held.result(10).value == "released"
+
+
+def test_the_log_runs_at_most_max_unapplied_entries_ahead_of_the_state(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Proposals wait in the node, not in the log, while the state machine is behind."""
+    node = running.node
+    monkeypatch.setattr(runner, "MAX_UNAPPLIED", 10)
+    ahead: list[int] = []
+    persist = node.storage.persist
+
+    def recording_persist(hard_state: Any, entries: Any, snapshot: Any) -> None:
+        persist(hard_state, entries, snapshot)
+        if entries:  # the loop thread: the core's applied index is safe to read here
+            ahead.append(entries[-1].index - node.raw.basic_status().applied)
+
+    monkeypatch.setattr(node.storage, "persist", recording_persist)
+    entered, release = blocking_handler(monkeypatch)
+    held = [node.propose_async(encode_command("tests.block", {}))]
+    assert entered.wait(10)
+    held += [
+        node.propose_async(encode_command("kv.set", {"key": f"u{i}", "value": "v"}))
+        for i in range(100)
+    ]
+    release.set()
+    assert [future.result(30).ok for future in held] == [True] * 101
+    assert len(ahead) >= 10 and max(ahead) <= 10  # 100 entries, appended 10 at most at once
+    assert node.status()["pending_proposals"] == 0
+    assert KeyValue.objects.filter(key__startswith="u").count() == 100
+
+
 def test_signals_are_sent_off_the_loop_thread_and_a_slow_receiver_does_not_hold_it(
     start: Starter,
 ) -> None:
@@ -1069,3 +1124,60 @@ def test_the_sequencer_skips_a_lost_request_after_waiting() -> None:
     sequencer.admit("n2", "boot:2", lambda: delivered.append(2))  # 1 was lost
     sequencer.admit("n2", "boot:3", lambda: delivered.append(3))  # no wait: 2 went
     assert delivered == [0, 2, 3]
+
+
+def test_heartbeats_reach_a_peer_whose_replication_requests_are_stuck() -> None:
+    """Heartbeats and votes have a lane of their own: a leader whose AppendEntries
+    requests wait on a slow peer is still heard from within the election timeout."""
+    import http.server
+
+    from django_raft.transport import SEQUENCE_HEADER, Transport
+
+    release = threading.Event()
+    seen: list[tuple[str, list[MessageType]]] = []
+    heartbeat = threading.Event()
+
+    class Peer(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            lane = "data" if self.headers.get(SEQUENCE_HEADER) else "control"
+            kinds = [message.type for message in unframe(body)] if "batch" in self.path else []
+            if not kinds:
+                from django_raft.wire import decode_message
+
+                kinds = [decode_message(body).type]
+            seen.append((lane, kinds))
+            if MessageType.HEARTBEAT in kinds:
+                heartbeat.set()
+            if lane == "data":
+                release.wait(20)  # a peer busy with a large batch
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Peer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    transport = Transport("n1", SECRET, "raft/", 30.0, deliver=lambda messages: None)
+    transport.set_address("n2", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        appends = [
+            rpc_message(type=MessageType.APPEND, to="n2", sender="n1", term=1, index=i)
+            for i in range(3)
+        ]
+        transport.send(appends[:1])
+        wait_for(lambda: len(seen) == 1, 5, "the first AppendEntries request")
+        transport.send(appends[1:2])
+        wait_for(lambda: len(seen) == 2, 5, "the second one")
+        transport.send(appends[2:])  # both data senders are stuck: this one waits
+        transport.send([rpc_message(type=MessageType.HEARTBEAT, to="n2", sender="n1", term=1)])
+        assert heartbeat.wait(5), seen
+        assert ("control", [MessageType.HEARTBEAT]) in seen
+        assert all(lane == "data" for lane, kinds in seen if MessageType.APPEND in kinds)
+    finally:
+        release.set()
+        transport.stop()
+        server.shutdown()
+        server.server_close()

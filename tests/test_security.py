@@ -293,7 +293,7 @@ def test_the_transport_starts_senders_only_for_members_and_stops_removed_ones() 
         )
         assert threading.active_count() == before and not transport._peers
         transport.send([Message(type=MessageType.HEARTBEAT, to="n2", sender="n1", term=1)])
-        senders = list(transport._peers["n2"].senders)
+        senders = [sender for lane in transport._peers["n2"] for sender in lane.senders]
         assert senders and all(sender.is_alive() for sender in senders)
         transport.forget("n2")
         for sender in senders:
