@@ -13,7 +13,13 @@ from typing import Any
 
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
-__all__ = ["DeferredHandshakeAdapter", "requests_options", "server_adapter", "server_context"]
+__all__ = [
+    "DeferredHandshakeAdapter",
+    "client_context",
+    "requests_options",
+    "server_adapter",
+    "server_context",
+]
 
 
 def server_context(cert: str, key: str, ca: str = "", client_auth: bool = False) -> ssl.SSLContext:
@@ -62,3 +68,13 @@ def requests_options(cert: str = "", key: str = "", ca: str = "") -> dict[str, A
     if cert and key:
         options["cert"] = (cert, key)
     return options
+
+
+def client_context(cert: str = "", key: str = "", ca: str = "") -> ssl.SSLContext:
+    """The context a node connects to peers with: it verifies them against ``ca`` (the
+    system's bundle when empty), and presents ``cert``/``key`` when given (mutual TLS)."""
+    context = ssl.create_default_context(cafile=ca or None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert and key:
+        context.load_cert_chain(cert, key)
+    return context

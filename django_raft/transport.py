@@ -25,13 +25,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from http.client import HTTPException
 from urllib.parse import urlsplit
-
-import requests
 
 from . import events, metrics, tls
 from .auth import NODE, Signer, derive_keys
 from .conf import raft_settings
+from .connection import NodeConnection
 from .core import Message, MessageType
 from .wire import WireError, decode_message, encode_message
 
@@ -63,6 +63,8 @@ CONTROL = frozenset(
 """The messages sent on the control lane: small, and safe to step out of order."""
 GAP_WAIT = 0.05
 """Seconds a request waits for the one sent before it (lost, it is skipped)."""
+MAX_REPLY = 16 << 20
+"""Bytes of replies read from one answer at most (they are a few acknowledgements)."""
 BATCH_PATH = "batch"
 """The route for several framed messages at once."""
 
@@ -165,14 +167,14 @@ class _PeerQueue:
 
 
 class _PeerSender(threading.Thread):
-    """Posts batches taken from one peer's queue over its own session."""
+    """Posts batches taken from one peer's queue over its own keep-alive connection."""
 
     def __init__(self, transport: Transport, peer: str, source: _PeerQueue, name: str) -> None:
         super().__init__(name=f"raft-send-{peer}-{name}", daemon=True)
         self.transport = transport
         self.peer = peer
         self.source = source
-        self.session = requests.Session()
+        self.connection: NodeConnection | None = None
 
     def run(self) -> None:
         transport = self.transport
@@ -181,7 +183,8 @@ class _PeerSender(threading.Thread):
             if taken is None:
                 break
             self._post(*taken)
-        self.session.close()
+        if self.connection is not None:
+            self.connection.close()
 
     def _post(self, batch: list[Message], sequence: int | None) -> None:
         transport = self.transport
@@ -193,28 +196,33 @@ class _PeerSender(threading.Thread):
         else:
             body, path = frame(batch), BATCH_PATH
         url = f"{address.rstrip('/')}/{transport.prefix}rpc/{path}"
-        headers = transport.signer.headers("POST", urlsplit(url).path, self.peer, body)
+        url_path = urlsplit(url).path
+        headers = transport.signer.headers("POST", url_path, self.peer, body)
         headers["Content-Type"] = CONTENT_TYPE
         if sequence is not None:
             headers[SEQUENCE_HEADER] = f"{transport.incarnation}:{sequence}"
+        connection = self.connection
+        if connection is None or connection.address != address:
+            if connection is not None:
+                connection.close()
+            connection = self.connection = NodeConnection(
+                address, transport.timeout, transport.tls_context
+            )
         started = time.monotonic()
         try:
-            # TLS options per request: REQUESTS_CA_BUNDLE would override the session's.
-            response = self.session.post(
-                url, data=body, headers=headers, timeout=transport.timeout, **transport.tls_options
-            )
-        except requests.RequestException as error:
+            status, content = connection.post(url_path, body, headers, MAX_REPLY)
+        except (OSError, HTTPException, ValueError) as error:
             logger.debug("raft: %s unreachable: %s", self.peer, error)
-            events.peer_failed(transport.node_id, self.peer, str(error))
+            events.peer_failed(transport.node_id, self.peer, str(error) or type(error).__name__)
             return
         elapsed = time.monotonic() - started
         if transport.on_round_trip is not None:
             transport.on_round_trip(self.peer, elapsed)
-        if response.status_code != 200:
-            logger.warning("raft: %s answered %s to %s", self.peer, response.status_code, url)
+        if status != 200:
+            logger.warning("raft: %s answered %s to %s", self.peer, status, url)
             return
         try:
-            replies = unframe(response.content)
+            replies = unframe(content)
         except WireError as error:
             logger.warning("raft: bad reply from %s: %s", self.peer, error)
             return
@@ -236,7 +244,7 @@ class Transport:
     ) -> None:
         self.node_id = node_id
         self.signer = Signer(derive_keys(secret).node, NODE, node_id)
-        self.tls_options = tls.requests_options(
+        self.tls_context = tls.client_context(
             raft_settings.TLS_CERT, raft_settings.TLS_KEY, raft_settings.TLS_CA
         )
         self.prefix = prefix
