@@ -250,3 +250,53 @@ def test_interval_slots_follow_their_origin_after_a_period_change() -> None:
         ms("2026-01-01T00:00:22"),
         ms("2026-01-01T00:00:29"),
     ]
+
+
+# -- the system checks: the schedule must be the same on every server ---------------------
+
+NODE: dict[str, Any] = {
+    "NODE_ID": "n1",
+    "ADDRESS": "http://127.0.0.1:8001",
+    "CLUSTER": {
+        "n1": "http://127.0.0.1:8001",
+        "n2": "http://127.0.0.1:8002",
+        "n3": "http://127.0.0.1:8003",
+    },
+    "SECRET": "beat-check-secret-" + "s" * 32,
+    "REPLICATED_MODELS": ["kv.KeyValue"],
+}
+
+
+class SharedSchedule:
+    """A router that puts django-celery-beat's tables in a shared ``schedule`` database."""
+
+    def db_for_write(self, model: Any, **hints: Any) -> str | None:
+        return "schedule" if model._meta.app_label == "django_celery_beat" else None
+
+
+def beat_warnings(models: Any, raft: dict[str, Any], **more: Any) -> list[tuple[str, str]]:
+    from django.core import checks
+
+    with override_settings(DJANGO_RAFT=raft, **more):
+        found = checks.run_checks()
+    return [
+        (str(m.id), m.msg) for m in found if str(m.id) in {"django_raft.W004", "django_raft.W005"}
+    ]
+
+
+def test_the_check_warns_when_the_schedule_is_in_the_node_s_own_database(models: Any) -> None:
+    [(code, message)] = beat_warnings(models, NODE)
+    assert code == "django_raft.W004" and "'default'" in message
+    assert beat_warnings(models, {**NODE, "NODE_ID": "", "CLUSTER": {}}) == []  # not a node
+    shared = "tests.test_celery_beat_db.SharedSchedule"
+    assert beat_warnings(models, NODE, DATABASE_ROUTERS=[shared]) == []
+
+
+def test_the_check_wants_all_of_the_schedule_replicated_or_none(models: Any) -> None:
+    from django_raft.checks import BEAT_MODELS
+
+    everything = {**NODE, "REPLICATED_MODELS": ["kv.KeyValue", *BEAT_MODELS]}
+    assert beat_warnings(models, everything) == []
+    tasks_only = {**NODE, "REPLICATED_MODELS": ["kv.KeyValue", "django_celery_beat.PeriodicTask"]}
+    [(code, message)] = beat_warnings(models, tasks_only)
+    assert code == "django_raft.W005" and "django_celery_beat.IntervalSchedule" in message
