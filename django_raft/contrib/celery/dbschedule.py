@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any
 
 from celery.beat import ScheduleEntry
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, InterfaceError, close_old_connections
 from django.utils import timezone
 
 from .beat import OPEN, RaftScheduler, Window, to_ms
@@ -76,7 +76,7 @@ class RaftDatabaseScheduler(RaftScheduler):
             if change == self._change and time.monotonic() - self._read_at < RELOAD:
                 return
             rows = list(PeriodicTask.objects.enabled())
-        except DatabaseError as error:
+        except (DatabaseError, InterfaceError) as error:
             logger.warning("raft beat: database schedule not read (kept as it was): %s", error)
             return
         if self._change is not NO_CHANGE and change != self._change:
