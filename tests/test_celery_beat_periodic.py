@@ -5,6 +5,7 @@ stamped with the log time, that the Raft database scheduler then reads.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -38,8 +39,7 @@ def periodic() -> Iterator[Any]:
         override_settings(INSTALLED_APPS=[*settings.INSTALLED_APPS, "django_celery_beat"]),
         commands.preserved(),
     ):
-        from django_raft.contrib.celery import periodic
-
+        periodic = importlib.import_module("django_raft.contrib.celery.periodic")
         assert periodic.SAVE in commands.names()
         yield periodic
     sys.modules.pop(periodic.__name__)
@@ -63,13 +63,19 @@ def tables(periodic: Any, transactional_db: None) -> Iterator[None]:
     """django-celery-beat's tables in the test database, and a log time."""
     from django_celery_beat import models
 
+    # The test database has them when it was set up while the app was installed.
+    existing = set(connection.introspection.table_names())
     created = [
-        models.IntervalSchedule,
-        models.CrontabSchedule,
-        models.SolarSchedule,
-        models.ClockedSchedule,
-        models.PeriodicTask,
-        models.PeriodicTasks,
+        model
+        for model in (
+            models.IntervalSchedule,
+            models.CrontabSchedule,
+            models.SolarSchedule,
+            models.ClockedSchedule,
+            models.PeriodicTask,
+            models.PeriodicTasks,
+        )
+        if model._meta.db_table not in existing
     ]
     with connection.schema_editor() as editor:
         for model in created:
