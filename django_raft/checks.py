@@ -252,8 +252,8 @@ def check_beat_schedule(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
             "only this server's beat, and after a failover another server's beat "
             "dispatches its own copy of the schedule.",
             hint="Route django_celery_beat to a database every server shares, or list its "
-            "models in REPLICATED_MODELS and change them only through commands. "
-            f"See {BEAT_REFERENCE}.",
+            "models (BEAT_MODELS) in REPLICATED_MODELS and change them only with "
+            f"django_raft.contrib.celery.periodic. See {BEAT_REFERENCE}.",
             id=IDS["beat-schedule-local"],
         )
     ]
