@@ -300,3 +300,12 @@ def test_the_check_wants_all_of_the_schedule_replicated_or_none(models: Any) -> 
     tasks_only = {**NODE, "REPLICATED_MODELS": ["kv.KeyValue", "django_celery_beat.PeriodicTask"]}
     [(code, message)] = beat_warnings(models, tasks_only)
     assert code == "django_raft.W005" and "django_celery_beat.IntervalSchedule" in message
+
+
+def test_without_django_celery_beat_the_scheduler_says_what_to_install() -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    without = [app for app in settings.INSTALLED_APPS if app != "django_celery_beat"]
+    with override_settings(INSTALLED_APPS=without), pytest.raises(ImproperlyConfigured) as raised:
+        RaftDatabaseScheduler(app=APP)
+    assert "django-raft[celery-beat-db]" in str(raised.value)

@@ -31,6 +31,8 @@ from datetime import datetime
 from typing import Any
 
 from celery.beat import ScheduleEntry
+from django.apps import apps
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError, InterfaceError, close_old_connections
 from django.utils import timezone
 
@@ -49,6 +51,12 @@ class RaftDatabaseScheduler(RaftScheduler):
     """``RaftScheduler`` over django-celery-beat's ``PeriodicTask`` rows (see the module)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if not apps.is_installed("django_celery_beat"):
+            raise ImproperlyConfigured(
+                "RaftDatabaseScheduler reads django-celery-beat's schedule: "
+                "pip install django-raft[celery-beat-db] and add 'django_celery_beat' "
+                "to INSTALLED_APPS (or use django_raft.contrib.celery.beat:RaftScheduler)"
+            )
         self._rows: dict[str, ScheduleEntry] = {}
         self._windows: dict[str, Window] = {}
         self._change: Any = NO_CHANGE
