@@ -72,6 +72,7 @@ class RaftDatabaseScheduler(RaftScheduler):
         return {**self.schedule, **self._rows}
 
     def window(self, name: str) -> Window:
+        """A row's window (start, last change, expiry, one-off); an entry's is open."""
         return self._windows.get(name, OPEN)
 
     def refresh(self) -> None:
