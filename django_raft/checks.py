@@ -12,6 +12,7 @@ from typing import Any
 
 from django.apps import apps
 from django.core.checks import CheckMessage, Error, Warning, register
+from django.db import router
 from django.db.models import Model
 
 from .conf import _RULES, DEFAULTS, raft_settings
@@ -65,6 +66,8 @@ IDS: dict[str, str] = {
     "empty-secret": "django_raft.W001",
     "even-cluster": "django_raft.W002",
     "handler-writes-unreplicated-model": "django_raft.W003",
+    "beat-schedule-local": "django_raft.W004",
+    "beat-schedule-partly-replicated": "django_raft.W005",
 }
 """The id of each problem: a setting's name for a value that breaks its own rule."""
 
@@ -202,3 +205,55 @@ def check_handler_models(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
                 )
             )
     return messages
+
+
+BEAT_MODELS = (
+    "django_celery_beat.PeriodicTask",
+    "django_celery_beat.PeriodicTasks",
+    "django_celery_beat.IntervalSchedule",
+    "django_celery_beat.CrontabSchedule",
+    "django_celery_beat.SolarSchedule",
+    "django_celery_beat.ClockedSchedule",
+)
+"""django-celery-beat's schedule: the tasks, their schedules and the change marker."""
+BEAT_REFERENCE = "docs/reference.md#celery"
+
+
+@register()
+def check_beat_schedule(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Warn when django-celery-beat's schedule is likely not the same on every server.
+
+    On a node, its tables must be in a database the servers share, or all replicated:
+    in the node's own database and not replicated, an edit reaches one server's beat.
+    """
+    if not raft_settings.NODE_ID or raft_settings.coded_problems():
+        return []
+    if not apps.is_installed("django_celery_beat"):
+        return []
+    declared = {label.lower() for label in raft_settings.REPLICATED_MODELS}
+    listed = [label for label in BEAT_MODELS if label.lower() in declared]
+    if listed and len(listed) < len(BEAT_MODELS):
+        missing = ", ".join(label for label in BEAT_MODELS if label not in listed)
+        return [
+            Warning(
+                "DJANGO_RAFT['REPLICATED_MODELS'] lists some of django-celery-beat's models "
+                f"but not {missing}: a snapshot would carry tasks without their schedules.",
+                hint=f"List all of {', '.join(BEAT_MODELS)}, or none. See {BEAT_REFERENCE}.",
+                id=IDS["beat-schedule-partly-replicated"],
+            )
+        ]
+    alias = router.db_for_write(apps.get_model("django_celery_beat.PeriodicTask"))
+    if listed or (alias or "default") != raft_settings.DATABASE:
+        return []
+    return [
+        Warning(
+            f"django-celery-beat's schedule is in this node's own database ({alias!r}, "
+            "DJANGO_RAFT['DATABASE']) and not replicated: an edit (in the admin) reaches "
+            "only this server's beat, and after a failover another server's beat "
+            "dispatches its own copy of the schedule.",
+            hint="Route django_celery_beat to a database every server shares, or list its "
+            "models (BEAT_MODELS) in REPLICATED_MODELS and change them only with "
+            f"django_raft.contrib.celery.periodic. See {BEAT_REFERENCE}.",
+            id=IDS["beat-schedule-local"],
+        )
+    ]

@@ -17,20 +17,23 @@ grants each slot once and remembers each entry's last granted slot, so:
 
 Each task is sent with the id ``<entry name>@<slot in ms>`` and the header
 ``raft_slot``, so a task can tell which slot it runs for. Interval schedules
-(``schedule``, numbers, ``timedelta``) and ``crontab`` entries are supported (a crontab
-entry with no slot granted yet starts at its next time after the beat starts); solar
-schedules are not (logged and skipped).
+(``schedule``, numbers, ``timedelta``), ``crontab`` and ``solar`` entries are supported
+(a crontab or solar entry with no slot granted yet starts at its next time after the
+beat starts; a solar slot is the event's time, computed with ``ephem``).
+
+For django-celery-beat's database schedule, see ``dbschedule.RaftDatabaseScheduler``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery.beat import ScheduleEntry, Scheduler
-from celery.schedules import crontab
+from celery.schedules import BaseSchedule, crontab, solar
 from celery.schedules import schedule as interval_schedule
 
 logger = logging.getLogger(__name__)
@@ -43,39 +46,109 @@ IDLE_INTERVAL = 0.25
 
 MAX_SLOTS = 1000
 """The most slots computed at once (a schedule far behind is caught up over ticks)."""
+DAY = 86_400_000
+"""A day in ms: solar events are searched from a UTC midnight."""
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def due_slots(schedule: Any, last: int | None, now_ms: int) -> list[int]:
+@dataclass(frozen=True)
+class Window:
+    """When an entry's slots may fire; a plain ``beat_schedule`` entry's is always open.
+
+    ``origin_ms`` anchors an interval (slots at ``origin + k * period``); no slot before
+    ``not_before_ms`` or from ``expires_ms`` on fires; a ``one_off`` entry fires its
+    first slot only (however late) and then no more.
+    """
+
+    origin_ms: int = 0
+    not_before_ms: int | None = None
+    expires_ms: int | None = None
+    one_off: bool = False
+
+
+OPEN = Window()
+
+
+def supported(schedule: Any) -> bool:
+    """Whether the Raft beat can compute the slots of ``schedule``."""
+    return isinstance(schedule, interval_schedule | crontab | solar) or _is_clocked(schedule)
+
+
+def due_slots(schedule: Any, last: int | None, now_ms: int, origin: int = 0) -> list[int]:
     """The slots (ms since the epoch) after ``last`` up to ``now_ms``, in order.
 
-    An interval schedule fires at the multiples of its period since the epoch (with no
-    ``last``: the latest one); a crontab at its times, in its timezone, after ``last``.
+    An interval schedule fires at ``origin`` plus the multiples of its period (with no
+    ``last``: the latest one); a crontab at its times, in its timezone, a solar schedule
+    at its event and a clocked one at its time, after ``last``.
     """
-    if isinstance(schedule, crontab):
-        slots: list[int] = []
-        moment = last if last is not None else now_ms
-        while len(slots) < MAX_SLOTS:
-            moment = next_slot(schedule, moment)
-            if moment > now_ms:
-                break
-            slots.append(moment)
-        return slots
-    period = _period(schedule)
-    current = now_ms // period * period
-    if last is None:
-        return [current]
-    start = max(last + period, current - (MAX_SLOTS - 1) * period)
-    return list(range(start, current + 1, period))
+    if isinstance(schedule, interval_schedule):
+        period = _period(schedule)
+        current = origin + (now_ms - origin) // period * period
+        if current < origin:
+            return []
+        if last is None:
+            return [current]
+        start = max(_first_after(last, period, origin), current - (MAX_SLOTS - 1) * period)
+        return list(range(start, current + 1, period))
+    slots: list[int] = []
+    moment = last if last is not None else now_ms
+    while len(slots) < MAX_SLOTS:
+        following = next_slot(schedule, moment, origin)
+        if following is None or following > now_ms:
+            break
+        slots.append(following)
+        moment = following
+    return slots
 
 
-def next_slot(schedule: Any, after: int) -> int:
-    """The first slot of ``schedule`` after ``after`` (ms since the epoch)."""
+def next_slot(schedule: Any, after: int, origin: int = 0) -> int | None:
+    """The first slot of ``schedule`` after ``after`` (ms since the epoch); None: no more."""
     if isinstance(schedule, crontab):
         moment = datetime.fromtimestamp(after / 1000, UTC)
         base, delta, _ = schedule.remaining_delta(moment)
-        return int((base + delta).timestamp() * 1000)
-    period = _period(schedule)
-    return (after // period + 1) * period
+        return to_ms(base + delta)
+    if isinstance(schedule, solar):
+        return _solar_slot(schedule, after)
+    if _is_clocked(schedule):
+        at = to_ms(schedule.clocked_time)
+        return at if at > after else None
+    return _first_after(after, _period(schedule), origin)
+
+
+def _solar_slot(schedule: solar, after: int) -> int:
+    """The first event after ``after``, searched from a UTC midnight, in whole seconds.
+
+    ephem's answer moves by a few ms with the moment the search starts from: starting at
+    midnight (and with a fixed "now", the estimate is the event's exact time) gives every
+    server the same slot for the same event, whatever ``after`` it starts from.
+    """
+    fixed = solar(schedule.event, schedule.lat, schedule.lon, nowfun=lambda: EPOCH)
+    midnight = after // DAY * DAY
+    while True:  # twice at most: the next midnight is past ``after``
+        start = datetime.fromtimestamp(midnight / 1000, UTC)
+        event = to_ms(EPOCH + fixed.remaining_estimate(start)) // 1000 * 1000
+        if event > after:
+            return event
+        midnight += DAY
+
+
+def _first_after(after: int, period: int, origin: int) -> int:
+    """The first of ``origin + k * period`` (k >= 0) after ``after``."""
+    if after < origin:
+        return origin
+    return origin + ((after - origin) // period + 1) * period
+
+
+def _is_clocked(schedule: Any) -> bool:
+    """A django-celery-beat ``clocked`` schedule: one slot, its ``clocked_time``."""
+    return isinstance(schedule, BaseSchedule) and isinstance(
+        getattr(schedule, "clocked_time", None), datetime
+    )
+
+
+def to_ms(moment: datetime) -> int:
+    """Ms since the epoch, exactly (an aware datetime)."""
+    return (moment - EPOCH) // timedelta(milliseconds=1)
 
 
 def _period(schedule: Any) -> int:
@@ -89,55 +162,77 @@ class RaftScheduler(Scheduler):
         self._last: dict[str, int] = {}
         self._warned: set[str] = set()
         self._client: Any = None
+        self._leading = False
         super().__init__(*args, **kwargs)
 
     def setup_schedule(self) -> None:
         self.install_default_entries(self.data)
         self.merge_inplace(self.app.conf.beat_schedule)
 
+    def refresh(self) -> None:
+        """Bring the schedule up to date before a leading tick (a fixed one: nothing)."""
+
+    def entries(self) -> dict[str, ScheduleEntry]:
+        """The entries to dispatch: the ``beat_schedule`` ones."""
+        return dict(self.schedule)
+
+    def window(self, name: str) -> Window:
+        """When entry ``name`` may fire (a ``beat_schedule`` entry: always)."""
+        return OPEN
+
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Claim and send what is due when this node leads; return seconds to sleep."""
         from django_raft.leader import is_leader
 
         if not is_leader():
+            self._leading = False
             return IDLE_INTERVAL
+        if not self._leading:  # another beat may have claimed slots meanwhile
+            self._leading = True
+            self._last.clear()
+        self.refresh()
         now_ms = int(time.time() * 1000)
         sleep = self.max_interval
-        for name, entry in list(self.schedule.items()):
-            if not isinstance(entry.schedule, interval_schedule | crontab):
+        for name, entry in self.entries().items():
+            if not supported(entry.schedule):
                 if name not in self._warned:
                     self._warned.add(name)
-                    logger.warning("raft beat: %s: neither interval nor crontab: skipped", name)
+                    logger.warning("raft beat: %s: schedule not supported: skipped", name)
                 continue
             try:
                 following = self._dispatch(entry, now_ms)
             except Exception as error:
                 logger.warning("raft beat: %s not dispatched yet: %s", name, error)
                 return IDLE_INTERVAL
-            sleep = min(sleep, max(0.0, (following - now_ms) / 1000))
+            if following is not None:
+                sleep = min(sleep, max(0.0, (following - now_ms) / 1000))
         return sleep
 
-    def _dispatch(self, entry: ScheduleEntry, now_ms: int) -> int:
+    def _dispatch(self, entry: ScheduleEntry, now_ms: int) -> int | None:
         """Claim and send the entry's due slots; return when its next slot falls (ms)."""
         from django_raft import sessions
         from django_raft.client import Client
 
+        window = self.window(entry.name)
         last = self._last.get(entry.name)
         if last is None:
             last = self._stored_last(entry.name)
-        if last is None and isinstance(entry.schedule, crontab):
-            last = self._last[entry.name] = now_ms  # first start: from the next fire time
-        slots = due_slots(entry.schedule, last, now_ms)
-        dropped = [slot for slot in slots if slot < now_ms - CATCH_UP * 1000]
-        if dropped:
-            logger.warning(
-                "raft beat: %s: %d slots older than %s s dropped",
-                entry.name,
-                len(dropped),
-                CATCH_UP,
-            )
-            slots = slots[len(dropped) :]
-        following = next_slot(entry.schedule, slots[-1] if slots else (last or now_ms))
+        floor = None if window.not_before_ms is None else window.not_before_ms - 1
+        if window.one_off and last is not None and floor is not None and last > floor:
+            return None  # its one slot since the entry last changed was granted
+        after = last if floor is None else max(floor, -1 if last is None else last)
+        if after is None and not (window.one_off or isinstance(entry.schedule, interval_schedule)):
+            after = self._last[entry.name] = now_ms  # first start: from the next fire time
+        slots = self._slots(entry, window, after, now_ms)
+        following = next_slot(
+            entry.schedule,
+            slots[-1] if slots else (now_ms if after is None else after),
+            window.origin_ms,
+        )
+        if window.one_off and slots:
+            following = None
+        if following is not None and window.expires_ms is not None:
+            following = following if following < window.expires_ms else None
         if not slots:
             return following
         if self._client is None:
@@ -149,6 +244,30 @@ class RaftScheduler(Scheduler):
         for slot in answer["granted"]:
             self._send(entry, int(slot))
         return following
+
+    def _slots(
+        self, entry: ScheduleEntry, window: Window, after: int | None, now_ms: int
+    ) -> list[int]:
+        """The slots to claim now: due, inside the window, not too old (one-off: its first)."""
+        if window.one_off:
+            # Its one slot is fixed by the entry alone, whenever it is computed, so that a
+            # beat coming late to lead claims the same one (and the log grants it once).
+            first = next_slot(entry.schedule, -1 if after is None else after, window.origin_ms)
+            slots = [] if first is None or first > now_ms else [first]
+        else:
+            slots = due_slots(entry.schedule, after, now_ms, window.origin_ms)
+            dropped = [slot for slot in slots if slot < now_ms - CATCH_UP * 1000]
+            if dropped:
+                logger.warning(
+                    "raft beat: %s: %d slots older than %s s dropped",
+                    entry.name,
+                    len(dropped),
+                    CATCH_UP,
+                )
+                slots = slots[len(dropped) :]
+        if window.expires_ms is not None:
+            slots = [slot for slot in slots if slot < window.expires_ms]
+        return slots
 
     def _stored_last(self, name: str) -> int | None:
         """The last slot granted as this server's node knows it (the log decides anyway)."""
