@@ -1,7 +1,7 @@
 """Run a node in this process: the loop, the transport and the HTTP server for its routes.
 
 The routes are served by cheroot, a production-grade threaded WSGI server with HTTP/1.1
-keep-alive, which peers' ``requests.Session`` senders reuse connection by connection.
+keep-alive, which peers' senders reuse connection by connection.
 """
 
 from __future__ import annotations

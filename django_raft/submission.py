@@ -17,16 +17,17 @@ import threading
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from http.client import HTTPException
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import requests
 from django.core.signals import setting_changed
 
 from . import sessions
 from .auth import ANY_NODE, CLIENT, Signer, derive_keys
 from .commands import check_call
 from .conf import raft_settings
+from .connection import NodeConnection, NotSentError
 from .core import (
     DuplicatePeerError,
     MembershipError,
@@ -45,7 +46,7 @@ from .exceptions import (
     SessionExpiredError,
     StaleTokenError,
 )
-from .tls import requests_options
+from .tls import client_context
 from .wire import WireError, encode_command
 
 if TYPE_CHECKING:
@@ -100,7 +101,11 @@ _RETRYABLE = (
 )
 
 _http = threading.local()
-"""One keep-alive ``requests.Session`` per thread (a Session must not be shared)."""
+"""Per thread, one keep-alive connection per node address (a connection is not shared)."""
+CONNECT_TIMEOUT = 1.0
+"""Seconds to open a connection to a node."""
+MAX_ANSWER = 64 << 20
+"""Bytes of a node's JSON answer read at most."""
 
 
 def raise_for(payload: dict[str, Any]) -> Any:
@@ -130,29 +135,40 @@ def post(address: str, route: str, body: dict[str, Any], timeout: float) -> dict
     signer = Signer(keys.client, CLIENT, raft_settings.NODE_ID or "client")
     headers = signer.headers("POST", urlsplit(url).path, ANY_NODE, data)
     headers["Content-Type"] = "application/json"
-    tls = requests_options(raft_settings.TLS_CERT, raft_settings.TLS_KEY, raft_settings.TLS_CA)
-    session = getattr(_http, "session", None)
-    if session is None:
-        session = _http.session = requests.Session()
     try:
-        response = session.post(
-            url, data=data, headers=headers, timeout=(1.0, timeout + 1.0), **tls
+        status, content = _connection(address).post(
+            urlsplit(url).path, data, headers, MAX_ANSWER, timeout=timeout + 1.0
         )
-    except (requests.ConnectionError, requests.ConnectTimeout) as error:
-        if isinstance(error, requests.ReadTimeout):
-            raise ClusterUnreachableError(f"{address} did not answer: {error}") from error
+    except NotSentError as error:
         raise _NotSent(f"cannot reach {address}: {error}") from error
-    except requests.RequestException as error:
-        raise ClusterUnreachableError(f"cannot reach {address}: {error}") from error
-    try:
-        answer = response.json()
-    except ValueError as error:
+    except (OSError, HTTPException, ValueError) as error:
         raise ClusterUnreachableError(
-            f"{url} answered {response.status_code} without JSON"
+            f"{address} did not answer: {error or type(error).__name__}"
         ) from error
+    try:
+        answer = json.loads(content)
+    except ValueError as error:
+        raise ClusterUnreachableError(f"{url} answered {status} without JSON") from error
     if not isinstance(answer, dict):
         raise ClusterUnreachableError(f"{url} answered {answer!r}")
     return answer
+
+
+def _connection(address: str) -> NodeConnection:
+    """This thread's connection to ``address``, made with the current TLS settings."""
+    tls = (raft_settings.TLS_CERT, raft_settings.TLS_KEY, raft_settings.TLS_CA)
+    connections: dict[tuple[str, tuple[str, str, str]], NodeConnection] | None = getattr(
+        _http, "connections", None
+    )
+    if connections is None:
+        connections = _http.connections = {}
+    connection = connections.get((address, tls))
+    if connection is None:
+        context = client_context(*tls) if address.startswith("https:") else None
+        connection = connections[(address, tls)] = NodeConnection(
+            address, CONNECT_TIMEOUT, context, connect_timeout=CONNECT_TIMEOUT, resend=False
+        )
+    return connection
 
 
 # -- on the node: propose, or forward to the leader ---------------------------------------
