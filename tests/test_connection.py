@@ -6,7 +6,7 @@ import http.server
 import socket
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -16,7 +16,7 @@ from tests.integration.cluster import free_port
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
-    received: list[bytes] = []
+    received: ClassVar[list[bytes]] = []
     reply = b"ok"
 
     def do_POST(self) -> None:
