@@ -321,7 +321,16 @@ class TermFilter(admin.SimpleListFilter):
 class LogEntryAdmin(ReadOnlyAdmin):
     """The Raft log, newest first, decoded; fast on millions of entries."""
 
-    list_display = ("index", "term", "type", "command", "preview", "size", "is_applied")
+    list_display = (
+        "index",
+        "term",
+        "type",
+        "command",
+        "preview",
+        "size",
+        "is_applied",
+        "outcome_short",
+    )
     list_filter = ("type", CommandFilter, TermFilter)
     search_fields = ("=command",)
     search_help_text = "Search by command name (exact)."
@@ -330,7 +339,7 @@ class LogEntryAdmin(ReadOnlyAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER  # facets count over the whole log
     list_per_page = 50
-    fields = ("index", "term", "type", "command", "size", "is_applied", "payload")
+    fields = ("index", "term", "type", "command", "size", "is_applied", "outcome_whole", "payload")
     readonly_fields = fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
@@ -338,6 +347,7 @@ class LogEntryAdmin(ReadOnlyAdmin):
         return (
             super()
             .get_queryset(request)
+            .select_related("outcome")
             .annotate(applied=ExpressionWrapper(Q(index__lte=applied), output_field=BooleanField()))
         )
 
@@ -353,10 +363,47 @@ class LogEntryAdmin(ReadOnlyAdmin):
     def is_applied(self, entry: LogEntry) -> bool:
         return bool(getattr(entry, "applied", False))
 
+    def _outcome(self, entry: LogEntry) -> dict[str, Any]:
+        return logview.outcome(entry, entry.index if self.is_applied(entry) else 0)
+
+    @admin.display(description="outcome")
+    def outcome_short(self, entry: LogEntry) -> str:
+        """The result or the error, in short."""
+        described = self._outcome(entry)
+        return _outcome_html(described, logview.outcome_preview(described))
+
+    @admin.display(description="outcome")
+    def outcome_whole(self, entry: LogEntry) -> str:
+        """The result (as JSON) or the error, whole as recorded."""
+        described = self._outcome(entry)
+        status = described["status"]
+        if status == "error":
+            text = described["error"]
+        elif "result_text" in described:
+            text = f"{described['result_text']}… (cut: the result was longer)"
+        elif status == "ok" and described["result"] is not None:
+            text = json.dumps(described["result"], indent=2, ensure_ascii=False)
+        else:
+            text = logview.outcome_preview(described)
+        return _outcome_html(described, text)
+
     @admin.display(description="decoded payload")
     def payload(self, entry: LogEntry) -> str:
         decoded = json.dumps(logview.decode(entry), indent=2, ensure_ascii=False)
         return format_html('<pre class="raft-payload">{}</pre>', decoded)
+
+
+def _outcome_html(described: dict[str, Any], text: str) -> str:
+    """An outcome's text, errors in the admin's error colour, pending ones quiet."""
+    status = described["status"]
+    colour = {"error": "var(--error-fg)", "pending": "var(--body-quiet-color)"}.get(status, "")
+    return format_html(
+        '<span class="raft-outcome" data-status="{}" style="white-space: pre-wrap; color: {}">'
+        "{}</span>",
+        status,
+        colour or "inherit",
+        text,
+    )
 
 
 @admin.register(HardState)
