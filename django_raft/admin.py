@@ -18,7 +18,8 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.core.paginator import Paginator
+from django.contrib.admin.views.main import ChangeList
+from django.core.paginator import Page, Paginator
 from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
 from django.db.models.functions import Length
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
@@ -271,7 +272,9 @@ class LogPaginator(Paginator):
     """Pages the log without ``COUNT(*)`` over it.
 
     The log's indexes have no gaps, so the whole log counts as last - first + 1 from the
-    primary key's two ends; a filtered list counts matches only up to ``COUNT_CAP``.
+    primary key's two ends. A filtered list reads the indexes of its first ``COUNT_CAP``
+    matches, newest first, in one scan: that is its count, and a page's entries are then
+    read by primary key (a second scan of a rare command's window would double the time).
     """
 
     @cached_property
@@ -280,8 +283,37 @@ class LogPaginator(Paginator):
         if not queryset.query.where:
             first, last = logview.log_bounds()
             return 0 if last is None or first is None else last - first + 1
-        # Ordered as listed, so that the scan stops at the cap, newest first.
-        return int(queryset[:COUNT_CAP].count())
+        return len(self._matches)
+
+    @cached_property
+    def _matches(self) -> list[int]:
+        queryset: QuerySet[Any] = self.object_list  # type: ignore[assignment]
+        return list(queryset.values_list("index", flat=True)[:COUNT_CAP])
+
+    def matching(self, start: int, stop: int) -> QuerySet[Any]:
+        """Matches ``start`` to ``stop`` (newest first) of a filtered list, by primary key."""
+        queryset: QuerySet[Any] = self.object_list  # type: ignore[assignment]
+        return queryset.filter(index__in=self._matches[start:stop])
+
+    def page(self, number: Any) -> Page:
+        queryset: QuerySet[Any] = self.object_list  # type: ignore[assignment]
+        if not queryset.query.where:
+            return super().page(number)
+        number = self.validate_number(number)
+        start = (number - 1) * self.per_page
+        return Page(self.matching(start, start + self.per_page), number, self)
+
+
+class LogChangeList(ChangeList):
+    """The log's list: a filtered one that fits on a page (or is shown whole) is read by
+    primary key from the matches already found, not by scanning its window again."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        paginator = self.paginator
+        whole = not self.multi_page or (self.show_all and self.can_show_all)
+        if isinstance(paginator, LogPaginator) and self.queryset.query.where and whole:
+            self.result_list = paginator.matching(0, self.list_max_show_all)
 
 
 class CommandFilter(admin.SimpleListFilter):
@@ -317,6 +349,25 @@ class TermFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ScanFilter(admin.SimpleListFilter):
+    """Where a filter by command starts scanning back (``?before=``); not listed, the
+    page links to the next window instead."""
+
+    title = "scan from"
+    parameter_name = "before"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return []
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset  # LogEntryAdmin.get_queryset applies the window
+
+
+def _before(request: HttpRequest) -> int | None:
+    value = request.GET.get(ScanFilter.parameter_name, "")
+    return int(value) if value.isdigit() and len(value) < 20 else None
+
+
 @admin.register(LogEntry)
 class LogEntryAdmin(ReadOnlyAdmin):
     """The Raft log, newest first, decoded; fast on millions of entries."""
@@ -331,7 +382,7 @@ class LogEntryAdmin(ReadOnlyAdmin):
         "is_applied",
         "outcome_short",
     )
-    list_filter = ("type", CommandFilter, TermFilter)
+    list_filter = ("type", CommandFilter, TermFilter, ScanFilter)
     search_fields = ("=command",)
     search_help_text = "Search by command name (exact)."
     ordering = ("-index",)
@@ -341,15 +392,45 @@ class LogEntryAdmin(ReadOnlyAdmin):
     list_per_page = 50
     fields = ("index", "term", "type", "command", "size", "is_applied", "outcome_whole", "payload")
     readonly_fields = fields
+    change_list_template = "admin/django_raft/logentry/change_list.html"
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return LogChangeList
+
+    def scan_window(self, request: HttpRequest) -> tuple[int, int] | None:
+        """The indexes a filter or search by command scans (``logview.scan_window``);
+        None when the page has neither."""
+        if not (request.GET.get(CommandFilter.parameter_name) or request.GET.get("q")):
+            return None
+        return logview.scan_window(_before(request))
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         applied = logview.applied_index()
-        return (
+        queryset = (
             super()
             .get_queryset(request)
             .select_related("outcome")
             .annotate(applied=ExpressionWrapper(Q(index__lte=applied), output_field=BooleanField()))
         )
+        window = self.scan_window(request)
+        return queryset if window is None else queryset.filter(index__range=window)
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        """The list, and for a filter by command which entries were searched, with a link
+        to the window before them."""
+        window = self.scan_window(request)
+        scan = None
+        if window is not None:
+            first, last = window
+            stored_first = logview.log_bounds()[0]
+            older = None
+            if stored_first is not None and first > stored_first:
+                query = request.GET.copy()
+                query.pop("p", None)
+                query[ScanFilter.parameter_name] = str(first)
+                older = f"?{query.urlencode()}"
+            scan = {"first": first, "last": last, "older": older, "size": logview.SCAN_WINDOW}
+        return super().changelist_view(request, {**(extra_context or {}), "raft_scan": scan})
 
     @admin.display(description="arguments")
     def preview(self, entry: LogEntry) -> str:

@@ -16,6 +16,13 @@ from .models import SINGLETON, AppliedState, EntryOutcome, LogEntry
 from .wire import WireError, decode_command
 
 PREVIEW_LENGTH = 80
+SCAN_WINDOW = 100_000
+"""A filter by command name reads at most this many entries per request, newest first.
+
+There is no index on the command name (it would cost every append); within this window
+the newest matches come first, so a common command's first page is quick, and a rare
+one's costs at most a scan of the window. Older entries are searched window by window.
+"""
 
 
 def applied_index() -> int:
@@ -39,6 +46,17 @@ def log_bounds() -> tuple[int | None, int | None]:
     """
     indexes = LogEntry.objects.using(raft_settings.DATABASE).values_list("index", flat=True)
     return indexes.order_by("index").first(), indexes.order_by("-index").first()
+
+
+def scan_window(before: int | None = None) -> tuple[int, int]:
+    """The indexes ``(first, last)`` a filter by command scans: the ``SCAN_WINDOW`` stored
+    entries below ``before`` (from the end of the log when None); empty when
+    ``first > last``."""
+    first, last = log_bounds()
+    if first is None or last is None:
+        return 1, 0
+    top = last if before is None else min(last, before - 1)
+    return max(first, top - SCAN_WINDOW + 1), top
 
 
 def term_range(term: int) -> tuple[int, int]:
