@@ -290,10 +290,17 @@ class LogPaginator(Paginator):
         queryset: QuerySet[Any] = self.object_list  # type: ignore[assignment]
         return list(queryset.values_list("index", flat=True)[:COUNT_CAP])
 
+    def __init__(
+        self, object_list: Any, per_page: int, *args: Any, rows: Any = None, **kwargs: Any
+    ):
+        super().__init__(object_list, per_page, *args, **kwargs)
+        self.rows: QuerySet[Any] = object_list if rows is None else rows
+        """Where a page's entries are read from by primary key: the list without its
+        filters (with them, SQLite may scan their index range rather than look up)."""
+
     def matching(self, start: int, stop: int) -> QuerySet[Any]:
         """Matches ``start`` to ``stop`` (newest first) of a filtered list, by primary key."""
-        queryset: QuerySet[Any] = self.object_list  # type: ignore[assignment]
-        return queryset.filter(index__in=self._matches[start:stop])
+        return self.rows.filter(index__in=self._matches[start:stop])
 
     def page(self, number: Any) -> Page:
         queryset: QuerySet[Any] = self.object_list  # type: ignore[assignment]
@@ -404,16 +411,25 @@ class LogEntryAdmin(ReadOnlyAdmin):
             return None
         return logview.scan_window(_before(request))
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+    def rows(self, request: HttpRequest) -> QuerySet[Any]:
+        """Every entry, with its outcome and whether it is applied; no filter."""
         applied = logview.applied_index()
-        queryset = (
+        return (
             super()
             .get_queryset(request)
             .select_related("outcome")
             .annotate(applied=ExpressionWrapper(Q(index__lte=applied), output_field=BooleanField()))
         )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         window = self.scan_window(request)
+        queryset = self.rows(request)
         return queryset if window is None else queryset.filter(index__range=window)
+
+    def get_paginator(
+        self, request: HttpRequest, queryset: Any, per_page: int, *args: Any, **kwargs: Any
+    ) -> LogPaginator:
+        return LogPaginator(queryset, per_page, *args, rows=self.rows(request), **kwargs)
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
         """The list, and for a filter by command which entries were searched, with a link
