@@ -37,7 +37,8 @@ from .models import AppliedState, HardState, LogEntry, Member, Snapshot
 MEMBER_PERMISSION = "django_raft.change_member"
 SNAPSHOT_PERMISSION = "django_raft.change_snapshot"
 COUNT_CAP = 10_000
-"""A filtered log page counts at most this many matching entries."""
+"""A filtered log page counts at most this many matching entries (a filter by command:
+``logview.SCAN_MATCHES``, then the page links to the entries before)."""
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -272,10 +273,24 @@ class LogPaginator(Paginator):
     """Pages the log without ``COUNT(*)`` over it.
 
     The log's indexes have no gaps, so the whole log counts as last - first + 1 from the
-    primary key's two ends. A filtered list reads the indexes of its first ``COUNT_CAP``
-    matches, newest first, in one scan: that is its count, and a page's entries are then
-    read by primary key (a second scan of a rare command's window would double the time).
+    primary key's two ends. A filtered list reads the indexes of its first ``cap``
+    matches, newest first, in one scan that stops there: that is its count, and a page's
+    entries are then read by primary key from ``rows`` (the list without its filters:
+    with them, SQLite may scan their index range again rather than look the rows up).
     """
+
+    def __init__(
+        self,
+        object_list: Any,
+        per_page: int,
+        *args: Any,
+        rows: QuerySet[Any] | None = None,
+        cap: int = COUNT_CAP,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(object_list, per_page, *args, **kwargs)
+        self.rows: QuerySet[Any] = object_list if rows is None else rows
+        self.cap = cap
 
     @cached_property
     def count(self) -> int:
@@ -283,24 +298,17 @@ class LogPaginator(Paginator):
         if not queryset.query.where:
             first, last = logview.log_bounds()
             return 0 if last is None or first is None else last - first + 1
-        return len(self._matches)
+        return len(self.matches)
 
     @cached_property
-    def _matches(self) -> list[int]:
+    def matches(self) -> list[int]:
+        """The indexes of a filtered list's first ``cap`` matches, newest first."""
         queryset: QuerySet[Any] = self.object_list  # type: ignore[assignment]
-        return list(queryset.values_list("index", flat=True)[:COUNT_CAP])
-
-    def __init__(
-        self, object_list: Any, per_page: int, *args: Any, rows: Any = None, **kwargs: Any
-    ):
-        super().__init__(object_list, per_page, *args, **kwargs)
-        self.rows: QuerySet[Any] = object_list if rows is None else rows
-        """Where a page's entries are read from by primary key: the list without its
-        filters (with them, SQLite may scan their index range rather than look up)."""
+        return list(queryset.values_list("index", flat=True)[: self.cap])
 
     def matching(self, start: int, stop: int) -> QuerySet[Any]:
         """Matches ``start`` to ``stop`` (newest first) of a filtered list, by primary key."""
-        return self.rows.filter(index__in=self._matches[start:stop])
+        return self.rows.filter(index__in=self.matches[start:stop])
 
     def page(self, number: Any) -> Page:
         queryset: QuerySet[Any] = self.object_list  # type: ignore[assignment]
@@ -429,24 +437,37 @@ class LogEntryAdmin(ReadOnlyAdmin):
     def get_paginator(
         self, request: HttpRequest, queryset: Any, per_page: int, *args: Any, **kwargs: Any
     ) -> LogPaginator:
-        return LogPaginator(queryset, per_page, *args, rows=self.rows(request), **kwargs)
+        cap = COUNT_CAP if self.scan_window(request) is None else logview.SCAN_MATCHES
+        return LogPaginator(queryset, per_page, *args, rows=self.rows(request), cap=cap, **kwargs)
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
         """The list, and for a filter by command which entries were searched, with a link
-        to the window before them."""
+        to the same search over the entries before them."""
         window = self.scan_window(request)
-        scan = None
-        if window is not None:
-            first, last = window
-            stored_first = logview.log_bounds()[0]
-            older = None
-            if stored_first is not None and first > stored_first:
-                query = request.GET.copy()
-                query.pop("p", None)
-                query[ScanFilter.parameter_name] = str(first)
-                older = f"?{query.urlencode()}"
-            scan = {"first": first, "last": last, "older": older, "size": logview.SCAN_WINDOW}
-        return super().changelist_view(request, {**(extra_context or {}), "raft_scan": scan})
+        response = super().changelist_view(request, {**(extra_context or {}), "raft_scan": None})
+        context = getattr(response, "context_data", None)
+        if window is None or context is None or "cl" not in context:
+            return response
+        first, last = window
+        paginator = context["cl"].paginator
+        capped = isinstance(paginator, LogPaginator) and len(paginator.matches) >= paginator.cap
+        if capped:
+            first = paginator.matches[-1]  # the scan stopped there
+        stored_first = logview.log_bounds()[0]
+        older = None
+        if stored_first is not None and stored_first < first <= last:
+            query = request.GET.copy()
+            query.pop("p", None)
+            query[ScanFilter.parameter_name] = str(first)
+            older = f"?{query.urlencode()}"
+        context["raft_scan"] = {
+            "first": first,
+            "last": last,
+            "older": older,
+            "window": logview.SCAN_WINDOW,
+            "capped": logview.SCAN_MATCHES if capped else 0,
+        }
+        return response
 
     @admin.display(description="arguments")
     def preview(self, entry: LogEntry) -> str:

@@ -23,6 +23,9 @@ There is no index on the command name (it would cost every append); within this 
 the newest matches come first, so a common command's first page is quick, and a rare
 one's costs at most a scan of the window. Older entries are searched window by window.
 """
+SCAN_MATCHES = 1000
+"""The admin's filter by command stops at this many matches (20 pages); the next search
+starts below the last of them."""
 
 
 def applied_index() -> int:

@@ -3,9 +3,10 @@
 Three ``raftnode`` processes and one web process (``runserver``, sharing n1's database as
 a web process on n1's server would). The browser logs in, sees one leader and three
 reachable members, transfers leadership from the admin and watches the dashboard show the
-new leader without a reload, adds a learner, and opens a log entry to see its decoded
-arguments. On failure a screenshot is saved (its path is printed); with
-``ADMIN_SCREENSHOTS=docs/img`` the dashboard, members and log pages are saved there.
+new leader without a reload, adds a learner, sees the log entries' outcomes (a result, an
+error), and opens a log entry to see its decoded arguments. On failure a screenshot is
+saved (its path is printed); with ``ADMIN_SCREENSHOTS=docs/img`` the dashboard, members
+and log pages are saved there.
 """
 
 from __future__ import annotations
@@ -148,6 +149,7 @@ def test_operate_the_cluster_from_a_browser(site: tuple[Cluster, Web], page: Pag
     old = cluster.leader().node_id
     expect(p.locator("#raft-leader")).to_have_text(old)
     cluster.nodes["n1"].do("kv.set", key="browser", value="hello from the log page")
+    cluster.nodes["n1"].do("kv.incr", key="browser")  # fails: its outcome is an error
     save(p, "dashboard")
 
     # Transfer leadership from a member's page, in a second tab; the first one follows.
@@ -179,8 +181,12 @@ def test_operate_the_cluster_from_a_browser(site: tuple[Cluster, Web], page: Pag
     other.goto(f"{web.url}/admin/django_raft/member/")
     save(other, "members")
 
-    # The log: newest first; an entry's page shows its decoded arguments.
+    # The log: newest first, with outcomes; an entry's page shows its decoded arguments.
     other.goto(f"{web.url}/admin/django_raft/logentry/")
+    failed = other.locator("#result_list tr", has_text="kv.incr").first
+    expect(failed.locator(".raft-outcome")).to_have_attribute("data-status", "error")
+    expect(failed.locator(".raft-outcome")).to_contain_text("is not an integer")
+    expect(other.locator("#result_list tr", has_text="kv.set").first).to_contain_text("ok: 1")
     save(other, "log")
     other.locator("#result_list tr", has_text="kv.set").first.locator("th a").click()
     expect(other.locator("pre.raft-payload")).to_contain_text('"key": "browser"')

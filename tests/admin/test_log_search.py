@@ -67,6 +67,22 @@ def test_a_filter_by_command_searches_the_newest_window_then_older_ones(
     assert "back to the start of the stored log" in last.content.decode()
 
 
+def test_a_search_that_finds_many_stops_and_goes_on_below_the_last_match(
+    log: None, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logview, "SCAN_MATCHES", 60)
+    response = client.get(reverse(LIST), {"command": "kv.set"})
+    shown = [e.index for e in response.context["cl"].result_list]
+    assert response.context["cl"].result_count == 60 and shown[0] == 260
+    scan = response.context["raft_scan"]
+    expected = [i for i in range(260, 160, -1) if i % 25][:60]
+    assert (scan["first"], scan["last"], scan["capped"]) == (expected[-1], 260, 60)
+    assert "up to the first\n  60 matches" in response.content.decode()
+    assert parse_qs(scan["older"][1:])["before"] == [str(expected[-1])]
+    following = client.get(reverse(LIST) + scan["older"]).context["cl"]
+    assert next(e.index for e in following.result_list) == expected[-1] - 1
+
+
 def test_search_is_bounded_the_same_way(log: None, client: Client) -> None:
     assert indexes(client, q="kv.delete") == [250, 225, 200, 175]
     assert indexes(client, q="kv.nope") == []
