@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import FloatRect, Page, expect, sync_playwright
 
 from tests.integration.cluster import ROOT, Cluster, Node, free_port, wait_for
 
@@ -124,10 +124,17 @@ def page(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Page]:
             browser.close()
 
 
+SHOT_HEIGHT = 1200
+"""Saved screenshots stop this far down the page (the README's stay under 200 KB)."""
+
+
 def save(page: Page, name: str) -> None:
     folder = os.environ.get("ADMIN_SCREENSHOTS")
     if folder:
-        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+        size = page.viewport_size or {"width": 1400, "height": 900}
+        height = min(int(page.evaluate("document.documentElement.scrollHeight")), SHOT_HEIGHT)
+        clip: FloatRect = {"x": 0, "y": 0, "width": size["width"], "height": height}
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True, clip=clip)
 
 
 def test_operate_the_cluster_from_a_browser(site: tuple[Cluster, Web], page: Page) -> None:
