@@ -419,7 +419,7 @@ class LogEntryAdmin(ReadOnlyAdmin):
             return None
         return logview.scan_window(_before(request))
 
-    def rows(self, request: HttpRequest) -> QuerySet[Any]:
+    def log_rows(self, request: HttpRequest) -> QuerySet[Any]:
         """Every entry, with its outcome and whether it is applied; no filter."""
         applied = logview.applied_index()
         return (
@@ -431,14 +431,16 @@ class LogEntryAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         window = self.scan_window(request)
-        queryset = self.rows(request)
+        queryset = self.log_rows(request)
         return queryset if window is None else queryset.filter(index__range=window)
 
     def get_paginator(
         self, request: HttpRequest, queryset: Any, per_page: int, *args: Any, **kwargs: Any
     ) -> LogPaginator:
         cap = COUNT_CAP if self.scan_window(request) is None else logview.SCAN_MATCHES
-        return LogPaginator(queryset, per_page, *args, rows=self.rows(request), cap=cap, **kwargs)
+        return LogPaginator(
+            queryset, per_page, *args, rows=self.log_rows(request), cap=cap, **kwargs
+        )
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
         """The list, and for a filter by command which entries were searched, with a link

@@ -136,6 +136,21 @@ def test_one_insert_per_run_and_none_when_nothing_is_worth_recording() -> None:
     assert len(rows()) == 128
 
 
+def test_the_rows_roll_back_with_a_run_that_fails_to_commit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Recorded straight through sqlite3 on SQLite, they are still in the run's transaction."""
+    machine = StateMachine("default", "node-1")
+
+    def crash(index: int, term: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(machine, "_set_applied", crash)
+    with pytest.raises(KeyboardInterrupt):
+        machine.apply([command(1, "kv.set", key="k", value="v")])
+    assert rows() == [] and KeyValue.objects.count() == 0
+
+
 def test_a_long_result_is_cut_and_marked_truncated() -> None:
     machine = StateMachine("default", "node-1")
     machine.apply(
