@@ -18,7 +18,8 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.core.paginator import Paginator
+from django.contrib.admin.views.main import ChangeList
+from django.core.paginator import Page, Paginator
 from django.db.models import BooleanField, ExpressionWrapper, Q, QuerySet
 from django.db.models.functions import Length
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
@@ -36,7 +37,8 @@ from .models import AppliedState, HardState, LogEntry, Member, Snapshot
 MEMBER_PERMISSION = "django_raft.change_member"
 SNAPSHOT_PERMISSION = "django_raft.change_snapshot"
 COUNT_CAP = 10_000
-"""A filtered log page counts at most this many matching entries."""
+"""A filtered log page counts at most this many matching entries (a filter by command:
+``logview.SCAN_MATCHES``, then the page links to the entries before)."""
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -271,8 +273,24 @@ class LogPaginator(Paginator):
     """Pages the log without ``COUNT(*)`` over it.
 
     The log's indexes have no gaps, so the whole log counts as last - first + 1 from the
-    primary key's two ends; a filtered list counts matches only up to ``COUNT_CAP``.
+    primary key's two ends. A filtered list reads the indexes of its first ``cap``
+    matches, newest first, in one scan that stops there: that is its count, and a page's
+    entries are then read by primary key from ``rows`` (the list without its filters:
+    with them, SQLite may scan their index range again rather than look the rows up).
     """
+
+    def __init__(
+        self,
+        object_list: Any,
+        per_page: int,
+        *args: Any,
+        rows: QuerySet[Any] | None = None,
+        cap: int = COUNT_CAP,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(object_list, per_page, *args, **kwargs)
+        self.rows: QuerySet[Any] = object_list if rows is None else rows
+        self.cap = cap
 
     @cached_property
     def count(self) -> int:
@@ -280,8 +298,37 @@ class LogPaginator(Paginator):
         if not queryset.query.where:
             first, last = logview.log_bounds()
             return 0 if last is None or first is None else last - first + 1
-        # Ordered as listed, so that the scan stops at the cap, newest first.
-        return int(queryset[:COUNT_CAP].count())
+        return len(self.matches)
+
+    @cached_property
+    def matches(self) -> list[int]:
+        """The indexes of a filtered list's first ``cap`` matches, newest first."""
+        queryset: QuerySet[Any] = self.object_list  # type: ignore[assignment]
+        return list(queryset.values_list("index", flat=True)[: self.cap])
+
+    def matching(self, start: int, stop: int) -> QuerySet[Any]:
+        """Matches ``start`` to ``stop`` (newest first) of a filtered list, by primary key."""
+        return self.rows.filter(index__in=self.matches[start:stop])
+
+    def page(self, number: Any) -> Page:
+        queryset: QuerySet[Any] = self.object_list  # type: ignore[assignment]
+        if not queryset.query.where:
+            return super().page(number)
+        number = self.validate_number(number)
+        start = (number - 1) * self.per_page
+        return Page(self.matching(start, start + self.per_page), number, self)
+
+
+class LogChangeList(ChangeList):
+    """The log's list: a filtered one that fits on a page (or is shown whole) is read by
+    primary key from the matches already found, not by scanning its window again."""
+
+    def get_results(self, request: HttpRequest) -> None:
+        super().get_results(request)
+        paginator = self.paginator
+        whole = not self.multi_page or (self.show_all and self.can_show_all)
+        if isinstance(paginator, LogPaginator) and self.queryset.query.where and whole:
+            self.result_list = paginator.matching(0, self.list_max_show_all)
 
 
 class CommandFilter(admin.SimpleListFilter):
@@ -317,12 +364,40 @@ class TermFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ScanFilter(admin.SimpleListFilter):
+    """Where a filter by command starts scanning back (``?before=``); not listed, the
+    page links to the next window instead."""
+
+    title = "scan from"
+    parameter_name = "before"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return []
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset  # LogEntryAdmin.get_queryset applies the window
+
+
+def _before(request: HttpRequest) -> int | None:
+    value = request.GET.get(ScanFilter.parameter_name, "")
+    return int(value) if value.isdigit() and len(value) < 20 else None
+
+
 @admin.register(LogEntry)
 class LogEntryAdmin(ReadOnlyAdmin):
     """The Raft log, newest first, decoded; fast on millions of entries."""
 
-    list_display = ("index", "term", "type", "command", "preview", "size", "is_applied")
-    list_filter = ("type", CommandFilter, TermFilter)
+    list_display = (
+        "index",
+        "term",
+        "type",
+        "command",
+        "preview",
+        "size",
+        "is_applied",
+        "outcome_short",
+    )
+    list_filter = ("type", CommandFilter, TermFilter, ScanFilter)
     search_fields = ("=command",)
     search_help_text = "Search by command name (exact)."
     ordering = ("-index",)
@@ -330,16 +405,71 @@ class LogEntryAdmin(ReadOnlyAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER  # facets count over the whole log
     list_per_page = 50
-    fields = ("index", "term", "type", "command", "size", "is_applied", "payload")
+    fields = ("index", "term", "type", "command", "size", "is_applied", "outcome_whole", "payload")
     readonly_fields = fields
+    change_list_template = "admin/django_raft/logentry/change_list.html"
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return LogChangeList
+
+    def scan_window(self, request: HttpRequest) -> tuple[int, int] | None:
+        """The indexes a filter or search by command scans (``logview.scan_window``);
+        None when the page has neither."""
+        if not (request.GET.get(CommandFilter.parameter_name) or request.GET.get("q")):
+            return None
+        return logview.scan_window(_before(request))
+
+    def log_rows(self, request: HttpRequest) -> QuerySet[Any]:
+        """Every entry, with its outcome and whether it is applied; no filter."""
         applied = logview.applied_index()
         return (
             super()
             .get_queryset(request)
+            .select_related("outcome")
             .annotate(applied=ExpressionWrapper(Q(index__lte=applied), output_field=BooleanField()))
         )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        window = self.scan_window(request)
+        queryset = self.log_rows(request)
+        return queryset if window is None else queryset.filter(index__range=window)
+
+    def get_paginator(
+        self, request: HttpRequest, queryset: Any, per_page: int, *args: Any, **kwargs: Any
+    ) -> LogPaginator:
+        cap = COUNT_CAP if self.scan_window(request) is None else logview.SCAN_MATCHES
+        return LogPaginator(
+            queryset, per_page, *args, rows=self.log_rows(request), cap=cap, **kwargs
+        )
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> HttpResponse:
+        """The list, and for a filter by command which entries were searched, with a link
+        to the same search over the entries before them."""
+        window = self.scan_window(request)
+        response = super().changelist_view(request, {**(extra_context or {}), "raft_scan": None})
+        context = getattr(response, "context_data", None)
+        if window is None or context is None or "cl" not in context:
+            return response
+        first, last = window
+        paginator = context["cl"].paginator
+        capped = isinstance(paginator, LogPaginator) and len(paginator.matches) >= paginator.cap
+        if capped:
+            first = paginator.matches[-1]  # the scan stopped there
+        stored_first = logview.log_bounds()[0]
+        older = None
+        if stored_first is not None and stored_first < first <= last:
+            query = request.GET.copy()
+            query.pop("p", None)
+            query[ScanFilter.parameter_name] = str(first)
+            older = f"?{query.urlencode()}"
+        context["raft_scan"] = {
+            "first": first,
+            "last": last,
+            "older": older,
+            "window": logview.SCAN_WINDOW,
+            "capped": logview.SCAN_MATCHES if capped else 0,
+        }
+        return response
 
     @admin.display(description="arguments")
     def preview(self, entry: LogEntry) -> str:
@@ -353,10 +483,47 @@ class LogEntryAdmin(ReadOnlyAdmin):
     def is_applied(self, entry: LogEntry) -> bool:
         return bool(getattr(entry, "applied", False))
 
+    def _outcome(self, entry: LogEntry) -> dict[str, Any]:
+        return logview.outcome(entry, entry.index if self.is_applied(entry) else 0)
+
+    @admin.display(description="outcome")
+    def outcome_short(self, entry: LogEntry) -> str:
+        """The result or the error, in short."""
+        described = self._outcome(entry)
+        return _outcome_html(described, logview.outcome_preview(described))
+
+    @admin.display(description="outcome")
+    def outcome_whole(self, entry: LogEntry) -> str:
+        """The result (as JSON) or the error, whole as recorded."""
+        described = self._outcome(entry)
+        status = described["status"]
+        if status == "error":
+            text = described["error"]
+        elif "result_text" in described:
+            text = f"{described['result_text']}… (cut: the result was longer)"
+        elif status == "ok" and described["result"] is not None:
+            text = json.dumps(described["result"], indent=2, ensure_ascii=False)
+        else:
+            text = logview.outcome_preview(described)
+        return _outcome_html(described, text)
+
     @admin.display(description="decoded payload")
     def payload(self, entry: LogEntry) -> str:
         decoded = json.dumps(logview.decode(entry), indent=2, ensure_ascii=False)
         return format_html('<pre class="raft-payload">{}</pre>', decoded)
+
+
+def _outcome_html(described: dict[str, Any], text: str) -> str:
+    """An outcome's text, errors in the admin's error colour, pending ones quiet."""
+    status = described["status"]
+    colour = {"error": "var(--error-fg)", "pending": "var(--body-quiet-color)"}.get(status, "")
+    return format_html(
+        '<span class="raft-outcome" data-status="{}" style="white-space: pre-wrap; color: {}">'
+        "{}</span>",
+        status,
+        colour or "inherit",
+        text,
+    )
 
 
 @admin.register(HardState)

@@ -1,4 +1,5 @@
-"""Log entries as people read them: decoded payload, a short preview, size, applied or not.
+"""Log entries as people read them: decoded payload, a short preview, size, applied or not,
+and the outcome of applying them.
 
 Shared by the admin, the REST API and ``manage.py raftlog``. It only reads the node-local
 database.
@@ -11,10 +12,20 @@ from typing import Any
 
 from .conf import raft_settings
 from .core import ConfChange, EntryType, RaftError
-from .models import SINGLETON, AppliedState, LogEntry
+from .models import SINGLETON, AppliedState, EntryOutcome, LogEntry
 from .wire import WireError, decode_command
 
 PREVIEW_LENGTH = 80
+SCAN_WINDOW = 100_000
+"""A filter by command name reads at most this many entries per request, newest first.
+
+There is no index on the command name (it would cost every append); within this window
+the newest matches come first, so a common command's first page is quick, and a rare
+one's costs at most a scan of the window. Older entries are searched window by window.
+"""
+SCAN_MATCHES = 1000
+"""The admin's filter by command stops at this many matches (20 pages); the next search
+starts below the last of them."""
 
 
 def applied_index() -> int:
@@ -24,8 +35,11 @@ def applied_index() -> int:
 
 
 def entries() -> Any:
-    """Every stored entry, newest first, from the node-local database."""
-    return LogEntry.objects.using(raft_settings.DATABASE).order_by("-index")
+    """Every stored entry, newest first, with its recorded outcome, from the node-local
+    database."""
+    return (
+        LogEntry.objects.using(raft_settings.DATABASE).select_related("outcome").order_by("-index")
+    )
 
 
 def log_bounds() -> tuple[int | None, int | None]:
@@ -35,6 +49,17 @@ def log_bounds() -> tuple[int | None, int | None]:
     """
     indexes = LogEntry.objects.using(raft_settings.DATABASE).values_list("index", flat=True)
     return indexes.order_by("index").first(), indexes.order_by("-index").first()
+
+
+def scan_window(before: int | None = None) -> tuple[int, int]:
+    """The indexes ``(first, last)`` a filter by command scans: the ``SCAN_WINDOW`` stored
+    entries below ``before`` (from the end of the log when None); empty when
+    ``first > last``."""
+    first, last = log_bounds()
+    if first is None or last is None:
+        return 1, 0
+    top = last if before is None else min(last, before - 1)
+    return max(first, top - SCAN_WINDOW + 1), top
 
 
 def term_range(term: int) -> tuple[int, int]:
@@ -102,11 +127,52 @@ def preview(payload: dict[str, Any]) -> str:
         text = f"undecodable: {payload['error']}"
     else:
         text = "(empty: a new leader's first entry)"
+    return _cut(text)
+
+
+def outcome(entry: LogEntry, applied: int) -> dict[str, Any]:
+    """What applying the entry gave on this node, as JSON-ready data.
+
+    ``{"status": "error", "error"}`` or ``{"status": "ok", "result"}`` as recorded; with
+    nothing recorded, ``{"status": "ok", "result": None}`` at or below the applied index
+    (it was applied and gave None), else ``{"status": "pending"}``. A result too long to
+    keep whole has ``"truncated": true``, ``result`` None and its JSON's first
+    ``MAX_RESULT_LENGTH`` characters in ``result_text``.
+    """
+    try:
+        row = entry.outcome
+    except EntryOutcome.DoesNotExist:
+        return {"status": "pending"} if entry.index > applied else {"status": "ok", "result": None}
+    if not row.ok:
+        return {"status": "error", "error": row.text}
+    if row.truncated:
+        return {"status": "ok", "result": None, "truncated": True, "result_text": row.text}
+    return {"status": "ok", "result": json.loads(row.text)}
+
+
+def outcome_preview(described: dict[str, Any]) -> str:
+    """A one-line summary of an ``outcome``, at most ``PREVIEW_LENGTH`` characters."""
+    status = described["status"]
+    if status == "error":
+        text = f"error: {described['error']}"
+    elif status == "pending":
+        text = "pending"
+    elif "result_text" in described:
+        text = f"ok: {described['result_text']}"
+    elif described["result"] is None:
+        text = "ok"
+    else:
+        text = "ok: " + json.dumps(described["result"], separators=(", ", ": "), ensure_ascii=False)
+    return _cut(text)
+
+
+def _cut(text: str) -> str:
     return text if len(text) <= PREVIEW_LENGTH else text[: PREVIEW_LENGTH - 1] + "…"
 
 
 def describe(entry: LogEntry, applied: int) -> dict[str, Any]:
-    """The entry as JSON-ready data: index, term, type, command, payload, preview, size."""
+    """The entry as JSON-ready data: index, term, type, command, payload, preview, size,
+    whether it is applied and its outcome."""
     payload = decode(entry)
     return {
         "index": entry.index,
@@ -116,5 +182,6 @@ def describe(entry: LogEntry, applied: int) -> dict[str, Any]:
         "preview": preview(payload),
         "size": len(entry.data),
         "applied": entry.index <= applied,
+        "outcome": outcome(entry, applied),
         "payload": payload,
     }

@@ -1,10 +1,10 @@
 """Models of django_raft: the durable Raft state of this node, and what it reports.
 
 ``LogEntry``, ``HardState`` and ``Snapshot`` are written only by ``DjangoStorage``;
-``Member`` and ``AppliedState`` only by the ``StateMachine``, in the same transaction
-as the command handlers' changes. Rows of the single-row models have the primary key
-``SINGLETON``. What a running node reports about itself (state, leader) is not stored:
-ask the node with ``django_raft.status()``.
+``Member``, ``AppliedState`` and ``EntryOutcome`` only by the ``StateMachine``, in the
+same transaction as the command handlers' changes. Rows of the single-row models have
+the primary key ``SINGLETON``. What a running node reports about itself (state, leader)
+is not stored: ask the node with ``django_raft.status()``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ SINGLETON = 1
 MAX_NODE_ID_LENGTH = 255
 MAX_ADDRESS_LENGTH = 2048
 MAX_COMMAND_LENGTH = 200
+MAX_RESULT_LENGTH = 1000
+"""A recorded result's JSON is cut to this many characters (``EntryOutcome.truncated``)."""
 
 
 class SingletonModel(models.Model):
@@ -69,6 +71,44 @@ class LogEntry(models.Model):
         else:
             what = self.command or ("no-op" if not self.data else "command")
         return f"#{self.index} (term {self.term}) {what}"
+
+
+class EntryOutcome(models.Model):
+    """What applying a log entry gave, for the entries whose outcome says something.
+
+    Only an error, or a result that is not None, is recorded: an entry at or below the
+    applied index without a row was applied and returned None; one above it is pending.
+    Every node records the same rows (the apply is deterministic); they are discarded
+    with the log (``DjangoStorage.compact``) and when a snapshot replaces the state.
+    """
+
+    entry = models.OneToOneField(
+        LogEntry,
+        on_delete=models.DO_NOTHING,
+        primary_key=True,
+        db_column="index",
+        db_constraint=False,  # the log is compacted and truncated with raw deletes
+        related_name="outcome",
+        verbose_name="entry",
+    )
+    ok = models.BooleanField("succeeded")
+    text = models.TextField(
+        "result or error",
+        blank=True,
+        help_text="The result as JSON when it succeeded, else the error message.",
+    )
+    truncated = models.BooleanField(
+        "truncated",
+        default=False,
+        help_text=f"The result's JSON was cut to {MAX_RESULT_LENGTH} characters.",
+    )
+
+    class Meta:
+        verbose_name = "entry outcome"
+        verbose_name_plural = "entry outcomes"
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {'ok' if self.ok else 'error'}"
 
 
 class HardState(SingletonModel):

@@ -6,7 +6,9 @@ last run that committed, and entries at or below it are skipped. That transactio
 not wait for the disk (``storage.redoable_transaction``): what it loses, the log redoes.
 A run is applied without savepoints, calls of a batch handler together; only when a
 handler raises is the run redone with a savepoint per command, so a handler that fails
-leaves no trace but its error message, which is the same on every node.
+leaves no trace but its error message, which is the same on every node. The outcomes
+worth showing in the admin's log (errors, results other than None) are stored in that
+same transaction (``entry_outcomes``).
 
 A snapshot of the replicated state is the cluster membership (``Member`` rows) plus,
 by default, every row of the models named in ``DJANGO_RAFT["REPLICATED_MODELS"]``,
@@ -37,10 +39,10 @@ from django.db import connections, transaction
 from django.db.models import Model
 from django.utils import timezone
 
-from . import commands, sessions
+from . import commands, entry_outcomes, sessions
 from .conf import raft_settings
 from .core import ConfChange, ConfChangeType, Entry, EntryType, Snapshot
-from .models import MAX_ADDRESS_LENGTH, SINGLETON, AppliedState, Member
+from .models import MAX_ADDRESS_LENGTH, SINGLETON, AppliedState, EntryOutcome, Member
 from .storage import redoable_transaction
 from .wire import DecodedCommand, decode_envelope
 
@@ -171,6 +173,7 @@ class StateMachine:
                 position += 1
             outcomes.update(self._apply_batch(entry, name, calls, fast))
         last = todo[-1]
+        entry_outcomes.record(self.alias, outcomes)
         self._set_applied(last.index, last.term)
         return outcomes
 
@@ -312,6 +315,8 @@ class StateMachine:
         using = self.alias
         with transaction.atomic(using=using, durable=True):
             Member.objects.using(using).all()._raw_delete(using)
+            # Outcomes go with the state: entries up to the snapshot have left the log.
+            EntryOutcome.objects.using(using).all()._raw_delete(using)
             Member.objects.using(using).bulk_create(
                 Member(node_id=node_id, address=_address(address), role=role)
                 for node_id, address, role in members

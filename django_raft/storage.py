@@ -487,6 +487,7 @@ class DjangoStorage:
             return
         term = self._term(state, index)
         self._log().filter(index__lte=index)._raw_delete(self.alias)
+        models.EntryOutcome.objects.using(self.alias).filter(pk__lte=index)._raw_delete(self.alias)
         models.Snapshot.objects.using(self.alias).filter(pk=models.SINGLETON).update(
             compacted_index=index, compacted_term=term
         )

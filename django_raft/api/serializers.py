@@ -79,17 +79,33 @@ class ResultSerializer(serializers.Serializer):
 
 
 class LogEntrySerializer(serializers.ModelSerializer):
-    """A log entry, decoded (``applied`` needs ``applied_index`` in the context)."""
+    """A log entry, decoded, and its outcome (``applied`` and ``outcome`` need
+    ``applied_index`` in the context)."""
 
     type = serializers.SerializerMethodField()
     preview = serializers.SerializerMethodField()
     size = serializers.SerializerMethodField()
     applied = serializers.SerializerMethodField()
+    outcome = serializers.SerializerMethodField(
+        help_text='What applying it gave: {"status": "pending"}, {"status": "ok", "result"} '
+        '(None when it gave nothing; a result cut for length has "truncated" and '
+        '"result_text") or {"status": "error", "error"}.'
+    )
     payload = serializers.SerializerMethodField()
 
     class Meta:
         model = LogEntry
-        fields = ("index", "term", "type", "command", "preview", "size", "applied", "payload")
+        fields = (
+            "index",
+            "term",
+            "type",
+            "command",
+            "preview",
+            "size",
+            "applied",
+            "outcome",
+            "payload",
+        )
 
     def _described(self, entry: LogEntry) -> dict[str, Any]:
         cache = self.context.setdefault("described", {})
@@ -109,6 +125,10 @@ class LogEntrySerializer(serializers.ModelSerializer):
 
     def get_applied(self, entry: LogEntry) -> bool:
         return bool(self._described(entry)["applied"])
+
+    def get_outcome(self, entry: LogEntry) -> dict[str, Any]:
+        outcome: dict[str, Any] = self._described(entry)["outcome"]
+        return outcome
 
     def get_payload(self, entry: LogEntry) -> dict[str, Any]:
         payload: dict[str, Any] = self._described(entry)["payload"]

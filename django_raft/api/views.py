@@ -17,6 +17,7 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils.urls import remove_query_param, replace_query_param
 from rest_framework.views import APIView
 
 from .. import client, logview, monitor, operations
@@ -190,17 +191,64 @@ class SnapshotView(RaftAPIView):
 
 
 class LogPagination(CursorPagination):
-    """Newest first, by index; no count."""
+    """Newest first, by index; no count. A page filtered by command also says which
+    entries were searched (``searched``) and where to go on (``older``)."""
 
     ordering = "-index"
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
 
+    def paginate_queryset(self, queryset: Any, request: Request, view: Any = None) -> Any:
+        self.scanned: tuple[int, int] | None = getattr(view, "scanned", None)
+        return super().paginate_queryset(queryset, request, view)
+
+    def get_paginated_response(self, data: Any) -> Response:
+        response = super().get_paginated_response(data)
+        if self.scanned is not None:
+            first, last = self.scanned
+            stored_first = logview.log_bounds()[0]
+            more = stored_first is not None and first <= last and first > stored_first
+            older = self.request.build_absolute_uri()
+            response.data["searched"] = {"first": first, "last": last}
+            response.data["older"] = (
+                replace_query_param(
+                    remove_query_param(older, self.cursor_query_param), "before", first
+                )
+                if more
+                else None
+            )
+        return response
+
+    def get_paginated_response_schema(self, schema: dict[str, Any]) -> dict[str, Any]:
+        described = super().get_paginated_response_schema(schema)
+        described["properties"]["searched"] = {
+            "type": "object",
+            "description": "With ?command=: the indexes searched (at most "
+            f"{logview.SCAN_WINDOW:,} entries, newest first).",
+            "properties": {"first": {"type": "integer"}, "last": {"type": "integer"}},
+        }
+        described["properties"]["older"] = {
+            "type": "string",
+            "nullable": True,
+            "format": "uri",
+            "description": "With ?command=: the same search over the entries before these; "
+            "null at the start of the stored log.",
+        }
+        return described
+
 
 _LOG_FILTERS = [
     OpenApiParameter("type", OpenApiTypes.INT, description="0 command, 1 membership change"),
-    OpenApiParameter("command", OpenApiTypes.STR, description="command name"),
+    OpenApiParameter(
+        "command",
+        OpenApiTypes.STR,
+        description=f"command name; searches at most {logview.SCAN_WINDOW:,} entries, "
+        "newest first (see searched and older in the answer)",
+    ),
+    OpenApiParameter(
+        "before", OpenApiTypes.INT, description="with command: search the entries before this"
+    ),
     OpenApiParameter("term", OpenApiTypes.INT, description="term"),
 ]
 
@@ -222,6 +270,8 @@ class LogListView(LogMixin, RaftAPIView, generics.ListAPIView):
     """The log, newest first, cursor-paginated; filter by type, command, term."""
 
     pagination_class = LogPagination
+    scanned: tuple[int, int] | None = None
+    """The indexes a filter by command searches (``logview.scan_window``)."""
 
     def get_queryset(self) -> Any:
         queryset = logview.entries()
@@ -236,8 +286,15 @@ class LogListView(LogMixin, RaftAPIView, generics.ListAPIView):
                 queryset = queryset.filter(**{name: int(value)})
                 if name == "term":
                     queryset = queryset.filter(index__range=logview.term_range(int(value)))
+        self.scanned = None
         if params.get("command"):
-            queryset = queryset.filter(command=params["command"])
+            before = params.get("before")
+            if before is not None and (not before.isdigit() or len(before) > 19):
+                from rest_framework.exceptions import ValidationError
+
+                raise ValidationError({"before": "must be a non-negative integer"})
+            self.scanned = logview.scan_window(int(before) if before is not None else None)
+            queryset = queryset.filter(command=params["command"], index__range=self.scanned)
         return queryset
 
     @extend_schema(parameters=_LOG_FILTERS, summary="The log, newest first")

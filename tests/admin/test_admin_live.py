@@ -220,3 +220,31 @@ def test_raftnode_logs_its_life_at_info(web: Cluster) -> None:
     text = web.nodes["n1"].log_path.read_text()
     assert "INFO raft n1: leader is" in text
     assert "INFO raft n1: member n2 added" in text
+
+
+def test_every_node_records_the_same_outcomes(web: Cluster) -> None:
+    """The outcome rows come from the deterministic apply: each node has the same ones."""
+    leader = web.leader()
+    before = leader.status()["last_index"]
+    answers = [
+        leader.do("kv.set", key="outcome", value="x"),
+        leader.do("kv.incr", key="outcome"),
+        leader.do("kv.get", key="no-such-key"),
+        leader.do("kv.delete", key="outcome"),
+    ]
+    assert [a["ok"] for a in answers] == [True, False, True, True]
+    nodes = [n for n in web.founders if n.running()]
+    web.wait_applied(nodes)
+    query = (
+        'SELECT o."index", o.ok, o.text, o.truncated, e.command FROM django_raft_entryoutcome o '
+        f'JOIN django_raft_logentry e ON e."index" = o."index" WHERE o."index" > {before} '
+        'ORDER BY o."index"'
+    )
+    rows = [node.query(query) for node in nodes]
+    assert len(nodes) == 3 and rows[0] == rows[1] == rows[2]
+    recorded = [(command, bool(ok), text) for _, ok, text, _, command in rows[0]]
+    assert recorded == [
+        ("kv.set", True, "1"),
+        ("kv.incr", False, "ValueError: the value of 'outcome' is not an integer: 'x'"),
+        ("kv.delete", True, "true"),
+    ]

@@ -3,9 +3,10 @@
 Three ``raftnode`` processes and one web process (``runserver``, sharing n1's database as
 a web process on n1's server would). The browser logs in, sees one leader and three
 reachable members, transfers leadership from the admin and watches the dashboard show the
-new leader without a reload, adds a learner, and opens a log entry to see its decoded
-arguments. On failure a screenshot is saved (its path is printed); with
-``ADMIN_SCREENSHOTS=docs/img`` the dashboard, members and log pages are saved there.
+new leader without a reload, adds a learner, sees the log entries' outcomes (a result, an
+error), and opens a log entry to see its decoded arguments. On failure a screenshot is
+saved (its path is printed); with ``ADMIN_SCREENSHOTS=docs/img`` the dashboard, members
+and log pages are saved there.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import FloatRect, Page, expect, sync_playwright
 
 from tests.integration.cluster import ROOT, Cluster, Node, free_port, wait_for
 
@@ -123,10 +124,17 @@ def page(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Page]:
             browser.close()
 
 
+SHOT_HEIGHT = 1200
+"""Saved screenshots stop this far down the page (the README's stay under 200 KB)."""
+
+
 def save(page: Page, name: str) -> None:
     folder = os.environ.get("ADMIN_SCREENSHOTS")
     if folder:
-        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+        size = page.viewport_size or {"width": 1400, "height": 900}
+        height = min(int(page.evaluate("document.documentElement.scrollHeight")), SHOT_HEIGHT)
+        clip: FloatRect = {"x": 0, "y": 0, "width": size["width"], "height": height}
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True, clip=clip)
 
 
 def test_operate_the_cluster_from_a_browser(site: tuple[Cluster, Web], page: Page) -> None:
@@ -148,6 +156,7 @@ def test_operate_the_cluster_from_a_browser(site: tuple[Cluster, Web], page: Pag
     old = cluster.leader().node_id
     expect(p.locator("#raft-leader")).to_have_text(old)
     cluster.nodes["n1"].do("kv.set", key="browser", value="hello from the log page")
+    cluster.nodes["n1"].do("kv.incr", key="browser")  # fails: its outcome is an error
     save(p, "dashboard")
 
     # Transfer leadership from a member's page, in a second tab; the first one follows.
@@ -179,8 +188,12 @@ def test_operate_the_cluster_from_a_browser(site: tuple[Cluster, Web], page: Pag
     other.goto(f"{web.url}/admin/django_raft/member/")
     save(other, "members")
 
-    # The log: newest first; an entry's page shows its decoded arguments.
+    # The log: newest first, with outcomes; an entry's page shows its decoded arguments.
     other.goto(f"{web.url}/admin/django_raft/logentry/")
+    failed = other.locator("#result_list tr", has_text="kv.incr").first
+    expect(failed.locator(".raft-outcome")).to_have_attribute("data-status", "error")
+    expect(failed.locator(".raft-outcome")).to_contain_text("is not an integer")
+    expect(other.locator("#result_list tr", has_text="kv.set").first).to_contain_text("ok: 1")
     save(other, "log")
     other.locator("#result_list tr", has_text="kv.set").first.locator("th a").click()
     expect(other.locator("pre.raft-payload")).to_contain_text('"key": "browser"')
