@@ -11,15 +11,15 @@ core when a tick is due, then handles Readies in the order the core requires (pe
 send, apply, advance) until the turn's time budget is spent; what is left waits for
 the next turn. Each Ready applies at most ``MAX_APPLY_PER_READY`` entries. A peer's
 request is answered as soon as the entries it carried are durable, before anything is
-applied.
+applied. Callers' futures are resolved by a completer thread (their done-callbacks run
+there), and signals are sent by a dispatcher thread.
 
 Proposals wait in the node until the log has room for them: at most
 ``MAX_UNAPPLIED`` entries may be appended and not yet applied here, so the log never
 runs ahead of what the state machine can apply (the entries to apply are still in
 memory, and each turn's work stays small); those that fit go to the core as one batch
 (one append, one broadcast). Proposals are bounded too (``MAX_PENDING_PROPOSALS``):
-beyond the bound they are refused with ``OverloadedError``. Signals are sent by a
-dispatcher thread.
+beyond the bound they are refused with ``OverloadedError``.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from .core import (
     Snapshot,
     StateType,
 )
-from .dispatch import SignalDispatcher
+from .dispatch import Completer, Completion, SignalDispatcher
 from .exceptions import CommandTimeoutError, OverloadedError, StopError
 from .snapshotting import take_snapshot
 from .statemachine import Outcome, StateMachine, check_snapshot
@@ -210,6 +210,7 @@ class RaftNode:
             self.transport.set_address(member_id, member_address)
         self._sequencer = Sequencer()
         self.signals = SignalDispatcher(f"raft-signals-{node_id}", RaftNode)
+        self.completer = Completer(f"raft-complete-{node_id}")
         self.max_pending = max_pending
         self._room = threading.BoundedSemaphore(max_pending)
         self._pending: dict[int, _Pending] = {}
@@ -238,6 +239,7 @@ class RaftNode:
         """Start the loop thread and the signal dispatcher."""
         RaftNode.current = self
         self.signals.start()
+        self.completer.start()
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -245,6 +247,7 @@ class RaftNode:
         self.stopping.set()
         self.inbox.put(Wake())
         self._thread.join(timeout)
+        self.completer.stop()
         self.transport.stop()
         self.signals.stop()
         if RaftNode.current is self:
@@ -275,6 +278,8 @@ class RaftNode:
         The future's result is the command's ``Outcome``; its exception is a
         ``NotLeaderError``, ``OverloadedError`` (more than ``max_pending`` proposals
         outstanding: nothing was proposed), ``StopError`` or another ``RaftError``.
+        Its done-callbacks run on the node's completer thread, in log order: keep them
+        short, since a slow one delays the other callers' answers (never the loop).
         """
         future: Future[Outcome] = Future()
         if not self._room.acquire(blocking=False):
@@ -603,6 +608,7 @@ class RaftNode:
         with metrics.applying():
             outcomes = self.machine.apply(entries)
         pending_map = self._pending
+        completions: list[Completion] = []
         for entry in entries:
             pending = pending_map.pop(entry.index, None)
             if entry.type is EntryType.CONF_CHANGE:
@@ -612,13 +618,15 @@ class RaftNode:
             metrics.count_proposal(pending.term == entry.term and outcomes[entry.index].ok)
             if pending.term != entry.term:
                 lead = self.raw.basic_status().lead
-                pending.future.set_exception(
+                error = (
                     NotLeaderError(lead)
                     if lead != self.node_id
                     else RaftError("the command was superseded by another leader's entry")
                 )
+                completions.append((pending.future, None, error))
             else:
-                pending.future.set_result(outcomes[entry.index])
+                completions.append((pending.future, outcomes[entry.index], None))
+        self.completer.complete(completions)
 
     def _membership_applied(self, change: ConfChange) -> None:
         self._membership_changed = True

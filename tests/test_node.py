@@ -998,6 +998,44 @@ def test_the_log_runs_at_most_max_unapplied_entries_ahead_of_the_state(
     assert KeyValue.objects.filter(key__startswith="u").count() == 100
 
 
+def test_a_slow_done_callback_delays_results_but_never_the_loop(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = running.node
+    holding, let_go = blocking_handler(monkeypatch)
+    node.propose_async(encode_command("tests.block", {}))
+    assert holding.wait(10)  # nothing is applied until the callback below is attached
+    entered, release = threading.Event(), threading.Event()
+    threads: list[str] = []
+
+    def slow(future: Any) -> None:
+        threads.append(threading.current_thread().name)
+        entered.set()
+        release.wait(20)
+
+    first = node.propose_async(encode_command("kv.set", {"key": "cb", "value": "v"}))
+    first.add_done_callback(slow)
+    let_go.set()
+    try:
+        assert entered.wait(10)
+        later = [
+            node.propose_async(encode_command("kv.set", {"key": f"cb{i}", "value": "v"}))
+            for i in range(20)
+        ]
+        # The loop goes on committing and applying; only the answers wait their turn.
+        wait_for(
+            lambda: KeyValue.objects.filter(key__startswith="cb").count() == 21,
+            10,
+            "the later commands to be applied",
+        )
+        assert node.status()["state"] == "leader"
+        assert not any(future.done() for future in later)
+    finally:
+        release.set()
+    assert all(future.result(10).ok for future in later)
+    assert threads == [f"raft-complete-{NODE_ID}"]
+
+
 def test_signals_are_sent_off_the_loop_thread_and_a_slow_receiver_does_not_hold_it(
     start: Starter,
 ) -> None:
