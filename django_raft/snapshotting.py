@@ -8,15 +8,24 @@ request on its queue.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from .core import RawNode
 from .events import snapshot_taken
+from .statemachine import StateMachine
+from .storage import DjangoStorage
 
-if TYPE_CHECKING:
-    from .runner import RaftNode
+
+class SnapshotHost(Protocol):
+    """What ``take_snapshot`` needs of the node (``RaftNode`` has it)."""
+
+    node_id: str
+    raw: RawNode
+    storage: DjangoStorage
+    machine: StateMachine
 
 
-def take_snapshot(node: RaftNode) -> dict[str, Any]:
+def take_snapshot(node: SnapshotHost) -> dict[str, Any]:
     """Snapshot the state machine as of the applied index, store it, compact the log.
 
     Return ``{"index", "term", "size", "seconds", "compacted_to", "taken"}``; ``taken`` is

@@ -23,9 +23,8 @@ from urllib.parse import urlsplit
 
 from django.core.signals import setting_changed
 
-from . import sessions
+from . import commands, sessions
 from .auth import ANY_NODE, CLIENT, Signer, derive_keys
-from .commands import check_call
 from .conf import raft_settings
 from .connection import NodeConnection, NotSentError
 from .core import (
@@ -99,6 +98,9 @@ _RETRYABLE = (
     CommandTimeoutError,
     ProposalDroppedError,
 )
+
+READ_INDEX = "django_raft.read_index"
+"""The read-only command that only waits for a read index, for ``django_raft.read()``."""
 
 _http = threading.local()
 """Per thread, one keep-alive connection per node address (a connection is not shared)."""
@@ -244,6 +246,40 @@ def _command_fields(body: dict[str, Any]) -> tuple[str, dict[str, Any], str, int
     return name, arguments, client_id, sequence
 
 
+def read_command(
+    node: RaftNode, name: str, arguments: dict[str, Any], deadline: float
+) -> dict[str, Any]:
+    """On the node: a ReadIndex round, then the read-only handler ``name``, locally."""
+    from .statemachine import Outcome, describe_error
+
+    if name == READ_INDEX:
+        handler = None
+    else:
+        try:
+            handler = commands.get(name)
+        except Exception as error:
+            return {"ok": False, "error": describe_error(error), "error_type": "BadRequest"}
+        if not commands.is_read_only(name):
+            return {
+                "ok": False,
+                "error": f"command {name!r} is not read-only",
+                "error_type": "BadRequest",
+            }
+    try:
+        index = node.read_index(max(0.0, deadline - time.monotonic()))
+    except FutureTimeout:
+        return {"ok": False, "error": "no read index in time", "error_type": "CommandTimeoutError"}
+    except RaftError as error:
+        return {"ok": False, "error": str(error), "error_type": type(error).__name__}
+    if handler is None:
+        return outcome_answer(Outcome(ok=True, value=index))
+    context = commands.Context(node.node_id, index, 0, node.machine.alias)
+    try:
+        return outcome_answer(Outcome(ok=True, value=handler(context, **arguments)))
+    except Exception as error:
+        return outcome_answer(Outcome(ok=False, error=describe_error(error)))
+
+
 def submit_command(body: dict[str, Any], deadline: float) -> dict[str, Any]:
     """Propose ``body``'s command here if we lead, else forward it; return the answer.
 
@@ -258,8 +294,6 @@ def submit_command(body: dict[str, Any], deadline: float) -> dict[str, Any]:
     name, arguments, client_id, sequence = fields
     node = RaftNode.current
     if body.get("read"):
-        from .reads import read_command
-
         if node is None:
             return forward(None, "command", body, deadline)
         return read_command(node, name, arguments, deadline)
@@ -271,7 +305,7 @@ def submit_command(body: dict[str, Any], deadline: float) -> dict[str, Any]:
             name, arguments, client_id, sequence, int(time.time() * 1000) if tracked else 0
         )
         if name not in sessions.BUILTIN:  # the sessions' own commands are always well formed
-            check_call(name, arguments, len(data), raft_settings.MAX_COMMAND_SIZE)
+            commands.check_call(name, arguments, len(data), raft_settings.MAX_COMMAND_SIZE)
     except WireError as error:
         return _failure(str(error), "BadRequest")
     except InvalidRequestError as error:

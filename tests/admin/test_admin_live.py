@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import queue
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -205,11 +208,24 @@ def test_raftlog_follow_prints_new_entries_as_they_come(web: Cluster) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
+    lines: queue.SimpleQueue[str] = queue.SimpleQueue()
+    assert follow.stdout is not None
+    stdout = follow.stdout
+
+    def read() -> None:
+        for line in stdout:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
     try:
-        time.sleep(1.5)  # let it start and read where the log ends
-        web.leader().do("kv.set", key="followed", value="yes")
-        assert follow.stdout is not None
-        line = follow.stdout.readline()
+        # It starts at the end of the log, whenever its process is up: write until a
+        # line comes (bounded), and check the entries printed are the ones written.
+        deadline = time.monotonic() + 30
+        line = ""
+        while not line and time.monotonic() < deadline:
+            web.leader().do("kv.set", key="followed", value="yes")
+            with contextlib.suppress(queue.Empty):
+                line = lines.get(timeout=0.5)
         assert 'kv.set {"key": "followed", "value": "yes"}' in line
     finally:
         follow.kill()
