@@ -15,6 +15,10 @@ A session expires once the log time passes its last command plus its timeout (ch
 by the client when it opened the session); expired sessions are swept at most once a
 second of log time, and the locks they hold are released. Sessions and locks travel in
 snapshots with the membership.
+
+The state machine reads the sessions and the log clock once per run of entries and
+writes them once at its end (``Run``), with the outcome of reading and writing them
+entry by entry.
 """
 
 from __future__ import annotations
