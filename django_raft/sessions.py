@@ -95,7 +95,7 @@ class Run:
 
     def __init__(self, using: str) -> None:
         self.using = using
-        self._clock: tuple[int, int] | None = None  # as stored; None until read
+        self._clock_read = False
         self._stored_clock: tuple[int, int] | None = None  # None: no row yet
         self._now = 0
         self._swept = 0
@@ -111,13 +111,16 @@ class Run:
     @contextmanager
     def active(self) -> Iterator[Run]:
         """Make ``log_time`` answer from this run on this thread for the block."""
-        runs = _runs.__dict__
+        runs = _active.runs
         previous = runs.get(self.using)
         runs[self.using] = self
         try:
             yield self
         finally:
-            runs[self.using] = previous
+            if previous is None:
+                del runs[self.using]
+            else:
+                runs[self.using] = previous
 
     def time(self) -> int:
         """The log time as of the entries applied so far in this run."""
@@ -177,7 +180,7 @@ class Run:
         """Write the sessions and the clock this run changed."""
         self._write_sessions()
         clock = (self._now, self._swept)
-        if self._clock is None or clock == self._stored_clock:
+        if not self._clock_read or clock == self._stored_clock:
             return  # not read (no session-tracked command), or unchanged
         with connections[self.using].cursor() as cursor:
             if self._stored_clock is None:
@@ -187,14 +190,14 @@ class Run:
         self._stored_clock = clock
 
     def _read_clock(self) -> None:
-        if self._clock is not None:
+        if self._clock_read:
             return
         with connections[self.using].cursor() as cursor:
             cursor.execute(_SELECT_CLOCK, [SINGLETON])
             row = cursor.fetchone()
         self._stored_clock = None if row is None else (row[0], row[1])
-        self._clock = self._stored_clock or (0, 0)
-        self._now, self._swept = self._clock
+        self._now, self._swept = self._stored_clock or (0, 0)
+        self._clock_read = True
 
     def _write_sessions(self) -> None:
         rows = [[client, *row] for client, row in self._dirty.items()]
@@ -206,12 +209,18 @@ class Run:
                 cursor.execute(statement, [value for row in chunk for value in row])
 
 
-_runs = threading.local()
+class _Active(threading.local):
+    """The run being applied on this thread, by database alias."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, Run] = {}
+
+
+_active = _Active()
 
 
 def _active_run(using: str) -> Run | None:
-    run: Run | None = _runs.__dict__.get(using)
-    return run
+    return _active.runs.get(using)
 
 
 class Admitted(NamedTuple):

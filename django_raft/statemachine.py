@@ -163,7 +163,7 @@ class StateMachine:
                 elif call is None:
                     outcomes[entry.index] = self._apply_conf(entry, fast)
                 elif fast and commands.is_batch(call.name):
-                    position = self._apply_group(todo, calls, position, run, outcomes)
+                    position = self._apply_group(todo, calls, position, call.name, run, outcomes)
                     continue
                 elif sessions.is_tracked(call):
                     outcomes[entry.index] = sessions.apply(run, self, entry, call, fast)
@@ -183,11 +183,12 @@ class StateMachine:
         todo: list[Entry],
         calls: list[DecodedCommand | Outcome | None],
         position: int,
+        name: str,
         run: sessions.Run,
         outcomes: dict[int, Outcome],
     ) -> int:
-        """Apply consecutive calls of the batch command at ``position`` with one call of
-        its handler (fast path); return the position after them.
+        """Apply consecutive calls of batch command ``name`` from ``position`` on with one
+        call of its handler (fast path); return the position after them.
 
         A session's command joins once its session admits it (a retry or a replay is
         answered from the session without running). The group ends before a second
@@ -195,7 +196,6 @@ class StateMachine:
         before an expiry sweep. Should the handler read the log time while its calls
         span several, the run is redone entry by entry.
         """
-        name = calls[position].name  # type: ignore[union-attr]
         group: list[tuple[Entry, DecodedCommand, sessions.Admitted | None]] = []
         clients: set[str] = set()
         moves = 0

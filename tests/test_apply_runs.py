@@ -320,3 +320,44 @@ def test_random_logs_give_the_same_outcomes_however_they_are_cut(
     outcomes = compare(entries, cuts=2, seed=seed)
     failed = [outcome for outcome in outcomes.values() if not outcome.ok]
     assert outcomes and failed and len(failed) < len(outcomes)  # the log tries both
+
+
+def test_kv_incr_on_a_run_gives_what_incr_gives_call_by_call() -> None:
+    from django.db import transaction
+
+    from demo_project.kv import commands as kv
+
+    arguments: list[dict[str, Any]] = [
+        {"key": "n"},
+        {"key": "n", "by": 41},
+        {"key": "s"},  # holds text
+        {"key": "n", "by": True},
+        {"key": 3},
+        {"key": "m", "by": -2},
+        {"key": "n", "by": "1"},
+        {"key": "m"},
+    ]
+
+    def fresh() -> commands.Context:
+        KeyValue.objects.all().delete()
+        KeyValue.objects.create(key="s", value="text", version=1)
+        return commands.Context("n1", 1, 1)
+
+    one_by_one: list[Any] = []
+    context = fresh()
+    for call in arguments:
+        try:
+            with transaction.atomic():
+                one_by_one.append(kv.incr(context, **call))
+        except (TypeError, ValueError) as error:
+            one_by_one.append(f"{type(error).__name__}: {error}")
+    expected = list(KeyValue.objects.order_by("key").values_list("key", "value", "version"))
+    context = fresh()
+    results = kv.incr_values(context, [commands.Call(i, 1, a) for i, a in enumerate(arguments)])
+    together = [
+        f"{type(result).__name__}: {result}" if isinstance(result, Exception) else result
+        for result in results
+    ]
+    assert together == one_by_one
+    assert one_by_one[:3] == [1, 42, "ValueError: the value of 's' is not an integer: 'text'"]
+    assert list(KeyValue.objects.order_by("key").values_list("key", "value", "version")) == expected
