@@ -25,7 +25,11 @@ command (``context.index``/``term`` are those of the first call) and returns one
 result per call, in order. It must have the effect of handling the calls one by one,
 in order: a call that fails is answered with an exception instance in its place and
 must leave no change behind. If the handler raises instead, the whole run is rolled
-back and applied again call by call, each call alone in a batch of one.
+back and applied again call by call, each call alone in a batch of one. The calls of
+client sessions (every ``django_raft.do()``) come together too, once their sessions have
+admitted them; should the handler read the log time (``locks.check_token`` does) while
+its calls were stamped with different ones, the run is applied again call by call, so
+that each call sees its own.
 """
 
 from __future__ import annotations

@@ -15,12 +15,19 @@ A session expires once the log time passes its last command plus its timeout (ch
 by the client when it opened the session); expired sessions are swept at most once a
 second of log time, and the locks they hold are released. Sessions and locks travel in
 snapshots with the membership.
+
+The state machine reads the sessions and the log clock once per run of entries and
+writes them once at its end (``Run``), with the outcome of reading and writing them
+entry by entry.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from django.db import connection, connections
 
@@ -69,23 +76,184 @@ def is_tracked(command: DecodedCommand) -> bool:
 
 def log_time(using: str) -> int:
     """The log time (ms) as of the last applied session-tracked command."""
+    run = _active_run(using)
+    if run is not None:
+        return run.time()
     row = LogClock.objects.using(using).filter(pk=SINGLETON).values_list("time_ms", flat=True)
     return row.first() or 0
 
 
-def apply(machine: StateMachine, entry: Entry, command: DecodedCommand, fast: bool) -> Outcome:
+class Run:
+    """The sessions and the log clock as one run of entries changes them.
+
+    Read once (the clock, and with ``load`` the sessions of every client the run names),
+    kept here while the run is applied, written once by ``save`` at its end: the run's
+    outcome is that of reading and writing them entry by entry. While a run is active
+    (``active()``), ``log_time`` answers from it. An expiry sweep writes the pending
+    sessions first, then deletes in the database, as entry by entry.
+    """
+
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self._clock_read = False
+        self._stored_clock: tuple[int, int] | None = None  # None: no row yet
+        self._now = 0
+        self._swept = 0
+        self._sessions: dict[str, list[Any] | None] = {}  # None: no such session
+        self._dirty: dict[str, list[Any]] = {}
+        self.moves = 0
+        """How many times the log time moved in this run."""
+        self.time_read = False
+        """Set when ``log_time`` is asked for while ``ambiguous_time`` is set."""
+        self.ambiguous_time = False
+        """Set by the state machine while a batch handler runs calls of several log times."""
+
+    @contextmanager
+    def active(self) -> Iterator[Run]:
+        """Make ``log_time`` answer from this run on this thread for the block."""
+        runs = _active.runs
+        previous = runs.get(self.using)
+        runs[self.using] = self
+        try:
+            yield self
+        finally:
+            if previous is None:
+                del runs[self.using]
+            else:
+                runs[self.using] = previous
+
+    def time(self) -> int:
+        """The log time as of the entries applied so far in this run."""
+        if self.ambiguous_time:
+            self.time_read = True
+        self._read_clock()
+        return self._now
+
+    def load(self, client_ids: Iterable[str]) -> None:
+        """Read the sessions of ``client_ids`` not read yet, with one query per 500."""
+        wanted = [client for client in set(client_ids) if client and client not in self._sessions]
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            for client in chunk:
+                self._sessions[client] = None
+            statement = _SELECT_SESSIONS.format(places=", ".join(["%s"] * len(chunk)))
+            with connections[self.using].cursor() as cursor:
+                cursor.execute(statement, chunk)
+                for client, *row in cursor.fetchall():
+                    self._sessions[client] = row
+
+    def session(self, client_id: str) -> list[Any] | None:
+        """``[last_sequence, last_ok, last_value, last_error, timeout_ms, expires_ms]``."""
+        if client_id not in self._sessions:
+            self.load([client_id])
+        return self._sessions[client_id]
+
+    def write(self, client_id: str, row: list[Any]) -> None:
+        """Set the session's row (new or changed); stored by ``save``."""
+        self._sessions[client_id] = row
+        self._dirty[client_id] = row
+
+    def sweep_due(self, stamp: int) -> bool:
+        """Whether a command stamped ``stamp`` will sweep expired sessions first."""
+        self._read_clock()
+        return max(self._now, stamp) - self._swept >= SWEEP_INTERVAL_MS
+
+    def advance(self, stamp: int) -> int:
+        """Move the log time to ``stamp`` if later; sweep expired sessions when due."""
+        due = self.sweep_due(stamp)
+        if stamp > self._now:
+            self._now = stamp
+            self.moves += 1
+        if due:
+            self._write_sessions()
+            expired = ClientSession.objects.using(self.using).filter(expires_ms__lte=self._now)
+            ids = list(expired.values_list("client_id", flat=True))
+            if ids:
+                Lock.objects.using(self.using).filter(holder__in=ids).update(holder="")
+                expired.delete()
+                for client in ids:
+                    self._sessions[client] = None
+            self._swept = self._now
+        return self._now
+
+    def save(self) -> None:
+        """Write the sessions and the clock this run changed."""
+        self._write_sessions()
+        clock = (self._now, self._swept)
+        if not self._clock_read or clock == self._stored_clock:
+            return  # not read (no session-tracked command), or unchanged
+        with connections[self.using].cursor() as cursor:
+            if self._stored_clock is None:
+                cursor.execute(_INSERT_CLOCK, [SINGLETON, *clock])
+            else:
+                cursor.execute(_UPDATE_CLOCK, [*clock, SINGLETON])
+        self._stored_clock = clock
+
+    def _read_clock(self) -> None:
+        if self._clock_read:
+            return
+        with connections[self.using].cursor() as cursor:
+            cursor.execute(_SELECT_CLOCK, [SINGLETON])
+            row = cursor.fetchone()
+        self._stored_clock = None if row is None else (row[0], row[1])
+        self._now, self._swept = self._stored_clock or (0, 0)
+        self._clock_read = True
+
+    def _write_sessions(self) -> None:
+        rows = [[client, *row] for client, row in self._dirty.items()]
+        self._dirty = {}
+        for start in range(0, len(rows), _SESSIONS_PER_UPSERT):
+            chunk = rows[start : start + _SESSIONS_PER_UPSERT]
+            statement = _UPSERT_SESSIONS.format(places=", ".join([_SESSION_PLACES] * len(chunk)))
+            with connections[self.using].cursor() as cursor:
+                cursor.execute(statement, [value for row in chunk for value in row])
+
+
+class _Active(threading.local):
+    """The run being applied on this thread, by database alias."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, Run] = {}
+
+
+_active = _Active()
+
+
+def _active_run(using: str) -> Run | None:
+    return _active.runs.get(using)
+
+
+class Admitted(NamedTuple):
+    """A session's command that is to run: the log time it runs at, and its session's
+    timeout."""
+
+    now: int
+    timeout_ms: int
+
+
+def apply(
+    run: Run, machine: StateMachine, entry: Entry, command: DecodedCommand, fast: bool
+) -> Outcome:
     """Apply a session-tracked command: at most once per (client id, sequence)."""
+    admitted = admit(run, entry, command)
+    if not isinstance(admitted, Admitted):
+        return admitted
+    outcome = _run(machine, entry, command, fast, admitted.now)
+    answer(run, command, admitted, outcome)
+    return outcome
+
+
+def admit(run: Run, entry: Entry, command: DecodedCommand) -> Admitted | Outcome:
+    """Advance the log time to the command's; then either its outcome without running it
+    (a session's opening, a retry, a replay, no session) or that it is to run."""
     from .statemachine import Outcome
 
-    using = machine.alias
-    now = _advance_clock(using, command.time_ms)
+    now = run.advance(command.time_ms)
     if command.name == OPEN_SESSION:
-        return _open(using, entry.index, command.arguments, now)
+        return _open(run, entry.index, command.arguments, now)
     if not command.client_id:
         return Outcome(ok=False, error=f"{EXPIRED}: {command.name} needs a session")
-    with connections[using].cursor() as cursor:
-        cursor.execute(_SELECT_SESSION, [command.client_id])
-        row = cursor.fetchone()
+    row = run.session(command.client_id)
     if row is None or row[5] <= now:  # gone, or past its time (swept later)
         return Outcome(
             ok=False, error=f"{EXPIRED}: session {command.client_id} expired or does not exist"
@@ -100,21 +268,23 @@ def apply(machine: StateMachine, entry: Entry, command: DecodedCommand, fast: bo
             error=f"{REPLAYED}: command {command.sequence} of session {command.client_id} "
             f"was answered before {last_sequence}",
         )
-    outcome = _run(machine, entry, command, fast, now)
+    return Admitted(now, timeout_ms)
+
+
+def answer(run: Run, command: DecodedCommand, admitted: Admitted, outcome: Outcome) -> None:
+    """Record the outcome of an admitted command as its session's last."""
     value = json.dumps(outcome.value) if outcome.ok else "null"
-    with connections[using].cursor() as cursor:
-        cursor.execute(
-            _UPDATE_SESSION,
-            [
-                command.sequence,
-                outcome.ok,
-                value,
-                outcome.error,
-                now + timeout_ms,
-                command.client_id,
-            ],
-        )
-    return outcome
+    run.write(
+        command.client_id,
+        [
+            command.sequence,
+            outcome.ok,
+            value,
+            outcome.error,
+            admitted.timeout_ms,
+            admitted.now + admitted.timeout_ms,
+        ],
+    )
 
 
 def _run(
@@ -144,29 +314,6 @@ def _run(
     return machine._apply_call(entry, name, arguments, fast)
 
 
-def _advance_clock(using: str, stamp: int) -> int:
-    """Move the log time to ``stamp`` if later; sweep expired sessions when due."""
-    clocks = LogClock.objects.using(using)
-    with connections[using].cursor() as cursor:
-        cursor.execute(_SELECT_CLOCK, [SINGLETON])
-        row = cursor.fetchone()
-    if row is None:
-        clocks.create(pk=SINGLETON)
-        row = (0, 0)
-    now, swept = max(row[0], stamp), row[1]
-    if now - swept >= SWEEP_INTERVAL_MS:
-        expired = ClientSession.objects.using(using).filter(expires_ms__lte=now)
-        ids = list(expired.values_list("client_id", flat=True))
-        if ids:
-            Lock.objects.using(using).filter(holder__in=ids).update(holder="")
-            expired.delete()
-        swept = now
-    if (now, swept) != tuple(row):
-        with connections[using].cursor() as cursor:
-            cursor.execute(_UPDATE_CLOCK, [now, swept, SINGLETON])
-    return now
-
-
 def _sql(template: str) -> str:
     """``template`` with the tables and columns of the models, quoted for any database
     (the hot path's statements: the ORM costs more than the queries themselves)."""
@@ -174,33 +321,41 @@ def _sql(template: str) -> str:
     names = {
         "session": quote(ClientSession._meta.db_table),
         "clock": quote(LogClock._meta.db_table),
+        "places": "{places}",
     }
     return template.format(**names)
 
 
-_SELECT_SESSION = _sql(
-    "SELECT last_sequence, last_ok, last_value, last_error, timeout_ms, expires_ms "
-    "FROM {session} "
-    "WHERE client_id = %s"
+_SESSION_COLUMNS = (
+    "client_id, last_sequence, last_ok, last_value, last_error, timeout_ms, expires_ms"
 )
-_UPDATE_SESSION = _sql(
-    "UPDATE {session} SET last_sequence = %s, last_ok = %s, last_value = %s, "
-    "last_error = %s, expires_ms = %s WHERE client_id = %s"
+_SESSION_PLACES = "(" + ", ".join(["%s"] * 7) + ")"
+_SESSIONS_PER_UPSERT = 100
+"""Sessions per upsert (7 parameters each: within SQLite's 999)."""
+_SELECT_SESSIONS = _sql(
+    f"SELECT {_SESSION_COLUMNS} FROM {{session}} WHERE client_id IN ({{places}})"
+)
+_UPSERT_SESSIONS = _sql(
+    f"INSERT INTO {{session}} ({_SESSION_COLUMNS}) VALUES {{places}} "
+    "ON CONFLICT (client_id) DO UPDATE SET last_sequence = excluded.last_sequence, "
+    "last_ok = excluded.last_ok, last_value = excluded.last_value, "
+    "last_error = excluded.last_error, timeout_ms = excluded.timeout_ms, "
+    "expires_ms = excluded.expires_ms"
 )
 _SELECT_CLOCK = _sql("SELECT time_ms, swept_ms FROM {clock} WHERE id = %s")
+_INSERT_CLOCK = _sql("INSERT INTO {clock} (id, time_ms, swept_ms) VALUES (%s, %s, %s)")
 _UPDATE_CLOCK = _sql("UPDATE {clock} SET time_ms = %s, swept_ms = %s WHERE id = %s")
 
 
-def _open(using: str, index: int, arguments: dict[str, Any], now: int) -> Outcome:
+def _open(run: Run, index: int, arguments: dict[str, Any], now: int) -> Outcome:
     from .statemachine import Outcome
 
     timeout = arguments.get("timeout_ms")
     if type(timeout) is not int or not 0 < timeout <= MAX_TIMEOUT_MS:
         return Outcome(ok=False, error=f"ValueError: timeout_ms must be in (0, {MAX_TIMEOUT_MS}]")
     client_id = str(index)
-    ClientSession.objects.using(using).create(
-        client_id=client_id, timeout_ms=timeout, expires_ms=now + timeout
-    )
+    # The defaults of ClientSession's fields: a session that has run no command yet.
+    run.write(client_id, [0, True, "null", "", timeout, now + timeout])
     return Outcome(ok=True, value=client_id)
 
 

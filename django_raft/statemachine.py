@@ -57,6 +57,14 @@ _DIGEST_SIZE = 32
 MAX_ERROR_LENGTH = 2000
 LOAD_BATCH_SIZE = 1000
 
+_APPLIED_TABLE = f'"{AppliedState._meta.db_table}"'
+# The applied index is read and written once per run: the ORM would cost more than SQL.
+_SELECT_APPLIED = f"SELECT applied_index, applied_term FROM {_APPLIED_TABLE} WHERE id = %s"
+_UPDATE_APPLIED = f"UPDATE {_APPLIED_TABLE} SET applied_index = %s, applied_term = %s WHERE id = %s"
+_INSERT_APPLIED = (
+    f"INSERT INTO {_APPLIED_TABLE} (id, applied_index, applied_term) VALUES (%s, %s, %s)"
+)
+
 _LENGTH = struct.Struct(">Q")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
@@ -94,9 +102,10 @@ class StateMachine:
 
     def applied(self) -> tuple[int, int]:
         """Return the index and term of the last applied entry ((0, 0) when none)."""
-        rows = AppliedState.objects.using(self.alias).filter(pk=SINGLETON)
-        row = rows.values_list("applied_index", "applied_term").first()
-        return row if row is not None else (0, 0)
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(_SELECT_APPLIED, [SINGLETON])
+            row = cursor.fetchone()
+        return (row[0], row[1]) if row is not None else (0, 0)
 
     def addresses(self) -> dict[str, str]:
         """Return the address of every member that has one, by node id."""
@@ -141,57 +150,104 @@ class StateMachine:
                 )
         if not todo:
             return {}
+        calls = [self._decode(entry) for entry in todo]
+        run = sessions.Run(self.alias)
+        run.load(call.client_id for call in calls if isinstance(call, DecodedCommand))
         outcomes: dict[int, Outcome] = {}
-        position = 0
-        while position < len(todo):
-            entry = todo[position]
-            call = self._decode(entry)
-            if isinstance(call, Outcome):
-                outcomes[entry.index] = call
+        with run.active():
+            position = 0
+            while position < len(todo):
+                entry, call = todo[position], calls[position]
+                if isinstance(call, Outcome):
+                    outcomes[entry.index] = call
+                elif call is None:
+                    outcomes[entry.index] = self._apply_conf(entry, fast)
+                elif fast and commands.is_batch(call.name):
+                    position = self._apply_group(todo, calls, position, call.name, run, outcomes)
+                    continue
+                elif sessions.is_tracked(call):
+                    outcomes[entry.index] = sessions.apply(run, self, entry, call, fast)
+                elif commands.is_batch(call.name):
+                    outcomes.update(self._apply_batch(entry, call.name, [_call(entry, call)], fast))
+                else:
+                    outcomes[entry.index] = self._apply_call(entry, call.name, call.arguments, fast)
                 position += 1
-                continue
-            if call is None:
-                outcomes[entry.index] = self._apply_conf(entry, fast)
-                position += 1
-                continue
-            if isinstance(call, DecodedCommand):
-                outcomes[entry.index] = sessions.apply(self, entry, call, fast)
-                position += 1
-                continue
-            name, arguments = call
-            if not commands.is_batch(name):
-                outcomes[entry.index] = self._apply_call(entry, name, arguments, fast)
-                position += 1
-                continue
-            calls = [commands.Call(entry.index, entry.term, arguments)]
-            position += 1
-            while fast and position < len(todo):
-                following = self._decode(todo[position])
-                if not isinstance(following, tuple) or following[0] != name:
-                    break
-                calls.append(commands.Call(todo[position].index, todo[position].term, following[1]))
-                position += 1
-            outcomes.update(self._apply_batch(entry, name, calls, fast))
+            run.save()
         last = todo[-1]
         entry_outcomes.record(self.alias, outcomes)
         self._set_applied(last.index, last.term)
         return outcomes
 
-    def _decode(self, entry: Entry) -> tuple[str, dict[str, Any]] | DecodedCommand | Outcome | None:
-        """The command an entry carries (whole when session-tracked: ``sessions.apply``
-        applies it), None for a membership change, else its outcome."""
+    def _apply_group(
+        self,
+        todo: list[Entry],
+        calls: list[DecodedCommand | Outcome | None],
+        position: int,
+        name: str,
+        run: sessions.Run,
+        outcomes: dict[int, Outcome],
+    ) -> int:
+        """Apply consecutive calls of batch command ``name`` from ``position`` on with one
+        call of its handler (fast path); return the position after them.
+
+        A session's command joins once its session admits it (a retry or a replay is
+        answered from the session without running). The group ends before a second
+        command of a session already in it (which must see the first one's outcome) and
+        before an expiry sweep. Should the handler read the log time while its calls
+        span several, the run is redone entry by entry.
+        """
+        group: list[tuple[Entry, DecodedCommand, sessions.Admitted | None]] = []
+        clients: set[str] = set()
+        moves = 0
+        while position < len(todo):
+            entry, call = todo[position], calls[position]
+            if not isinstance(call, DecodedCommand) or call.name != name:
+                break
+            admitted = None
+            if sessions.is_tracked(call):
+                if call.client_id in clients or (group and run.sweep_due(call.time_ms)):
+                    break
+                answer = sessions.admit(run, entry, call)
+                if not isinstance(answer, sessions.Admitted):
+                    outcomes[entry.index] = answer
+                    position += 1
+                    continue
+                admitted = answer
+                clients.add(call.client_id)
+            if not group:
+                moves = run.moves  # the log time its first call runs at
+            group.append((entry, call, admitted))
+            position += 1
+        if not group:
+            return position
+        run.ambiguous_time = run.moves != moves
+        try:
+            results = self._apply_batch(
+                group[0][0], name, [_call(entry, call) for entry, call, _ in group], fast=True
+            )
+        finally:
+            run.ambiguous_time = False
+        if run.time_read:
+            raise _Redo
+        for entry, call, admitted in group:
+            outcome = outcomes[entry.index] = results[entry.index]
+            if admitted is not None:
+                sessions.answer(run, call, admitted, outcome)
+        return position
+
+    def _decode(self, entry: Entry) -> DecodedCommand | Outcome | None:
+        """The command an entry carries, None for a membership change, else its outcome."""
         if entry.type is EntryType.CONF_CHANGE:
             return None
         if not entry.data:
             return Outcome(ok=True)
         try:
             command = decode_envelope(entry.data)
-            if sessions.is_tracked(command):
-                return command
-            commands.get(command.name)
+            if not sessions.is_tracked(command):
+                commands.get(command.name)
         except Exception as error:
             return Outcome(ok=False, error=describe_error(error))
-        return command.name, command.arguments
+        return command
 
     def _apply_conf(self, entry: Entry, fast: bool) -> Outcome:
         if fast:
@@ -252,11 +308,10 @@ class StateMachine:
             )
 
     def _set_applied(self, index: int, term: int) -> None:
-        rows = AppliedState.objects.using(self.alias).filter(pk=SINGLETON)
-        if not rows.update(applied_index=index, applied_term=term):
-            AppliedState.objects.using(self.alias).create(
-                pk=SINGLETON, applied_index=index, applied_term=term
-            )
+        with connections[self.alias].cursor() as cursor:
+            cursor.execute(_UPDATE_APPLIED, [index, term, SINGLETON])
+            if not cursor.rowcount:
+                cursor.execute(_INSERT_APPLIED, [SINGLETON, index, term])
 
     # -- snapshots ---------------------------------------------------------------------
 
@@ -328,6 +383,10 @@ class StateMachine:
             else:
                 _load_models(state, using)
             self._set_applied(index, term)
+
+
+def _call(entry: Entry, command: DecodedCommand) -> commands.Call:
+    return commands.Call(entry.index, entry.term, command.arguments)
 
 
 class _Redo(Exception):

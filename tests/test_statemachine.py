@@ -517,7 +517,7 @@ def test_a_batch_handler_receives_consecutive_calls_together(machine: StateMachi
         4: Outcome(True, 1),
         5: Outcome(True, 10),
     }
-    assert commands.is_batch("tests.double") and not commands.is_batch("kv.incr")
+    assert commands.is_batch("tests.double") and not commands.is_batch("kv.delete")
     with pytest.raises(ImproperlyConfigured):
         commands.register("tests.double", double)  # the same function, not as a batch
 

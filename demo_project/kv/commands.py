@@ -1,8 +1,8 @@
 """The commands of the key-value store: ``kv.set``, ``kv.delete``, ``kv.incr``, ``kv.get``.
 
 Each runs on every node, inside the transaction that applies its log entry, and writes
-through ``context.using``, the node's Raft database. ``kv.set`` is a batch handler: a
-run of sets is written with one read and one upsert.
+through ``context.using``, the node's Raft database. ``kv.set`` and ``kv.incr`` are
+batch handlers: a run of them is written with one read and one upsert.
 """
 
 from __future__ import annotations
@@ -68,14 +68,19 @@ def set_values(context: Context, calls: Sequence[Call]) -> list[Any]:
         versions[key] = version
         values[key] = (value, version)
         results[position] = version
+    _write(context, values)
+    return results
+
+
+def _write(context: Context, values: dict[str, tuple[str, int]]) -> None:
+    """Store each key's value and version with one upsert."""
     if values:
-        rows.bulk_create(
+        KeyValue.objects.using(context.using).bulk_create(
             [KeyValue(key=k, value=v, version=n) for k, (v, n) in values.items()],
             update_conflicts=True,
             unique_fields=["key"],
             update_fields=["value", "version"],
         )
-    return results
 
 
 def delete(context: Context, key: str) -> bool:
@@ -89,21 +94,72 @@ def incr(context: Context, key: str, by: int = 1) -> int:
 
     Raise ``ValueError`` when the stored value is not an integer.
     """
-    key = _string("key", key)
-    if not isinstance(by, int) or isinstance(by, bool):
-        raise TypeError(f"by must be an integer, not {type(by).__name__}")
+    key, by = _incr_arguments(key, by)
     row = KeyValue.objects.using(context.using).filter(pk=key).first()
     if row is None:
         set_value(context, key, str(by))
         return by
-    try:
-        current = int(row.value)
-    except ValueError:
-        raise ValueError(f"the value of {key!r} is not an integer: {row.value[:50]!r}") from None
-    result = current + by
+    result = _integer(key, row.value) + by
     row.value, row.version = str(result), row.version + 1
     row.save(using=context.using, update_fields=["value", "version"])
     return result
+
+
+def _incr_arguments(key: str, by: int = 1) -> tuple[str, int]:
+    """Check one call's arguments as ``incr`` would (same errors)."""
+    key = _string("key", key)
+    if not isinstance(by, int) or isinstance(by, bool):
+        raise TypeError(f"by must be an integer, not {type(by).__name__}")
+    return key, by
+
+
+def incr_values(context: Context, calls: Sequence[Call]) -> list[Any]:
+    """``kv.incr`` for a run of calls: one query reads the keys, one upsert writes them.
+
+    Each result is the new value, or the error of a call that fails (bad arguments, a
+    stored value that is not an integer), which changes nothing: as calling ``incr``
+    once per call would give.
+    """
+    results: list[Any] = []
+    checked: list[tuple[str, int] | None] = []
+    for call in calls:
+        try:
+            checked.append(_incr_arguments(**call.arguments))
+        except TypeError as error:
+            checked.append(None)
+            results.append(error)
+            continue
+        results.append(None)
+    keys = {item[0] for item in checked if item is not None}
+    rows = KeyValue.objects.using(context.using).filter(pk__in=keys)
+    stored = {
+        key: (value, version) for key, value, version in rows.values_list("key", "value", "version")
+    }
+    values: dict[str, tuple[str, int]] = {}
+    for position, item in enumerate(checked):
+        if item is None:
+            continue
+        key, by = item
+        row = stored.get(key)
+        try:
+            if row is None:
+                result, version = by, 1
+            else:
+                result, version = _integer(key, row[0]) + by, row[1] + 1
+            stored[key] = values[key] = (str(result), version)
+        except ValueError as error:
+            results[position] = error
+            continue
+        results[position] = result
+    _write(context, values)
+    return results
+
+
+def _integer(key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"the value of {key!r} is not an integer: {value[:50]!r}") from None
 
 
 def get(context: Context, key: str) -> str | None:
@@ -134,7 +190,7 @@ HANDLERS: dict[str, Handler] = {
 }
 """The commands, by name; ``KvConfig.ready`` registers them."""
 
-BATCH_HANDLERS: dict[str, Handler] = {"kv.set": set_values}
+BATCH_HANDLERS: dict[str, Handler] = {"kv.set": set_values, "kv.incr": incr_values}
 """Commands whose handler takes a run of calls (they replace the same name above)."""
 
 READ_ONLY: frozenset[str] = frozenset({"kv.read"})
