@@ -22,6 +22,7 @@ pytest.importorskip("django_celery_beat")
 from django_raft import sessions  # noqa: E402
 from django_raft.contrib.celery.beat import CATCH_UP, due_slots, next_slot  # noqa: E402
 from django_raft.contrib.celery.dbschedule import RaftDatabaseScheduler, row_window  # noqa: E402
+from tests.celery_beat_app import celery_beat_installed  # noqa: E402
 
 APP = celery.Celery(set_as_current=False)
 APP.conf.timezone = "UTC"
@@ -39,7 +40,7 @@ def ms(text: str) -> int:
 @pytest.fixture(scope="module")
 def models() -> Iterator[Any]:
     """django_celery_beat's models (the demo project does not install the app)."""
-    with override_settings(INSTALLED_APPS=[*settings.INSTALLED_APPS, "django_celery_beat"]):
+    with celery_beat_installed():
         from django_celery_beat import models
 
         yield models

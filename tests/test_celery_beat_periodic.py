@@ -13,9 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from django.conf import settings
 from django.db import connection
-from django.test import override_settings
 
 celery = pytest.importorskip("celery")
 pytest.importorskip("django_celery_beat")
@@ -24,6 +22,7 @@ import django_raft  # noqa: E402
 from django_raft import commands  # noqa: E402
 from django_raft.commands import Context  # noqa: E402
 from django_raft.models import SINGLETON, LogClock  # noqa: E402
+from tests.celery_beat_app import celery_beat_installed  # noqa: E402
 
 APP = celery.Celery(set_as_current=False)
 APP.conf.timezone = "UTC"
@@ -36,7 +35,7 @@ def periodic() -> Iterator[Any]:
     """The module, with django_celery_beat installed (the demo project does not); its
     commands are registered only meanwhile."""
     with (
-        override_settings(INSTALLED_APPS=[*settings.INSTALLED_APPS, "django_celery_beat"]),
+        celery_beat_installed(),
         commands.preserved(),
     ):
         periodic = importlib.import_module("django_raft.contrib.celery.periodic")
