@@ -13,14 +13,12 @@ from __future__ import annotations
 import functools
 import json
 from json.encoder import encode_basestring
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.db import connections
 
 from .models import MAX_RESULT_LENGTH, EntryOutcome
-
-if TYPE_CHECKING:
-    from .statemachine import Outcome
+from .outcome import Outcome
 
 __all__ = ["ROWS_PER_INSERT", "record"]
 

@@ -32,11 +32,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from django.db import connection, connections
 
 from .models import SINGLETON, BeatTask, ClientSession, Lock, LogClock
+from .outcome import Outcome, describe_error
 from .wire import DecodedCommand
 
 if TYPE_CHECKING:
     from .core import Entry
-    from .statemachine import Outcome, StateMachine
+    from .statemachine import StateMachine
 
 __all__ = [
     "LOCK_ACQUIRE",
@@ -246,7 +247,6 @@ def apply(
 def admit(run: Run, entry: Entry, command: DecodedCommand) -> Admitted | Outcome:
     """Advance the log time to the command's; then either its outcome without running it
     (a session's opening, a retry, a replay, no session) or that it is to run."""
-    from .statemachine import Outcome
 
     now = run.advance(command.time_ms)
     if command.name == OPEN_SESSION:
@@ -292,7 +292,6 @@ def _run(
 ) -> Outcome:
     from . import commands
     from .commands import Call
-    from .statemachine import Outcome, describe_error
 
     name, arguments = command.name, command.arguments
     if name == KEEP_ALIVE:
@@ -348,7 +347,6 @@ _UPDATE_CLOCK = _sql("UPDATE {clock} SET time_ms = %s, swept_ms = %s WHERE id = 
 
 
 def _open(run: Run, index: int, arguments: dict[str, Any], now: int) -> Outcome:
-    from .statemachine import Outcome
 
     timeout = arguments.get("timeout_ms")
     if type(timeout) is not int or not 0 < timeout <= MAX_TIMEOUT_MS:
@@ -363,7 +361,6 @@ def _acquire(
     using: str, index: int, client_id: str, arguments: dict[str, Any], now: int
 ) -> Outcome:
     """Take the lock if free, expired or already ours; its token is this entry's index."""
-    from .statemachine import Outcome
 
     name, ttl = arguments.get("name"), arguments.get("ttl_ms")
     if not isinstance(name, str) or not 0 < len(name) <= 200:
@@ -387,7 +384,6 @@ def _acquire(
 
 
 def _release(using: str, client_id: str, arguments: dict[str, Any]) -> Outcome:
-    from .statemachine import Outcome
 
     name, token = arguments.get("name"), arguments.get("token")
     if not isinstance(name, str) or type(token) is not int:
@@ -399,7 +395,6 @@ def _release(using: str, client_id: str, arguments: dict[str, Any]) -> Outcome:
 
 def _claim_slots(using: str, arguments: dict[str, Any]) -> Outcome:
     """Grant the slots after the task's last claimed one; each slot is granted once."""
-    from .statemachine import Outcome
 
     task, slots = arguments.get("task"), arguments.get("slots")
     if not isinstance(task, str) or not 0 < len(task) <= 200:

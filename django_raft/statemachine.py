@@ -26,10 +26,8 @@ import hashlib
 import hmac
 import json
 import math
-import re
 import struct
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from django.apps import apps
@@ -43,6 +41,7 @@ from . import commands, entry_outcomes, sessions
 from .conf import raft_settings
 from .core import ConfChange, ConfChangeType, Entry, EntryType, Snapshot
 from .models import MAX_ADDRESS_LENGTH, SINGLETON, AppliedState, EntryOutcome, Member
+from .outcome import Outcome, describe_error
 from .storage import redoable_transaction
 from .wire import DecodedCommand, decode_envelope
 
@@ -54,7 +53,6 @@ members follows, then the length-prefixed client sessions and locks (``sessions.
 then the replicated state, then the SHA-256 of everything before it."""
 _DIGEST_SIZE = 32
 
-MAX_ERROR_LENGTH = 2000
 LOAD_BATCH_SIZE = 1000
 
 _APPLIED_TABLE = f'"{AppliedState._meta.db_table}"'
@@ -66,31 +64,6 @@ _INSERT_APPLIED = (
 )
 
 _LENGTH = struct.Struct(">Q")
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What applying one entry gave: ``value`` when ``ok``, else the ``error`` message."""
-
-    ok: bool
-    value: Any = None
-    error: str = ""
-
-
-def describe_error(error: BaseException) -> str:
-    """Describe ``error`` the same way on every node: class name and message only.
-
-    No traceback, and no memory addresses (``<object at 0x...>``), which differ between
-    processes.
-    """
-    name = type(error).__name__
-    try:
-        message = _ADDRESS.sub("", str(error))
-    except Exception:
-        message = ""
-    text = f"{name}: {message}" if message else name
-    return text[:MAX_ERROR_LENGTH]
 
 
 class StateMachine:

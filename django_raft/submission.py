@@ -45,12 +45,12 @@ from .exceptions import (
     SessionExpiredError,
     StaleTokenError,
 )
+from .outcome import Outcome, describe_error
 from .tls import client_context
 from .wire import WireError, encode_command
 
 if TYPE_CHECKING:
     from .runner import RaftNode
-    from .statemachine import Outcome
 
 __all__ = ["ERRORS", "Client", "default_client", "post", "raise_for", "submit_command"]
 
@@ -250,7 +250,6 @@ def read_command(
     node: RaftNode, name: str, arguments: dict[str, Any], deadline: float
 ) -> dict[str, Any]:
     """On the node: a ReadIndex round, then the read-only handler ``name``, locally."""
-    from .statemachine import Outcome, describe_error
 
     if name == READ_INDEX:
         handler = None
