@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,13 +28,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-os.environ["DJANGO_SETTINGS_MODULE"] = "bench.settings"
-WORKDIR = Path(tempfile.mkdtemp(prefix="apply-cost-"))
-os.environ["DJANGO_SQLITE_PATH"] = str(WORKDIR / "node.sqlite3")
+from bench import standalone  # noqa: E402
 
-import django  # noqa: E402
-
-django.setup()
+WORKDIR = standalone.setup("apply-cost-", "node.sqlite3")
 
 from django.core.management import call_command  # noqa: E402
 
@@ -144,9 +138,4 @@ def _case(command: str, tracked: bool) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    finally:
-        for path in WORKDIR.iterdir():
-            path.unlink()
-        WORKDIR.rmdir()
+    standalone.run(main)
