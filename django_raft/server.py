@@ -7,6 +7,7 @@ keep-alive, which peers' senders reuse connection by connection.
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import logging
 import queue
@@ -63,6 +64,14 @@ Python's default of 5 ms, a loop that does a few dozen such calls per turn waits
 behind any busy thread for up to 5 ms each time: turns of 100 ms and more, late
 heartbeats and lost leaders under load. A shorter interval bounds those waits; the
 node process sets it when it starts (``sys.setswitchinterval``), lowering it only."""
+GC_THRESHOLD = (50_000, 50, 100)
+"""The garbage collector's thresholds in the node process (Python's: 700, 10, 10).
+
+Each command allocates a few dozen short-lived objects, and thousands of commands may
+be outstanding: with Python's defaults the collector ran every few hundred commands and
+walked every outstanding one each time (measured with 10,000 outstanding: 20-50% more
+throughput in four runs of five, alternated with runs on the defaults). Raised (never lowered) when the node starts, after what the start loaded
+was moved out of the collector's sight (``gc.freeze``)."""
 
 
 def _json_errors(get_response: Callable[[HttpRequest], HttpResponseBase]) -> Any:
@@ -362,6 +371,16 @@ def bind_of(address: str) -> str:
     return f"{parts.hostname}:{port}"
 
 
+def tune_interpreter() -> None:
+    """Set the node process's thread switch interval and collector thresholds (lowering
+    the one and raising the others only), and freeze what is loaded by now."""
+    sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+    current = gc.get_threshold()
+    gc.set_threshold(*(max(now, wanted) for now, wanted in zip(current, GC_THRESHOLD, strict=True)))
+    gc.collect()
+    gc.freeze()
+
+
 def start_node(
     node_id: str,
     address: str,
@@ -371,7 +390,6 @@ def start_node(
     threads: int = DEFAULT_THREADS,
 ) -> tuple[RaftNode, wsgi.Server]:
     """Open storage, bootstrap or join if asked, start the loop and the HTTP server."""
-    sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
     alias = raft_settings.DATABASE
     make_durable(alias)
     storage = DjangoStorage(alias)
@@ -400,6 +418,7 @@ def start_node(
             raft_settings.TLS_CLIENT_AUTH,
         )
     server.prepare()
+    tune_interpreter()
     threading.Thread(target=server.serve, name="raft-http", daemon=True).start()
     node.start()
     if join:

@@ -1219,3 +1219,13 @@ def test_heartbeats_reach_a_peer_whose_replication_requests_are_stuck() -> None:
         transport.stop()
         server.shutdown()
         server.server_close()
+
+
+def test_starting_a_node_tunes_the_interpreter_for_it(running: Running) -> None:
+    import gc
+    import sys
+
+    from django_raft.server import GC_THRESHOLD, SWITCH_INTERVAL
+
+    assert sys.getswitchinterval() <= SWITCH_INTERVAL
+    assert all(now >= wanted for now, wanted in zip(gc.get_threshold(), GC_THRESHOLD, strict=True))
