@@ -7,13 +7,15 @@ batch handlers: a run of them is written with one read and one upsert.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from django_raft.commands import Call, Context, Handler
 from django_raft.locks import check_token
 
 from .models import KeyValue
+
+Checked = TypeVar("Checked", bound=tuple[Any, ...])
 
 
 def _string(name: str, value: object) -> str:
@@ -40,23 +42,33 @@ def _set_arguments(key: str, value: str) -> tuple[str, str]:
     return _string("key", key), _string("value", value)
 
 
+def _checked(
+    calls: Sequence[Call], check: Callable[..., Checked]
+) -> tuple[list[Any], list[Checked | None]]:
+    """Check each call's arguments with ``check``: the results so far (the error of a
+    call with bad arguments, None for the others) and what each call checked to (None
+    for the bad ones)."""
+    results: list[Any] = []
+    checked: list[Checked | None] = []
+    for call in calls:
+        try:
+            checked.append(check(**call.arguments))
+        except TypeError as error:
+            checked.append(None)
+            results.append(error)
+            continue
+        results.append(None)
+    return results, checked
+
+
 def set_values(context: Context, calls: Sequence[Call]) -> list[Any]:
     """``kv.set`` for a run of calls: one query reads the keys, one upsert writes them.
 
     Each result is the key's new version, or the error of a call with bad arguments
     (which changes nothing), exactly as calling ``set_value`` once per call would give.
     """
-    results: list[Any] = []
+    results, checked = _checked(calls, _set_arguments)
     values: dict[str, tuple[str, int]] = {}
-    checked: list[tuple[str, str] | None] = []
-    for call in calls:
-        try:
-            checked.append(_set_arguments(**call.arguments))
-        except TypeError as error:
-            checked.append(None)
-            results.append(error)
-            continue
-        results.append(None)
     keys = {item[0] for item in checked if item is not None}
     rows = KeyValue.objects.using(context.using)
     versions = dict(rows.filter(pk__in=keys).values_list("key", "version"))
@@ -120,16 +132,7 @@ def incr_values(context: Context, calls: Sequence[Call]) -> list[Any]:
     stored value that is not an integer), which changes nothing: as calling ``incr``
     once per call would give.
     """
-    results: list[Any] = []
-    checked: list[tuple[str, int] | None] = []
-    for call in calls:
-        try:
-            checked.append(_incr_arguments(**call.arguments))
-        except TypeError as error:
-            checked.append(None)
-            results.append(error)
-            continue
-        results.append(None)
+    results, checked = _checked(calls, _incr_arguments)
     keys = {item[0] for item in checked if item is not None}
     rows = KeyValue.objects.using(context.using).filter(pk__in=keys)
     stored = {
