@@ -70,8 +70,9 @@ GC_THRESHOLD = (50_000, 50, 100)
 Each command allocates a few dozen short-lived objects, and thousands of commands may
 be outstanding: with Python's defaults the collector ran every few hundred commands and
 walked every outstanding one each time (measured with 10,000 outstanding: 20-50% more
-throughput in four runs of five, alternated with runs on the defaults). Raised (never lowered) when the node starts, after what the start loaded
-was moved out of the collector's sight (``gc.freeze``)."""
+throughput in four runs of five, alternated with runs on the defaults). Raised (never
+lowered) when the node starts, after what the start loaded was moved out of the
+collector's sight (``gc.freeze``)."""
 
 
 def _json_errors(get_response: Callable[[HttpRequest], HttpResponseBase]) -> Any:
