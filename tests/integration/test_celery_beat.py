@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -75,6 +75,30 @@ def slots(node: Node) -> dict[int, int]:
     return {int(key.split(":", 1)[1]): int(value) for key, value in rows}
 
 
+def stop_beats_and_drain(
+    beats: Sequence[subprocess.Popen[bytes]], counted: Callable[[], object], polls: int
+) -> None:
+    """Stop the beats dispatching, then let the workers finish what was sent: wait until
+    ``counted()`` stops changing (checked every 0.5 s, ``polls`` times at most)."""
+    for process in beats:
+        process.send_signal(signal.SIGTERM)
+    seen: object = None
+    for _ in range(polls):
+        time.sleep(0.5)
+        now = counted()
+        if now and now == seen:
+            return
+        seen = now
+
+
+def kill_all(processes: Sequence[subprocess.Popen[bytes]]) -> None:
+    """Kill whatever of ``processes`` still runs, and reap them all."""
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=20)
+
+
 def test_every_slot_is_dispatched_once_across_leader_failovers(cluster: Cluster) -> None:
     queue = f"raft-it-{uuid.uuid4().hex[:8]}"
     processes: list[subprocess.Popen[bytes]] = []
@@ -129,21 +153,9 @@ def test_every_slot_is_dispatched_once_across_leader_failovers(cluster: Cluster)
                 for process in (leader.process, beats[leader]):
                     process.send_signal(signal.SIGCONT)
         time.sleep(max(0.0, started + 22.0 - time.monotonic()))
-        for process in processes[1::2]:  # the beats stop dispatching
-            process.send_signal(signal.SIGTERM)
-        # The workers finish what was sent.
-        seen: dict[int, int] = {}
-        for _ in range(60):
-            time.sleep(0.5)
-            now = slots(cluster.leader(timeout=20))
-            if now and now == seen:
-                break
-            seen = now
+        stop_beats_and_drain(processes[1::2], lambda: slots(cluster.leader(timeout=20)), 60)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=20)
+        kill_all(processes)
     cluster.wait_applied()
     counted = [slots(node) for node in cluster.founders]
     assert counted[0] == counted[1] == counted[2]

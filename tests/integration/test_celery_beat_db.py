@@ -12,7 +12,6 @@ The figures print with ``-s``.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from .cluster import ROOT, Cluster, Node, wait_for
-from .test_celery_beat import BROKER, redis_is_up
+from .test_celery_beat import BROKER, kill_all, redis_is_up, stop_beats_and_drain
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -205,20 +204,9 @@ def test_database_schedule_slots_run_once_across_a_failover_and_a_disable_takes_
         time.sleep(max(0.0, started + 9.0 - time.monotonic()))
         disabled_at = int(manage(first, mode, queue, "shell", "-c", DISABLE[mode]).split()[-1])
         time.sleep(3.0)
-        for process in processes[1::2]:  # the beats stop dispatching
-            process.send_signal(signal.SIGTERM)
-        seen: dict[str, dict[int, int]] = {}
-        for _ in range(40):  # the workers finish what was sent
-            time.sleep(0.5)
-            now = runs(cluster.leader(timeout=20))
-            if now and now == seen:
-                break
-            seen = now
+        stop_beats_and_drain(processes[1::2], lambda: runs(cluster.leader(timeout=20)), 40)
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=20)
+        kill_all(processes)
     cluster.wait_applied()
     counted = [runs(node) for node in cluster.founders]
     assert counted[0] == counted[1] == counted[2]
