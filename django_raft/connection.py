@@ -137,11 +137,17 @@ class NodeConnection:
 
 
 def _dropped(sock: socket.socket | None) -> bool:
-    """Whether an idle kept-alive connection was closed (or sent something unasked)."""
+    """Whether an idle kept-alive connection was closed (or sent something unasked).
+
+    ``poll``, not ``select``: a process with many connections has descriptors past
+    ``select``'s limit of 1,024, where every check would fail and every request would
+    open a new connection.
+    """
     if sock is None:
         return True
+    poller = select.poll()
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(readable)

@@ -106,3 +106,37 @@ def test_a_silent_node_times_out() -> None:
             connection.post("/x", b"body", {}, 100, timeout=0.2)
     finally:
         listener.close()
+
+
+def test_a_connection_past_descriptor_1024_is_kept_alive(
+    server: http.server.ThreadingHTTPServer,
+) -> None:
+    """``select`` cannot watch descriptors past 1,023; the idle check must not need it."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4096)), hard))
+    fillers: list[int] = []
+    try:
+        while not fillers or fillers[-1] < 1100:
+            fillers.append(os.open(os.devnull, os.O_RDONLY))
+        accepted = []
+        original = server.get_request
+
+        def counting() -> Any:
+            accepted.append(1)
+            return original()
+
+        server.get_request = counting  # type: ignore[method-assign]
+        connection = NodeConnection(address(server), 5.0, None)
+        for i in range(3):
+            assert connection.post("/x", str(i).encode(), {}, 100) == (200, b"ok")
+        assert connection._connection is not None
+        assert connection._connection.sock.fileno() > 1024
+        assert len(accepted) == 1
+        connection.close()
+    finally:
+        for descriptor in fillers:
+            os.close(descriptor)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
