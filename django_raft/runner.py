@@ -464,9 +464,8 @@ class RaftNode:
         raw = self.raw
         try:
             first, _ = raw.propose_batch([proposal.data for proposal in proposals])
-        except RaftError as error:
-            for proposal in proposals:
-                proposal.future.set_exception(error)
+        except RaftError as error:  # not the leader: refused at once, off the loop thread
+            self.completer.complete([(proposal.future, None, error) for proposal in proposals])
             return
         term = raw.basic_status().term
         for index, proposal in enumerate(proposals, first):
@@ -769,10 +768,10 @@ class RaftNode:
         error = CommandTimeoutError(
             "leadership changed before the command was committed; it may still be applied"
         )
-        for index in [index for index in self._pending if index > commit]:
-            pending = self._pending.pop(index)
-            if not pending.future.done():
-                pending.future.set_exception(error)
+        abandoned = [index for index in self._pending if index > commit]
+        self.completer.complete(
+            [(self._pending.pop(index).future, None, error) for index in abandoned]
+        )
 
     def _fail_waiting(self, error: Exception) -> None:
         for pending in self._pending.values():
