@@ -76,7 +76,7 @@ class NodeConnection:
         ``http.client.HTTPException`` when the node fails to answer or answers garbage
         (the request may have arrived), and ``ReplyTooLargeError`` past ``limit``.
         """
-        if self._connection is not None and _dropped(self._connection.sock):
+        if self._connection is not None and peer_closed(self._connection.sock):
             self.close()
         reused = self._connection is not None
         wait = self.timeout if timeout is None else timeout
@@ -129,6 +129,17 @@ class NodeConnection:
         self._connection = connection
         return connection
 
+    def detach(self) -> socket.socket:
+        """Take the open connection's socket (after a request upgraded it to a stream):
+        the caller owns it now, and the next request opens a new connection."""
+        connection = self._connection
+        if connection is None or connection.sock is None:
+            raise NotSentError(f"no open connection to {self.address}")
+        sock: socket.socket = connection.sock
+        connection.sock = None
+        self._connection = None
+        return sock
+
     def close(self) -> None:
         """Close the connection; the next request opens a new one."""
         if self._connection is not None:
@@ -136,7 +147,7 @@ class NodeConnection:
             self._connection = None
 
 
-def _dropped(sock: socket.socket | None) -> bool:
+def peer_closed(sock: socket.socket | None) -> bool:
     """Whether an idle kept-alive connection was closed (or sent something unasked).
 
     ``poll``, not ``select``: a process with many connections has descriptors past

@@ -57,7 +57,7 @@ from .exceptions import CommandTimeoutError, OverloadedError, StopError
 from .snapshotting import take_snapshot
 from .statemachine import Outcome, StateMachine, check_snapshot
 from .storage import DjangoStorage
-from .transport import Sequencer, Transport
+from .transport import Transport
 
 logger = logging.getLogger(__name__)
 
@@ -201,14 +201,12 @@ class RaftNode:
             raft_settings.SECRET,
             raft_settings.URL_PREFIX,
             raft_settings.RPC_TIMEOUT,
-            deliver=self._deliver_replies,
-            on_round_trip=self._round_trip,
         )
         for member_id, member_address in machine.addresses().items():
             self.transport.set_address(member_id, member_address)
         for member_id, member_address in raft_settings.CLUSTER.items():
             self.transport.set_address(member_id, member_address)
-        self._sequencer = Sequencer()
+        self._heartbeats_sent: dict[str, float] = {}
         self.signals = SignalDispatcher(f"raft-signals-{node_id}", RaftNode)
         self.completer = Completer(f"raft-complete-{node_id}")
         self.max_pending = max_pending
@@ -255,19 +253,15 @@ class RaftNode:
 
     # -- the API other threads use ------------------------------------------------------
 
-    def receive(
-        self, messages: list[Message], timeout: float, sequence: str | None = None
-    ) -> list[Message]:
+    def receive(self, messages: list[Message], timeout: float) -> list[Message]:
         """Step messages from one peer, in order; return the messages that answer them.
 
         They are stepped in one turn of the loop, so a batch of AppendEntries costs one
         write to disk; the answer comes as soon as that write is durable (no answer if
-        that takes longer than ``timeout``). ``sequence`` is the request's
-        ``SEQUENCE_HEADER``: requests from one peer are stepped in the order it sent them.
+        that takes longer than ``timeout``).
         """
         slot = ReplySlot(messages[0].sender)
-        step = Step(tuple(messages), slot)
-        self._sequencer.admit(slot.peer, sequence, lambda: self._submit(step))
+        self._submit(Step(tuple(messages), slot))
         if not slot.done.wait(timeout):
             return []  # the loop is behind: the sender will retry
         return slot.messages
@@ -366,18 +360,10 @@ class RaftNode:
             raise StopError(f"node {self.node_id!r} is stopping")
         self.inbox.put(request)
 
-    def _deliver_replies(self, messages: list[Message]) -> None:
-        self.inbox.put(Step(tuple(messages)))
-
-    def _round_trip(self, peer: str, seconds: float) -> None:
-        if seconds > self.heartbeat_interval:
-            self.signals.send(
-                signals.heartbeat_interval,
-                node_id=self.node_id,
-                peer=peer,
-                value=seconds,
-                prev_value=self.heartbeat_interval,
-            )
+    def deliver(self, messages: list[Message]) -> None:
+        """Step messages a peer streamed, in order; the answers go out on this node's
+        own streams to it."""
+        self._submit(Step(tuple(messages)))
 
     # -- the loop -----------------------------------------------------------------------
 
@@ -493,6 +479,15 @@ class RaftNode:
                 self._dropped_since_log = 0
                 self._dropped_logged_at = time.monotonic()
         if message.type is MessageType.HEARTBEAT_RESPONSE and status["state"] == "leader":
+            sent = self._heartbeats_sent.pop(message.sender, None)
+            if sent is not None and time.monotonic() - sent > self.heartbeat_interval:
+                self.signals.send(
+                    signals.heartbeat_interval,
+                    node_id=self.node_id,
+                    peer=message.sender,
+                    value=time.monotonic() - sent,
+                    prev_value=self.heartbeat_interval,
+                )
             self.signals.send(
                 signals.heartbeat, node_id=self.node_id, value=message.sender, prev_value=None
             )
@@ -583,6 +578,8 @@ class RaftNode:
     def _send(self, messages: tuple[Message, ...]) -> None:
         outgoing = []
         for message in messages:
+            if message.type is MessageType.HEARTBEAT:
+                self._heartbeats_sent.setdefault(message.to, time.monotonic())
             slot = self._slots.get(message.to)
             if slot is not None:
                 slot.messages.append(message)

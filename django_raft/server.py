@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from types import FrameType
 from typing import Any
@@ -29,12 +30,15 @@ from cheroot.workers.threadpool import ThreadPool
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import Http404, HttpRequest, HttpResponseBase, JsonResponse
 
-from . import tls, views
+from . import metrics, stream, tls, views
+from .auth import NONCE_HEADER
 from .conf import raft_settings
+from .exceptions import StopError
 from .runner import RaftNode
 from .statemachine import StateMachine
 from .storage import DjangoStorage, make_durable
-from .transport import SEQUENCE_HEADER
+from .transport import unframe
+from .wire import WireError
 
 logger = logging.getLogger(__name__)
 
@@ -181,12 +185,39 @@ class NodeApplication(WSGIHandler):
         body = environ["wsgi.input"].read(checked.length) if checked.length else b""
         if not checked.body_matches(body):
             return views.Answer.error(403, "the body does not match its signature", "Forbidden")
+        if rpc_path == stream.STREAM_PATH:
+            nonce = environ.get("HTTP_" + NONCE_HEADER.upper().replace("-", "_"), "")
+            return _accept_stream(body, checked.sender, nonce)
         if rpc_path is not None:
-            return views.rpc_answer(rpc_path, body, checked.sender, environ.get(_SEQUENCE_KEY))
+            return views.rpc_answer(rpc_path, body, checked.sender)
         return views.command_answer(body)
 
 
-_SEQUENCE_KEY = "HTTP_" + SEQUENCE_HEADER.upper().replace("-", "_")
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    """A stream whose handshake was answered: the connection serves its frames next."""
+
+    sender: str
+    lane: str
+    key: bytes
+
+
+_handoff = threading.local()
+"""The stream the request just answered on this thread accepted, if any: the
+connection (served by the same thread) picks it up once the answer is sent."""
+
+
+def _accept_stream(body: bytes, sender: str, nonce: str) -> views.Answer:
+    """Answer a stream's handshake (already authenticated): accept it, or say why not."""
+    node = RaftNode.current
+    if node is None or node.stopping.is_set():
+        return views.Answer.error(503, "no Raft node runs in this process", "NodeStoppedError")
+    lane = body.decode("ascii", "replace")
+    if lane not in stream.LANES:
+        return views.Answer.error(400, f"no lane {lane[:40]!r}: the lanes are {stream.LANES}")
+    key = stream.stream_key(views.verifier().keys.node, nonce, sender, node.node_id, lane)
+    _handoff.stream = _Accepted(sender, lane, key)
+    return views.Answer(200, "text/plain", stream.PROTOCOL)
 
 
 PEER_HEADER = "X-Raft-Peer"
@@ -261,8 +292,7 @@ class _Watchdog(threading.Thread):
                 late = [token for token, (deadline, _) in self._armed.items() if deadline < now]
                 cut = [self._armed.pop(token)[1] for token in late]
             for sock in cut:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
+                _shut(sock)
 
 
 class _Connection(cheroot_server.HTTPConnection):
@@ -285,7 +315,52 @@ class _Connection(cheroot_server.HTTPConnection):
             finally:
                 watchdog.disarm(token)
             self.raft_shaken = True
-        return bool(super().communicate())
+        _handoff.stream = None
+        keep = bool(super().communicate())
+        accepted: _Accepted | None = _handoff.stream
+        if accepted is None:
+            return keep
+        _handoff.stream = None
+        if keep:
+            self._serve_stream(accepted)
+        return False
+
+    def _serve_stream(self, accepted: _Accepted) -> None:
+        """Step the frames of an accepted stream until it ends, breaks or lies.
+
+        A frame that fails its tag, does not decode, or carries a message the node
+        would not accept on an RPC route closes the stream (logged); the sender opens
+        a new one. So does a stream silent for ``CONNECTION_TIMEOUT``.
+        """
+        node = RaftNode.current
+        server: NodeServer = self.server
+        sock = self.socket
+        name = (accepted.sender, accepted.lane)
+        server.streams.open(name, sock)
+        reader = stream.FrameReader(self.rfile, accepted.key)
+        try:
+            sock.settimeout(CONNECTION_TIMEOUT)
+            while node is not None and server.ready and not node.stopping.is_set():
+                payload = reader.read()
+                if payload is None:
+                    return
+                if not payload:
+                    continue  # the sender's keep-alive
+                messages = unframe(payload)
+                refused = views.check_messages(node, messages, accepted.sender)
+                if refused is not None:
+                    raise stream.FrameError(refused)
+                for message in messages:
+                    metrics.count_received(message.type.value)
+                node.deliver(messages)
+        except (stream.FrameError, WireError) as error:
+            logger.warning(
+                "raft: closing the %s stream from %r: %s", accepted.lane, accepted.sender, error
+            )
+        except (OSError, StopError):
+            return  # the sender went away, or this node is stopping
+        finally:
+            server.streams.close(name, sock)
 
 
 class _PeerLane:
@@ -298,6 +373,39 @@ class _PeerLane:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)
+
+
+class _Streams:
+    """The peers' open streams, one per sender and lane: a sender that opens a new one
+    (its old one broke on its side) ends the old one, and a stopping server ends all."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, str], socket.socket] = {}
+        self._lock = threading.Lock()
+
+    def open(self, name: tuple[str, str], sock: socket.socket) -> None:
+        with self._lock:
+            old = self._open.get(name)
+            self._open[name] = sock
+        if old is not None:
+            _shut(old)
+
+    def close(self, name: tuple[str, str], sock: socket.socket) -> None:
+        with self._lock:
+            if self._open.get(name) is sock:
+                del self._open[name]
+
+    def close_all(self) -> None:
+        with self._lock:
+            socks = list(self._open.values())
+            self._open.clear()
+        for sock in socks:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 class NodeServer(wsgi.Server):
@@ -318,6 +426,7 @@ class NodeServer(wsgi.Server):
 
     def prepare(self) -> None:
         """Bind, and start the peers' threads as well."""
+        self.streams = _Streams()
         super().prepare()
         self.watchdog = _Watchdog(HEADER_TIMEOUT)
         self.watchdog.start()
@@ -347,7 +456,10 @@ class NodeServer(wsgi.Server):
         super().process_conn(conn)
 
     def stop(self) -> None:
-        """Stop serving, the peers' threads too."""
+        """Stop serving, the peers' threads and streams too."""
+        streams = getattr(self, "streams", None)
+        if streams is not None:
+            streams.close_all()
         super().stop()
         watchdog = getattr(self, "watchdog", None)
         if watchdog is not None:

@@ -21,8 +21,8 @@ signal                         value / prev_value
 ``peer_removed``               the removed node's id / None
 ``removed``                    this node's id / None: it was removed from the cluster
 ``heartbeat``                  the peer that answered a heartbeat (leader only) / None
-``heartbeat_interval``         seconds an RPC to ``peer`` took, above the heartbeat
-                               interval / the interval; also a ``peer`` argument
+``heartbeat_interval``         seconds ``peer`` took to answer a heartbeat, above the
+                               heartbeat interval / the interval; also a ``peer`` argument
 ``election_timeout_threshold`` seconds since the leader was last heard from, past the
                                threshold (80 % of the election timeout) / the threshold
 =============================  ==========================================================

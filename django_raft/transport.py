@@ -1,44 +1,46 @@
-"""HTTP transport between nodes: per peer, a queue and a few senders with keep-alive sessions.
+"""Transport between nodes: per peer and lane, a queue and a sender thread with a stream.
 
-A slow or dead peer only fills its own queues (bounded: the oldest messages are dropped,
-which Raft tolerates), so it never stalls the loop or the other peers. Each peer has two
-lanes. Replication goes on the data lane, with ``PIPELINE_DEPTH`` sender threads, so
-that many requests can be in flight: a slow round trip (a commit notice, a large batch)
-does not hold back the next AppendEntries; its requests are numbered so the peer steps
-them in order. Heartbeats, votes and TimeoutNow go on the control lane, with a sender
-of its own and no numbering: they never wait behind a large batch, so a busy leader
-is still heard from within the election timeout. Each request carries what was queued,
-up to ``MAX_BATCH`` messages and ``MAX_BATCH_ENTRIES`` entries (one write to disk on
-the peer for all of them). Every
-request is signed with the node key (``auth``: method, path, sender, receiver, time, nonce
-and body); the replies a peer produces for a request come back in the response body and
-are handed to ``deliver``. Senders exist only for peers with a known address (current
-members): a message to any other id is dropped, and ``forget`` stops a removed peer's.
+A node sends a peer its messages over two long-lived connections (``stream``): the
+*data* lane carries replication (AppendEntries, snapshots, and their answers), the
+*control* lane heartbeats, votes and TimeoutNow, so they never wait behind a large
+batch and a busy leader is still heard from within the election timeout. Messages
+on one lane arrive in the order they were sent; the two lanes may overtake each
+other, which Raft tolerates for the control messages. A batch is written as soon as
+it is queued: nothing waits for an answer, so any number of batches are in flight
+(pipelining), and the peer's answers come back on the peer's own streams. Each frame
+carries what was queued, up to ``MAX_BATCH`` messages and ``MAX_BATCH_ENTRIES``
+entries (one write to disk on the peer for all of them).
+
+A slow or dead peer only fills its own queues (bounded: the oldest messages are
+dropped, which Raft tolerates), so it never stalls the loop or the other peers. A
+stream that breaks is opened again for the next batch; the batch that met the break
+is sent once more on the new stream (Raft messages may arrive twice). Unacknowledged
+data older than ``STALL_TIMEOUT`` breaks a stream (``TCP_USER_TIMEOUT``), so a peer
+that vanished without closing its connections is noticed. Senders exist only for
+peers with a known address (current members): a message to any other id is dropped,
+and ``forget`` stops a removed peer's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import secrets
+import socket
 import struct
 import threading
-import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from http.client import HTTPException
-from urllib.parse import urlsplit
 
-from . import events, metrics, tls
-from .auth import NODE, Signer, derive_keys
+from . import events, metrics, stream, tls
+from .auth import NODE, NONCE_HEADER, Signer, derive_keys
 from .conf import raft_settings
-from .connection import NodeConnection
+from .connection import NodeConnection, peer_closed
 from .core import Message, MessageType
 from .wire import WireError, decode_message, encode_message
 
 logger = logging.getLogger(__name__)
 
-SEQUENCE_HEADER = "X-Raft-Sequence"
-"""``<incarnation>:<n>``: the order of a sender's requests to one peer."""
 CONTENT_TYPE = "application/x-protobuf"
 MAX_QUEUE = 10_000
 """Messages held for one peer before the oldest are dropped."""
@@ -47,8 +49,6 @@ MAX_BATCH = 256
 MAX_BATCH_ENTRIES = 1000
 """Log entries posted together at most (beyond the first message), so that the peer's
 write, and its loop turn, stay short."""
-PIPELINE_DEPTH = 2
-"""Requests in flight to one peer at a time."""
 CONTROL = frozenset(
     {
         MessageType.HEARTBEAT,
@@ -61,12 +61,19 @@ CONTROL = frozenset(
     }
 )
 """The messages sent on the control lane: small, and safe to step out of order."""
-GAP_WAIT = 0.05
-"""Seconds a request waits for the one sent before it (lost, it is skipped)."""
-MAX_REPLY = 16 << 20
-"""Bytes of replies read from one answer at most (they are a few acknowledgements)."""
+KEEPALIVE = 1.0
+"""Seconds a stream may stay idle before its sender writes an empty frame: the peer
+closes a stream it has not heard from for ``server.CONNECTION_TIMEOUT``."""
+STALL_TIMEOUT = 5.0
+"""Seconds sent data may stay unacknowledged by the peer's kernel before the stream is
+broken (``TCP_USER_TIMEOUT``), and the longest a write may block."""
+RETRY_DELAY = 0.05
+"""Seconds a sender waits after failing to open a stream before it tries again (what
+was queued meanwhile is kept, up to ``MAX_QUEUE``)."""
+MAX_HANDSHAKE_REPLY = 4096
+"""Bytes of a peer's answer to a stream's handshake read at most."""
 BATCH_PATH = "batch"
-"""The route for several framed messages at once."""
+"""The route for several framed messages at once (``frame``)."""
 
 PATHS = {
     MessageType.APPEND: "appendEntries",
@@ -113,39 +120,30 @@ def unframe(data: bytes) -> list[Message]:
 
 
 class _PeerQueue:
-    """The messages waiting on one lane to one peer, and the sender threads that post them.
+    """The messages waiting on one lane to one peer, and the thread that streams them."""
 
-    ``sequenced``: requests are numbered (``SEQUENCE_HEADER``) so the peer steps them in
-    the order they were taken.
-    """
-
-    def __init__(
-        self, transport: Transport, peer: str, lane: str, depth: int, sequenced: bool
-    ) -> None:
+    def __init__(self, transport: Transport, peer: str, lane: str) -> None:
         self.queue: deque[Message] = deque(maxlen=MAX_QUEUE)
         self.wakeup = threading.Condition()
         self.closed = threading.Event()
-        self.sequenced = sequenced
-        self.sequence = 0
-        self.senders = [
-            _PeerSender(transport, peer, self, f"{lane}-{number}") for number in range(depth)
-        ]
-        for sender in self.senders:
-            sender.start()
+        self.sender = _PeerSender(transport, peer, lane, self)
+        self.sender.start()
 
     def put(self, messages: list[Message]) -> None:
         with self.wakeup:
             self.queue.extend(messages)
             self.wakeup.notify()
 
-    def take(self, stopped: threading.Event) -> tuple[list[Message], int | None] | None:
-        """Wait for messages; return a batch of them in order, and its sequence number
-        (None when the lane is not sequenced); None once stopped."""
+    def take(self, stopped: threading.Event, idle: float) -> list[Message] | None:
+        """Wait up to ``idle`` seconds for messages; return a batch of them in order
+        (empty if none came), or None once stopped or closed with nothing left."""
         with self.wakeup:
-            while not self.queue and not stopped.is_set() and not self.closed.is_set():
-                self.wakeup.wait(0.5)
-            if stopped.is_set() or not self.queue:
-                return None  # stopped; or closed, with what was queued sent
+            if not self.queue and not stopped.is_set() and not self.closed.is_set():
+                self.wakeup.wait(idle)
+            if stopped.is_set() or (self.closed.is_set() and not self.queue):
+                return None
+            if not self.queue:
+                return []
             batch = [self.queue.popleft()]
             entries = len(batch[0].entries)
             while self.queue and len(batch) < MAX_BATCH:
@@ -154,84 +152,107 @@ class _PeerQueue:
                     break
                 batch.append(self.queue.popleft())
                 entries += more
-            if self.queue:
-                self.wakeup.notify()  # another sender may take the rest
-            if not self.sequenced:
-                return batch, None
-            self.sequence += 1
-            return batch, self.sequence
+            return batch
 
-    def wake_all(self) -> None:
+    def wake(self) -> None:
         with self.wakeup:
             self.wakeup.notify_all()
 
 
 class _PeerSender(threading.Thread):
-    """Posts batches taken from one peer's queue over its own keep-alive connection."""
+    """Writes the batches taken from one lane's queue to a stream it keeps open."""
 
-    def __init__(self, transport: Transport, peer: str, source: _PeerQueue, name: str) -> None:
-        super().__init__(name=f"raft-send-{peer}-{name}", daemon=True)
+    def __init__(self, transport: Transport, peer: str, lane: str, source: _PeerQueue) -> None:
+        super().__init__(name=f"raft-send-{peer}-{lane}", daemon=True)
         self.transport = transport
         self.peer = peer
+        self.lane = lane
         self.source = source
-        self.connection: NodeConnection | None = None
+        self._socket: socket.socket | None = None
+        self._writer: stream.FrameWriter | None = None
+        self._address = ""
 
     def run(self) -> None:
         transport = self.transport
-        while True:
-            taken = self.source.take(transport.stopped)
-            if taken is None:
-                break
-            self._post(*taken)
-        if self.connection is not None:
-            self.connection.close()
+        try:
+            while True:
+                batch = self.source.take(transport.stopped, KEEPALIVE)
+                if batch is None:
+                    break
+                if batch:
+                    self._send(frame(batch))
+                elif self._socket is not None:
+                    self._send(b"")  # idle: tell the peer the stream is alive
+        finally:
+            self._close()
 
-    def _post(self, batch: list[Message], sequence: int | None) -> None:
+    def _send(self, payload: bytes) -> None:
+        address = self.transport.addresses.get(self.peer, "")
+        if address != self._address or (self._socket is not None and peer_closed(self._socket)):
+            self._close()  # moved, or the peer closed the stream (it never writes on it)
+        fresh = self._socket is None
+        for attempt in range(2):
+            if self._socket is None and not self._open(address):
+                return
+            assert self._socket is not None and self._writer is not None
+            try:
+                self._socket.sendall(self._writer.frame(payload))
+                return
+            except OSError as error:
+                self._close()
+                if fresh or attempt:
+                    self._failed(error)
+                    return
+                fresh = True  # the stream broke since the last batch: one more try
+
+    def _open(self, address: str) -> bool:
+        """Open a stream to ``address``; on failure, report it and wait a little."""
         transport = self.transport
-        address = transport.addresses.get(self.peer)
-        if not address:
-            return
-        if len(batch) == 1:
-            body, path = encode_message(batch[0]), PATHS[batch[0].type]
-        else:
-            body, path = frame(batch), BATCH_PATH
-        url = f"{address.rstrip('/')}/{transport.prefix}rpc/{path}"
-        url_path = urlsplit(url).path
-        headers = transport.signer.headers("POST", url_path, self.peer, body)
-        headers["Content-Type"] = CONTENT_TYPE
-        if sequence is not None:
-            headers[SEQUENCE_HEADER] = f"{transport.incarnation}:{sequence}"
-        connection = self.connection
-        if connection is None or connection.address != address:
-            if connection is not None:
-                connection.close()
-            connection = self.connection = NodeConnection(
-                address, transport.timeout, transport.tls_context
-            )
-        started = time.monotonic()
+        if not address or transport.stopped.is_set():
+            return False
+        path = f"/{transport.prefix}rpc/{stream.STREAM_PATH}"
+        body = self.lane.encode()
+        headers = transport.signer.headers("POST", path, self.peer, body)
+        headers["Content-Type"] = "text/plain"
+        connection = NodeConnection(
+            address, STALL_TIMEOUT, transport.tls_context, connect_timeout=transport.timeout
+        )
         try:
-            status, content = connection.post(url_path, body, headers, MAX_REPLY)
+            status, content = connection.post(path, body, headers, MAX_HANDSHAKE_REPLY)
+            if status != 200 or content != stream.PROTOCOL:
+                raise ConnectionError(f"stream refused: {status} {content[:200]!r}")
+            sock = connection.detach()
+            if hasattr(socket, "TCP_USER_TIMEOUT") and sock.family != socket.AF_UNIX:
+                sock.setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(STALL_TIMEOUT * 1000)
+                )
+            sock.settimeout(STALL_TIMEOUT)
         except (OSError, HTTPException, ValueError) as error:
-            logger.debug("raft: %s unreachable: %s", self.peer, error)
-            events.peer_failed(transport.node_id, self.peer, str(error) or type(error).__name__)
-            return
-        elapsed = time.monotonic() - started
-        if transport.on_round_trip is not None:
-            transport.on_round_trip(self.peer, elapsed)
-        if status != 200:
-            logger.warning("raft: %s answered %s to %s", self.peer, status, url)
-            return
-        try:
-            replies = unframe(content)
-        except WireError as error:
-            logger.warning("raft: bad reply from %s: %s", self.peer, error)
-            return
-        if replies:
-            transport.deliver(replies)
+            connection.close()
+            self._failed(error)
+            transport.stopped.wait(RETRY_DELAY)
+            return False
+        nonce = headers[NONCE_HEADER]
+        key = stream.stream_key(
+            transport.signer.key, nonce, transport.node_id, self.peer, self.lane
+        )
+        self._socket, self._writer, self._address = sock, stream.FrameWriter(key), address
+        return True
+
+    def _failed(self, error: BaseException) -> None:
+        logger.debug("raft: %s unreachable: %s", self.peer, error)
+        events.peer_failed(self.transport.node_id, self.peer, str(error) or type(error).__name__)
+
+    def _close(self) -> None:
+        if self._socket is not None:
+            with contextlib.suppress(OSError):
+                self._socket.close()
+        self._socket = self._writer = None
+        self._address = ""
 
 
 class Transport:
-    """Sends the core's messages to peers over HTTP and feeds their replies back."""
+    """Sends the core's messages to peers over streams; their answers come as requests."""
 
     def __init__(
         self,
@@ -239,8 +260,6 @@ class Transport:
         secret: str,
         prefix: str,
         timeout: float,
-        deliver: Callable[[list[Message]], None],
-        on_round_trip: Callable[[str, float], None] | None = None,
     ) -> None:
         self.node_id = node_id
         self.signer = Signer(derive_keys(secret).node, NODE, node_id)
@@ -249,10 +268,7 @@ class Transport:
         )
         self.prefix = prefix
         self.timeout = timeout
-        self.deliver = deliver
-        self.on_round_trip = on_round_trip
         self.addresses: dict[str, str] = {}
-        self.incarnation = secrets.token_hex(8)
         self.stopped = threading.Event()
         self._peers: dict[str, tuple[_PeerQueue, _PeerQueue]] = {}
         """Per peer: its data lane and its control lane."""
@@ -273,7 +289,7 @@ class Transport:
         self.forgotten.add(node_id)
         for queue in self._peers.pop(node_id, ()):
             queue.closed.set()
-            queue.wake_all()
+            queue.wake()
 
     def send(self, messages: Iterable[Message]) -> None:
         """Queue messages for their peers; never blocks on the network.
@@ -296,8 +312,8 @@ class Transport:
                     )
                     continue
                 lanes = self._peers[peer] = (
-                    _PeerQueue(self, peer, "data", PIPELINE_DEPTH, sequenced=True),
-                    _PeerQueue(self, peer, "control", 1, sequenced=False),
+                    _PeerQueue(self, peer, "data"),
+                    _PeerQueue(self, peer, "control"),
                 )
             data, control = lanes
             urgent = [message for message in batch if message.type in CONTROL]
@@ -311,44 +327,6 @@ class Transport:
         self.stopped.set()
         lanes = [queue for pair in self._peers.values() for queue in pair]
         for queue in lanes:
-            queue.wake_all()
+            queue.wake()
         for queue in lanes:
-            for sender in queue.senders:
-                sender.join(timeout=2)
-
-
-class Sequencer:
-    """Hands each sender's requests to the loop in the order they were sent.
-
-    With several requests in flight to a peer, a later one may arrive first; stepped
-    out of order, AppendEntries would be rejected and replication would fall back to
-    probing. A request that arrives early waits (up to ``GAP_WAIT``) for the ones
-    before it; a sender that restarts has a new incarnation and starts afresh.
-    """
-
-    def __init__(self, gap_wait: float = GAP_WAIT) -> None:
-        self.gap_wait = gap_wait
-        self._changed = threading.Condition()
-        self._next: dict[str, tuple[str, int]] = {}
-
-    def admit(self, sender: str, tag: str | None, deliver: Callable[[], None]) -> None:
-        """Call ``deliver`` once the requests ``sender`` sent before this one were."""
-        incarnation, _, number = (tag or "").partition(":")
-        if not incarnation or not number.isdigit():
-            deliver()
-            return
-        sequence = int(number)
-        deadline = time.monotonic() + self.gap_wait
-        with self._changed:
-            while True:
-                known, expected = self._next.get(sender, (incarnation, sequence))
-                remaining = deadline - time.monotonic()
-                if known != incarnation or sequence <= expected or remaining <= 0:
-                    break
-                self._changed.wait(remaining)
-            try:
-                deliver()
-            finally:
-                if known != incarnation or sequence + 1 > expected:
-                    self._next[sender] = (incarnation, sequence + 1)
-                self._changed.notify_all()
+            queue.sender.join(timeout=2)

@@ -20,19 +20,12 @@ from django.views.decorators.http import require_POST
 from . import metrics
 from .auth import CLIENT, NODE, NODE_HEADER, Checked, Verifier, derive_keys
 from .conf import raft_settings
-from .core import ConfChange, ConfChangeType
+from .core import ConfChange, ConfChangeType, Message
 from .exceptions import StopError
 from .models import MAX_NODE_ID_LENGTH
 from .runner import RaftNode
 from .submission import forward, run_on_node, status_answer, submit_command
-from .transport import (
-    BATCH_PATH,
-    CONTENT_TYPE,
-    PATHS,
-    SEQUENCE_HEADER,
-    frame,
-    unframe,
-)
+from .transport import BATCH_PATH, CONTENT_TYPE, PATHS, frame, unframe
 from .wire import MAX_TERM_JUMP, WireError, decode_message
 
 MAX_RPC_BODY = 64 << 20
@@ -122,7 +115,26 @@ class Answer:
         return HttpResponse(self.body, status=self.status, content_type=self.content_type)
 
 
-def rpc_answer(path: str, body: bytes, sender: str | None, sequence: str | None = None) -> Answer:
+def check_messages(node: RaftNode, messages: list[Message], sender: str | None) -> str | None:
+    """Why messages that ``sender`` sent this node cannot be stepped, or None.
+
+    Checked before any of them is trusted: the receiver, the claimed sender, and a term
+    no further ahead of this node's than ``MAX_TERM_JUMP``.
+    """
+    if not messages:
+        return "no message"
+    ceiling = node.status().get("term", 0) + MAX_TERM_JUMP
+    for message in messages:
+        if message.term > ceiling:
+            return f"term {message.term} is implausibly far ahead of ours"
+        if message.to != node.node_id:
+            return f"message for {message.to!r} sent to {node.node_id!r}"
+        if message.sender != sender:
+            return "the sender does not match the request header"
+    return None
+
+
+def rpc_answer(path: str, body: bytes, sender: str | None) -> Answer:
     """Step the Raft messages of a checked request body; answer with their replies."""
     node = RaftNode.current
     if node is None or node.stopping.is_set():
@@ -131,22 +143,19 @@ def rpc_answer(path: str, body: bytes, sender: str | None, sequence: str | None 
         messages = unframe(body) if path == BATCH_PATH else [decode_message(body)]
     except WireError as error:
         return Answer.error(400, f"not a Raft message: {error}")
-    if not messages:
-        return Answer.error(400, "no message")
-    ceiling = node.status().get("term", 0) + MAX_TERM_JUMP
-    for message in messages:
-        if message.term > ceiling:
-            return Answer.error(400, f"term {message.term} is implausibly far ahead of ours")
-        if path != BATCH_PATH and PATHS.get(message.type) != path:
-            return Answer.error(400, f"a {message.type.value} message does not belong on {path!r}")
-        if message.to != node.node_id:
-            return Answer.error(400, f"message for {message.to!r} sent to {node.node_id!r}")
-        if message.sender != sender:
-            return Answer.error(400, "the sender does not match the request header")
+    if path != BATCH_PATH:
+        for message in messages:
+            if PATHS.get(message.type) != path:
+                return Answer.error(
+                    400, f"a {message.type.value} message does not belong on {path!r}"
+                )
+    refused = check_messages(node, messages, sender)
+    if refused is not None:
+        return Answer.error(400, refused)
     for message in messages:
         metrics.count_received(message.type.value)
     try:
-        replies = node.receive(messages, raft_settings.RPC_TIMEOUT, sequence)
+        replies = node.receive(messages, raft_settings.RPC_TIMEOUT)
     except StopError as error:
         return Answer.error(503, str(error), "NodeStoppedError")
     return Answer(200, CONTENT_TYPE, frame(replies))
@@ -159,8 +168,7 @@ def rpc(request: HttpRequest, path: str) -> HttpResponse:
     body = _read_body(request, MAX_RPC_BODY, rpc=True)
     if isinstance(body, JsonResponse):
         return body
-    headers = request.headers
-    return rpc_answer(path, body, headers.get(NODE_HEADER), headers.get(SEQUENCE_HEADER)).response()
+    return rpc_answer(path, body, request.headers.get(NODE_HEADER)).response()
 
 
 def _json_body(request: HttpRequest) -> dict[str, Any] | JsonResponse:

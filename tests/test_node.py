@@ -35,13 +35,7 @@ from django_raft.exceptions import CommandError, InvalidRequestError, Overloaded
 from django_raft.runner import RaftNode
 from django_raft.server import start_node
 from django_raft.statemachine import describe_error
-from django_raft.transport import (
-    BATCH_PATH,
-    CONTENT_TYPE,
-    Sequencer,
-    frame,
-    unframe,
-)
+from django_raft.transport import BATCH_PATH, CONTENT_TYPE, frame, unframe
 from django_raft.wire import WireError, encode_command, encode_message
 from tests.integration.cluster import free_port, wait_for
 from tests.signing import signed
@@ -1130,95 +1124,6 @@ def test_an_unexpected_error_is_a_json_500_even_with_debug_on(
     assert "boom" not in response.text
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert len(errors) == 1 and "RuntimeError: boom" in caplog.text  # logged once
-
-
-# -- pipelined requests are stepped in the order they were sent -----------------------------
-
-
-def test_the_sequencer_puts_a_peers_requests_back_in_order() -> None:
-    sequencer = Sequencer(gap_wait=10)
-    delivered: list[int] = []
-    early = threading.Thread(
-        target=sequencer.admit, args=("n2", "boot:2", lambda: delivered.append(2))
-    )
-    sequencer.admit("n2", "boot:0", lambda: delivered.append(0))
-    early.start()  # request 2 arrives before request 1: it waits
-    wait_for(lambda: early.is_alive(), 5, "request 2 to wait")
-    assert delivered == [0]
-    sequencer.admit("n3", "other:7", lambda: delivered.append(7))  # another peer: no wait
-    sequencer.admit("n2", "boot:1", lambda: delivered.append(1))
-    early.join(5)
-    assert delivered == [0, 7, 1, 2]
-    sequencer.admit("n2", "boot:1", lambda: delivered.append(-1))  # a late duplicate goes on
-    sequencer.admit("n2", "reboot:0", lambda: delivered.append(10))  # a restarted sender
-    sequencer.admit("n2", None, lambda: delivered.append(20))  # no header: as it comes
-    assert delivered == [0, 7, 1, 2, -1, 10, 20]
-
-
-def test_the_sequencer_skips_a_lost_request_after_waiting() -> None:
-    sequencer = Sequencer(gap_wait=0.05)
-    delivered: list[int] = []
-    sequencer.admit("n2", "boot:0", lambda: delivered.append(0))
-    sequencer.admit("n2", "boot:2", lambda: delivered.append(2))  # 1 was lost
-    sequencer.admit("n2", "boot:3", lambda: delivered.append(3))  # no wait: 2 went
-    assert delivered == [0, 2, 3]
-
-
-def test_heartbeats_reach_a_peer_whose_replication_requests_are_stuck() -> None:
-    """Heartbeats and votes have a lane of their own: a leader whose AppendEntries
-    requests wait on a slow peer is still heard from within the election timeout."""
-    import http.server
-
-    from django_raft.transport import SEQUENCE_HEADER, Transport
-
-    release = threading.Event()
-    seen: list[tuple[str, list[MessageType]]] = []
-    heartbeat = threading.Event()
-
-    class Peer(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            lane = "data" if self.headers.get(SEQUENCE_HEADER) else "control"
-            kinds = [message.type for message in unframe(body)] if "batch" in self.path else []
-            if not kinds:
-                from django_raft.wire import decode_message
-
-                kinds = [decode_message(body).type]
-            seen.append((lane, kinds))
-            if MessageType.HEARTBEAT in kinds:
-                heartbeat.set()
-            if lane == "data":
-                release.wait(20)  # a peer busy with a large batch
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Peer)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    transport = Transport("n1", SECRET, "raft/", 30.0, deliver=lambda messages: None)
-    transport.set_address("n2", f"http://127.0.0.1:{server.server_address[1]}")
-    try:
-        appends = [
-            rpc_message(type=MessageType.APPEND, to="n2", sender="n1", term=1, index=i)
-            for i in range(3)
-        ]
-        transport.send(appends[:1])
-        wait_for(lambda: len(seen) == 1, 5, "the first AppendEntries request")
-        transport.send(appends[1:2])
-        wait_for(lambda: len(seen) == 2, 5, "the second one")
-        transport.send(appends[2:])  # both data senders are stuck: this one waits
-        transport.send([rpc_message(type=MessageType.HEARTBEAT, to="n2", sender="n1", term=1)])
-        assert heartbeat.wait(5), seen
-        assert ("control", [MessageType.HEARTBEAT]) in seen
-        assert all(lane == "data" for lane, kinds in seen if MessageType.APPEND in kinds)
-    finally:
-        release.set()
-        transport.stop()
-        server.shutdown()
-        server.server_close()
 
 
 def test_starting_a_node_tunes_the_interpreter_for_it(running: Running) -> None:

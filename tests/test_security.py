@@ -281,7 +281,7 @@ def test_the_transport_starts_senders_only_for_members_and_stops_removed_ones() 
 
     from django_raft.transport import Transport
 
-    transport = Transport("n1", SECRET, "raft/", 0.2, deliver=lambda messages: None)
+    transport = Transport("n1", SECRET, "raft/", 0.2)
     transport.set_address("n2", "http://127.0.0.1:9")  # a member (nobody listens there)
     before = threading.active_count()
     try:
@@ -293,7 +293,7 @@ def test_the_transport_starts_senders_only_for_members_and_stops_removed_ones() 
         )
         assert threading.active_count() == before and not transport._peers
         transport.send([Message(type=MessageType.HEARTBEAT, to="n2", sender="n1", term=1)])
-        senders = [sender for lane in transport._peers["n2"] for sender in lane.senders]
+        senders = [lane.sender for lane in transport._peers["n2"]]
         assert senders and all(sender.is_alive() for sender in senders)
         transport.forget("n2")
         for sender in senders:
