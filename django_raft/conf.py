@@ -67,7 +67,8 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _url(value: Any) -> bool:
+def is_node_url(value: Any) -> bool:
+    """Whether ``value`` is an http:// or https:// URL with a host (a node's address)."""
     if not isinstance(value, str):
         return False
     try:
@@ -96,10 +97,11 @@ _SIGNAL_NAMES = frozenset(
 
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "NODE_ID": (lambda v: isinstance(v, str) and bool(v) and v.isprintable(), "a non-empty string"),
-    "ADDRESS": (_url, "an http:// or https:// URL where the other nodes reach this one"),
+    "ADDRESS": (is_node_url, "an http:// or https:// URL where the other nodes reach this one"),
     "CLUSTER": (
         lambda v: (
-            isinstance(v, dict) and all(isinstance(k, str) and k and _url(u) for k, u in v.items())
+            isinstance(v, dict)
+            and all(isinstance(k, str) and k and is_node_url(u) for k, u in v.items())
         ),
         "a dict of node id -> http(s) URL (the founding members)",
     ),

@@ -32,7 +32,7 @@ from django.http import Http404, HttpRequest, HttpResponseBase, JsonResponse
 
 from . import metrics, stream, tls, views
 from .auth import NONCE_HEADER
-from .conf import raft_settings
+from .conf import is_node_url, raft_settings
 from .exceptions import StopError
 from .runner import RaftNode
 from .statemachine import StateMachine
@@ -202,6 +202,9 @@ class _Accepted:
     key: bytes
 
 
+MAX_ADDRESS_LENGTH = 2048
+"""Characters of the address a stream's handshake may carry at most."""
+
 _handoff = threading.local()
 """The stream the request just answered on this thread accepted, if any: the
 connection (served by the same thread) picks it up once the answer is sent."""
@@ -212,9 +215,13 @@ def _accept_stream(body: bytes, sender: str, nonce: str) -> views.Answer:
     node = RaftNode.current
     if node is None or node.stopping.is_set():
         return views.Answer.error(503, "no Raft node runs in this process", "NodeStoppedError")
-    lane = body.decode("ascii", "replace")
+    lane, _, address = body.decode("utf-8", "replace").partition("\n")
     if lane not in stream.LANES:
         return views.Answer.error(400, f"no lane {lane[:40]!r}: the lanes are {stream.LANES}")
+    if address and (len(address) > MAX_ADDRESS_LENGTH or not is_node_url(address)):
+        return views.Answer.error(400, "the sender's address must be its http(s) URL")
+    if address:
+        node.transport.learn_address(sender, address)
     key = stream.stream_key(views.verifier().keys.node, nonce, sender, node.node_id, lane)
     _handoff.stream = _Accepted(sender, lane, key)
     return views.Answer(200, "text/plain", stream.PROTOCOL)

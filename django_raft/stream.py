@@ -4,9 +4,10 @@ A node sends its Raft messages to a peer over long-lived connections, one per la
 (``data`` for replication, ``control`` for heartbeats and votes), in one direction
 only: the peer's answers travel on the peer's own streams. A stream opens with a POST
 to ``<prefix>rpc/stream``, signed with the node key like every Raft RPC (``auth``:
-method, path, sender, receiver, time, nonce; the body names the lane); the peer
-answers ``200`` with ``PROTOCOL`` as the body, and from then on the connection carries
-frames and nothing else::
+method, path, sender, receiver, time, nonce; the body is the lane's name, a newline,
+and the sender's address, which the peer uses to answer when it knows no other); the
+peer answers ``200`` with ``PROTOCOL`` as the body, and from then on the connection
+carries frames and nothing else::
 
     length (4 bytes, big-endian) | tag (16 bytes) | payload (length bytes)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import struct
 import threading
 from collections import deque
@@ -130,7 +131,11 @@ class _PeerQueue:
         self.sender.start()
 
     def put(self, messages: list[Message]) -> None:
+        """Queue messages, or write them to the stream at once when nothing is ahead of
+        them and the stream takes them without blocking (see ``_PeerSender.write_now``)."""
         with self.wakeup:
+            if not self.queue and not self.sender.busy and self.sender.write_now(messages):
+                return
             self.queue.extend(messages)
             self.wakeup.notify()
 
@@ -152,6 +157,7 @@ class _PeerQueue:
                     break
                 batch.append(self.queue.popleft())
                 entries += more
+            self.sender.busy = True
             return batch
 
     def wake(self) -> None:
@@ -160,7 +166,12 @@ class _PeerQueue:
 
 
 class _PeerSender(threading.Thread):
-    """Writes the batches taken from one lane's queue to a stream it keeps open."""
+    """Writes the batches taken from one lane's queue to a stream it keeps open.
+
+    The loop may write a batch itself (``write_now``), saving the hand-off to this
+    thread on the path of every command; whatever the socket does not take at once
+    is left for this thread (``_backlog``), which writes it before anything else.
+    """
 
     def __init__(self, transport: Transport, peer: str, lane: str, source: _PeerQueue) -> None:
         super().__init__(name=f"raft-send-{peer}-{lane}", daemon=True)
@@ -168,9 +179,14 @@ class _PeerSender(threading.Thread):
         self.peer = peer
         self.lane = lane
         self.source = source
+        self.busy = False
+        """Whether this thread holds a batch it took and has not written yet."""
+        self._lock = threading.Lock()
+        """Held while the stream is written to, opened or closed."""
         self._socket: socket.socket | None = None
         self._writer: stream.FrameWriter | None = None
         self._address = ""
+        self._backlog = b""
 
     def run(self) -> None:
         transport = self.transport
@@ -181,29 +197,73 @@ class _PeerSender(threading.Thread):
                     break
                 if batch:
                     self._send(frame(batch))
+                    self.busy = False
                 elif self._socket is not None:
-                    self._send(b"")  # idle: tell the peer the stream is alive
+                    self._send(b"")  # idle (or a backlog): tell the peer the stream lives
         finally:
-            self._close()
+            with self._lock:
+                self._close()
+
+    def write_now(self, messages: list[Message]) -> bool:
+        """Write a batch to the open stream without blocking; False: queue it instead.
+
+        Called by ``put`` with the queue empty and this thread idle, so nothing queued
+        is overtaken. Only plain TCP: a TLS socket cannot be written to without
+        blocking. What the socket does not take at once becomes the backlog.
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            sock, writer = self._socket, self._writer
+            if (
+                sock is None
+                or writer is None
+                or self._backlog
+                or isinstance(sock, ssl.SSLSocket)
+                or self.transport.addresses.get(self.peer, "") != self._address
+            ):
+                return False
+            if peer_closed(sock):
+                self._close()
+                return False
+            data = writer.frame(frame(messages))
+            try:
+                sent = sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._close()  # the stream is gone: the batch goes to a new one
+                return False
+            if sent < len(data):
+                self._backlog = data[sent:]
+                self.source.wakeup.notify()
+            return True
+        finally:
+            self._lock.release()
 
     def _send(self, payload: bytes) -> None:
-        address = self.transport.addresses.get(self.peer, "")
-        if address != self._address or (self._socket is not None and peer_closed(self._socket)):
-            self._close()  # moved, or the peer closed the stream (it never writes on it)
-        fresh = self._socket is None
-        for attempt in range(2):
-            if self._socket is None and not self._open(address):
-                return
-            assert self._socket is not None and self._writer is not None
-            try:
-                self._socket.sendall(self._writer.frame(payload))
-                return
-            except OSError as error:
-                self._close()
-                if fresh or attempt:
-                    self._failed(error)
+        with self._lock:
+            address = self.transport.addresses.get(self.peer, "")
+            sock = self._socket
+            if address != self._address or (sock is not None and peer_closed(sock)):
+                self._close()  # moved, or the peer closed the stream (it never writes on it)
+            fresh = self._socket is None
+            for attempt in range(2):
+                if self._socket is None and not self._open(address):
                     return
-                fresh = True  # the stream broke since the last batch: one more try
+                assert self._socket is not None and self._writer is not None
+                try:
+                    if self._backlog:
+                        self._socket.sendall(self._backlog)
+                        self._backlog = b""
+                    self._socket.sendall(self._writer.frame(payload))
+                    return
+                except OSError as error:
+                    self._close()
+                    if fresh or attempt:
+                        self._failed(error)
+                        return
+                    fresh = True  # the stream broke since the last batch: one more try
 
     def _open(self, address: str) -> bool:
         """Open a stream to ``address``; on failure, report it and wait a little."""
@@ -211,7 +271,7 @@ class _PeerSender(threading.Thread):
         if not address or transport.stopped.is_set():
             return False
         path = f"/{transport.prefix}rpc/{stream.STREAM_PATH}"
-        body = self.lane.encode()
+        body = f"{self.lane}\n{transport.addresses.get(transport.node_id, '')}".encode()
         headers = transport.signer.headers("POST", path, self.peer, body)
         headers["Content-Type"] = "text/plain"
         connection = NodeConnection(
@@ -244,11 +304,13 @@ class _PeerSender(threading.Thread):
         events.peer_failed(self.transport.node_id, self.peer, str(error) or type(error).__name__)
 
     def _close(self) -> None:
+        """Close the stream (what is in its backlog is lost); hold ``_lock``."""
         if self._socket is not None:
             with contextlib.suppress(OSError):
                 self._socket.close()
         self._socket = self._writer = None
         self._address = ""
+        self._backlog = b""
 
 
 class Transport:
@@ -279,6 +341,16 @@ class Transport:
         """Record where ``node_id`` is reached (from the membership entries' context)."""
         if address:
             self.addresses[node_id] = address
+
+    def learn_address(self, node_id: str, address: str) -> None:
+        """Record the address a peer gave when it opened a stream, unless one is known.
+
+        A node that joins, or lost its data, learns the others' addresses from the log
+        only once entries reach it; until then it answers the leader at the address the
+        leader gave. The log's addresses always win: they are set, this only fills in.
+        """
+        if node_id not in self.forgotten and node_id != self.node_id:
+            self.addresses.setdefault(node_id, address)
 
     def forget(self, node_id: str) -> None:
         """Stop sending to ``node_id`` (removed from the cluster).

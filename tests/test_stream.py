@@ -38,10 +38,15 @@ class Peer:
     """A stream opened by hand to the running node, as node ``sender``."""
 
     def __init__(
-        self, running: Running, sender: str = "n2", lane: str = "data", kind: str = NODE
+        self,
+        running: Running,
+        sender: str = "n2",
+        lane: str = "data",
+        kind: str = NODE,
+        address: str = "",
     ) -> None:
         path = "/raft/rpc/stream"
-        self.body = lane.encode()
+        self.body = f"{lane}\n{address}".encode() if address else lane.encode()
         self.headers = signed(running.url("rpc/stream"), self.body, SECRET, sender, kind, NODE_ID)
         self.connection = NodeConnection(running.address, 10, None)
         self.status, self.answer = self.connection.post(path, self.body, self.headers, 4096)
@@ -138,6 +143,23 @@ def test_a_replayed_handshake_is_refused(running: Running, peers: list[Peer]) ->
     assert status == 403 and b"replayed" in answer
 
 
+def test_a_node_learns_the_address_a_peer_gives_unless_it_knows_one(
+    running: Running, peers: list[Peer]
+) -> None:
+    """A node that joins is reached by the leader before it knows the leader's address
+    from the log: it answers at the address the leader's stream gave."""
+    addresses = running.node.transport.addresses
+    peers.append(Peer(running, sender="n2", address="http://127.0.0.1:1"))
+    assert addresses["n2"] == "http://127.0.0.1:1"
+    peers.append(Peer(running, sender="n2", address="http://127.0.0.1:2", lane="control"))
+    assert addresses["n2"] == "http://127.0.0.1:1"  # known: never replaced
+    for bad in ("ftp://127.0.0.1:3", "http://", "http://" + "a" * 3000):
+        refused = Peer(running, sender="n3", address=bad)
+        peers.append(refused)
+        assert refused.status == 400 and refused.sock is None
+    assert "n3" not in addresses
+
+
 def frame_with_wrong_key(messages: list[Message]) -> bytes:
     return FrameWriter(b"k" * 32).frame(frame(messages))
 
@@ -221,6 +243,8 @@ class FakePeer:
         self.refuse_first = refuse_first
         self.received: list[tuple[str, list[Message]]] = []
         self.handshakes: list[str] = []
+        self.given_address = ""
+        """The address the sender gave in its last handshake."""
         self.changed = threading.Condition()
         self.release = threading.Event()
         self.sockets: list[socket.socket] = []
@@ -243,7 +267,9 @@ class FakePeer:
         fields = dict(
             line.split(": ", 1) for line in head.decode().split("\r\n")[1:] if ": " in line
         )
-        lane = source.read(int(fields["Content-Length"])).decode()
+        lane, _, self.given_address = (
+            source.read(int(fields["Content-Length"])).decode().partition("\n")
+        )
         with self.changed:
             self.handshakes.append(lane)
             refuse = len(self.handshakes) <= self.refuse_first
@@ -295,6 +321,7 @@ def fake_peer() -> Iterator[Any]:
 @pytest.fixture
 def transport() -> Iterator[Transport]:
     made = Transport("n1", SECRET, "raft/", 5.0)
+    made.set_address("n1", "http://127.0.0.1:7")
     yield made
     made.stop()
 
@@ -331,6 +358,7 @@ def test_batches_on_one_lane_arrive_in_the_order_they_were_queued(
     wait_for(lambda: len(peer.kinds("data")) == 300, 10, "every AppendEntries")
     indexes = [m.index for lane, batch in peer.received if lane == "data" for m in batch]
     assert indexes == list(range(1, 301))
+    assert peer.given_address == "http://127.0.0.1:7"  # the handshake gave the sender's address
 
 
 def test_a_stream_that_broke_is_opened_again_and_the_batch_resent(

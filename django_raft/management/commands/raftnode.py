@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import events
-from ...conf import _url, raft_settings
+from ...conf import is_node_url, raft_settings
 
 
 class Command(BaseCommand):
@@ -60,11 +60,11 @@ class Command(BaseCommand):
                 f"--bootstrap: node {node_id!r} is not in DJANGO_RAFT['CLUSTER'], the founding "
                 "members; a node joining a running cluster is given --join"
             )
-        if not _url(address):
+        if not is_node_url(address):
             problems.append("an http(s) address is required: --address or DJANGO_RAFT['ADDRESS']")
         if options["bootstrap"] and join is not None:
             problems.append("--bootstrap and --join exclude each other")
-        if join is not None and not _url(join):
+        if join is not None and not is_node_url(join):
             problems.append(f"--join must be a member's http(s) URL, not {join!r}")
         if not 1 <= options["threads"] <= 512:
             problems.append("--threads must be between 1 and 512")
