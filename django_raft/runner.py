@@ -24,6 +24,7 @@ beyond the bound they are refused with ``OverloadedError``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -69,6 +70,9 @@ TURN_BUDGET_FRACTION = 0.2
 """A turn stops handling Readies once it ran this fraction of the heartbeat interval."""
 MAX_PENDING_PROPOSALS = 65_536
 """Proposals queued or waiting for their commit before new ones are refused."""
+COMMIT_WRITE_INTERVAL = 1.0
+"""Seconds between writes of a commit index that moved alone (see ``DjangoStorage.persist``:
+the node never reads it back; the admin shows it)."""
 MAX_UNAPPLIED = 2048
 """Entries this node may have appended and not yet applied before it holds proposals
 back (below the storage's in-memory tail, so what is applied is never read back)."""
@@ -163,6 +167,30 @@ class _Pending:
     future: Future[Outcome]
 
 
+def _defer_commit_notices(
+    early: tuple[Message, ...], late: tuple[Message, ...]
+) -> tuple[tuple[Message, ...], tuple[Message, ...], tuple[Message, ...]]:
+    """Take the AppendEntries that carry no entries (a leader's commit notices) out of
+    a Ready's messages, to be sent once its committed entries are applied.
+
+    A message may always be sent later than the core allows. These only tell followers
+    what to apply: sent first, they would wake every follower to apply while the leader
+    applies and answers its caller, on the same few cores.
+    """
+
+    def is_notice(message: Message) -> bool:
+        return message.type is MessageType.APPEND and not message.entries
+
+    notices = tuple(m for m in (*early, *late) if is_notice(m))
+    if not notices:
+        return early, late, ()
+    return (
+        tuple(m for m in early if not is_notice(m)),
+        tuple(m for m in late if not is_notice(m)),
+        notices,
+    )
+
+
 class RaftNode:
     """A running Raft node in this process."""
 
@@ -219,6 +247,7 @@ class RaftNode:
         self._slots: dict[str, ReplySlot] = {}
         self._waiting_slots: list[ReplySlot] = []
         self._max_turn = 0.0
+        self._commit_written_at = time.monotonic()
         self._full_status_at = 0.0
         self._membership_changed = False
         self._dropped_since_log = 0
@@ -383,6 +412,9 @@ class RaftNode:
                     if now - next_tick > 10 * self.tick_interval:
                         next_tick = now + self.tick_interval  # fell far behind: skip ahead
                     self._watch_leader(now)
+                    if now - self._commit_written_at >= COMMIT_WRITE_INTERVAL:
+                        self.storage.write_commit()
+                        self._commit_written_at = now
                 self._process_ready(started + self.turn_budget)
                 self._max_turn = max(self._max_turn, time.monotonic() - started)
                 self._update_status()
@@ -391,6 +423,8 @@ class RaftNode:
             raise
         finally:
             self._fail_waiting(StopError(f"node {self.node_id!r} stopped"))
+            with contextlib.suppress(Exception):  # the database may be what failed
+                self.storage.write_commit()
             close_old_connections()
             self.stopped.set()
 
@@ -537,6 +571,9 @@ class RaftNode:
         while raw.has_ready():
             ready = raw.ready()
             early, late = ready.partition_messages()
+            notices: tuple[Message, ...] = ()
+            if ready.committed_entries and ready.messages:
+                early, late, notices = _defer_commit_notices(early, late)
             self._send(early)  # a leader replicates while it persists its own entries
             with metrics.persisting():
                 self.storage.persist(ready.hard_state, ready.entries, ready.snapshot)
@@ -547,6 +584,7 @@ class RaftNode:
                 self._restore(ready.snapshot)
             if ready.committed_entries:
                 self._apply(ready.committed_entries)
+            self._send(notices)
             for read_state in ready.read_states:
                 future = self._reads.pop(read_state.context, None)
                 if future is not None:

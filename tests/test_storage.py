@@ -576,20 +576,36 @@ def relaxed(captured: CaptureQueriesContext) -> bool:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.usefixtures("restore_durability")
-def test_only_a_write_of_the_commit_index_alone_skips_the_sync() -> None:
-    """commitIndex is volatile (Figure 2): a Ready that moves only it is not synced."""
+def test_a_commit_index_that_moved_alone_is_written_later_and_never_synced() -> None:
+    """commitIndex is volatile (Figure 2): a Ready that moves only it writes nothing; the
+    next write stores it, and ``write_commit`` stores it without a sync."""
     make_durable("default")
     storage = DjangoStorage()
+
+    def stored_commit() -> int:
+        return DjangoStorage().initial_state()[0].commit
+
     writes = [
-        (HardState(term=1, vote="a"), make_entries([1, 1]), False),
-        (HardState(term=1, vote="a", commit=1), (), True),
-        (HardState(term=1, vote="a", commit=2), (), True),
-        (HardState(term=2, vote="a", commit=2), (), False),  # a new term must be synced
-        (HardState(term=2, vote="b", commit=2), (), False),
-        (HardState(term=2, vote="b", commit=3), make_entries([2], first=3), False),
+        (HardState(term=1, vote="a"), make_entries([1, 1]), 1),
+        (HardState(term=1, vote="a", commit=1), (), 0),
+        (HardState(term=1, vote="a", commit=2), (), 0),
+        (HardState(term=2, vote="a", commit=2), (), 1),  # a new term is synced, with it
     ]
-    for hard_state, entries, expected in writes:
+    for hard_state, entries, queries in writes:
         with CaptureQueriesContext(connection) as captured:
             storage.persist(hard_state, entries)
-        assert relaxed(captured) is expected, hard_state
-    assert DjangoStorage().initial_state()[0] == HardState(term=2, vote="b", commit=3)
+        assert bool(captured.captured_queries) is bool(queries), hard_state
+        assert not relaxed(captured)
+        assert storage.initial_state()[0] == hard_state  # in memory at once
+    assert stored_commit() == 2
+    storage.persist(HardState(term=2, vote="a", commit=3))
+    storage.persist(None, make_entries([2], first=3))  # entries alone: the commit goes with them
+    assert stored_commit() == 3
+    storage.persist(HardState(term=2, vote="a", commit=4))
+    assert stored_commit() == 3
+    with CaptureQueriesContext(connection) as captured:
+        storage.write_commit()
+    assert relaxed(captured) and stored_commit() == 4
+    with CaptureQueriesContext(connection) as captured:
+        storage.write_commit()  # nothing moved since
+    assert not captured.captured_queries
