@@ -50,6 +50,7 @@ from .core import (
     NotLeaderError,
     RaftError,
     RawNode,
+    Ready,
     Snapshot,
     StateType,
 )
@@ -168,15 +169,19 @@ class _Pending:
 
 
 def _defer_commit_notices(
-    early: tuple[Message, ...], late: tuple[Message, ...]
+    ready: Ready, early: tuple[Message, ...], late: tuple[Message, ...]
 ) -> tuple[tuple[Message, ...], tuple[Message, ...], tuple[Message, ...]]:
     """Take the AppendEntries that carry no entries (a leader's commit notices) out of
     a Ready's messages, to be sent once its committed entries are applied.
 
     A message may always be sent later than the core allows. These only tell followers
     what to apply: sent first, they would wake every follower to apply while the leader
-    applies and answers its caller, on the same few cores.
+    applies and answers its caller, on the same few cores. Not when a membership change
+    is applied: a removed node must still hear that its removal committed, and applying
+    it stops sending to that node.
     """
+    if any(entry.type is EntryType.CONF_CHANGE for entry in ready.committed_entries):
+        return early, late, ()
 
     def is_notice(message: Message) -> bool:
         return message.type is MessageType.APPEND and not message.entries
@@ -573,7 +578,7 @@ class RaftNode:
             early, late = ready.partition_messages()
             notices: tuple[Message, ...] = ()
             if ready.committed_entries and ready.messages:
-                early, late, notices = _defer_commit_notices(early, late)
+                early, late, notices = _defer_commit_notices(ready, early, late)
             self._send(early)  # a leader replicates while it persists its own entries
             with metrics.persisting():
                 self.storage.persist(ready.hard_state, ready.entries, ready.snapshot)
