@@ -372,3 +372,34 @@ def test_a_stream_that_broke_is_opened_again_and_the_batch_resent(
     transport.send([append(2)])
     wait_for(lambda: 2 in [m.index for _, b in peer.received for m in b], 10, "the resend")
     assert peer.handshakes == ["data", "data"]
+
+
+def test_a_heartbeat_answered_later_than_the_interval_is_signalled(
+    running: Running, peers: list[Peer]
+) -> None:
+    """Streams carry no answers, so the node times each peer's heartbeats itself:
+    ``heartbeat_interval`` fires when an answer comes later than the interval."""
+    from django_raft import signals
+
+    slow: list[dict[str, Any]] = []
+
+    def record(**arguments: Any) -> None:
+        slow.append(arguments)
+
+    signals.heartbeat_interval.connect(record, weak=False)
+    try:
+        node = running.node
+        term = node.status()["term"]
+        now = time.monotonic()
+        node._heartbeats_sent.update({"n2": now - 0.5, "n3": now + 60})  # as if sent
+        for sender in ("n2", "n3"):
+            peer = Peer(running, sender=sender)
+            peers.append(peer)
+            peer.send([rpc_message(type=MessageType.HEARTBEAT_RESPONSE, term=term, sender=sender)])
+        wait_for(lambda: "n2" not in node._heartbeats_sent, 10, "n2's answer")
+        wait_for(lambda: "n3" not in node._heartbeats_sent, 10, "n3's answer")
+        time.sleep(0.2)  # signals are sent from the dispatcher thread
+        assert [call["peer"] for call in slow] == ["n2"]
+        assert slow[0]["value"] >= 0.5 and slow[0]["prev_value"] == node.heartbeat_interval
+    finally:
+        signals.heartbeat_interval.disconnect(record)
