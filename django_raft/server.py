@@ -202,6 +202,8 @@ class _Accepted:
     key: bytes
 
 
+MAX_STREAMS = 256
+"""Peers' streams open at once at most (two per peer: one per lane)."""
 MAX_ADDRESS_LENGTH = 2048
 """Characters of the address a stream's handshake may carry at most."""
 
@@ -328,9 +330,25 @@ class _Connection(cheroot_server.HTTPConnection):
         if accepted is None:
             return keep
         _handoff.stream = None
-        if keep:
-            self._serve_stream(accepted)
-        return False
+        name = (accepted.sender, accepted.lane)
+        if keep and self.server.streams.open(name, self.socket):
+            # The stream gets a thread of its own: request threads stay free for
+            # requests, and a new stream needs one only for its handshake.
+            self._stream_thread = threading.Thread(
+                target=self._serve_stream,
+                args=(accepted,),
+                name=f"raft-stream-{accepted.sender}-{accepted.lane}",
+                daemon=True,
+            )
+            self._stream_thread.start()
+        return False  # the request thread is done with this connection
+
+    def close(self) -> None:
+        """Close the connection, unless a stream's thread serves it (it closes it)."""
+        thread: threading.Thread | None = getattr(self, "_stream_thread", None)
+        if thread is not None and threading.current_thread() is not thread:
+            return
+        super().close()
 
     def _serve_stream(self, accepted: _Accepted) -> None:
         """Step the frames of an accepted stream until it ends, breaks or lies.
@@ -343,7 +361,6 @@ class _Connection(cheroot_server.HTTPConnection):
         server: NodeServer = self.server
         sock = self.socket
         name = (accepted.sender, accepted.lane)
-        server.streams.open(name, sock)
         reader = stream.FrameReader(self.rfile, accepted.key)
         try:
             sock.settimeout(CONNECTION_TIMEOUT)
@@ -368,6 +385,7 @@ class _Connection(cheroot_server.HTTPConnection):
             return  # the sender went away, or this node is stopping
         finally:
             server.streams.close(name, sock)
+            self.close()
 
 
 class _PeerLane:
@@ -384,18 +402,24 @@ class _PeerLane:
 
 class _Streams:
     """The peers' open streams, one per sender and lane: a sender that opens a new one
-    (its old one broke on its side) ends the old one, and a stopping server ends all."""
+    (its old one broke on its side) ends the old one, and a stopping server ends all.
+    At most ``MAX_STREAMS`` are open at once."""
 
     def __init__(self) -> None:
         self._open: dict[tuple[str, str], socket.socket] = {}
         self._lock = threading.Lock()
 
-    def open(self, name: tuple[str, str], sock: socket.socket) -> None:
+    def open(self, name: tuple[str, str], sock: socket.socket) -> bool:
+        """Record a stream; False (and it is not recorded) when too many are open."""
         with self._lock:
             old = self._open.get(name)
+            if old is None and len(self._open) >= MAX_STREAMS:
+                logger.warning("raft: %d streams are open: %r's is refused", MAX_STREAMS, name)
+                return False
             self._open[name] = sock
         if old is not None:
             _shut(old)
+        return True
 
     def close(self, name: tuple[str, str], sock: socket.socket) -> None:
         with self._lock:

@@ -403,3 +403,29 @@ def test_a_heartbeat_answered_later_than_the_interval_is_signalled(
         assert slow[0]["value"] >= 0.5 and slow[0]["prev_value"] == node.heartbeat_interval
     finally:
         signals.heartbeat_interval.disconnect(record)
+
+
+def test_streams_hold_no_request_thread(running: Running, peers: list[Peer]) -> None:
+    """Each stream has a thread of its own: six open streams leave the node's four
+    request threads (``start_node(threads=4)`` here) to its clients."""
+    for sender in ("n2", "n3", "n4"):
+        for lane in stream.LANES:
+            peer = Peer(running, sender=sender, lane=lane)
+            peers.append(peer)
+            assert peer.status == 200
+    assert running.status()["state"] == "leader"  # answered: a request thread was free
+    assert all(not peer.closed_by_node(timeout=0.1) for peer in peers)
+
+
+def test_streams_beyond_the_bound_are_closed_at_once(
+    running: Running, peers: list[Peer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node_server, "MAX_STREAMS", 2)
+    kept = [Peer(running, sender="n2"), Peer(running, sender="n3")]
+    refused = Peer(running, sender="n4")
+    again = Peer(running, sender="n2")  # replaces n2's own stream: not a new one
+    peers.extend([*kept, refused, again])
+    assert refused.closed_by_node()
+    assert kept[0].closed_by_node()  # replaced by ``again``
+    assert not kept[1].closed_by_node(timeout=0.2)
+    assert not again.closed_by_node(timeout=0.2)
