@@ -11,6 +11,7 @@ from __future__ import annotations
 from .core import DuplicatePeerError, NotLeaderError, RaftError
 
 __all__ = [
+    "ApplyError",
     "ClusterUnreachableError",
     "CommandFailedError",
     "CommandTimeoutError",
@@ -24,6 +25,12 @@ __all__ = [
     "SessionExpiredError",
     "StaleTokenError",
 ]
+
+
+class ApplyError(RaftError):
+    """Committed entries could not be applied because the database failed (not because
+    of the commands): the node stops rather than record an outcome other nodes would
+    not have. Restarted, it applies them again from its log."""
 
 
 class CommandTimeoutError(RaftError):

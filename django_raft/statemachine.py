@@ -25,21 +25,24 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import math
 import struct
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from django.apps import apps
 from django.core import serializers
 from django.core.management.color import no_style
-from django.db import connections, transaction
+from django.db import InterfaceError, OperationalError, connections, transaction
 from django.db.models import Model
 from django.utils import timezone
 
 from . import commands, entry_outcomes, sessions
 from .conf import raft_settings
 from .core import ConfChange, ConfChangeType, Entry, EntryType, Snapshot
+from .exceptions import ApplyError
 from .models import MAX_ADDRESS_LENGTH, SINGLETON, AppliedState, EntryOutcome, Member
 from .outcome import Outcome, describe_error
 from .storage import redoable_transaction
@@ -51,7 +54,15 @@ SNAPSHOT_MAGIC = b"django-raft-state/2\n"
 """How a snapshot made by ``StateMachine.save`` starts; a length-prefixed JSON list of
 members follows, then the length-prefixed client sessions and locks (``sessions.dump``),
 then the replicated state, then the SHA-256 of everything before it."""
+ENVIRONMENT_RETRY_DELAYS = (0.01, 0.05, 0.2)
+"""Seconds to wait before applying a run again after the database failed under it (see
+``environmental``); after the last, ``ApplyError`` stops the node, which applies the
+run again from its log when restarted."""
+_SQLITE_ENVIRONMENT = ("locked", "busy", "disk i/o", "full", "readonly", "unable to open")
+"""What SQLite's messages say when an ``OperationalError`` is about the database file,
+not the statement (SQLite reports both kinds with that one class)."""
 _DIGEST_SIZE = 32
+logger = logging.getLogger(__name__)
 
 LOAD_BATCH_SIZE = 1000
 
@@ -105,6 +116,40 @@ class StateMachine:
         """
         if not entries:
             return {}
+        for delay in (*ENVIRONMENT_RETRY_DELAYS, None):
+            try:
+                return self._apply_once(entries)
+            except (OperationalError, InterfaceError) as error:
+                if not self.environmental(error):
+                    raise
+                if delay is None:
+                    raise ApplyError(
+                        f"entries {entries[0].index}-{entries[-1].index} could not be "
+                        f"applied: the database failed ({error}); nothing was recorded"
+                    ) from error
+                logger.warning(
+                    "raft: applying entries %d-%d failed in the database (%s); trying again",
+                    entries[0].index,
+                    entries[-1].index,
+                    error,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def environmental(self, error: BaseException) -> bool:
+        """Whether a database error says nothing about the command that met it: a lock
+        held too long, a lost connection, a full or failing disk. Such an error is never
+        recorded as a command's outcome, since another node would not meet it."""
+        if isinstance(error, InterfaceError):
+            return True
+        if not isinstance(error, OperationalError):
+            return False
+        if connections[self.alias].vendor != "sqlite":
+            return True  # PostgreSQL reports a statement's own errors with other classes
+        text = str(error).lower()
+        return any(marker in text for marker in _SQLITE_ENVIRONMENT)
+
+    def _apply_once(self, entries: Sequence[Entry]) -> dict[int, Outcome]:
         try:
             with redoable_transaction(self.alias):
                 return self._apply_run(entries, fast=True)
@@ -219,6 +264,8 @@ class StateMachine:
             if not sessions.is_tracked(command):
                 commands.get(command.name)
         except Exception as error:
+            if self.environmental(error):
+                raise
             return Outcome(ok=False, error=describe_error(error))
         return command
 
@@ -230,6 +277,8 @@ class StateMachine:
             with transaction.atomic(using=self.alias):
                 self._apply_conf_change(ConfChange.decode(entry.data))
         except Exception as error:
+            if self.environmental(error):
+                raise
             return Outcome(ok=False, error=describe_error(error))
         return Outcome(ok=True)
 
@@ -242,11 +291,15 @@ class StateMachine:
             try:
                 return Outcome(ok=True, value=_as_json(handler(context, **arguments)))
             except Exception as error:
+                if self.environmental(error):
+                    raise
                 raise _Redo from error
         try:
             with transaction.atomic(using=self.alias):
                 value = _as_json(handler(context, **arguments))
         except Exception as error:
+            if self.environmental(error):
+                raise
             return Outcome(ok=False, error=describe_error(error))
         return Outcome(ok=True, value=value)
 
@@ -261,6 +314,8 @@ class StateMachine:
             with transaction.atomic(using=self.alias):
                 return _batch_outcomes(calls, handler(context, calls))
         except Exception as error:
+            if self.environmental(error):
+                raise
             if fast:
                 raise _Redo from error
             return {entry.index: Outcome(ok=False, error=describe_error(error))}

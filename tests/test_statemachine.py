@@ -607,3 +607,83 @@ def test_preserved_puts_back_every_registration() -> None:
         commands.reset()
         commands.register("t.only", lambda context: None)
     assert registrations() == before
+
+
+# -- a failing database is not a command's outcome ----------------------------------------
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_database_lock_is_not_recorded_as_the_commands_outcome(
+    machine: StateMachine, batch: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock held too long is this node's trouble, not the command's: the run is rolled
+    back and applied again, and every node records the same outcome."""
+    from django.db import OperationalError
+
+    from django_raft import statemachine
+
+    monkeypatch.setattr(statemachine, "ENVIRONMENT_RETRY_DELAYS", (0.0, 0.0))
+    failures = [OperationalError("database table is locked: test")] * 2
+
+    def write(key: str) -> str:
+        if failures:
+            raise failures.pop()
+        KeyValue.objects.create(key=key, value="v", version=1)
+        return key
+
+    if batch:
+
+        @commands.command("test.write", batch=True)
+        def write_many(context: commands.Context, calls: Any) -> list[Any]:
+            return [write(**call.arguments) for call in calls]
+
+    else:
+
+        @commands.command("test.write")
+        def write_one(context: commands.Context, key: str) -> str:
+            return write(key)
+
+    outcomes = machine.apply([command(1, "test.write", key="a"), command(2, "test.write", key="b")])
+    assert outcomes == {1: Outcome(True, "a"), 2: Outcome(True, "b")}
+    assert values() == {"a": ("v", 1), "b": ("v", 1)}
+    assert machine.applied()[0] == 2
+
+
+def test_a_database_that_keeps_failing_stops_the_apply_with_nothing_recorded(
+    machine: StateMachine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.db import OperationalError
+
+    from django_raft import statemachine
+    from django_raft.exceptions import ApplyError
+
+    monkeypatch.setattr(statemachine, "ENVIRONMENT_RETRY_DELAYS", (0.0,))
+    machine.apply([command(1, "kv.set", key="kept", value="v")])
+
+    @commands.command("test.disk")
+    def disk(context: commands.Context) -> None:
+        KeyValue.objects.create(key="lost", value="v", version=1)
+        raise OperationalError("disk I/O error")
+
+    with pytest.raises(ApplyError, match="entries 2-3 could not be applied"):
+        machine.apply([command(2, "kv.set", key="x", value="v"), command(3, "test.disk")])
+    assert machine.applied()[0] == 1
+    assert values() == {"kept": ("v", 1)}
+
+
+def test_an_error_of_the_statement_itself_is_the_commands_outcome(
+    machine: StateMachine,
+) -> None:
+    """A statement's own error is the same on every node, so it is the command's
+    outcome. SQLite reports those as ``OperationalError`` too, PostgreSQL with others."""
+    from django.db import OperationalError, ProgrammingError
+
+    error_class = OperationalError if connection.vendor == "sqlite" else ProgrammingError
+
+    @commands.command("test.typo")
+    def typo(context: commands.Context) -> None:
+        raise error_class("no such table: kv_nothing")
+
+    outcomes = machine.apply([command(1, "test.typo")])
+    assert not outcomes[1].ok and "no such table" in outcomes[1].error
+    assert machine.applied()[0] == 1
