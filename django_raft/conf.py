@@ -135,7 +135,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a non-negative integer",
     ),
     "SNAPSHOT_THRESHOLD": (_positive_int, "a positive integer"),
-    "MAX_SNAPSHOT_CHUNK": (_positive_int, "a positive number of bytes"),
+    "MAX_SNAPSHOT_CHUNK": (
+        lambda v: _positive_int(v) and v <= 32 << 20,
+        "a positive number of bytes, at most 32 MiB (a chunk travels in one frame)",
+    ),
     "REPLICATED_MODELS": (
         lambda v: (
             isinstance(v, list | tuple) and all(isinstance(m, str) and m.count(".") == 1 for m in v)

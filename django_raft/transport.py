@@ -195,14 +195,36 @@ class _PeerSender(threading.Thread):
                 batch = self.source.take(transport.stopped, KEEPALIVE)
                 if batch is None:
                     break
-                if batch:
-                    self._send(frame(batch))
+                try:
+                    if batch:
+                        self._send_batch(batch)
+                    elif self._socket is not None:
+                        self._send(b"")  # idle (or a backlog): tell the peer it lives
+                except Exception:  # never let the lane die: Raft sends again what is lost
+                    logger.exception("raft: sending to %s failed", self.peer)
+                finally:
                     self.busy = False
-                elif self._socket is not None:
-                    self._send(b"")  # idle (or a backlog): tell the peer the stream lives
         finally:
             with self._lock:
                 self._close()
+
+    def _send_batch(self, batch: list[Message]) -> None:
+        """Write a batch as one frame, or message by message when it is too large for one."""
+        payload = frame(batch)
+        if len(payload) <= stream.MAX_FRAME:
+            self._send(payload)
+            return
+        for message in batch:
+            payload = frame([message])
+            if len(payload) > stream.MAX_FRAME:
+                logger.error(
+                    "raft: a %s to %s of %d bytes is too large for a frame: dropped",
+                    message.type.value,
+                    self.peer,
+                    len(payload),
+                )
+                continue
+            self._send(payload)
 
     def write_now(self, messages: list[Message]) -> bool:
         """Write a batch to the open stream without blocking; False: queue it instead.
@@ -226,7 +248,10 @@ class _PeerSender(threading.Thread):
             if peer_closed(sock):
                 self._close()
                 return False
-            data = writer.frame(frame(messages))
+            payload = frame(messages)
+            if len(payload) > stream.MAX_FRAME:
+                return False  # the sender thread cuts it up
+            data = writer.frame(payload)
             try:
                 sent = sock.send(data, socket.MSG_DONTWAIT)
             except BlockingIOError:

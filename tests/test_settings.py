@@ -107,6 +107,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
         for name in ("MAX_ENTRIES_PER_REQUEST", "SNAPSHOT_THRESHOLD", "MAX_SNAPSHOT_CHUNK")
         for value in (0, -1, 1.5, NAN, "10", True)
     ],
+    ("MAX_SNAPSHOT_CHUNK", (32 << 20) + 1),  # a chunk must fit in one stream frame
     *[("ENTRIES_AFTER_SNAPSHOT", value) for value in (-1, 1.5, NAN, "10", True, None)],
     ("REPLICATED_MODELS", "kv.KeyValue"),
     ("REPLICATED_MODELS", ["kv"]),

@@ -327,7 +327,7 @@ def transport() -> Iterator[Transport]:
 
 
 def append(index: int, size: int = 0) -> Message:
-    entries = (Entry(index=index, term=1, data=b"x" * size),) if size else ()
+    entries = (Entry(index=index + 1, term=1, data=b"x" * size),) if size else ()
     return Message(
         type=MessageType.APPEND, to="n2", sender="n1", term=1, index=index, entries=entries
     )
@@ -429,3 +429,21 @@ def test_streams_beyond_the_bound_are_closed_at_once(
     assert kept[0].closed_by_node()  # replaced by ``again``
     assert not kept[1].closed_by_node(timeout=0.2)
     assert not again.closed_by_node(timeout=0.2)
+
+
+def test_a_batch_too_large_for_one_frame_goes_message_by_message(
+    transport: Transport, fake_peer: Any, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    """A batch whose frame would pass ``MAX_FRAME`` is cut into one frame per message;
+    a single message too large for a frame is dropped and logged, and the lane goes on."""
+    monkeypatch.setattr(stream, "MAX_FRAME", 4000)
+    peer = fake_peer()
+    transport.set_address("n2", peer.address)
+    transport.send([append(index, size=1500) for index in (1, 2, 3)])  # about 4,600 bytes
+    wait_for(lambda: len(peer.kinds("data")) == 3, 10, "the three AppendEntries")
+    assert all(len(batch) == 1 for lane, batch in peer.received if lane == "data")
+    transport.send([append(4, size=5000)])  # alone over the limit
+    transport.send([append(5)])
+    wait_for(lambda: len(peer.kinds("data")) == 4, 10, "the next AppendEntries")
+    assert [m.index for _, batch in peer.received for m in batch] == [1, 2, 3, 5]
+    assert "too large for a frame: dropped" in caplog.text

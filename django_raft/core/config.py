@@ -17,6 +17,9 @@ from .types import Snapshot
 
 MAX_ENTRIES_PER_MESSAGE = 2000
 """go-raft's MaxLogEntriesPerRequest."""
+MAX_BYTES_PER_MESSAGE = 8 << 20
+"""Bytes of entry data one AppendEntries carries at most (etcd's MaxSizePerMsg); one
+entry larger than that still goes, alone."""
 ENTRIES_AFTER_SNAPSHOT = 200
 """go-raft's NumberOfLogEntriesAfterSnapshot: kept so slightly slow followers need no snapshot."""
 
@@ -67,6 +70,8 @@ class Config:
     past the last stored index.
     """
     max_entries_per_message: int = MAX_ENTRIES_PER_MESSAGE
+    max_bytes_per_message: int = MAX_BYTES_PER_MESSAGE
+    """Bytes of entry data per AppendEntries (at least one entry goes, however large)."""
     max_inflight_messages: int = 256
     max_committed_per_ready: int = 10_000
     snapshot_threshold: int = 10_000
@@ -89,6 +94,7 @@ class Config:
             "election_tick",
             "heartbeat_tick",
             "max_entries_per_message",
+            "max_bytes_per_message",
             "max_inflight_messages",
             "max_committed_per_ready",
             "snapshot_threshold",

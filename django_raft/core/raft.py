@@ -265,7 +265,10 @@ class Raft:
         if progress.next < self.log.first_index() or (prev_term == 0 and prev_index > 0):
             self._start_snapshot(to, progress)
             return self._send_snapshot_chunk(to, progress)
-        entries = self.log.entries(progress.next, self.config.max_entries_per_message)
+        entries = _within(
+            self.log.entries(progress.next, self.config.max_entries_per_message),
+            self.config.max_bytes_per_message,
+        )
         if not entries and not send_if_empty:
             return False
         self._send(
@@ -1188,3 +1191,13 @@ class Raft:
             )
         )
         return first, first + len(datas) - 1
+
+
+def _within(entries: list[Entry], max_bytes: int) -> list[Entry]:
+    """The first of ``entries`` whose data fit in ``max_bytes`` (the first one always)."""
+    total = 0
+    for count, entry in enumerate(entries):
+        total += len(entry.data)
+        if total > max_bytes and count:
+            return entries[:count]
+    return entries

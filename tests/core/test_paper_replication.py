@@ -337,6 +337,31 @@ def test_max_entries_per_message(limit: int | None, count: int) -> None:
     assert log_entries(nodes["2"]) == log_entries(nodes["1"])
 
 
+def test_max_bytes_per_message() -> None:
+    """No AppendEntries carries more than max_bytes_per_message bytes of entry data
+    (etcd's MaxSizePerMsg), so a follower catching up gets a long log in several; an
+    entry larger than the limit still goes, alone."""
+    assert Config(id="1").max_bytes_per_message == 8 << 20
+    voters = node_ids(3)
+    nodes = {node_id: new_node(node_id, voters, max_bytes_per_message=100) for node_id in voters}
+    nodes["1"].campaign()
+    deliver_all(nodes)
+    for size in [40] * 6 + [300] + [40] * 3:
+        nodes["1"].propose(b"x" * size)
+    deliver_all(nodes, drop=lambda m: "2" in (m.to, m.sender))  # 2 misses all of it
+    for _ in range(nodes["1"].raft.config.heartbeat_tick):
+        nodes["1"].tick()
+    delivered = deliver_all(nodes)
+    carried = [
+        [len(entry.data) for entry in m.entries]
+        for m in delivered
+        if m.type is MessageType.APPEND and m.to == "2" and m.entries
+    ]
+    assert carried and all(sum(sizes) <= 100 or sizes == [300] for sizes in carried)
+    assert [300] in carried and max(len(sizes) for sizes in carried) == 2
+    assert log_entries(nodes["2"]) == log_entries(nodes["1"])
+
+
 def test_probe_then_replicate() -> None:
     """A new leader probes each follower, one AppendEntries at a time, until it learns
     where their logs agree; it then streams entries without waiting for answers. A
