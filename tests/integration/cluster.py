@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import sqlite3
@@ -29,11 +30,43 @@ POSTGRES = os.environ.get("RAFT_TEST_POSTGRES", "")
 """A postgres:// URL of a server where each node gets its own database, or ""."""
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A port nothing listens on, for a node or server a test starts.
+
+    Taken below the kernel's ephemeral range: a port that ``bind(0)`` picks comes from
+    that range, where any outgoing connection (a node's stream to a peer, a client) may
+    take it between now and the moment the server listens on it. Each xdist worker
+    draws from a range of its own, and never hands out a port twice.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    slot = int(worker) % 4 if worker.isdigit() else 0
+    low = 20_000 + slot * 3_000
+    high = min(low + 3_000, _ephemeral_low())
+    for _ in range(200 if high > low else 0):
+        port = random.randrange(low, high)
+        if port in _PORTS_GIVEN:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
         return port
+    with socket.socket() as sock:  # that range is full: let the kernel choose
+        sock.bind(("127.0.0.1", 0))
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def wait_for(
