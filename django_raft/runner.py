@@ -162,6 +162,12 @@ Request = (
 )
 
 
+class _AwaitedFuture(Future[Outcome]):
+    """The future of a blocking ``propose``: only its caller waits on it, and no code but
+    the node's own is attached to it, so the loop resolves it itself when the command is
+    applied (one thread hand-off fewer than through the completer)."""
+
+
 @dataclass(slots=True)
 class _Pending:
     term: int
@@ -326,7 +332,7 @@ class RaftNode:
         deadline = time.monotonic() + timeout
         if not self._room.acquire(timeout=max(0.0, timeout)):
             raise self._overloaded()
-        future: Future[Outcome] = Future()
+        future = _AwaitedFuture()
         self._enqueue_proposal(data, future)
         return future.result(max(0.0, deadline - time.monotonic()))
 
@@ -663,6 +669,8 @@ class RaftNode:
                     else RaftError("the command was superseded by another leader's entry")
                 )
                 completions.append((pending.future, None, error))
+            elif isinstance(pending.future, _AwaitedFuture):
+                pending.future.set_result(outcomes[entry.index])  # no callback to run
             else:
                 completions.append((pending.future, outcomes[entry.index], None))
         self.completer.complete(completions)
