@@ -27,7 +27,6 @@ import platform
 import select
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.load import cpu_seconds  # noqa: E402
+from tests.integration.cluster import free_port  # noqa: E402
 
 BENCH_ENV = ROOT / ".venv-bench"
 BENCH_REQUIREMENTS = ["pysyncobj==0.3.17", "matplotlib"]
@@ -90,14 +90,6 @@ TINY = Settings(
 
 
 # -- processes ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Child:
