@@ -47,9 +47,9 @@ def address(server: http.server.ThreadingHTTPServer) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}"
 
 
-def test_requests_share_one_connection(server: http.server.ThreadingHTTPServer) -> None:
-    connection = NodeConnection(address(server), 5.0, None)
-    accepted = []
+def count_connections(server: http.server.ThreadingHTTPServer) -> list[int]:
+    """A list that grows by one each time ``server`` accepts a connection."""
+    accepted: list[int] = []
     original = server.get_request
 
     def counting() -> Any:
@@ -57,6 +57,12 @@ def test_requests_share_one_connection(server: http.server.ThreadingHTTPServer) 
         return original()
 
     server.get_request = counting  # type: ignore[method-assign]
+    return accepted
+
+
+def test_requests_share_one_connection(server: http.server.ThreadingHTTPServer) -> None:
+    connection = NodeConnection(address(server), 5.0, None)
+    accepted = count_connections(server)
     for i in range(5):
         assert connection.post("/x", str(i).encode(), {}, 100) == (200, b"ok")
     assert _Handler.received == [b"0", b"1", b"2", b"3", b"4"]
@@ -121,14 +127,7 @@ def test_a_connection_past_descriptor_1024_is_kept_alive(
     try:
         while not fillers or fillers[-1] < 1100:
             fillers.append(os.open(os.devnull, os.O_RDONLY))
-        accepted = []
-        original = server.get_request
-
-        def counting() -> Any:
-            accepted.append(1)
-            return original()
-
-        server.get_request = counting  # type: ignore[method-assign]
+        accepted = count_connections(server)
         connection = NodeConnection(address(server), 5.0, None)
         for i in range(3):
             assert connection.post("/x", str(i).encode(), {}, 100) == (200, b"ok")
