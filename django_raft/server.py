@@ -30,8 +30,8 @@ from cheroot.workers.threadpool import ThreadPool
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import Http404, HttpRequest, HttpResponseBase, JsonResponse
 
-from . import metrics, stream, tls, views
-from .auth import NONCE_HEADER
+from . import command_serving, command_stream, metrics, stream, tls, views
+from .auth import NODE, NONCE_HEADER
 from .conf import is_node_url, raft_settings
 from .exceptions import StopError
 from .runner import RaftNode
@@ -135,6 +135,7 @@ class NodeApplication(WSGIHandler):
         prefix = "/" + raft_settings.URL_PREFIX
         self._rpc_prefix = prefix + "rpc/"
         self._command_path = prefix + "command"
+        self._command_stream_path = prefix + command_stream.PATH
 
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware: list[Any] = []
@@ -152,7 +153,7 @@ class NodeApplication(WSGIHandler):
             route = path[len(self._rpc_prefix) :]
             if path.startswith(self._rpc_prefix) and route and "/" not in route:
                 return self._fast(environ, start_response, route)
-            if path == self._command_path:
+            if path == self._command_path or path == self._command_stream_path:
                 return self._fast(environ, start_response, None)
         return super().__call__(environ, start_response)
 
@@ -190,16 +191,27 @@ class NodeApplication(WSGIHandler):
             return _accept_stream(body, checked.sender, nonce)
         if rpc_path is not None:
             return views.rpc_answer(rpc_path, body, checked.sender)
+        if path.endswith(command_stream.PATH):
+            nonce = environ.get("HTTP_" + NONCE_HEADER.upper().replace("-", "_"), "")
+            return _accept_command_stream(checked.kind, checked.sender, nonce, environ)
         return views.command_answer(body)
 
 
 @dataclass(frozen=True, slots=True)
 class _Accepted:
-    """A stream whose handshake was answered: the connection serves its frames next."""
+    """A stream whose handshake was answered: the connection serves its frames next.
+
+    A peer's (``lane`` is one of ``stream.LANES``, ``keys`` its one key) or a client's
+    command stream (``lane`` is ``COMMANDS``, ``keys`` the requests' and the answers')."""
 
     sender: str
     lane: str
-    key: bytes
+    keys: tuple[bytes, ...]
+
+
+COMMANDS = "commands"
+MAX_COMMAND_STREAMS = 256
+"""Clients' command streams open at once at most."""
 
 
 MAX_STREAMS = 256
@@ -225,8 +237,25 @@ def _accept_stream(body: bytes, sender: str, nonce: str) -> views.Answer:
     if address:
         node.transport.learn_address(sender, address)
     key = stream.stream_key(views.verifier().keys.node, nonce, sender, node.node_id, lane)
-    _handoff.stream = _Accepted(sender, lane, key)
+    _handoff.stream = _Accepted(sender, lane, (key,))
     return views.Answer(200, "text/plain", stream.PROTOCOL)
+
+
+def _accept_command_stream(
+    kind: str, sender: str, nonce: str, environ: dict[str, Any]
+) -> views.Answer:
+    """Answer a client's command stream handshake (already authenticated)."""
+    node = RaftNode.current
+    if node is None or node.stopping.is_set():
+        return views.Answer.error(503, "no Raft node runs in this process", "NodeStoppedError")
+    if environ.get("wsgi.url_scheme") != "http":
+        return views.Answer.error(400, "command streams are served over plain HTTP only")
+    keys = views.verifier().keys
+    key = keys.node if kind == NODE else keys.client
+    _handoff.stream = _Accepted(
+        sender, COMMANDS, command_stream.stream_keys(key, nonce, sender, node.node_id)
+    )
+    return views.Answer(200, "text/plain", command_stream.PROTOCOL + b" " + node.node_id.encode())
 
 
 PEER_HEADER = "X-Raft-Peer"
@@ -330,12 +359,20 @@ class _Connection(cheroot_server.HTTPConnection):
         if accepted is None:
             return keep
         _handoff.stream = None
-        name = (accepted.sender, accepted.lane)
-        if keep and self.server.streams.open(name, self.socket):
+        commands = accepted.lane == COMMANDS
+        if commands:
+            name = (accepted.sender, str(id(self)))
+            streams = self.server.command_streams
+            serve: Callable[[_Accepted], None] = self._serve_commands
+        else:
+            name = (accepted.sender, accepted.lane)
+            streams = self.server.streams
+            serve = self._serve_stream
+        if keep and streams.open(name, self.socket):
             # The stream gets a thread of its own: request threads stay free for
             # requests, and a new stream needs one only for its handshake.
             self._stream_thread = threading.Thread(
-                target=self._serve_stream,
+                target=serve,
                 args=(accepted,),
                 name=f"raft-stream-{accepted.sender}-{accepted.lane}",
                 daemon=True,
@@ -361,7 +398,7 @@ class _Connection(cheroot_server.HTTPConnection):
         server: NodeServer = self.server
         sock = self.socket
         name = (accepted.sender, accepted.lane)
-        reader = stream.FrameReader(self.rfile, accepted.key)
+        reader = stream.FrameReader(self.rfile, accepted.keys[0])
         try:
             sock.settimeout(CONNECTION_TIMEOUT)
             while node is not None and server.ready and not node.stopping.is_set():
@@ -387,6 +424,21 @@ class _Connection(cheroot_server.HTTPConnection):
             server.streams.close(name, sock)
             self.close()
 
+    def _serve_commands(self, accepted: _Accepted) -> None:
+        """Serve a client's command stream (``command_serving``) until it ends."""
+        node = RaftNode.current
+        server: NodeServer = self.server
+        sock = self.socket
+        name = (accepted.sender, str(id(self)))
+        try:
+            if node is not None:
+                sock.settimeout(CONNECTION_TIMEOUT)
+                up, down = accepted.keys
+                command_serving.serve(node, self.rfile, sock, (up, down), accepted.sender)
+        finally:
+            server.command_streams.close(name, sock)
+            self.close()
+
 
 class _PeerLane:
     """What the peers' request threads see as their server: their own queue of
@@ -403,18 +455,21 @@ class _PeerLane:
 class _Streams:
     """The peers' open streams, one per sender and lane: a sender that opens a new one
     (its old one broke on its side) ends the old one, and a stopping server ends all.
-    At most ``MAX_STREAMS`` are open at once."""
+    At most ``MAX_STREAMS`` are open at once; with ``commands``, the clients' command
+    streams instead (one per connection), at most ``MAX_COMMAND_STREAMS``."""
 
-    def __init__(self) -> None:
+    def __init__(self, commands: bool = False) -> None:
         self._open: dict[tuple[str, str], socket.socket] = {}
         self._lock = threading.Lock()
+        self._commands = commands
 
     def open(self, name: tuple[str, str], sock: socket.socket) -> bool:
         """Record a stream; False (and it is not recorded) when too many are open."""
         with self._lock:
             old = self._open.get(name)
-            if old is None and len(self._open) >= MAX_STREAMS:
-                logger.warning("raft: %d streams are open: %r's is refused", MAX_STREAMS, name)
+            limit = MAX_COMMAND_STREAMS if self._commands else MAX_STREAMS
+            if old is None and len(self._open) >= limit:
+                logger.warning("raft: %d streams are open: %r's is refused", limit, name)
                 return False
             self._open[name] = sock
         if old is not None:
@@ -458,6 +513,7 @@ class NodeServer(wsgi.Server):
     def prepare(self) -> None:
         """Bind, and start the peers' threads as well."""
         self.streams = _Streams()
+        self.command_streams = _Streams(commands=True)
         super().prepare()
         self.watchdog = _Watchdog(HEADER_TIMEOUT)
         self.watchdog.start()
@@ -491,6 +547,7 @@ class NodeServer(wsgi.Server):
         streams = getattr(self, "streams", None)
         if streams is not None:
             streams.close_all()
+            self.command_streams.close_all()
         super().stop()
         watchdog = getattr(self, "watchdog", None)
         if watchdog is not None:

@@ -33,6 +33,7 @@ __all__ = [
     "PROTOCOL",
     "STREAM_PATH",
     "FrameError",
+    "FrameParser",
     "FrameReader",
     "FrameWriter",
     "stream_key",
@@ -88,9 +89,10 @@ class FrameWriter:
 class FrameReader:
     """Reads the frames of one stream from ``source`` and checks each one's tag."""
 
-    def __init__(self, source: BinaryIO, key: bytes) -> None:
+    def __init__(self, source: BinaryIO, key: bytes, limit: int = MAX_FRAME) -> None:
         self._source = source
         self._key = key
+        self._limit = limit
         self._number = 0
 
     def read(self) -> bytes | None:
@@ -105,8 +107,8 @@ class FrameReader:
         if len(header) < _HEADER.size:
             raise FrameError("the stream ended inside a frame header")
         length, tag = _HEADER.unpack(header)
-        if length > MAX_FRAME:
-            raise FrameError(f"a frame of {length} bytes (at most {MAX_FRAME})")
+        if length > self._limit:
+            raise FrameError(f"a frame of {length} bytes (at most {self._limit})")
         payload = self._source.read(length) if length else b""
         if len(payload) < length:
             raise FrameError("the stream ended inside a frame")
@@ -114,3 +116,37 @@ class FrameReader:
             raise FrameError(f"frame {self._number} fails its tag")
         self._number += 1
         return payload
+
+
+class FrameParser:
+    """Cuts the frames of one stream out of bytes as they arrive, checking each tag.
+
+    For a reader that waits for its socket itself (``poll``) and so cannot leave the
+    bytes of a half-received frame in a buffered file.
+    """
+
+    def __init__(self, key: bytes, limit: int = MAX_FRAME) -> None:
+        self._key = key
+        self._limit = limit
+        self._number = 0
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The payloads of the frames ``data`` completes (``FrameError`` for a bad one)."""
+        buffer = self._buffer
+        buffer += data
+        payloads = []
+        while len(buffer) >= _HEADER.size:
+            length, tag = _HEADER.unpack_from(buffer)
+            if length > self._limit:
+                raise FrameError(f"a frame of {length} bytes (at most {self._limit})")
+            end = _HEADER.size + length
+            if len(buffer) < end:
+                break
+            payload = bytes(buffer[_HEADER.size : end])
+            del buffer[:end]
+            if not hmac.compare_digest(tag, _tag(self._key, self._number, payload)):
+                raise FrameError(f"frame {self._number} fails its tag")
+            self._number += 1
+            payloads.append(payload)
+        return payloads

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from django.core.signals import setting_changed
 
-from . import commands, sessions
+from . import command_stream, commands, sessions
 from .auth import ANY_NODE, CLIENT, Signer, derive_keys
 from .conf import raft_settings
 from .connection import NodeConnection, NotSentError
@@ -156,6 +156,32 @@ def post(address: str, route: str, body: dict[str, Any], timeout: float) -> dict
     return answer
 
 
+_streams = command_stream.Streams()
+
+
+def send_command(address: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """Send a command body to a node; its JSON answer. A write goes on this process's
+    command stream to the node (over plain HTTP, when the node serves one), anything
+    else as a request. Raise ``ClusterUnreachableError`` (``_NotSent`` when the command
+    certainly did not reach the node) when no answer comes."""
+    if body.get("read") or not address.startswith("http:"):
+        return post(address, "command", body, timeout)
+    keys = derive_keys(raft_settings.SECRET, raft_settings.CLIENT_SECRET)
+    signer = Signer(keys.client, CLIENT, raft_settings.NODE_ID or "client")
+    try:
+        found = _streams.get(address, signer, raft_settings.URL_PREFIX)
+    except NotSentError as error:
+        raise _NotSent(f"cannot reach {address}: {error}") from error
+    if found is None:
+        return post(address, "command", body, timeout)
+    try:
+        return found.call(body, timeout)
+    except command_stream.StreamBroken as error:
+        if not error.sent:
+            raise _NotSent(str(error)) from error
+        raise ClusterUnreachableError(str(error)) from error
+
+
 def _connection(address: str) -> NodeConnection:
     """This thread's connection to ``address``, made with the current TLS settings."""
     tls = (raft_settings.TLS_CERT, raft_settings.TLS_KEY, raft_settings.TLS_CA)
@@ -202,8 +228,11 @@ def forward(
         if not address or address == node.address:
             leader = node.status().get("leader", "")
             return _failure("no leader is known", "NotLeaderError", leader=leader)
+    body = {**body, "hops": hops + 1}
     try:
-        return post(address, route, {**body, "hops": hops + 1}, _remaining(deadline))
+        if route == "command":  # on this process's command stream to the leader
+            return send_command(address, body, _remaining(deadline))
+        return post(address, route, body, _remaining(deadline))
     except ClusterUnreachableError as error:
         return _failure(str(error), "ClusterUnreachableError")
 
@@ -279,25 +308,17 @@ def read_command(
         return outcome_answer(Outcome(ok=False, error=describe_error(error)))
 
 
-def submit_command(body: dict[str, Any], deadline: float) -> dict[str, Any]:
-    """Propose ``body``'s command here if we lead, else forward it; return the answer.
-
-    A ``"read": true`` body runs a read-only command (``commands.command(read_only=True)``)
-    on this node after a ReadIndex round, without appending to the log.
-    """
-    from .runner import RaftNode
-
+def command_fields(body: dict[str, Any]) -> tuple[str, dict[str, Any], str, int] | dict[str, Any]:
+    """A command body's name, arguments, session id and sequence number, or the failure
+    that refuses the body."""
     fields = _command_fields(body)
-    if isinstance(fields, str):
-        return _failure(fields, "BadRequest")
+    return _failure(fields, "BadRequest") if isinstance(fields, str) else fields
+
+
+def proposal(fields: tuple[str, dict[str, Any], str, int]) -> bytes | dict[str, Any]:
+    """The log entry's data for a command (its ``command_fields``), or the failure that
+    refuses it (an unknown command, bad arguments, too large)."""
     name, arguments, client_id, sequence = fields
-    node = RaftNode.current
-    if body.get("read"):
-        if node is None:
-            return forward(None, "command", body, deadline)
-        return read_command(node, name, arguments, deadline)
-    if node is None or node.status().get("state") != "leader":
-        return forward(node, "command", body, deadline)
     tracked = bool(client_id) or name in sessions.BUILTIN
     try:
         data = encode_command(
@@ -309,6 +330,31 @@ def submit_command(body: dict[str, Any], deadline: float) -> dict[str, Any]:
         return _failure(str(error), "BadRequest")
     except InvalidRequestError as error:
         return _failure(str(error), "InvalidRequestError")
+    return data
+
+
+def submit_command(body: dict[str, Any], deadline: float) -> dict[str, Any]:
+    """Propose ``body``'s command here if we lead, else forward it; return the answer.
+
+    A ``"read": true`` body runs a read-only command (``commands.command(read_only=True)``)
+    on this node after a ReadIndex round, without appending to the log.
+    """
+    from .runner import RaftNode
+
+    fields = command_fields(body)
+    if isinstance(fields, dict):
+        return fields
+    name, arguments = fields[0], fields[1]
+    node = RaftNode.current
+    if body.get("read"):
+        if node is None:
+            return forward(None, "command", body, deadline)
+        return read_command(node, name, arguments, deadline)
+    if node is None or node.status().get("state") != "leader":
+        return forward(node, "command", body, deadline)
+    data = proposal(fields)
+    if isinstance(data, dict):
+        return data
     answer = run_on_node(node, lambda seconds: node.propose(data, seconds), deadline)
     if answer.get("error_type") == "NotLeaderError":
         return forward(node, "command", body, deadline)
@@ -439,7 +485,7 @@ class Client:
                 if node is not None and address in ("", node.address):
                     answer = submit_command(payload, time.monotonic() + seconds)
                 else:
-                    answer = post(address, "command", payload, seconds)
+                    answer = send_command(address, payload, seconds)
             except _NotSent as error:
                 answer = _failure(str(error), "ClusterUnreachableError")
                 self._forget(address)

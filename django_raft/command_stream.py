@@ -1,0 +1,319 @@
+"""Commands over a stream: one long-lived connection per client process and node.
+
+``django_raft.do()`` sends the commands of all a process's threads to a node on one
+connection, opened once with a POST to ``<prefix>command/stream`` signed like any
+client request. The node answers ``200`` with ``PROTOCOL``, a space and its id; from
+then on the client writes frames of requests and the node writes frames of answers,
+framed and tagged as the streams between nodes are (``stream``), each payload a JSON
+array::
+
+    requests: [[id, body], ...]     body: what the ``command`` route takes
+    answers:  [[id, answer], ...]   answer: what the ``command`` route answers
+
+The tags' keys come from the signing key, the handshake's nonce, the client's name, the
+node's id and the direction, so frames copied from one stream fail on any other stream
+or node. Commands that several threads send at once travel in one frame and are
+proposed in one turn of the loop; answers come back as commands are applied. A command
+costs no HTTP request on either side. Plain HTTP only: over TLS, a client sends one
+request per command (a TLS connection is not read and written by two threads at once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import select
+import socket
+import threading
+import time
+from http.client import HTTPException
+from typing import Any
+
+from . import stream
+from .auth import ANY_NODE, NONCE_HEADER, Signer
+from .connection import NodeConnection, NotSentError
+
+__all__ = ["MAX_IN_FLIGHT", "PATH", "PROTOCOL", "CommandStream", "StreamRefused", "stream_keys"]
+
+PATH = "command/stream"
+"""The client route a command stream opens on (``<prefix>command/stream``)."""
+PROTOCOL = b"django-raft-commands/1"
+"""The start of a node's answer that accepts a command stream (then a space, its id)."""
+MAX_IN_FLIGHT = 1024
+"""Commands of one stream a node runs at once; it reads no more of the stream until
+one is answered."""
+MAX_REQUEST_FRAME = 4 << 20
+"""Bytes of one frame of requests at most (the ``command`` route's body limit)."""
+MAX_ANSWER_FRAME = 64 << 20
+"""Bytes of one frame of answers a client reads at most."""
+KEEPALIVE = 1.0
+"""Seconds a client's stream may stay silent before it writes an empty frame (the node
+closes a stream silent for five)."""
+IDLE_CLOSE = 30.0
+"""Seconds without a command after which a client closes its stream."""
+SEND_TIMEOUT = 5.0
+"""Seconds a write to the node may block."""
+CONNECT_TIMEOUT = 1.0
+"""Seconds to open the connection."""
+MAX_HANDSHAKE_ANSWER = 4096
+_TIMED_OUT = {
+    "ok": False,
+    "error": "not committed and applied in time; it may still be applied",
+    "error_type": "CommandTimeoutError",
+}
+
+
+class StreamRefused(Exception):
+    """The node serves no command stream (an older version, or TLS): send requests."""
+
+
+class StreamBroken(Exception):
+    """The stream broke. ``sent``: whether the command had been written (it may then
+    have been applied); when False it certainly was not."""
+
+    def __init__(self, message: str, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+def stream_keys(key: bytes, nonce: str, client: str, node_id: str) -> tuple[bytes, bytes]:
+    """The keys of a command stream's two directions: requests, then answers."""
+    return (
+        stream.stream_key(key, nonce, client, node_id, "commands"),
+        stream.stream_key(key, nonce, client, node_id, "answers"),
+    )
+
+
+class _Waiter:
+    __slots__ = ("answer", "event", "sent")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.answer: dict[str, Any] | None = None
+        self.sent = True
+
+
+class CommandStream:
+    """A process's stream of commands to one node, shared by its threads.
+
+    ``call`` writes a command and waits for its answer. Threads that call at once share
+    a frame: while one writes, the others' requests queue, and the next writer takes
+    them all. A thread of the stream reads the answers, and writes an empty frame when
+    the stream has been silent for ``KEEPALIVE``; it closes the stream after
+    ``IDLE_CLOSE`` without a command.
+    """
+
+    def __init__(self, address: str, signer: Signer, prefix: str) -> None:
+        self.address = address
+        self.closed = False
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._pending: list[tuple[int, bytes]] = []
+        self._waiting: dict[int, _Waiter] = {}
+        self._ids = itertools.count(1)
+        self._last_used = self._last_sent = time.monotonic()
+        self._sock, self._writer, self._parser = self._open(signer, f"/{prefix}{PATH}")
+        self._reader = threading.Thread(
+            target=self._read, name=f"raft-commands-{address}", daemon=True
+        )
+        self._reader.start()
+
+    def _open(
+        self, signer: Signer, path: str
+    ) -> tuple[socket.socket, stream.FrameWriter, stream.FrameParser]:
+        """Shake hands; raise ``NotSentError`` when the node cannot be reached,
+        ``StreamRefused`` when it does not serve command streams."""
+        headers = signer.headers("POST", path, ANY_NODE, b"")
+        headers["Content-Type"] = "text/plain"
+        connection = NodeConnection(
+            self.address, SEND_TIMEOUT, None, connect_timeout=CONNECT_TIMEOUT, resend=False
+        )
+        try:
+            status, content = connection.post(path, b"", headers, MAX_HANDSHAKE_ANSWER)
+            accepted, _, node_id = content.partition(b" ")
+            if status != 200 or accepted != PROTOCOL or not node_id:
+                raise StreamRefused(f"{status} {content[:200]!r}")
+            sock = connection.detach()
+        except NotSentError:
+            connection.close()
+            raise
+        except (OSError, HTTPException, ValueError) as error:
+            connection.close()
+            raise NotSentError(f"no command stream to {self.address}: {error}") from error
+        except StreamRefused:
+            connection.close()
+            raise
+        if hasattr(socket, "TCP_USER_TIMEOUT") and sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(SEND_TIMEOUT * 1000))
+        sock.settimeout(SEND_TIMEOUT)
+        up, down = stream_keys(
+            signer.key, headers[NONCE_HEADER], signer.sender, node_id.decode("utf-8", "replace")
+        )
+        return sock, stream.FrameWriter(up), stream.FrameParser(down, MAX_ANSWER_FRAME)
+
+    def call(self, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Send a command body; its answer, or a ``CommandTimeoutError`` answer after
+        ``timeout``. Raise ``StreamBroken`` when the stream broke first, and
+        ``TypeError`` when the body is not JSON."""
+        waiter = _Waiter()
+        with self._lock:
+            if self.closed:
+                raise StreamBroken(f"the stream to {self.address} is closed", sent=False)
+            number = next(self._ids)
+            item = json.dumps([number, body]).encode()
+            if len(item) + 2 > MAX_REQUEST_FRAME:
+                return _too_large()
+            self._waiting[number] = waiter
+            self._pending.append((number, item))
+            self._last_used = time.monotonic()
+        self._flush()
+        if not waiter.event.wait(timeout):
+            with self._lock:
+                self._waiting.pop(number, None)
+            return dict(_TIMED_OUT)
+        if waiter.answer is None:
+            raise StreamBroken(f"the stream to {self.address} broke", sent=waiter.sent)
+        return waiter.answer
+
+    def _flush(self) -> None:
+        """Write what is queued, in frames of at most ``MAX_REQUEST_FRAME`` bytes."""
+        with self._send_lock:
+            with self._lock:
+                batch, self._pending = self._pending, []
+            if not batch or self.closed:
+                return
+            frames, size, start = [], 2, 0
+            for i, (_, item) in enumerate(batch):
+                if size + len(item) + 1 > MAX_REQUEST_FRAME:
+                    frames.append(batch[start:i])
+                    start, size = i, 2
+                size += len(item) + 1
+            frames.append(batch[start:])
+            for k, part in enumerate(frames):
+                payload = b"[" + b",".join(item for _, item in part) + b"]"
+                try:
+                    self._sock.sendall(self._writer.frame(payload))
+                except OSError as error:
+                    unsent = {number for later in frames[k:] for number, _ in later}
+                    self._break(f"writing to {self.address} failed: {error}", unsent)
+                    return
+            self._last_sent = time.monotonic()
+
+    def _keepalive(self) -> None:
+        if not self._send_lock.acquire(blocking=False):
+            return  # a writer is at work: the stream is not silent
+        try:
+            if not self.closed:
+                self._sock.sendall(self._writer.frame(b""))
+                self._last_sent = time.monotonic()
+        except OSError as error:
+            self._break(f"writing to {self.address} failed: {error}", set())
+        finally:
+            self._send_lock.release()
+
+    def _read(self) -> None:
+        """Read answers until the stream closes; keep it alive while it is used."""
+        poller = select.poll()
+        poller.register(self._sock, select.POLLIN)
+        try:
+            while not self.closed:
+                ready = poller.poll(KEEPALIVE * 1000)
+                if ready:
+                    data = self._sock.recv(1 << 16)
+                    if not data:
+                        self._break(f"{self.address} closed the stream", set())
+                        return
+                    for payload in self._parser.feed(data):
+                        if payload:
+                            self._deliver(payload)
+                now = time.monotonic()
+                with self._lock:
+                    idle = not self._waiting and now - self._last_used > IDLE_CLOSE
+                if idle:
+                    self._break("idle", set())
+                    return
+                if now - self._last_sent >= KEEPALIVE:
+                    self._keepalive()
+        except (OSError, ValueError, stream.FrameError) as error:
+            self._break(f"reading from {self.address} failed: {error}", set())
+
+    def _deliver(self, payload: bytes) -> None:
+        answers = json.loads(payload)
+        if not isinstance(answers, list):
+            raise ValueError("a frame of answers is a JSON array")
+        for pair in answers:
+            if not (
+                isinstance(pair, list)
+                and len(pair) == 2
+                and type(pair[0]) is int
+                and isinstance(pair[1], dict)
+            ):
+                raise ValueError("an answer is [id, object]")
+            with self._lock:
+                waiter = self._waiting.pop(pair[0], None)
+            if waiter is not None:
+                waiter.answer = pair[1]
+                waiter.event.set()
+
+    def _break(self, reason: str, unsent: set[int]) -> None:
+        """Close the stream; every command still waiting learns it broke."""
+        with self._lock:
+            self.closed = True
+            waiting, self._waiting = self._waiting, {}
+            unsent |= {number for number, _ in self._pending}
+            self._pending = []
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        for number, waiter in waiting.items():
+            waiter.sent = number not in unsent
+            waiter.event.set()
+
+
+def _too_large() -> dict[str, Any]:
+    return {
+        "ok": False,
+        "error": f"Request Entity Too Large: request body over {MAX_REQUEST_FRAME} bytes",
+        "error_type": "BadRequest",
+    }
+
+
+class Streams:
+    """The command streams of this process, one per node address and signing identity.
+
+    A forked process starts with none (its parent's belong to the parent). A node that
+    refused a stream is asked again after ``RETRY_REFUSED`` seconds.
+    """
+
+    RETRY_REFUSED = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[tuple[Any, ...], CommandStream] = {}
+        self._refused: dict[tuple[Any, ...], float] = {}
+        self._pid = os.getpid()
+
+    def get(self, address: str, signer: Signer, prefix: str) -> CommandStream | None:
+        """The open stream to ``address``, opened if need be; None when the node refuses
+        streams. Raise ``NotSentError`` when it cannot be reached."""
+        name = (address, signer.key, signer.kind, signer.sender, prefix)
+        with self._lock:
+            if self._pid != os.getpid():
+                self._open.clear()
+                self._refused.clear()
+                self._pid = os.getpid()
+            found = self._open.get(name)
+            if found is not None and not found.closed:
+                return found
+            if time.monotonic() < self._refused.get(name, 0.0):
+                return None
+            try:
+                opened = self._open[name] = CommandStream(address, signer, prefix)
+            except StreamRefused:
+                self._refused[name] = time.monotonic() + self.RETRY_REFUSED
+                self._open.pop(name, None)
+                return None
+            return opened
