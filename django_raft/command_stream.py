@@ -105,7 +105,9 @@ class CommandStream:
     ``IDLE_CLOSE`` without a command.
     """
 
-    def __init__(self, address: str, signer: Signer, prefix: str) -> None:
+    def __init__(
+        self, address: str, signer: Signer, prefix: str, timeout: float = SEND_TIMEOUT
+    ) -> None:
         self.address = address
         self.closed = False
         self._lock = threading.Lock()
@@ -114,21 +116,27 @@ class CommandStream:
         self._waiting: dict[int, _Waiter] = {}
         self._ids = itertools.count(1)
         self._last_used = self._last_sent = time.monotonic()
-        self._sock, self._writer, self._parser = self._open(signer, f"/{prefix}{PATH}")
+        self._sock, self._writer, self._parser = self._open(
+            signer, f"/{prefix}{PATH}", min(timeout, SEND_TIMEOUT)
+        )
         self._reader = threading.Thread(
             target=self._read, name=f"raft-commands-{address}", daemon=True
         )
         self._reader.start()
 
     def _open(
-        self, signer: Signer, path: str
+        self, signer: Signer, path: str, timeout: float
     ) -> tuple[socket.socket, stream.FrameWriter, stream.FrameParser]:
-        """Shake hands; raise ``NotSentError`` when the node cannot be reached,
-        ``StreamRefused`` when it does not serve command streams."""
+        """Shake hands within ``timeout``; raise ``NotSentError`` when the node cannot be
+        reached or does not answer, ``StreamRefused`` when it serves no command stream."""
         headers = signer.headers("POST", path, ANY_NODE, b"")
         headers["Content-Type"] = "text/plain"
         connection = NodeConnection(
-            self.address, SEND_TIMEOUT, None, connect_timeout=CONNECT_TIMEOUT, resend=False
+            self.address,
+            timeout,
+            None,
+            connect_timeout=min(timeout, CONNECT_TIMEOUT),
+            resend=False,
         )
         try:
             status, content = connection.post(path, b"", headers, MAX_HANDSHAKE_ANSWER)
@@ -294,26 +302,43 @@ class Streams:
         self._lock = threading.Lock()
         self._open: dict[tuple[Any, ...], CommandStream] = {}
         self._refused: dict[tuple[Any, ...], float] = {}
+        self._opening: dict[tuple[Any, ...], threading.Lock] = {}
         self._pid = os.getpid()
 
-    def get(self, address: str, signer: Signer, prefix: str) -> CommandStream | None:
-        """The open stream to ``address``, opened if need be; None when the node refuses
-        streams. Raise ``NotSentError`` when it cannot be reached."""
+    def get(
+        self, address: str, signer: Signer, prefix: str, timeout: float = SEND_TIMEOUT
+    ) -> CommandStream | None:
+        """The open stream to ``address``, opened (within ``timeout``) if need be; None
+        when the node refuses streams. Raise ``NotSentError`` when it cannot be reached.
+
+        One thread opens a node's stream while the others wait for it; streams to other
+        nodes are not held up."""
         name = (address, signer.key, signer.kind, signer.sender, prefix)
         with self._lock:
             if self._pid != os.getpid():
                 self._open.clear()
                 self._refused.clear()
+                self._opening.clear()
                 self._pid = os.getpid()
-            found = self._open.get(name)
-            if found is not None and not found.closed:
-                return found
-            if time.monotonic() < self._refused.get(name, 0.0):
-                return None
+            opening = self._opening.setdefault(name, threading.Lock())
+        if not opening.acquire(timeout=timeout):
+            raise NotSentError(f"no command stream to {address} in time")
+        try:
+            with self._lock:
+                found = self._open.get(name)
+                if found is not None and not found.closed:
+                    return found
+                if time.monotonic() < self._refused.get(name, 0.0):
+                    return None
             try:
-                opened = self._open[name] = CommandStream(address, signer, prefix)
+                opened = CommandStream(address, signer, prefix, timeout)
             except StreamRefused:
-                self._refused[name] = time.monotonic() + self.RETRY_REFUSED
-                self._open.pop(name, None)
+                with self._lock:
+                    self._refused[name] = time.monotonic() + self.RETRY_REFUSED
+                    self._open.pop(name, None)
                 return None
+            with self._lock:
+                self._open[name] = opened
             return opened
+        finally:
+            opening.release()

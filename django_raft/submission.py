@@ -169,7 +169,7 @@ def send_command(address: str, body: dict[str, Any], timeout: float) -> dict[str
     keys = derive_keys(raft_settings.SECRET, raft_settings.CLIENT_SECRET)
     signer = Signer(keys.client, CLIENT, raft_settings.NODE_ID or "client")
     try:
-        found = _streams.get(address, signer, raft_settings.URL_PREFIX)
+        found = _streams.get(address, signer, raft_settings.URL_PREFIX, max(timeout, 0.01))
     except NotSentError as error:
         raise _NotSent(f"cannot reach {address}: {error}") from error
     if found is None:

@@ -369,10 +369,11 @@ def test_stopping_the_server_ends_command_streams(
 class FakeNode:
     """Accepts one command stream, reads ``reads`` frames, then closes it unanswered."""
 
-    def __init__(self, reads: int) -> None:
+    def __init__(self, reads: int, stalled: bool = False) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.address = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.read_frames = 0
+        self.stalled = stalled
         self.thread = threading.Thread(target=self._serve, args=(reads,), daemon=True)
         self.thread.start()
 
@@ -382,6 +383,9 @@ class FakeNode:
             data = b""
             while b"\r\n\r\n" not in data:
                 data += conn.recv(4096)
+            if self.stalled:  # like a stopped process: never answers
+                conn.recv(1)
+                return
             body = command_stream.PROTOCOL + b" n1"
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
             for _ in range(reads):
@@ -419,6 +423,20 @@ def test_a_closed_node_port_is_not_sent_and_a_lost_answer_is_unreachable(
         with pytest.raises(ClusterUnreachableError) as lost:
             submission.send_command(fake.address, kv_set("a", "1"), 5)
         assert not isinstance(lost.value, submission._NotSent)
+    finally:
+        fake.close()
+
+
+def test_opening_a_stream_to_a_stalled_node_gives_up_within_the_callers_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(submission, "_streams", Streams())
+    fake = FakeNode(reads=0, stalled=True)
+    try:
+        started = time.monotonic()
+        with pytest.raises(submission._NotSent):
+            submission.send_command(fake.address, kv_set("a", "1"), 0.5)
+        assert time.monotonic() - started < 1.5
     finally:
         fake.close()
 
