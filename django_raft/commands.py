@@ -34,6 +34,7 @@ that each call sees its own.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -216,14 +217,31 @@ def check_call(name: str, arguments: Mapping[str, Any], size: int, max_size: int
         handler = _arguments.get(name)
         if handler is None:
             return
-    try:
-        signature = inspect.signature(handler)
-    except (TypeError, ValueError):
+    signature = _signature(handler)
+    if signature is None:
         return  # a builtin without a signature: nothing to check it against
     try:
         signature.bind(None, **arguments)
     except TypeError as error:
         raise InvalidRequestError(f"command {name!r}: {error}") from None
+
+
+def _signature(handler: Handler) -> inspect.Signature | None:
+    """``handler``'s signature, computed once per handler (every proposal checks it)."""
+    try:
+        return _signature_cached(handler)
+    except TypeError:  # not hashable: look at it every time
+        return _signature_of(handler)
+
+
+def _signature_of(handler: Handler) -> inspect.Signature | None:
+    try:
+        return inspect.signature(handler)
+    except (TypeError, ValueError):
+        return None
+
+
+_signature_cached = functools.lru_cache(maxsize=1024)(_signature_of)
 
 
 def get_arguments(name: str) -> Handler | None:
