@@ -3,7 +3,8 @@
 Random and mutated protobuf messages and JSON bodies, unsigned, signed with the node
 key, the client key, another cluster's key, or with a corrupted signature. For every
 request: no 5xx, every error a JSON answer, the node still running, and a refused
-request changes nothing the node stores (hard state, log, replicated data).
+request changes nothing the node stores (hard state, log, replicated data). Random and
+mutated frames on a command stream: typed answers or a closed stream, never a crash.
 
 ``RAFT_FUZZ_EXAMPLES`` sets the examples per route (default 25: a few hundred in all).
 """
@@ -16,13 +17,16 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from django_raft.auth import CLIENT, NODE, SIGNATURE_HEADER
+from django_raft import command_serving, command_stream
+from django_raft.auth import CLIENT, NODE, NONCE_HEADER, SIGNATURE_HEADER, derive_keys
+from django_raft.connection import NodeConnection
 from django_raft.core import (
     ConfState,
     Entry,
@@ -30,6 +34,7 @@ from django_raft.core import (
     Message,
     SnapshotMetadata,
 )
+from django_raft.stream import FrameError, FrameParser, FrameWriter
 from django_raft.transport import BATCH_PATH, PATHS, frame
 from django_raft.wire import WireError, encode_message
 from tests.signing import signed
@@ -249,3 +254,73 @@ def test_the_node_is_still_healthy(node: Node, tmp_path: Path) -> None:
     assert node.running()
     assert node.do("kv.set", key="after-fuzz", value="ok")["ok"]
     wait_for(lambda: node.kv().get("after-fuzz") == "ok", 10, "the command to apply")
+
+
+frame_requests = st.lists(
+    st.tuples(st.integers(-2, 2**64), st.one_of(json_objects, json_values)), max_size=5
+).map(lambda pairs: json.dumps([list(pair) for pair in pairs]).encode())
+frame_payloads = st.one_of(
+    frame_requests,
+    frame_requests.flatmap(mutated),
+    json_values.map(lambda value: json.dumps(value).encode()),
+    st.binary(max_size=200),
+)
+
+
+class Stream:
+    """A command stream to the node, signed with the client key, read by hand."""
+
+    def __init__(self, node: Node) -> None:
+        url = f"{node.address}/raft/{command_stream.PATH}"
+        headers = signed(url, b"", SECRET, "fuzz", CLIENT)
+        self.connection = NodeConnection(node.address, 15, None)
+        status, answer = self.connection.post(urlsplit(url).path, b"", headers, 4096)
+        assert status == 200, answer
+        self.sock = self.connection.detach()
+        self.sock.settimeout(15)
+        up, down = command_stream.stream_keys(
+            derive_keys(SECRET).client, headers[NONCE_HEADER], "fuzz", node.node_id
+        )
+        self.writer, self.parser = FrameWriter(up), FrameParser(down)
+
+    def answers(self, count: int) -> list[Any] | None:
+        """The next ``count`` answers; None when the node closed the stream."""
+        found: list[Any] = []
+        while len(found) < count:
+            data = self.sock.recv(1 << 16)
+            if not data:
+                return None
+            for payload in self.parser.feed(data):
+                found.extend(json.loads(payload))
+        return found
+
+    def close(self) -> None:
+        self.sock.close()
+        self.connection.close()
+
+
+@fuzz_settings
+@given(payload=frame_payloads)
+def test_the_command_stream_survives_anything(node: Node, payload: bytes) -> None:
+    """Any frame (well tagged: the key holder's bugs, not a stranger's) is either a
+    valid frame of requests, each answered with a typed answer, or closes the stream;
+    the node keeps running and opens the next stream."""
+    COUNTS["command/stream"] += 1
+    stream = Stream(node)
+    try:
+        try:
+            expected: int | None = len(command_serving.requests_of(payload))
+        except FrameError:
+            expected = None
+        stream.sock.sendall(stream.writer.frame(payload))
+        if expected is None:
+            assert stream.answers(1) is None
+        else:
+            answers = stream.answers(expected)
+            assert answers is not None and len(answers) == expected
+            for number, answer in answers:
+                assert isinstance(number, int) and isinstance(answer["ok"], bool)
+                assert answer["ok"] or answer["error_type"] not in ("", "ServerError"), answer
+    finally:
+        stream.close()
+    assert node.running()
