@@ -200,12 +200,9 @@ def serve(
     answers.start()
     dispatcher = _Dispatcher(node, answers)
     try:
-        while not node.stopping.is_set():
-            payload = reader.read()
-            if payload is None:
+        for payload in reader.payloads():
+            if node.stopping.is_set():
                 return
-            if not payload:
-                continue  # the client's keep-alive
             requests = requests_of(payload)
             leading = node.status().get("state") == "leader"
             for number, body in requests:

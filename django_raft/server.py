@@ -401,12 +401,9 @@ class _Connection(cheroot_server.HTTPConnection):
         reader = stream.FrameReader(self.rfile, accepted.keys[0])
         try:
             sock.settimeout(CONNECTION_TIMEOUT)
-            while node is not None and server.ready and not node.stopping.is_set():
-                payload = reader.read()
-                if payload is None:
+            for payload in reader.payloads():
+                if node is None or not server.ready or node.stopping.is_set():
                     return
-                if not payload:
-                    continue  # the sender's keep-alive
                 messages = unframe(payload)
                 refused = views.check_messages(node, messages, accepted.sender)
                 if refused is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from collections.abc import Iterator
 from typing import BinaryIO
 
 __all__ = [
@@ -116,6 +117,13 @@ class FrameReader:
             raise FrameError(f"frame {self._number} fails its tag")
         self._number += 1
         return payload
+
+    def payloads(self) -> Iterator[bytes]:
+        """The payloads of the frames to come, keep-alives (empty) left out, until the
+        stream ends cleanly; ``read``'s errors otherwise."""
+        while (payload := self.read()) is not None:
+            if payload:
+                yield payload
 
 
 class FrameParser:
