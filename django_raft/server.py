@@ -258,6 +258,11 @@ def _accept_command_stream(
     return views.Answer(200, "text/plain", command_stream.PROTOCOL + b" " + node.node_id.encode())
 
 
+def _handoff_pending() -> bool:
+    """Whether the request this thread is answering opened a stream."""
+    return getattr(_handoff, "stream", None) is not None
+
+
 PEER_HEADER = "X-Raft-Peer"
 """Set by the application on an answer to an authenticated RPC, taken off by the server:
 the connection then belongs to a peer and is served by the peers' own threads."""
@@ -520,8 +525,9 @@ class NodeServer(wsgi.Server):
 
     @property
     def can_add_keepalive_connection(self) -> bool:
-        """Whether a connection may be kept alive (a peer's always)."""
-        if threading.current_thread() in self._peer_threads:
+        """Whether a connection may be kept alive: a peer's always, and so is one whose
+        request opened a stream (it leaves the keep-alive pool for a thread of its own)."""
+        if threading.current_thread() in self._peer_threads or _handoff_pending():
             return bool(self.ready)
         return bool(super().can_add_keepalive_connection)
 

@@ -328,6 +328,19 @@ def test_command_streams_beyond_the_bound_are_closed_at_once(
         assert client.answers(1)[1]["ok"]
 
 
+def test_a_stream_opens_when_the_keep_alive_pool_is_full(
+    running: Running, hand_made: list[HandMade], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream leaves the pool for a thread of its own: the bound on idle keep-alive
+    connections does not apply to it."""
+    monkeypatch.setattr(running.server, "keep_alive_conn_limit", 0)
+    client = HandMade(running)
+    hand_made.append(client)
+    assert client.status == 200 and client.sock is not None
+    client.send([[1, kv_set("a", "1")]])
+    assert client.answers(1)[1]["ok"]
+
+
 def test_a_silent_stream_is_closed_and_a_used_one_is_kept_alive(
     running: Running,
     streams: list[CommandStream],
