@@ -27,6 +27,7 @@ from django_raft.exceptions import ClusterUnreachableError
 from django_raft.stream import FrameParser, FrameWriter
 from tests.integration.cluster import wait_for
 from tests.signing import signed
+from tests.streams import OpenedByHand
 from tests.test_node import NODE_ID, SECRET, Running, running, start
 
 __all__ = ["running", "start"]  # fixtures
@@ -59,7 +60,7 @@ def open_stream(running: Running, streams: list[CommandStream], sender: str = "w
     return opened
 
 
-class HandMade:
+class HandMade(OpenedByHand):
     """A command stream opened by hand, as client ``sender``, so frames can be bent."""
 
     def __init__(self, running: Running, kind: str = CLIENT, sender: str = "web-1") -> None:
@@ -91,22 +92,8 @@ class HandMade:
                 found.update({number: answer for number, answer in json.loads(payload)})
         return found
 
-    def closed_by_node(self, timeout: float = 10) -> bool:
-        assert self.sock is not None
-        self.sock.settimeout(timeout)
-        try:
-            while data := self.sock.recv(1 << 16):
-                self.parser.feed(data)
-            return True
-        except ConnectionResetError:
-            return True
-        except TimeoutError:
-            return False
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-        self.connection.close()
+    def received(self, data: bytes) -> None:
+        self.parser.feed(data)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from django_raft.stream import FrameReader, FrameWriter, stream_key
 from django_raft.transport import Transport, frame, unframe
 from tests.integration.cluster import wait_for
 from tests.signing import signed
+from tests.streams import OpenedByHand
 from tests.test_node import NODE_ID, SECRET, Running, rpc_message, running, start
 
 __all__ = ["running", "start"]  # fixtures
@@ -34,8 +35,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 NODE_KEY = derive_keys(SECRET).node
 
 
-class Peer:
-    """A stream opened by hand to the running node, as node ``sender``."""
+class Peer(OpenedByHand):
+    """A stream opened by hand to the running node, as node ``sender`` (the node never
+    writes on it)."""
 
     def __init__(
         self,
@@ -62,22 +64,6 @@ class Peer:
         data = self.writer.frame(frame(messages))
         self.sock.sendall(data)
         return data
-
-    def closed_by_node(self, timeout: float = 10) -> bool:
-        """Whether the node closed the stream (it never writes on it)."""
-        assert self.sock is not None
-        self.sock.settimeout(timeout)
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-        except TimeoutError:
-            return False
-
-    def close(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-        self.connection.close()
 
 
 @pytest.fixture
