@@ -25,19 +25,16 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from django.db import connection, connections
 
+from .core import Entry
 from .models import SINGLETON, BeatTask, ClientSession, Lock, LogClock
 from .outcome import Outcome, describe_error
 from .wire import DecodedCommand
-
-if TYPE_CHECKING:
-    from .core import Entry
-    from .statemachine import StateMachine
 
 __all__ = [
     "LOCK_ACQUIRE",
@@ -232,14 +229,21 @@ class Admitted(NamedTuple):
     timeout_ms: int
 
 
+UserCommand = Callable[[Entry, str, dict[str, Any]], Outcome]
+"""Runs an application's command (its entry, name, arguments) and gives its outcome."""
+
+
 def apply(
-    run: Run, machine: StateMachine, entry: Entry, command: DecodedCommand, fast: bool
+    run: Run, alias: str, entry: Entry, command: DecodedCommand, run_command: UserCommand
 ) -> Outcome:
-    """Apply a session-tracked command: at most once per (client id, sequence)."""
+    """Apply a session-tracked command: at most once per (client id, sequence).
+
+    The sessions' own commands run here, on the database ``alias``; an application's
+    command runs with ``run_command``."""
     admitted = admit(run, entry, command)
     if not isinstance(admitted, Admitted):
         return admitted
-    outcome = _run(machine, entry, command, fast, admitted.now)
+    outcome = _run(alias, entry, command, admitted.now, run_command)
     answer(run, command, admitted, outcome)
     return outcome
 
@@ -288,29 +292,24 @@ def answer(run: Run, command: DecodedCommand, admitted: Admitted, outcome: Outco
 
 
 def _run(
-    machine: StateMachine, entry: Entry, command: DecodedCommand, fast: bool, now: int
+    alias: str, entry: Entry, command: DecodedCommand, now: int, run_command: UserCommand
 ) -> Outcome:
     from . import commands
-    from .commands import Call
 
     name, arguments = command.name, command.arguments
     if name == KEEP_ALIVE:
         return Outcome(ok=True)
     if name == LOCK_ACQUIRE:
-        return _acquire(machine.alias, entry.index, command.client_id, arguments, now)
+        return _acquire(alias, entry.index, command.client_id, arguments, now)
     if name == LOCK_RELEASE:
-        return _release(machine.alias, command.client_id, arguments)
+        return _release(alias, command.client_id, arguments)
     if name == BEAT_CLAIM:
-        return _claim_slots(machine.alias, arguments)
+        return _claim_slots(alias, arguments)
     try:
         commands.get(name)
     except Exception as error:
         return Outcome(ok=False, error=describe_error(error))
-    if commands.is_batch(name):
-        return machine._apply_batch(entry, name, [Call(entry.index, entry.term, arguments)], fast)[
-            entry.index
-        ]
-    return machine._apply_call(entry, name, arguments, fast)
+    return run_command(entry, name, arguments)
 
 
 def _sql(template: str) -> str:

@@ -30,6 +30,7 @@ import math
 import struct
 import time
 from collections.abc import Iterator, Sequence
+from functools import partial
 from typing import Any
 
 from django.apps import apps
@@ -184,11 +185,13 @@ class StateMachine:
                     position = self._apply_group(todo, calls, position, call.name, run, outcomes)
                     continue
                 elif sessions.is_tracked(call):
-                    outcomes[entry.index] = sessions.apply(run, self, entry, call, fast)
-                elif commands.is_batch(call.name):
-                    outcomes.update(self._apply_batch(entry, call.name, [_call(entry, call)], fast))
+                    outcomes[entry.index] = sessions.apply(
+                        run, self.alias, entry, call, partial(self._apply_one, fast=fast)
+                    )
                 else:
-                    outcomes[entry.index] = self._apply_call(entry, call.name, call.arguments, fast)
+                    outcomes[entry.index] = self._apply_one(
+                        entry, call.name, call.arguments, fast=fast
+                    )
                 position += 1
             run.save()
         last = todo[-1]
@@ -281,6 +284,15 @@ class StateMachine:
                 raise
             return Outcome(ok=False, error=describe_error(error))
         return Outcome(ok=True)
+
+    def _apply_one(
+        self, entry: Entry, name: str, arguments: dict[str, Any], *, fast: bool
+    ) -> Outcome:
+        """Apply one call of an application's command (with its batch handler, if so)."""
+        if commands.is_batch(name):
+            calls = [commands.Call(entry.index, entry.term, arguments)]
+            return self._apply_batch(entry, name, calls, fast)[entry.index]
+        return self._apply_call(entry, name, arguments, fast)
 
     def _apply_call(
         self, entry: Entry, name: str, arguments: dict[str, Any], fast: bool
