@@ -110,6 +110,10 @@ class CommandStream:
     ) -> None:
         self.address = address
         self.closed = False
+        self.never_answered = False
+        """Whether the stream broke with commands sent and no answer ever received (a
+        proxy between client and node that does not pass a stream on, say)."""
+        self._answered = False
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._pending: list[tuple[int, bytes]] = []
@@ -248,6 +252,7 @@ class CommandStream:
             self._break(f"reading from {self.address} failed: {error}", set())
 
     def _deliver(self, payload: bytes) -> None:
+        self._answered = True
         answers = json.loads(payload)
         if not isinstance(answers, list):
             raise ValueError("a frame of answers is a JSON array")
@@ -270,6 +275,9 @@ class CommandStream:
         with self._lock:
             self.closed = True
             waiting, self._waiting = self._waiting, {}
+            self.never_answered = not self._answered and any(
+                number not in unsent for number in waiting
+            )
             unsent |= {number for number, _ in self._pending}
             self._pending = []
         with contextlib.suppress(OSError):
@@ -293,7 +301,9 @@ class Streams:
     """The command streams of this process, one per node address and signing identity.
 
     A forked process starts with none (its parent's belong to the parent). A node that
-    refused a stream is asked again after ``RETRY_REFUSED`` seconds.
+    refused a stream, or whose stream broke before it answered anything (a proxy on the
+    way that does not pass streams on), gets requests, and a stream again after
+    ``RETRY_REFUSED`` seconds.
     """
 
     RETRY_REFUSED = 60.0
@@ -328,6 +338,9 @@ class Streams:
                 found = self._open.get(name)
                 if found is not None and not found.closed:
                     return found
+                if found is not None and found.never_answered:
+                    self._refused[name] = time.monotonic() + self.RETRY_REFUSED
+                    del self._open[name]
                 if time.monotonic() < self._refused.get(name, 0.0):
                     return None
             try:

@@ -353,6 +353,7 @@ def test_a_client_closes_its_stream_when_idle(
     opened = open_stream(running, streams)
     assert opened.call(kv_set("a", "1"), 5)["ok"]
     wait_for(lambda: opened.closed, 5, "the idle stream to close")
+    assert not opened.never_answered  # it answered: streams stay in use
     with pytest.raises(StreamBroken) as broken:
         opened.call(kv_set("a", "2"), 5)
     assert broken.value.sent is False
@@ -407,6 +408,23 @@ def test_an_answer_lost_after_the_command_was_written_may_have_been_applied() ->
         with pytest.raises(StreamBroken) as broken:
             opened.call(kv_set("a", "1"), 5)
         assert broken.value.sent is True
+    finally:
+        fake.close()
+
+
+def test_a_node_whose_stream_broke_before_any_answer_gets_requests() -> None:
+    """Something between client and node that does not pass a stream on (a proxy) must
+    not fail every command: the client falls back to requests for a while."""
+    registry = Streams()
+    fake = FakeNode(reads=1)
+    try:
+        opened = registry.get(fake.address, client_signer(), "raft/")
+        assert opened is not None
+        with pytest.raises(StreamBroken):
+            opened.call(kv_set("a", "1"), 5)
+        assert opened.never_answered
+        assert registry.get(fake.address, client_signer(), "raft/") is None
+        assert min(registry._refused.values()) > time.monotonic() + 50
     finally:
         fake.close()
 
