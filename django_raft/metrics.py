@@ -37,6 +37,12 @@ is_leader = Gauge(
 has_leader = Gauge(
     "django_raft_server_has_leader", "1 when a leader is known, else 0.", registry=REGISTRY
 )
+streams_open = Gauge(
+    "django_raft_network_streams_open",
+    "Streams this node serves: from its peers (kind=peer), from clients (kind=command).",
+    ["kind"],
+    registry=REGISTRY,
+)
 leader_changes = Counter(
     "django_raft_server_leader_changes_seen",
     "Leader changes seen by this node.",

@@ -464,6 +464,8 @@ class _Streams:
         self._open: dict[tuple[str, str], socket.socket] = {}
         self._lock = threading.Lock()
         self._commands = commands
+        self._gauge = metrics.streams_open.labels("command" if commands else "peer")
+        self._gauge.set(0)
 
     def open(self, name: tuple[str, str], sock: socket.socket) -> bool:
         """Record a stream; False (and it is not recorded) when too many are open."""
@@ -474,6 +476,7 @@ class _Streams:
                 logger.warning("raft: %d streams are open: %r's is refused", limit, name)
                 return False
             self._open[name] = sock
+            self._gauge.set(len(self._open))
         if old is not None:
             _shut(old)
         return True
@@ -482,11 +485,13 @@ class _Streams:
         with self._lock:
             if self._open.get(name) is sock:
                 del self._open[name]
+                self._gauge.set(len(self._open))
 
     def close_all(self) -> None:
         with self._lock:
             socks = list(self._open.values())
             self._open.clear()
+            self._gauge.set(0)
         for sock in socks:
             _shut(sock)
 

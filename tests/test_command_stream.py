@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 from django.db.models import Max
 
 from django_raft import command_serving, command_stream, commands, submission
@@ -271,6 +272,22 @@ def test_over_tls_a_node_refuses_the_handshake(running: Running) -> None:
         CLIENT, "web-1", "n" * 32, {"wsgi.url_scheme": "https"}
     )
     assert answer.status == 400 and b"plain HTTP" in answer.body
+
+
+def test_open_streams_are_a_metric(running: Running, hand_made: list[HandMade]) -> None:
+    def served() -> float:
+        answer = requests.get(running.url("metrics"), timeout=10)
+        for line in answer.text.splitlines():
+            if line.startswith('django_raft_network_streams_open{kind="command"}'):
+                return float(line.split()[-1])
+        raise AssertionError("no django_raft_network_streams_open{kind=command}")
+
+    assert served() == 0
+    clients = [HandMade(running), HandMade(running)]
+    hand_made.extend(clients)
+    wait_for(lambda: served() == 2, 10, "both streams to count")
+    clients[0].close()
+    wait_for(lambda: served() == 1, 10, "the closed stream to leave the count")
 
 
 def test_a_stream_runs_at_most_max_in_flight_commands_at_once(
