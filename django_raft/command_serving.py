@@ -12,7 +12,6 @@ stream run at once: beyond that the stream is not read until one is answered.
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import logging
 import socket
@@ -23,11 +22,19 @@ from typing import Any, BinaryIO
 
 from . import stream
 from .command_stream import MAX_IN_FLIGHT, MAX_REQUEST_FRAME
-from .conf import raft_settings
+from .connection import shut
 from .exceptions import NotLeaderError, StopError
 from .outcome import Outcome
 from .runner import RaftNode
-from .submission import command_fields, outcome_answer, proposal, submit_command
+from .submission import (
+    TIMEOUT_RULE,
+    command_fields,
+    failure,
+    outcome_answer,
+    proposal,
+    submit_command,
+    valid_timeout,
+)
 
 __all__ = ["SLOW_THREADS", "serve"]
 
@@ -35,7 +42,6 @@ logger = logging.getLogger(__name__)
 
 SLOW_THREADS = 32
 """Threads that run the commands a node cannot propose at once (see the module)."""
-TIMEOUT_RULE = "timeout must be a number of seconds in (0, 3600]"
 _MAX_ID = (1 << 63) - 1
 _slow: ThreadPoolExecutor | None = None
 _slow_lock = threading.Lock()
@@ -104,24 +110,8 @@ class _Answers(threading.Thread):
                 self._sock.sendall(self._writer.frame(payload))
             except (OSError, ValueError) as error:
                 logger.info("raft: answers to a command stream failed: %s", error)
-                _shut(self._sock)
+                shut(self._sock)
                 return
-
-
-def _shut(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-def _failure(message: str, error_type: str) -> dict[str, Any]:
-    return {"ok": False, "error": message, "error_type": error_type}
-
-
-def _deadline(body: dict[str, Any]) -> float | None:
-    timeout = body.get("timeout", raft_settings.COMMAND_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
-        return None
-    return time.monotonic() + float(timeout)
 
 
 class _Dispatcher:
@@ -139,12 +129,13 @@ class _Dispatcher:
     def run(self, number: int, body: Any, leading: bool) -> None:
         """Start a command; its answer comes later (``answer``)."""
         if not isinstance(body, dict):
-            self.answer(number, _failure("the body must be a JSON object", "BadRequest"))
+            self.answer(number, failure("the body must be a JSON object", "BadRequest"))
             return
-        deadline = _deadline(body)
-        if deadline is None:
-            self.answer(number, _failure(TIMEOUT_RULE, "BadRequest"))
+        timeout = valid_timeout(body)
+        if timeout is None:
+            self.answer(number, failure(TIMEOUT_RULE, "BadRequest"))
             return
+        deadline = time.monotonic() + timeout
         fields = command_fields(body)
         if isinstance(fields, dict):
             self.answer(number, fields)
@@ -166,7 +157,7 @@ class _Dispatcher:
         if isinstance(error, NotLeaderError):
             self.slow(number, body, deadline)  # as the route does: forward to the leader
         elif error is not None:
-            self.answer(number, _failure(str(error), type(error).__name__))
+            self.answer(number, failure(str(error), type(error).__name__))
         else:
             answer = outcome_answer(future.result())
             if answer["ok"]:
@@ -179,13 +170,13 @@ class _Dispatcher:
                 answer = submit_command(body, deadline)
             except Exception:
                 logger.exception("raft: a streamed command failed")
-                answer = _failure("internal error (logged on the node)", "ServerError")
+                answer = failure("internal error (logged on the node)", "ServerError")
             self.answer(number, answer)
 
         try:
             _slow_pool().submit(run)
         except RuntimeError:  # the interpreter is shutting down
-            self.answer(number, _failure("the node is stopping", "StopError"))
+            self.answer(number, failure("the node is stopping", "StopError"))
 
 
 def serve(

@@ -33,7 +33,7 @@ from typing import Any
 
 from . import stream
 from .auth import ANY_NODE, NONCE_HEADER, Signer
-from .connection import NodeConnection, NotSentError
+from .connection import NodeConnection, NotSentError, shut
 
 __all__ = ["MAX_IN_FLIGHT", "PATH", "PROTOCOL", "CommandStream", "StreamRefused", "stream_keys"]
 
@@ -148,15 +148,12 @@ class CommandStream:
             if status != 200 or accepted != PROTOCOL or not node_id:
                 raise StreamRefused(f"{status} {content[:200]!r}")
             sock = connection.detach()
-        except NotSentError:
+        except (NotSentError, StreamRefused):
             connection.close()
             raise
         except (OSError, HTTPException, ValueError) as error:
             connection.close()
             raise NotSentError(f"no command stream to {self.address}: {error}") from error
-        except StreamRefused:
-            connection.close()
-            raise
         if hasattr(socket, "TCP_USER_TIMEOUT") and sock.family != socket.AF_UNIX:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(SEND_TIMEOUT * 1000))
         sock.settimeout(SEND_TIMEOUT)
@@ -169,14 +166,15 @@ class CommandStream:
         """Send a command body; its answer, or a ``CommandTimeoutError`` answer after
         ``timeout``. Raise ``StreamBroken`` when the stream broke first, and
         ``TypeError`` when the body is not JSON."""
+        encoded = json.dumps(body).encode()  # outside the lock: threads encode at once
+        if len(encoded) + 32 > MAX_REQUEST_FRAME:
+            return _too_large()
         waiter = _Waiter()
         with self._lock:
             if self.closed:
                 raise StreamBroken(f"the stream to {self.address} is closed", sent=False)
             number = next(self._ids)
-            item = json.dumps([number, body]).encode()
-            if len(item) + 2 > MAX_REQUEST_FRAME:
-                return _too_large()
+            item = b"[%d,%s]" % (number, encoded)
             self._waiting[number] = waiter
             self._pending.append((number, item))
             self._last_used = time.monotonic()
@@ -280,8 +278,7 @@ class CommandStream:
             )
             unsent |= {number for number, _ in self._pending}
             self._pending = []
-        with contextlib.suppress(OSError):
-            self._sock.shutdown(socket.SHUT_RDWR)
+        shut(self._sock)
         with contextlib.suppress(OSError):
             self._sock.close()
         for number, waiter in waiting.items():
@@ -330,6 +327,9 @@ class Streams:
                 self._refused.clear()
                 self._opening.clear()
                 self._pid = os.getpid()
+            found = self._open.get(name)
+            if found is not None and not found.closed:
+                return found  # the common case: one lock, no opener's
             opening = self._opening.setdefault(name, threading.Lock())
         if not opening.acquire(timeout=timeout):
             raise NotSentError(f"no command stream to {address} in time")

@@ -7,6 +7,7 @@ quarter of that, which is CPU the loop gets back, and time off every commit.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import select
 import socket
@@ -145,6 +146,12 @@ class NodeConnection:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def shut(sock: socket.socket) -> None:
+    """Shut a connection down both ways (whatever thread reads it sees its end)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def peer_closed(sock: socket.socket | None) -> bool:

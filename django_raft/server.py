@@ -6,7 +6,6 @@ keep-alive, which peers' senders reuse connection by connection.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import itertools
 import logging
@@ -33,6 +32,7 @@ from django.http import Http404, HttpRequest, HttpResponseBase, JsonResponse
 from . import command_serving, command_stream, metrics, stream, tls, views
 from .auth import NODE, NONCE_HEADER
 from .conf import is_node_url, raft_settings
+from .connection import shut
 from .exceptions import StopError
 from .runner import RaftNode
 from .statemachine import StateMachine
@@ -335,7 +335,7 @@ class _Watchdog(threading.Thread):
                 late = [token for token, (deadline, _) in self._armed.items() if deadline < now]
                 cut = [self._armed.pop(token)[1] for token in late]
             for sock in cut:
-                _shut(sock)
+                shut(sock)
 
 
 class _Connection(cheroot_server.HTTPConnection):
@@ -368,7 +368,7 @@ class _Connection(cheroot_server.HTTPConnection):
         if commands:
             name = (accepted.sender, str(id(self)))
             streams = self.server.command_streams
-            serve: Callable[[_Accepted], None] = self._serve_commands
+            serve: Callable[[_Accepted, tuple[str, str]], None] = self._serve_commands
         else:
             name = (accepted.sender, accepted.lane)
             streams = self.server.streams
@@ -378,7 +378,7 @@ class _Connection(cheroot_server.HTTPConnection):
             # requests, and a new stream needs one only for its handshake.
             self._stream_thread = threading.Thread(
                 target=serve,
-                args=(accepted,),
+                args=(accepted, name),
                 name=f"raft-stream-{accepted.sender}-{accepted.lane}",
                 daemon=True,
             )
@@ -392,7 +392,7 @@ class _Connection(cheroot_server.HTTPConnection):
             return
         super().close()
 
-    def _serve_stream(self, accepted: _Accepted) -> None:
+    def _serve_stream(self, accepted: _Accepted, name: tuple[str, str]) -> None:
         """Step the frames of an accepted stream until it ends, breaks or lies.
 
         A frame that fails its tag, does not decode, or carries a message the node
@@ -402,7 +402,6 @@ class _Connection(cheroot_server.HTTPConnection):
         node = RaftNode.current
         server: NodeServer = self.server
         sock = self.socket
-        name = (accepted.sender, accepted.lane)
         reader = stream.FrameReader(self.rfile, accepted.keys[0])
         try:
             sock.settimeout(CONNECTION_TIMEOUT)
@@ -426,12 +425,11 @@ class _Connection(cheroot_server.HTTPConnection):
             server.streams.close(name, sock)
             self.close()
 
-    def _serve_commands(self, accepted: _Accepted) -> None:
+    def _serve_commands(self, accepted: _Accepted, name: tuple[str, str]) -> None:
         """Serve a client's command stream (``command_serving``) until it ends."""
         node = RaftNode.current
         server: NodeServer = self.server
         sock = self.socket
-        name = (accepted.sender, str(id(self)))
         try:
             if node is not None:
                 sock.settimeout(CONNECTION_TIMEOUT)
@@ -478,7 +476,7 @@ class _Streams:
             self._open[name] = sock
             self._gauge.set(len(self._open))
         if old is not None:
-            _shut(old)
+            shut(old)
         return True
 
     def close(self, name: tuple[str, str], sock: socket.socket) -> None:
@@ -493,12 +491,7 @@ class _Streams:
             self._open.clear()
             self._gauge.set(0)
         for sock in socks:
-            _shut(sock)
-
-
-def _shut(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
+            shut(sock)
 
 
 class NodeServer(wsgi.Server):

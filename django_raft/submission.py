@@ -206,8 +206,21 @@ def _remaining(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
-def _failure(message: str, error_type: str, **extra: Any) -> dict[str, Any]:
+def failure(message: str, error_type: str, **extra: Any) -> dict[str, Any]:
+    """The JSON answer of a command that failed with ``error_type``."""
     return {"ok": False, "error": message, "error_type": error_type, **extra}
+
+
+TIMEOUT_RULE = "timeout must be a number of seconds in (0, 3600]"
+
+
+def valid_timeout(body: dict[str, Any]) -> float | None:
+    """A client request's ``timeout`` (``COMMAND_TIMEOUT`` when absent); None when it
+    breaks ``TIMEOUT_RULE``."""
+    timeout = body.get("timeout", raft_settings.COMMAND_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
+        return None
+    return float(timeout)
 
 
 def forward(
@@ -216,7 +229,7 @@ def forward(
     """Send a client request on to the leader (or, outside a node, to ``ADDRESS``)."""
     hops = body.get("hops", 0)
     if not isinstance(hops, int) or hops >= MAX_HOPS:
-        return _failure("no leader could be reached", "NotLeaderError")
+        return failure("no leader could be reached", "NotLeaderError")
     if node is None:
         address = raft_settings.ADDRESS
         if not address:
@@ -227,14 +240,14 @@ def forward(
         address = node.leader_address()
         if not address or address == node.address:
             leader = node.status().get("leader", "")
-            return _failure("no leader is known", "NotLeaderError", leader=leader)
+            return failure("no leader is known", "NotLeaderError", leader=leader)
     body = {**body, "hops": hops + 1}
     try:
         if route == "command":  # on this process's command stream to the leader
             return send_command(address, body, _remaining(deadline))
         return post(address, route, body, _remaining(deadline))
     except ClusterUnreachableError as error:
-        return _failure(str(error), "ClusterUnreachableError")
+        return failure(str(error), "ClusterUnreachableError")
 
 
 def outcome_answer(outcome: Outcome | None) -> dict[str, Any]:
@@ -255,11 +268,11 @@ def run_on_node(node: RaftNode, call: Any, deadline: float) -> dict[str, Any]:
     try:
         outcome = call(_remaining(deadline))
     except FutureTimeout:
-        return _failure(
+        return failure(
             "not committed and applied in time; it may still be applied", "CommandTimeoutError"
         )
     except RaftError as error:
-        return _failure(str(error), type(error).__name__)
+        return failure(str(error), type(error).__name__)
     return outcome_answer(outcome)
 
 
@@ -312,7 +325,7 @@ def command_fields(body: dict[str, Any]) -> tuple[str, dict[str, Any], str, int]
     """A command body's name, arguments, session id and sequence number, or the failure
     that refuses the body."""
     fields = _command_fields(body)
-    return _failure(fields, "BadRequest") if isinstance(fields, str) else fields
+    return failure(fields, "BadRequest") if isinstance(fields, str) else fields
 
 
 def proposal(fields: tuple[str, dict[str, Any], str, int]) -> bytes | dict[str, Any]:
@@ -327,9 +340,9 @@ def proposal(fields: tuple[str, dict[str, Any], str, int]) -> bytes | dict[str, 
         if name not in sessions.BUILTIN:  # the sessions' own commands are always well formed
             commands.check_call(name, arguments, len(data), raft_settings.MAX_COMMAND_SIZE)
     except WireError as error:
-        return _failure(str(error), "BadRequest")
+        return failure(str(error), "BadRequest")
     except InvalidRequestError as error:
-        return _failure(str(error), "InvalidRequestError")
+        return failure(str(error), "InvalidRequestError")
     return data
 
 
@@ -471,7 +484,7 @@ class Client:
         """Send until an answer that is not worth retrying, or the deadline."""
         from .runner import RaftNode
 
-        last: dict[str, Any] = _failure("no node answered in time", "ClusterUnreachableError")
+        last: dict[str, Any] = failure("no node answered in time", "ClusterUnreachableError")
         first = True
         for attempt in itertools.count():
             remaining = _remaining(deadline)
@@ -487,13 +500,13 @@ class Client:
                 else:
                     answer = send_command(address, payload, seconds)
             except _NotSent as error:
-                answer = _failure(str(error), "ClusterUnreachableError")
+                answer = failure(str(error), "ClusterUnreachableError")
                 self._forget(address)
                 last = {**answer, "first": first}
                 time.sleep(min(RETRY_PAUSE, _remaining(deadline)))
                 continue
             except ClusterUnreachableError as error:
-                answer = _failure(str(error), "ClusterUnreachableError")
+                answer = failure(str(error), "ClusterUnreachableError")
                 self._forget(address)
             error_type = answer.get("error_type") or ""
             if answer.get("ok") or error_type not in _RETRYABLE_NAMES:

@@ -24,7 +24,14 @@ from .core import ConfChange, ConfChangeType, Message
 from .exceptions import StopError
 from .models import MAX_NODE_ID_LENGTH
 from .runner import RaftNode
-from .submission import forward, run_on_node, status_answer, submit_command
+from .submission import (
+    TIMEOUT_RULE,
+    forward,
+    run_on_node,
+    status_answer,
+    submit_command,
+    valid_timeout,
+)
 from .transport import BATCH_PATH, CONTENT_TYPE, PATHS, frame, unframe
 from .wire import MAX_TERM_JUMP, WireError, decode_message
 
@@ -188,16 +195,6 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
 
 
-TIMEOUT_RULE = "timeout must be a number of seconds in (0, 3600]"
-
-
-def _valid_timeout(payload: dict[str, Any]) -> float | None:
-    timeout = payload.get("timeout", raft_settings.COMMAND_TIMEOUT)
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
-        return None
-    return float(timeout)
-
-
 def _client_request(request: HttpRequest) -> tuple[dict[str, Any], RaftNode, float] | JsonResponse:
     """Check a client request: signed JSON object, a running node, a valid timeout."""
     payload = _json_body(request)
@@ -206,7 +203,7 @@ def _client_request(request: HttpRequest) -> tuple[dict[str, Any], RaftNode, flo
     node = _running_node()
     if isinstance(node, JsonResponse):
         return node
-    timeout = _valid_timeout(payload)
+    timeout = valid_timeout(payload)
     if timeout is None:
         return _error(400, TIMEOUT_RULE)
     return payload, node, timeout
@@ -223,7 +220,7 @@ def command_answer(body: bytes) -> Answer:
     node = RaftNode.current
     if node is None or node.stopping.is_set():
         return Answer.error(503, "no Raft node runs in this process", "NodeStoppedError")
-    timeout = _valid_timeout(payload)
+    timeout = valid_timeout(payload)
     if timeout is None:
         return Answer.error(400, TIMEOUT_RULE)
     answer = submit_command(payload, time.monotonic() + timeout)
