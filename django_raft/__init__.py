@@ -9,12 +9,15 @@ from typing import Any
 
 __all__ = [
     "Client",
+    "LeaderState",
     "LeaderWork",
+    "Leadership",
     "Lock",
     "command",
     "do",
     "is_leader",
     "leader_only",
+    "leadership",
     "lock",
     "read",
     "register",
@@ -28,9 +31,12 @@ _HOMES = {
     "Lock": "locks",
     "lock": "locks",
     "read": "reads",
+    "LeaderState": "leader",
     "LeaderWork": "leader",
+    "Leadership": "leader",
     "is_leader": "leader",
     "leader_only": "leader",
+    "leadership": "leader",
 }
 
 

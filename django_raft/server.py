@@ -28,6 +28,8 @@ from cheroot import wsgi
 from cheroot.workers.threadpool import ThreadPool
 from django.core.handlers.wsgi import WSGIHandler
 from django.http import Http404, HttpRequest, HttpResponseBase, JsonResponse
+from django.urls import set_urlconf
+from django.utils.log import log_response
 
 from . import command_serving, command_stream, metrics, stream, tls, views
 from .auth import NODE, NONCE_HEADER
@@ -91,9 +93,9 @@ def _json_errors(get_response: Callable[[HttpRequest], HttpResponseBase]) -> Any
             response = get_response(request)
         except Http404:
             return _json_error(404, f"no route {request.path!r}", "NotFound")
-        except Exception:
+        except Exception as error:
             logger.exception("raft: error serving %s %s", request.method, request.path)
-            response = JsonResponse(_ERROR_500, status=500)
+            response = JsonResponse(_server_error(error), status=500)
             response._has_been_logged = True  # type: ignore[attr-defined]  # once is enough
             return response
         status = response.status_code
@@ -113,11 +115,18 @@ def _json_error(status: int, detail: str, error_type: str) -> JsonResponse:
     return JsonResponse({"ok": False, "error": message, "error_type": error_type}, status=status)
 
 
-_ERROR_500 = {
-    "ok": False,
-    "error": "internal error (logged on the node)",
-    "error_type": "ServerError",
-}
+def _server_error(error: Exception) -> dict[str, Any]:
+    """The JSON answer to a request that failed with ``error``: it names the exception's
+    class, never its message (which could carry a secret); the traceback is logged."""
+    return {
+        "ok": False,
+        "error": f"internal error: {type(error).__name__} (logged on the node)",
+        "error_type": "ServerError",
+    }
+
+
+NODE_URLCONF = "django_raft.node_urls"
+"""The URLconf ``raftnode`` serves; the project's ``ROOT_URLCONF`` is neither needed nor used."""
 
 
 class NodeApplication(WSGIHandler):
@@ -144,8 +153,18 @@ class NodeApplication(WSGIHandler):
         self._middleware_chain = _json_errors(self._get_response)  # type: ignore[attr-defined]
 
     def get_response(self, request: Any) -> Any:
-        request.urlconf = "django_raft.node_urls"
-        return super().get_response(request)
+        """Django's ``get_response`` with the node's URLconf for the request and for
+        ``reverse()``: Django's own reads ``settings.ROOT_URLCONF`` first, which a project
+        need not have (and a node must not depend on)."""
+        set_urlconf(NODE_URLCONF)
+        request.urlconf = NODE_URLCONF
+        response = self._middleware_chain(request)
+        response._resource_closers.append(request.close)
+        if response.status_code >= 400:
+            log_response(
+                "%s: %s", response.reason_phrase, request.path, response=response, request=request
+            )
+        return response
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = environ.get("PATH_INFO", "")
@@ -160,9 +179,9 @@ class NodeApplication(WSGIHandler):
     def _fast(self, environ: dict[str, Any], start_response: Any, rpc_path: str | None) -> Any:
         try:
             answer = self._answer(environ, rpc_path)
-        except Exception:
+        except Exception as error:
             logger.exception("raft: error serving POST %s", environ.get("PATH_INFO"))
-            answer = views.Answer.json(_ERROR_500, 500)
+            answer = views.Answer.json(_server_error(error), 500)
         headers = [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body)))]
         if answer.status in UNREAD_STATUSES:
             headers.append(("Connection", "close"))  # the body may be unread: do not read it
