@@ -2,24 +2,32 @@
 
     celery -A proj beat -S django_raft.contrib.celery.beat:RaftScheduler
 
-Every server runs a beat with this scheduler beside its ``raftnode``. Only the beat whose
-node leads dispatches, and only the slots it first claimed through the log: a slot is
-an entry's name and a time its schedule fires at (interval schedules fire at the
-multiples of their period since the epoch, the same on every server). The state machine
-grants each slot once and remembers each entry's last granted slot, so:
+Every server runs a beat with this scheduler beside its ``raftnode``. A slot is an
+entry's name and a time its schedule fires at (interval schedules fire at the multiples
+of their period since the epoch, the same on every server). A beat sends only the slots
+the log granted it: the state machine grants each slot once and remembers each entry's
+last granted slot, so:
 
-- a slot is never dispatched twice, whatever the beats, failovers or pauses;
-- a slot is never skipped: a beat that comes to lead claims every slot after the last
-  one granted, up to now, before dispatching them in order; slots older than
-  ``CATCH_UP`` seconds when a leader's beat gets to them are dropped (logged);
-- the window: a beat that dies between claiming a slot and handing the task to the
-  broker loses that slot (milliseconds, once per crash of a leader's beat).
+- a slot is dispatched at most once, whatever the beats, failovers or pauses, by the
+  beat whose claim was granted. A beat claims only in a tick that began with its node
+  answering that it leads; leadership can move between that answer and the claim or
+  the send (the claim then goes through the new leader), so a beat may send a moment
+  after its node stopped leading, but never a slot another beat sent;
+- a slot is never skipped silently: a beat claims every slot after the last one granted,
+  up to now, that lies in the catch-up window (at most ``CATCH_UP`` seconds old, and of
+  an interval's the latest ``MAX_SLOTS``), in claims of at most
+  ``sessions.MAX_SLOTS_PER_CLAIM`` slots, sending each claim's slots in order before the
+  next claim; the slots before the window are skipped with a warning that names the
+  entry, their count and their times;
+- the window: a beat that dies between a claim and handing its slots to the broker
+  loses the slots of that claim it had not sent yet (once per crash of a leader's beat).
 
 Each task is sent with the id ``<entry name>@<slot in ms>`` and the header
 ``raft_slot``, so a task can tell which slot it runs for. Interval schedules
 (``schedule``, numbers, ``timedelta``), ``crontab`` and ``solar`` entries are supported
 (a crontab or solar entry with no slot granted yet starts at its next time after the
-beat starts; a solar slot is the event's time, computed with ``ephem``).
+beat starts; a solar slot is the event's time, computed with ``ephem``). The beat's
+clock is its Celery app's (``app.now()``), as for Celery's own beat.
 
 For django-celery-beat's database schedule, see ``dbschedule.RaftDatabaseScheduler``.
 """
@@ -27,7 +35,6 @@ For django-celery-beat's database schedule, see ``dbschedule.RaftDatabaseSchedul
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,13 +46,15 @@ from celery.schedules import schedule as interval_schedule
 logger = logging.getLogger(__name__)
 
 CATCH_UP = 300.0
-"""Seconds back a newly leading beat dispatches the slots nobody claimed."""
+"""Seconds back a leading beat still dispatches a slot nobody claimed (older: skipped)."""
+MAX_SLOTS = 10_000
+"""The most slots of an entry one tick dispatches (the latest ones of an interval: older
+ones are skipped) or walks (a calendar schedule far behind goes on at the next tick).
+
+It bounds a tick's work per entry to ten claims (log entries) and 10,000 sends, and
+covers the whole ``CATCH_UP`` for periods of 30 ms or more."""
 IDLE_INTERVAL = 0.25
 """Seconds between checks for leadership while this node does not lead."""
-
-
-MAX_SLOTS = 1000
-"""The most slots computed at once (a schedule far behind is caught up over ticks)."""
 DAY = 86_400_000
 """A day in ms: solar events are searched from a UTC midnight."""
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -69,36 +78,66 @@ class Window:
 OPEN = Window()
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """Slots due but before the catch-up window: how many, the first and the last (ms)."""
+
+    count: int
+    first_ms: int
+    last_ms: int
+
+
+@dataclass(frozen=True)
+class Due:
+    """An entry's slots due now: those to claim, in order, and those skipped."""
+
+    slots: list[int]
+    skipped: Skipped | None = None
+
+
 def supported(schedule: Any) -> bool:
     """Whether the Raft beat can compute the slots of ``schedule``."""
     return isinstance(schedule, interval_schedule | crontab | solar) or _is_clocked(schedule)
 
 
-def due_slots(schedule: Any, last: int | None, now_ms: int, origin: int = 0) -> list[int]:
-    """The slots (ms since the epoch) after ``last`` up to ``now_ms``, in order.
+def due_slots(
+    schedule: Any, last: int | None, now_ms: int, origin: int = 0, expires_ms: int | None = None
+) -> Due:
+    """The slots after ``last`` up to ``now_ms`` (and before ``expires_ms``), in order.
 
     An interval schedule fires at ``origin`` plus the multiples of its period (with no
     ``last``: the latest one); a crontab at its times, in its timezone, a solar schedule
-    at its event and a clocked one at its time, after ``last``.
+    at its event and a clocked one at its time, after ``last``. The slots older than
+    ``CATCH_UP`` seconds, and those of an interval before its latest ``MAX_SLOTS``, are
+    skipped. A calendar schedule is walked ``MAX_SLOTS`` slots at most: the rest is due
+    at the next call, from the last slot returned or skipped.
     """
+    horizon = now_ms - int(CATCH_UP * 1000)
+    end = now_ms if expires_ms is None else min(now_ms, expires_ms - 1)
     if isinstance(schedule, interval_schedule):
         period = _period(schedule)
-        current = origin + (now_ms - origin) // period * period
-        if current < origin:
-            return []
-        if last is None:
-            return [current]
-        start = max(_first_after(last, period, origin), current - (MAX_SLOTS - 1) * period)
-        return list(range(start, current + 1, period))
+        current = origin + (end - origin) // period * period
+        first = current if last is None else _first_after(last, period, origin)
+        if current < origin or first > current:
+            return Due([])
+        start = max(
+            first,
+            _first_after(horizon - 1, period, origin),
+            current - (MAX_SLOTS - 1) * period,
+        )
+        kept = min(start, current + period)
+        skipped = Skipped((kept - first) // period, first, kept - period) if kept > first else None
+        return Due(list(range(start, current + 1, period)), skipped)
     slots: list[int] = []
+    old: list[int] = []
     moment = last if last is not None else now_ms
-    while len(slots) < MAX_SLOTS:
+    while len(slots) + len(old) < MAX_SLOTS:
         following = next_slot(schedule, moment, origin)
-        if following is None or following > now_ms:
+        if following is None or following > end:
             break
-        slots.append(following)
+        (old if following < horizon else slots).append(following)
         moment = following
-    return slots
+    return Due(slots, Skipped(len(old), old[0], old[-1]) if old else None)
 
 
 def next_slot(schedule: Any, after: int, origin: int = 0) -> int | None:
@@ -151,6 +190,11 @@ def to_ms(moment: datetime) -> int:
     return (moment - EPOCH) // timedelta(milliseconds=1)
 
 
+def _moment(ms: int) -> str:
+    """A slot as an ISO 8601 UTC time, to the ms."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+
 def _period(schedule: Any) -> int:
     return max(1, int(schedule.run_every.total_seconds() * 1000))
 
@@ -181,7 +225,10 @@ class RaftScheduler(Scheduler):
         return OPEN
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
-        """Claim and send what is due when this node leads; return seconds to sleep."""
+        """Claim and send what is due when this node leads; return seconds to sleep.
+
+        Now is the app's clock (``app.now()``), read once per tick.
+        """
         from django_raft.leader import is_leader
 
         if not is_leader():
@@ -191,7 +238,7 @@ class RaftScheduler(Scheduler):
             self._leading = True
             self._last.clear()
         self.refresh()
-        now_ms = int(time.time() * 1000)
+        now_ms = to_ms(self.app.now())
         sleep = self.max_interval
         for name, entry in self.entries().items():
             if not supported(entry.schedule):
@@ -223,7 +270,12 @@ class RaftScheduler(Scheduler):
         after = last if floor is None else max(floor, -1 if last is None else last)
         if after is None and not (window.one_off or isinstance(entry.schedule, interval_schedule)):
             after = self._last[entry.name] = now_ms  # first start: from the next fire time
-        slots = self._slots(entry, window, after, now_ms)
+        due = self._due(entry, window, after, now_ms)
+        if due.skipped is not None:
+            self._skip(entry.name, due.skipped)
+            # Never granted, but behind us: this beat goes on from there (and warns once).
+            after = self._last[entry.name] = due.skipped.last_ms
+        slots = due.slots
         following = next_slot(
             entry.schedule,
             slots[-1] if slots else (now_ms if after is None else after),
@@ -233,41 +285,43 @@ class RaftScheduler(Scheduler):
             following = None
         if following is not None and window.expires_ms is not None:
             following = following if following < window.expires_ms else None
-        if not slots:
-            return following
-        if self._client is None:
+        if slots and self._client is None:
             self._client = Client()
-        answer = self._client.do(
-            sessions.BEAT_CLAIM, task=entry.name, slots=slots[-sessions.MAX_SLOTS_PER_CLAIM :]
-        )
-        self._last[entry.name] = int(answer["last"])
-        for slot in answer["granted"]:
-            self._send(entry, int(slot))
+        size = sessions.MAX_SLOTS_PER_CLAIM
+        for start in range(0, len(slots), size):
+            answer = self._client.do(
+                sessions.BEAT_CLAIM, task=entry.name, slots=slots[start : start + size]
+            )
+            self._last[entry.name] = int(answer["last"])
+            for slot in answer["granted"]:
+                self._send(entry, int(slot))
         return following
 
-    def _slots(
-        self, entry: ScheduleEntry, window: Window, after: int | None, now_ms: int
-    ) -> list[int]:
-        """The slots to claim now: due, inside the window, not too old (one-off: its first)."""
-        if window.one_off:
-            # Its one slot is fixed by the entry alone, whenever it is computed, so that a
-            # beat coming late to lead claims the same one (and the log grants it once).
-            first = next_slot(entry.schedule, -1 if after is None else after, window.origin_ms)
-            slots = [] if first is None or first > now_ms else [first]
-        else:
-            slots = due_slots(entry.schedule, after, now_ms, window.origin_ms)
-            dropped = [slot for slot in slots if slot < now_ms - CATCH_UP * 1000]
-            if dropped:
-                logger.warning(
-                    "raft beat: %s: %d slots older than %s s dropped",
-                    entry.name,
-                    len(dropped),
-                    CATCH_UP,
-                )
-                slots = slots[len(dropped) :]
-        if window.expires_ms is not None:
-            slots = [slot for slot in slots if slot < window.expires_ms]
-        return slots
+    def _due(self, entry: ScheduleEntry, window: Window, after: int | None, now_ms: int) -> Due:
+        """The slots to claim now, inside the window, and those skipped (one-off: its first)."""
+        if not window.one_off:
+            return due_slots(entry.schedule, after, now_ms, window.origin_ms, window.expires_ms)
+        # Its one slot is fixed by the entry alone, whenever it is computed, so that a beat
+        # coming late to lead claims the same one (and the log grants it once).
+        first = next_slot(entry.schedule, -1 if after is None else after, window.origin_ms)
+        if first is None or first > now_ms:
+            return Due([])
+        if window.expires_ms is not None and first >= window.expires_ms:
+            return Due([])
+        return Due([first])
+
+    def _skip(self, name: str, skipped: Skipped) -> None:
+        """Warn which slots of ``name`` this beat passes over: due, unclaimed, not sent."""
+        logger.warning(
+            "raft beat: %s: %d slots skipped, from %s to %s: "
+            "before the catch-up window (%g s, %d slots at most)",
+            name,
+            skipped.count,
+            _moment(skipped.first_ms),
+            _moment(skipped.last_ms),
+            CATCH_UP,
+            MAX_SLOTS,
+        )
 
     def _stored_last(self, name: str) -> int | None:
         """The last slot granted as this server's node knows it (the log decides anyway)."""
