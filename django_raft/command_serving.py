@@ -75,7 +75,9 @@ def requests_of(payload: bytes) -> list[tuple[int, Any]]:
 
 
 class _Answers(threading.Thread):
-    """Writes a stream's answers: whatever is ready goes in one frame."""
+    """Writes a stream's answers: whatever is ready goes in one frame. An empty frame
+    from the client is answered with an empty frame (``pong``): a client that waits
+    for answers tells a slow command from a node that stopped answering."""
 
     def __init__(self, sock: socket.socket, key: bytes, name: str) -> None:
         super().__init__(name=f"raft-answers-{name}", daemon=True)
@@ -84,10 +86,17 @@ class _Answers(threading.Thread):
         self._ready: collections.deque[tuple[int, dict[str, Any]]] = collections.deque()
         self._wakeup = threading.Condition(threading.Lock())
         self._stopped = False
+        self._pong = False
 
     def put(self, number: int, answer: dict[str, Any]) -> None:
         with self._wakeup:
             self._ready.append((number, answer))
+            self._wakeup.notify()
+
+    def pong(self) -> None:
+        """Write a frame soon, empty if no answer is ready (the client pinged)."""
+        with self._wakeup:
+            self._pong = True
             self._wakeup.notify()
 
     def stop(self) -> None:
@@ -99,14 +108,15 @@ class _Answers(threading.Thread):
         ready = self._ready
         while True:
             with self._wakeup:
-                while not ready and not self._stopped:
+                while not ready and not self._stopped and not self._pong:
                     self._wakeup.wait()
                 if self._stopped:
                     return
                 answers = list(ready)
                 ready.clear()
+                self._pong = False
             try:
-                payload = json.dumps(answers).encode()
+                payload = json.dumps(answers).encode() if answers else b""
                 self._sock.sendall(self._writer.frame(payload))
             except (OSError, ValueError) as error:
                 logger.info("raft: answers to a command stream failed: %s", error)
@@ -191,9 +201,12 @@ def serve(
     answers.start()
     dispatcher = _Dispatcher(node, answers)
     try:
-        for payload in reader.payloads():
+        while (payload := reader.read()) is not None:
             if node.stopping.is_set():
                 return
+            if not payload:
+                answers.pong()
+                continue
             requests = requests_of(payload)
             leading = node.status().get("state") == "leader"
             for number, body in requests:

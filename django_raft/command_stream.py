@@ -16,6 +16,11 @@ or node. Commands that several threads send at once travel in one frame and are
 proposed in one turn of the loop; answers come back as commands are applied. A command
 costs no HTTP request on either side. Plain HTTP only: over TLS, a client sends one
 request per command (a TLS connection is not read and written by two threads at once).
+
+An empty frame keeps a stream alive; the node answers one from the client with one of
+its own. A client waiting for answers pings (``PING``) and breaks a stream whose node
+has been silent for ``PROBE`` seconds: a paused or cut-off node costs its commands less
+than a second before the client turns to another member, not the caller's deadline.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.client import HTTPException
 from typing import Any
 
@@ -35,7 +41,16 @@ from . import stream
 from .auth import ANY_NODE, NONCE_HEADER, Signer
 from .connection import NodeConnection, NotSentError, shut
 
-__all__ = ["MAX_IN_FLIGHT", "PATH", "PROTOCOL", "CommandStream", "StreamRefused", "stream_keys"]
+__all__ = [
+    "MAX_IN_FLIGHT",
+    "PATH",
+    "PROTOCOL",
+    "Abandoned",
+    "CommandStream",
+    "StreamBroken",
+    "StreamRefused",
+    "stream_keys",
+]
 
 PATH = "command/stream"
 """The client route a command stream opens on (``<prefix>command/stream``)."""
@@ -51,6 +66,17 @@ MAX_ANSWER_FRAME = 64 << 20
 KEEPALIVE = 1.0
 """Seconds a client's stream may stay silent before it writes an empty frame (the node
 closes a stream silent for five)."""
+PING = 0.2
+"""Seconds a client waits for answers without hearing from the node before it writes
+an empty frame, which the node answers with an empty frame (it writes one to the
+first, just after the handshake, which tells the client that it does so)."""
+PROBE = 0.75
+"""Seconds a client waits, with commands in flight, for any frame from a node that
+answers pings (``PING``); then the node counts as stopped (paused, cut off) and the
+stream is broken: its commands may have been applied, and a client with a session
+sends them to another member."""
+_CHECK = 0.05
+"""Seconds between two looks at whether a caller gave up waiting (``call``)."""
 IDLE_CLOSE = 30.0
 """Seconds without a command after which a client closes its stream."""
 SEND_TIMEOUT = 5.0
@@ -76,6 +102,14 @@ class StreamBroken(Exception):
     def __init__(self, message: str, sent: bool) -> None:
         super().__init__(message)
         self.sent = sent
+
+
+class Abandoned(StreamBroken):
+    """The caller stopped waiting for a command it had sent (``call``'s ``abandon``):
+    it may still be applied."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, sent=True)
 
 
 def stream_keys(key: bytes, nonce: str, client: str, node_id: str) -> tuple[bytes, bytes]:
@@ -114,6 +148,9 @@ class CommandStream:
         """Whether the stream broke with commands sent and no answer ever received (a
         proxy between client and node that does not pass a stream on, say)."""
         self._answered = False
+        self._probing = False
+        """Whether the node answers pings (it answered one)."""
+        self._last_heard = time.monotonic()
         self._lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._pending: list[tuple[int, bytes]] = []
@@ -127,6 +164,7 @@ class CommandStream:
             target=self._read, name=f"raft-commands-{address}", daemon=True
         )
         self._reader.start()
+        self._keepalive()  # a ping: a node that answers it can be probed
 
     def _open(
         self, signer: Signer, path: str, timeout: float
@@ -162,10 +200,16 @@ class CommandStream:
         )
         return sock, stream.FrameWriter(up), stream.FrameParser(down, MAX_ANSWER_FRAME)
 
-    def call(self, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def call(
+        self,
+        body: dict[str, Any],
+        timeout: float,
+        abandon: Callable[[], str] | None = None,
+    ) -> dict[str, Any]:
         """Send a command body; its answer, or a ``CommandTimeoutError`` answer after
-        ``timeout``. Raise ``StreamBroken`` when the stream broke first, and
-        ``TypeError`` when the body is not JSON."""
+        ``timeout``. Raise ``StreamBroken`` when the stream broke first, ``Abandoned``
+        as soon as ``abandon()`` (asked every ``_CHECK`` seconds) gives a reason to stop
+        waiting, and ``TypeError`` when the body is not JSON."""
         encoded = json.dumps(body).encode()  # outside the lock: threads encode at once
         if len(encoded) + 32 > MAX_REQUEST_FRAME:
             return _too_large()
@@ -175,14 +219,25 @@ class CommandStream:
                 raise StreamBroken(f"the stream to {self.address} is closed", sent=False)
             number = next(self._ids)
             item = b"[%d,%s]" % (number, encoded)
+            if not self._waiting:  # the node's silence counts from the first in flight
+                self._last_heard = max(self._last_heard, time.monotonic())
             self._waiting[number] = waiter
             self._pending.append((number, item))
             self._last_used = time.monotonic()
         self._flush()
-        if not waiter.event.wait(timeout):
-            with self._lock:
-                self._waiting.pop(number, None)
-            return dict(_TIMED_OUT)
+        deadline = time.monotonic() + timeout
+        left = timeout
+        while not waiter.event.wait(min(_CHECK, left) if abandon else left):
+            left = deadline - time.monotonic()
+            reason = abandon() if abandon and left > 0 else ""
+            if left <= 0 or reason:
+                with self._lock:
+                    self._waiting.pop(number, None)
+                if waiter.event.is_set():
+                    break  # answered meanwhile
+                if reason:
+                    raise Abandoned(reason)
+                return dict(_TIMED_OUT)
         if waiter.answer is None:
             raise StreamBroken(f"the stream to {self.address} broke", sent=waiter.sent)
         return waiter.answer
@@ -229,21 +284,32 @@ class CommandStream:
         poller.register(self._sock, select.POLLIN)
         try:
             while not self.closed:
-                ready = poller.poll(KEEPALIVE * 1000)
+                ready = poller.poll((PING if self._probing else KEEPALIVE) * 1000)
+                now = time.monotonic()
                 if ready:
                     data = self._sock.recv(1 << 16)
                     if not data:
                         self._break(f"{self.address} closed the stream", set())
                         return
+                    self._last_heard = now
                     for payload in self._parser.feed(data):
                         if payload:
                             self._deliver(payload)
-                now = time.monotonic()
+                        else:
+                            self._probing = True
                 with self._lock:
-                    idle = not self._waiting and now - self._last_used > IDLE_CLOSE
+                    waiting = bool(self._waiting)
+                    idle = not waiting and now - self._last_used > IDLE_CLOSE
                 if idle:
                     self._break("idle", set())
                     return
+                silent = now - self._last_heard
+                if self._probing and waiting and silent > PROBE:
+                    self._break(f"{self.address} sent nothing for {silent:.2f} s", set())
+                    return
+                if waiting and silent >= PING and now - self._last_sent >= PING:
+                    self._keepalive()
+                    continue
                 if now - self._last_sent >= KEEPALIVE:
                     self._keepalive()
         except (OSError, ValueError, stream.FrameError) as error:

@@ -4,11 +4,23 @@ Each name says what happened and clashes with nothing in Django or in the core. 
 older names ``CommandError`` (it shadowed Django's), ``StopError`` and
 ``UnavailableError`` (the core has its own errors of those meanings) remain as aliases
 of the new ones for existing code; they are deprecated and left out of ``__all__``.
+
+Every error a caller can meet says whether the command may have been applied:
+``CommandTimeoutError`` (and anything unknown) says it may; every error in
+``NOT_APPLIED`` proves it was not (``may_have_applied``). The client keeps to this
+across retries: once an attempt may have reached the log, a call that fails ends in
+``CommandTimeoutError``, whatever its last attempt was told.
 """
 
 from __future__ import annotations
 
-from .core import DuplicatePeerError, NotLeaderError, RaftError
+from .core import (
+    DuplicatePeerError,
+    MembershipError,
+    NotLeaderError,
+    ProposalDroppedError,
+    RaftError,
+)
 
 __all__ = [
     "ApplyError",
@@ -18,12 +30,16 @@ __all__ = [
     "DuplicatePeerError",
     "InvalidRequestError",
     "LockNotHeldError",
+    "MembershipError",
     "NodeStoppedError",
     "NotLeaderError",
     "OverloadedError",
+    "ProposalDroppedError",
     "RaftError",
     "SessionExpiredError",
+    "StaleReadError",
     "StaleTokenError",
+    "may_have_applied",
 ]
 
 
@@ -34,11 +50,16 @@ class ApplyError(RaftError):
 
 
 class CommandTimeoutError(RaftError):
-    """The command was not committed and applied in time; it may still be applied later."""
+    """The command's outcome is unknown: it may have been applied, or be applied later.
+
+    The one error that says so. Raised when the deadline passed, or when a connection
+    was lost or a node stopped after the command had left this process. Within its
+    session the command is still applied at most once.
+    """
 
 
 class NodeStoppedError(RaftError):
-    """The node is stopping or stopped (go-raft's StopError)."""
+    """The node asked is stopping or stopped (go-raft's StopError) and took nothing."""
 
 
 class CommandFailedError(RaftError):
@@ -50,7 +71,8 @@ class CommandFailedError(RaftError):
 
 
 class ClusterUnreachableError(RaftError):
-    """No node of the cluster could be reached before the deadline."""
+    """No node of the cluster could be reached before the deadline: the command never
+    reached a node that could append it. (Lost after it was sent: ``CommandTimeoutError``.)"""
 
 
 class OverloadedError(RaftError):
@@ -62,11 +84,9 @@ class InvalidRequestError(RaftError, ValueError):
 
 
 class SessionExpiredError(RaftError):
-    """The client's session expired (or never existed) when its command was applied.
-
-    A command that met it for the first time was not applied. A retry that meets it
-    may concern a command applied before the session expired: its outcome is unknown.
-    """
+    """The client's session expired (or never existed) when its command was applied:
+    the command was not applied. (A retry that meets it, after an earlier attempt that
+    may have been applied, ends in ``CommandTimeoutError``.)"""
 
 
 class StaleTokenError(RaftError):
@@ -74,7 +94,42 @@ class StaleTokenError(RaftError):
 
 
 class LockNotHeldError(RaftError):
-    """A lock could not be acquired before the deadline, or was no longer held."""
+    """A lock could not be acquired before the deadline, was no longer held, or was
+    granted too late: its TTL, counted from when the request was sent, had passed."""
+
+
+class StaleReadError(RaftError):
+    """A linearizable read could not be served in time: this server's database had not
+    applied the read index by the deadline, so reading it now could miss acknowledged
+    commands. Nothing was appended; try again (the node may be down or catching up)."""
+
+
+NOT_APPLIED: tuple[type[Exception], ...] = (
+    ClusterUnreachableError,
+    CommandFailedError,
+    InvalidRequestError,
+    LockNotHeldError,
+    MembershipError,
+    NodeStoppedError,
+    NotLeaderError,
+    OverloadedError,
+    ProposalDroppedError,
+    SessionExpiredError,
+    StaleReadError,
+    StaleTokenError,
+)
+"""Errors that prove the call changed nothing: it was never appended, or (a handler
+that raised, a stale fencing token) it was applied as a failure with its writes rolled
+back. Resending after one of these cannot apply a command twice."""
+
+
+def may_have_applied(error: BaseException) -> bool:
+    """Whether the command behind ``error`` may have been applied (or may still be).
+
+    True for ``CommandTimeoutError`` and for anything not known to be in
+    ``NOT_APPLIED``: an error that proves nothing is treated as the worst case.
+    """
+    return not isinstance(error, NOT_APPLIED)
 
 
 CommandError = CommandFailedError

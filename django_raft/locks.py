@@ -3,10 +3,19 @@
 ``django_raft.lock(name, ttl=...)`` takes a lock through the log and yields its fencing
 token: the index of the log entry that granted it, so tokens of one lock strictly
 increase from holder to holder. The lock's time to live is counted in log time (see
-``django_raft.sessions``); it is released by ``release()``, when the TTL has passed and
-another client asks for it, or when the holder's session expires. A holder that paused
-past its TTL still believes it holds the lock: a handler that must not take a stale
-holder's writes checks the token it was given with ``check_token``::
+``django_raft.sessions``) from the entry that granted it; it is released by
+``release()``, when the TTL has passed and another client asks for it, or when the
+holder's session expires.
+
+What a holder may assume (a lease, as in Chubby and etcd): the cluster grants the lock
+to no one else until ``ttl`` seconds after the granting entry was proposed, which is
+after the client sent its request. So the client counts the lease from the moment it
+*sent* the request: it holds the lock until ``Lock.expires`` (``time.monotonic()``),
+and an acquisition or renewal answered after that raises ``LockNotHeldError`` instead
+of entering the block. That assumes clocks that run at about the same rate; a holder
+that pauses (GC, swap, SIGSTOP) inside the block can still outlive its lease unknowingly,
+so a handler that must not take a stale holder's writes checks the token it was given
+with ``check_token``::
 
     with django_raft.lock("reports", ttl=30) as token:
         django_raft.do("reports.publish", token=token, text="...")
@@ -19,6 +28,7 @@ holder's writes checks the token it was given with ``check_token``::
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +36,7 @@ from typing import Any
 
 from . import sessions
 from .commands import Context
-from .exceptions import InvalidRequestError, LockNotHeldError
+from .exceptions import InvalidRequestError, LockNotHeldError, RaftError
 from .submission import Client, default_client
 
 __all__ = ["Lock", "check_token", "lock"]
@@ -46,19 +56,30 @@ class Lock:
         self.ttl = ttl
         self.client = client or default_client()
         self.token = 0
+        self.expires = 0.0
+        """The ``time.monotonic()`` until which the lock is held for sure (see the module)."""
 
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> int:
         """Take the lock; return its fencing token (0 if not ``blocking`` and it is taken).
 
-        Raise ``LockNotHeldError`` if it could not be taken within ``timeout`` seconds.
+        Raise ``LockNotHeldError`` if it could not be taken within ``timeout`` seconds,
+        or if it was granted after its TTL, counted from the request, had passed.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            sent = time.monotonic()
             answer: Any = self.client.do(
                 sessions.LOCK_ACQUIRE, name=self.name, ttl_ms=int(self.ttl * 1000)
             )
             if answer["acquired"]:
-                self.token = int(answer["token"])
+                self.token, self.expires = int(answer["token"]), sent + self.ttl
+                late = time.monotonic() - self.expires
+                if late >= 0:
+                    self._give_back()
+                    raise LockNotHeldError(
+                        f"lock {self.name!r} was granted {late + self.ttl:.3f} s after the "
+                        f"request, past its TTL of {self.ttl:g} s: another client may hold it"
+                    )
                 return self.token
             if not blocking:
                 return 0
@@ -77,9 +98,19 @@ class Lock:
         """Give the lock back; return whether it was still held with this token."""
         if not self.token:
             return False
-        released = bool(self.client.do(sessions.LOCK_RELEASE, name=self.name, token=self.token))
-        self.token = 0
-        return released
+        token, self.token, self.expires = self.token, 0, 0.0
+        return bool(self.client.do(sessions.LOCK_RELEASE, name=self.name, token=token))
+
+    def remaining(self) -> float:
+        """Seconds the lease surely lasts from now (0 when it may have ended)."""
+        return max(0.0, self.expires - time.monotonic()) if self.token else 0.0
+
+    def _give_back(self) -> None:
+        """Release a grant that came too late, if nobody took the lock since (best effort:
+        the lock expires by itself)."""
+        with contextlib.suppress(RaftError):
+            self.release()
+        self.token, self.expires = 0, 0.0
 
 
 @contextmanager

@@ -48,6 +48,7 @@ from .core import (
     Message,
     MessageType,
     NotLeaderError,
+    ProposalDroppedError,
     RaftError,
     RawNode,
     Ready,
@@ -666,7 +667,9 @@ class RaftNode:
                 error = (
                     NotLeaderError(lead)
                     if lead != self.node_id
-                    else RaftError("the command was superseded by another leader's entry")
+                    else ProposalDroppedError(
+                        "the command was superseded by another leader's entry; not applied"
+                    )
                 )
                 completions.append((pending.future, None, error))
             elif isinstance(pending.future, _AwaitedFuture):
@@ -822,9 +825,12 @@ class RaftNode:
         )
 
     def _fail_waiting(self, error: Exception) -> None:
+        """Fail every waiting caller with ``error``; a proposal already appended with a
+        ``CommandTimeoutError`` instead (another node may still commit it)."""
+        appended = CommandTimeoutError(f"{error}; the command may still be applied")
         for pending in self._pending.values():
             if not pending.future.done():
-                pending.future.set_exception(error)
+                pending.future.set_exception(appended)
         for proposal in self._held:
             proposal.future.set_exception(error)
         self._held.clear()

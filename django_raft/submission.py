@@ -11,10 +11,12 @@ deadline. Retries are safe because every command carries its session's
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from http.client import HTTPException
@@ -35,6 +37,7 @@ from .core import (
     RaftError,
 )
 from .exceptions import (
+    NOT_APPLIED,
     ClusterUnreachableError,
     CommandFailedError,
     CommandTimeoutError,
@@ -90,6 +93,8 @@ MAX_HOPS = 3
 ATTEMPT_TIMEOUT = 2.0
 """Seconds one attempt waits for a node before the client tries another."""
 RETRY_PAUSE = 0.05
+SUSPECT_FOR = 1.0
+"""Seconds a member that did not answer is tried after the others."""
 _RETRYABLE = (
     ClusterUnreachableError,
     NotLeaderError,
@@ -126,6 +131,15 @@ class _NotSent(ClusterUnreachableError):
     """The request never reached the node (connection refused): certainly not applied."""
 
 
+class _Abandoned(ClusterUnreachableError):
+    """The command was sent, and its sender stopped waiting for the answer (``abandon``):
+    it may be applied."""
+
+
+LOST = "; it may have been applied"
+"""How an error message ends when the command's outcome is unknown."""
+
+
 def post(address: str, route: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
     """POST a signed JSON request to a node's client route; return its JSON answer.
 
@@ -159,11 +173,17 @@ def post(address: str, route: str, body: dict[str, Any], timeout: float) -> dict
 _streams = command_stream.Streams()
 
 
-def send_command(address: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+def send_command(
+    address: str,
+    body: dict[str, Any],
+    timeout: float,
+    abandon: Callable[[], str] | None = None,
+) -> dict[str, Any]:
     """Send a command body to a node; its JSON answer. A write goes on this process's
     command stream to the node (over plain HTTP, when the node serves one), anything
-    else as a request. Raise ``ClusterUnreachableError`` (``_NotSent`` when the command
-    certainly did not reach the node) when no answer comes."""
+    else as a request. Raise ``ClusterUnreachableError`` when no answer comes:
+    ``_NotSent`` when the command certainly did not reach the node, ``_Abandoned`` when
+    ``abandon()`` gave a reason to stop waiting (streams only; see ``CommandStream``)."""
     if body.get("read") or not address.startswith("http:"):
         return post(address, "command", body, timeout)
     keys = derive_keys(raft_settings.SECRET, raft_settings.CLIENT_SECRET)
@@ -175,7 +195,9 @@ def send_command(address: str, body: dict[str, Any], timeout: float) -> dict[str
     if found is None:
         return post(address, "command", body, timeout)
     try:
-        return found.call(body, timeout)
+        return found.call(body, timeout, abandon)
+    except command_stream.Abandoned as error:
+        raise _Abandoned(str(error)) from error
     except command_stream.StreamBroken as error:
         if not error.sent:
             raise _NotSent(str(error)) from error
@@ -226,28 +248,109 @@ def valid_timeout(body: dict[str, Any]) -> float | None:
 def forward(
     node: RaftNode | None, route: str, body: dict[str, Any], deadline: float
 ) -> dict[str, Any]:
-    """Send a client request on to the leader (or, outside a node, to ``ADDRESS``)."""
+    """Send a client request on to the leader (or, outside a node, to ``ADDRESS``).
+
+    A command this node forwarded whose leader then changes is sent again to the new
+    leader if it carries a session (applied at most once all the same); without one it
+    is answered at once as a ``CommandTimeoutError``, the truth: it may be applied. A
+    request lost after it was sent is a ``CommandTimeoutError`` too;
+    ``ClusterUnreachableError`` and ``NotLeaderError`` only when nothing was sent.
+    """
     hops = body.get("hops", 0)
     if not isinstance(hops, int) or hops >= MAX_HOPS:
         return failure("no leader could be reached", "NotLeaderError")
+    body = {**body, "hops": hops + 1}
     if node is None:
         address = raft_settings.ADDRESS
         if not address:
             raise ClusterUnreachableError(
                 "DJANGO_RAFT['ADDRESS'] names no node to send commands to"
             )
-    else:
-        address = node.leader_address()
-        if not address or address == node.address:
+        return _forward_to(address, route, body, deadline)
+    sent = ""  # why a command sent before may have been applied
+    while True:
+        address = _leader_of(node, deadline if sent and body.get("client_id") else 0.0)
+        if not address and sent and body.get("client_id") and _leads(node):
+            return _settled(submit_command(body, deadline), sent)  # this node leads now
+        if not address:
             leader = node.status().get("leader", "")
+            if sent:
+                return failure(f"{sent}{LOST}", "CommandTimeoutError")
             return failure("no leader is known", "NotLeaderError", leader=leader)
-    body = {**body, "hops": hops + 1}
+        if route != "command":
+            return _forward_to(address, route, body, deadline)
+        try:
+            answer = send_command(
+                address, body, _remaining(deadline), functools.partial(_leader_moved, node, address)
+            )
+        except _NotSent as error:
+            if sent:
+                return failure(f"{sent}{LOST}", "CommandTimeoutError")
+            return failure(str(error), "ClusterUnreachableError")
+        except _Abandoned as error:
+            sent = f"forwarded to {address}, then {error}"
+            if body.get("client_id"):
+                continue  # the session makes sending it again safe
+            return failure(f"{sent}{LOST}", "CommandTimeoutError")
+        except ClusterUnreachableError as error:
+            return failure(f"{error}{LOST}", "CommandTimeoutError")
+        return _settled(answer, sent)
+
+
+def _settled(answer: dict[str, Any], lost: str) -> dict[str, Any]:
+    """``answer``, unless it is a failure that proves nothing was applied while an
+    earlier attempt may have been (``lost`` says why): then a ``CommandTimeoutError``."""
+    if not lost or answer.get("ok") or _may_have_applied(answer):
+        return answer
+    return failure(
+        f"an earlier attempt may have been applied ({lost}); then: {answer.get('error', '')}",
+        "CommandTimeoutError",
+    )
+
+
+def _may_have_applied(answer: dict[str, Any]) -> bool:
+    """Whether a failure answer leaves open that its command was applied."""
+    name = str(answer.get("error_type"))
+    kind = ERRORS.get(name) or _LEGACY.get(name)
+    return kind is None or not issubclass(kind, NOT_APPLIED)
+
+
+def _leads(node: RaftNode) -> bool:
+    return bool(node.status().get("state") == "leader")
+
+
+def _forward_to(address: str, route: str, body: dict[str, Any], deadline: float) -> dict[str, Any]:
     try:
         if route == "command":  # on this process's command stream to the leader
             return send_command(address, body, _remaining(deadline))
         return post(address, route, body, _remaining(deadline))
-    except ClusterUnreachableError as error:
+    except _NotSent as error:
         return failure(str(error), "ClusterUnreachableError")
+    except ClusterUnreachableError as error:
+        return failure(f"{error}{LOST}", "CommandTimeoutError")
+
+
+LEADER_WAIT = 0.01
+"""Seconds between two looks for a new leader, when a forwarded command waits for one."""
+
+
+def _leader_of(node: RaftNode, deadline: float) -> str:
+    """The leader's address as this node knows it, "" if none other than this node;
+    until ``deadline``, wait for one."""
+    while True:
+        address = node.leader_address()
+        if address and address != node.address:
+            return address
+        if _leads(node) or _remaining(deadline) <= 0:
+            return ""
+        time.sleep(min(LEADER_WAIT, _remaining(deadline)))
+
+
+def _leader_moved(node: RaftNode, address: str) -> str:
+    """Why a command forwarded to ``address`` is no longer worth waiting for there: this
+    node learnt of another leader ("" while it has not)."""
+    now = node.leader_address()
+    return f"{node.node_id} learnt of a newer leader at {now}" if now not in ("", address) else ""
 
 
 def outcome_answer(outcome: Outcome | None) -> dict[str, Any]:
@@ -404,6 +507,7 @@ class Client:
     session_timeout: float | None = None
     _addresses: dict[str, str] = field(default_factory=dict, repr=False)
     _leader: str = field(default="", repr=False)
+    _suspects: dict[str, float] = field(default_factory=dict, repr=False)
     _local: threading.local = field(default_factory=threading.local, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -429,7 +533,7 @@ class Client:
                 "sequence": sequence,
             }
             answer = self._attempts(body, deadline, retry=True)
-            if answer.get("error_type") == "SessionExpiredError" and answer.get("first"):
+            if answer.get("error_type") == "SessionExpiredError":
                 self._local.session = None  # not applied: open a new session, send again
                 if first_try:
                     continue
@@ -440,6 +544,14 @@ class Client:
         """Run a read-only command after a ReadIndex round, without a log entry."""
         body = {"name": command, "arguments": arguments, "read": True}
         return raise_for(self._attempts(body, time.monotonic() + self._seconds(), retry=True))
+
+    def read_index(self) -> int:
+        """A read index from a leader that confirmed its leadership after this call
+        began. This server's node (``ADDRESS``) is asked first: it answers once it has
+        applied the index itself."""
+        body = {"name": READ_INDEX, "arguments": {}, "read": True}
+        deadline = time.monotonic() + self._seconds()
+        return int(raise_for(self._attempts(body, deadline, retry=True, local_first=True)))
 
     # -- sessions
 
@@ -479,20 +591,31 @@ class Client:
         return float(self.timeout or raft_settings.COMMAND_TIMEOUT)
 
     def _attempts(
-        self, body: dict[str, Any], deadline: float, retry: bool = False
+        self,
+        body: dict[str, Any],
+        deadline: float,
+        retry: bool = False,
+        local_first: bool = False,
     ) -> dict[str, Any]:
-        """Send until an answer that is not worth retrying, or the deadline."""
+        """Send until an answer that is not worth retrying, or the deadline.
+
+        The answer tells the truth about the command: once an attempt may have reached
+        the log, a failure is a ``CommandTimeoutError`` whatever later attempts were
+        told (``_settled``). Without ``retry`` (no session), nothing is sent again after
+        such an attempt. A read appends nothing, whatever happens.
+        """
         from .runner import RaftNode
 
-        last: dict[str, Any] = failure("no node answered in time", "ClusterUnreachableError")
-        first = True
+        read = bool(body.get("read"))
+        answer: dict[str, Any] = failure("no node answered in time", "ClusterUnreachableError")
+        lost = ""  # why an earlier attempt may have been applied
         for attempt in itertools.count():
             remaining = _remaining(deadline)
             if remaining <= 0:
                 break
             seconds = min(remaining, ATTEMPT_TIMEOUT)
             payload = {**body, "timeout": seconds}
-            address = self._pick(attempt)
+            address = self._pick(attempt, local_first)
             node = RaftNode.current
             try:
                 if node is not None and address in ("", node.address):
@@ -501,28 +624,25 @@ class Client:
                     answer = send_command(address, payload, seconds)
             except _NotSent as error:
                 answer = failure(str(error), "ClusterUnreachableError")
-                self._forget(address)
-                last = {**answer, "first": first}
-                time.sleep(min(RETRY_PAUSE, _remaining(deadline)))
-                continue
+                self._suspect(address)
             except ClusterUnreachableError as error:
-                answer = failure(str(error), "ClusterUnreachableError")
-                self._forget(address)
+                if read:  # a read appends nothing: its loss is not a command's
+                    answer = failure(str(error), "ClusterUnreachableError")
+                else:
+                    answer = failure(f"{error}{LOST}", "CommandTimeoutError")
+                self._suspect(address)
+            if answer.get("ok"):
+                self._remember(answer)
+                return answer
+            if not read and _may_have_applied(answer):
+                lost = str(answer.get("error", ""))
             error_type = answer.get("error_type") or ""
-            if answer.get("ok") or error_type not in _RETRYABLE_NAMES:
-                if answer.get("ok"):
-                    self._remember(answer)
-                return {**answer, "first": first}
-            first = first and error_type in _NOT_APPENDED
-            last = {**answer, "first": first}
-            if not retry and error_type not in _NOT_APPENDED:
-                return last  # it may have reached the log: only a session makes a retry safe
-            if error_type not in ("CommandTimeoutError",):
+            if error_type not in _RETRYABLE_NAMES or (lost and not retry):
+                break
+            if error_type != "CommandTimeoutError":
                 self._forget(address)
                 time.sleep(min(RETRY_PAUSE, _remaining(deadline)))
-        if last.get("error_type") == "ClusterUnreachableError" and not last.get("first", True):
-            last["error_type"] = "CommandTimeoutError"
-        return last
+        return _settled(answer, lost)
 
     def addresses(self) -> list[str]:
         """Every member address known: ``ADDRESS`` first, then ``CLUSTER``, then learnt."""
@@ -532,18 +652,31 @@ class Client:
             found += list(self._addresses.values())
         return list(dict.fromkeys(address for address in found if address))
 
-    def _pick(self, attempt: int) -> str:
+    def _pick(self, attempt: int, local_first: bool = False) -> str:
+        """The address to try at ``attempt``: this server's node or the leader first,
+        then every member in turn, those that failed in the last ``SUSPECT_FOR``
+        seconds last."""
         from .runner import RaftNode
 
-        if self._leader and attempt == 0:
-            return self._leader
         addresses = self.addresses()
         if not addresses:
             node = RaftNode.current
             if node is not None:
                 return node.address
             raise ClusterUnreachableError("DJANGO_RAFT['ADDRESS'] names no node to send to")
-        return addresses[attempt % len(addresses)]
+        now = time.monotonic()
+        first = raft_settings.ADDRESS if local_first else self._leader
+        with self._lock:
+            if attempt == 0 and first and self._suspects.get(first, 0.0) <= now:
+                return first
+            fresh = [a for a in addresses if self._suspects.get(a, 0.0) <= now] or addresses
+        return fresh[attempt % len(fresh)]
+
+    def _suspect(self, address: str) -> None:
+        """``address`` did not answer: try the other members first for a while."""
+        self._forget(address)
+        with self._lock:
+            self._suspects[address] = time.monotonic() + SUSPECT_FOR
 
     def _remember(self, answer: dict[str, Any]) -> None:
         leader = answer.get("leader")
@@ -579,8 +712,6 @@ class Client:
 
 
 _RETRYABLE_NAMES = frozenset(kind.__name__ for kind in _RETRYABLE) | {"StopError"}
-_NOT_APPENDED = frozenset(("NotLeaderError", "OverloadedError", "ProposalDroppedError"))
-"""Answers that say the command was not appended: retrying cannot apply it twice."""
 
 _default: Client | None = None
 _default_lock = threading.Lock()

@@ -23,6 +23,7 @@ from django_raft import command_serving, command_stream, commands, submission
 from django_raft import server as node_server
 from django_raft.auth import CLIENT, NODE, NONCE_HEADER, Signer, derive_keys
 from django_raft.command_stream import CommandStream, StreamBroken, Streams, stream_keys
+from django_raft.conf import raft_settings
 from django_raft.connection import NodeConnection
 from django_raft.exceptions import ClusterUnreachableError
 from django_raft.stream import FrameParser, FrameWriter
@@ -388,8 +389,12 @@ def test_stopping_the_server_ends_command_streams(
 # -- the client: what a broken stream means, refusals, forks ------------------------------
 
 
+EMPTY_FRAME = len(FrameWriter(b"k" * 32).frame(b""))
+
+
 class FakeNode:
-    """Accepts one command stream, reads ``reads`` frames, then closes it unanswered."""
+    """Accepts one command stream, reads ``reads`` frames of commands (pings aside),
+    then closes it unanswered."""
 
     def __init__(self, reads: int, stalled: bool = False) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -410,8 +415,11 @@ class FakeNode:
                 return
             body = command_stream.PROTOCOL + b" n1"
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-            for _ in range(reads):
-                if conn.recv(1 << 16):
+            while self.read_frames < reads:
+                data = conn.recv(1 << 16)
+                if not data:
+                    return
+                if len(data) > EMPTY_FRAME:  # not only the client's ping
                     self.read_frames += 1
 
     def close(self) -> None:
@@ -539,3 +547,119 @@ def test_a_client_cuts_frames_to_the_limit_and_refuses_a_larger_command(
     answer = opened.call(kv_set("big", "x" * 500), 5)
     assert answer["error_type"] == "BadRequest" and "over 400 bytes" in answer["error"]
     assert opened.call(kv_set("small", "y"), 5)["ok"]
+
+
+class SilentLeader:
+    """Accepts a command stream, answers the client's first ping as a node does, then
+    reads commands and never answers (a paused process, as far as the client sees)."""
+
+    def __init__(self, signer: Signer | None = None) -> None:
+        self.signer = signer or client_signer()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(4096)
+            head = data.split(b"\r\n\r\n", 1)[0].decode()
+            nonce = next(
+                line.split(":", 1)[1].strip()
+                for line in head.split("\r\n")
+                if line.lower().startswith(NONCE_HEADER.lower() + ":")
+            )
+            body = command_stream.PROTOCOL + b" n1"
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            down = stream_keys(self.signer.key, nonce, self.signer.sender, "n1")[1]
+            conn.recv(1 << 16)  # the client's first ping (then it reads frames itself)
+            conn.sendall(FrameWriter(down).frame(b""))  # the pong: this node can be probed
+            while conn.recv(1 << 16):
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+class StubNode:
+    """What ``submission.forward`` asks of the node it runs on: who leads, where."""
+
+    def __init__(self, leader: str) -> None:
+        self.node_id = "n2"
+        self.address = "http://127.0.0.1:1"
+        self.leader = leader
+
+    def leader_address(self) -> str:
+        return self.leader
+
+    def status(self) -> dict[str, Any]:
+        return {"state": "follower", "leader": "n1" if self.leader else ""}
+
+
+def test_a_stream_whose_node_falls_silent_breaks_within_the_probe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node that answered pings and then stops (SIGSTOP, a cut cable) costs a waiting
+    command ``PROBE`` seconds, not the caller's deadline; it may have been applied."""
+    silent = SilentLeader()
+    try:
+        opened = CommandStream(silent.address, client_signer(), "raft/")
+        started = time.monotonic()
+        with pytest.raises(StreamBroken) as broken:
+            opened.call(kv_set("a", "1"), 10)
+        assert broken.value.sent is True
+        assert time.monotonic() - started < command_stream.PROBE + 1.5
+    finally:
+        silent.close()
+
+
+def test_a_forwarded_command_lost_after_the_write_may_have_applied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stream to the leader broke after the command was written: the follower
+    answers ``CommandTimeoutError`` (it may have been applied), never "unreachable"."""
+    monkeypatch.setattr(submission, "_streams", Streams())
+    fake = FakeNode(reads=1)
+    try:
+        node: Any = StubNode(fake.address)
+        body = kv_set("a", "1")
+        answer = submission.forward(node, "command", body, time.monotonic() + 5)
+        assert answer["error_type"] == "CommandTimeoutError", answer
+        assert "may have been applied" in answer["error"]
+    finally:
+        fake.close()
+
+
+@pytest.mark.parametrize("session", [True, False], ids=["session", "no-session"])
+def test_a_forwarded_command_follows_a_new_leader(
+    running: Running, monkeypatch: pytest.MonkeyPatch, session: bool
+) -> None:
+    """The leader a follower forwarded to stops answering and the follower learns of a
+    newer one: with a session the command is sent there (applied once all the same);
+    without one the caller is told at once that it may have been applied."""
+    monkeypatch.setattr(submission, "_streams", Streams())
+    monkeypatch.setattr(command_stream, "PROBE", 30.0)  # only the new leader may end the wait
+    keys = derive_keys(raft_settings.SECRET, raft_settings.CLIENT_SECRET)
+    silent = SilentLeader(Signer(keys.client, CLIENT, raft_settings.NODE_ID or "client"))
+    node: Any = StubNode(silent.address)
+    body = kv_set("f", "1")
+    if session:
+        opened = submission.Client(timeout=5).open_session()
+        body.update(client_id=opened, sequence=1)
+    timer = threading.Timer(0.3, lambda: setattr(node, "leader", running.address))
+    timer.start()
+    try:
+        started = time.monotonic()
+        answer = submission.forward(node, "command", body, time.monotonic() + 10)
+        assert time.monotonic() - started < 3
+    finally:
+        timer.cancel()
+        silent.close()
+    if session:
+        assert answer["ok"] and answer["value"] == 1, answer
+    else:
+        assert answer["error_type"] == "CommandTimeoutError", answer
+        assert "newer leader" in answer["error"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import django.dispatch
 
-from django_raft import signals
+from django_raft import exceptions, signals
 from django_raft.client import _ERRORS
 from django_raft.conf import DEFAULTS
 
@@ -20,11 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = (ROOT / "docs" / "reference.md").read_text()
 
 
+def section(heading: str) -> str:
+    """The text under ``## heading``, up to the next such heading."""
+    return REFERENCE.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
 def table_rows(heading: str) -> dict[str, list[str]]:
     """The rows of the first table under ``## heading``, by the first cell without backticks."""
-    section = REFERENCE.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
     rows: dict[str, list[str]] = {}
-    for line in section.splitlines():
+    for line in section(heading).splitlines():
         if line.startswith("| `"):
             cells = [cell.strip() for cell in line.strip("|").split(" | ")]
             rows[cells[0].strip("`")] = cells
@@ -65,6 +69,23 @@ def test_every_error_a_caller_can_get_is_documented() -> None:
     assert set(_ERRORS) <= set(rows)
     for name in _ERRORS:
         assert rows[name][2], f"{name}: say whether the command may still be applied"
+
+
+def test_the_errors_table_says_what_the_code_says_about_applied() -> None:
+    """Each error's "Applied?" cell starts with "No" exactly when the code counts it as
+    proving nothing was applied (``exceptions.may_have_applied``); one row per error."""
+    lines = [line for line in section("Errors").splitlines() if line.startswith("| `")]
+    assert len(lines) == len(table_rows("Errors")), "an error has two rows"
+    public = {name: getattr(exceptions, name) for name in exceptions.__all__}
+    errors = {name: kind for name, kind in public.items() if isinstance(kind, type)}
+    assert set(errors) - {"RaftError"} <= set(table_rows("Errors"))
+    for name, kind in errors.items():
+        if name == "RaftError":
+            continue
+        cell = table_rows("Errors")[name][2]
+        says_may = cell.startswith("**May have**")
+        assert says_may or cell.startswith("No"), f"{name}: {cell}"
+        assert says_may == exceptions.may_have_applied(kind("")), name
 
 
 def test_the_table_of_contents_links_to_headings_that_exist() -> None:

@@ -166,22 +166,6 @@ def test_two_holders_never_hold_one_lock_and_a_paused_holder_is_fenced(cluster: 
     }
 
 
-def test_linearizable_read_sees_every_acknowledged_command(cluster: Cluster) -> None:
-    from django_raft.reads import read
-
-    follower = next(node for node in cluster.founders if node is not cluster.leader())
-    with client_settings(cluster, address=follower.address):
-        client = Client()
-        for value in range(5):
-            client.do("kv.set", key="r", value=str(value))
-            with read() as index:
-                assert index > 0
-                assert follower.kv()["r"] == str(value)
-            assert client.read("kv.read", key="r") == str(value)
-        with read(stale=True) as index:
-            assert index == 0
-
-
 HOLDER = """
 import sys, time
 import django
