@@ -291,7 +291,8 @@ class Stream:
             if not data:
                 return None
             for payload in self.parser.feed(data):
-                found.extend(json.loads(payload))
+                if payload:  # an empty frame answers a ping (an empty frame sent)
+                    found.extend(json.loads(payload))
         return found
 
     def close(self) -> None:
