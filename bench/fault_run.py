@@ -347,6 +347,19 @@ class ClientProcess:
         return source, calls
 
 
+def records(
+    clients: list[ClientProcess], node_source: str
+) -> tuple[set[str], list[dict[str, Any]]]:
+    """Where the nodes and clients imported django_raft from, and every client's calls."""
+    sources = {node_source}
+    calls: list[dict[str, Any]] = []
+    for client in clients:
+        source, mine = client.records()
+        sources.add(source)
+        calls += mine
+    return sources, calls
+
+
 def stop_clients(clients: list[ClientProcess]) -> None:
     for client in clients:
         client.stop()
@@ -509,12 +522,7 @@ def truth(options: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for client in clients:
             kill_group(client.process)
         cluster.close()
-    sources = {node_source}
-    calls: list[dict[str, Any]] = []
-    for client in clients:
-        source, mine = client.records()
-        sources.add(source)
-        calls += mine
+    sources, calls = records(clients, node_source)
     for fault in faults:
         fault["at"] = round(fault["at"] - origin, 3)
         fault["healed_at"] = round(fault["healed_at"] - origin, 3)
@@ -736,12 +744,7 @@ def paused(options: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         for client in clients:
             kill_group(client.process)
         cluster.close()
-    sources = {node_source}
-    calls: list[dict[str, Any]] = []
-    for client in clients:
-        source, mine = client.records()
-        sources.add(source)
-        calls += mine
+    sources, calls = records(clients, node_source)
     addresses = {c.spec.name: c.spec.address for c in clients}
     ids = {v: k for k, v in cluster.addresses.items()}
     return {

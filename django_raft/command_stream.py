@@ -68,8 +68,8 @@ KEEPALIVE = 1.0
 closes a stream silent for five)."""
 PING = 0.2
 """Seconds a client waits for answers without hearing from the node before it writes
-an empty frame, which the node answers with an empty frame (it writes one to the
-first, just after the handshake, which tells the client that it does so)."""
+an empty frame, which the node answers with an empty frame. The client also pings once
+right after the handshake: a node that answers is one it may probe (``PROBE``)."""
 PROBE = 0.75
 """Seconds a client waits, with commands in flight, for any frame from a node that
 answers pings (``PING``); then the node counts as stopped (paused, cut off) and the
