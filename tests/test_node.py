@@ -707,6 +707,13 @@ ROUTING_CASES = [
 
 def check_refused(running: Running, cases: list[Case]) -> None:
     """Send each case; it must get its 4xx and leave the node as it was."""
+    # The commit index reaches the database within COMMIT_WRITE_INTERVAL of being known:
+    # wait for it, so that its late write is not taken for a change a case made.
+    wait_for(
+        lambda: stored_state()["hard_state"][0][2] == running.node.status()["commit"],
+        5,
+        "the commit index to be written",
+    )
     status, stored = node_state(running)
     problems = []
     for case in cases:
