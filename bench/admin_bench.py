@@ -45,9 +45,9 @@ from django.core.management import call_command  # noqa: E402
 from django.test import Client, override_settings  # noqa: E402
 from django.test.utils import setup_test_environment  # noqa: E402
 
-from django_raft import monitor  # noqa: E402
+from django_raft.client import monitor  # noqa: E402
 from django_raft.logview import SCAN_WINDOW  # noqa: E402
-from django_raft.wire import encode_command  # noqa: E402
+from django_raft.protocol.wire import encode_command  # noqa: E402
 from tests.integration.cluster import SECRET, Cluster  # noqa: E402
 
 

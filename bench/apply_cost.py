@@ -34,11 +34,11 @@ WORKDIR = standalone.setup("apply-cost-", "node.sqlite3")
 
 from django.core.management import call_command  # noqa: E402
 
-from django_raft import sessions  # noqa: E402
 from django_raft.core import Entry, EntryType  # noqa: E402
-from django_raft.statemachine import StateMachine  # noqa: E402
-from django_raft.storage import make_durable  # noqa: E402
-from django_raft.wire import encode_command  # noqa: E402
+from django_raft.node import sessions  # noqa: E402
+from django_raft.node.statemachine import StateMachine  # noqa: E402
+from django_raft.node.storage import make_durable  # noqa: E402
+from django_raft.protocol.wire import encode_command  # noqa: E402
 
 COMMANDS: dict[str, Callable[[int], tuple[str, dict[str, Any]]]] = {
     "bench.noop": lambda i: ("bench.noop", {"value": "0123456789"}),

@@ -47,8 +47,8 @@ from django.db import connections  # noqa: E402
 from bench.admin_bench import command, fill_log  # noqa: E402
 from django_raft.core import Entry, EntryType, HardState  # noqa: E402
 from django_raft.logview import SCAN_WINDOW  # noqa: E402
-from django_raft.storage import DjangoStorage, make_durable  # noqa: E402
-from django_raft.wire import encode_command  # noqa: E402
+from django_raft.node.storage import DjangoStorage, make_durable  # noqa: E402
+from django_raft.protocol.wire import encode_command  # noqa: E402
 
 RUN = 1000
 CREATE = 'CREATE INDEX bench_command ON django_raft_logentry (command, "index")'

@@ -4,7 +4,7 @@
 
 A cheroot server in this process echoes a 200-byte body, as a node answers an RPC;
 each client posts over one kept-alive connection: a ``requests.Session`` (what the
-transport used before) and ``django_raft.connection.NodeConnection`` (what it uses
+transport used before) and ``django_raft.protocol.connection.NodeConnection`` (what it uses
 now). Prints µs per round trip, wall and CPU of the whole process (client and server
 together), the best of ``--rounds``, and writes ``bench/results/http_cost.json``.
 """
@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 from cheroot import wsgi  # noqa: E402
 
-from django_raft.connection import NodeConnection  # noqa: E402
+from django_raft.protocol.connection import NodeConnection  # noqa: E402
 
 BODY = b"x" * 200
 PATH = "/raft/rpc/appendEntries"

@@ -32,9 +32,9 @@ django.setup()
 
 import requests  # noqa: E402
 
-from django_raft.auth import NODE  # noqa: E402
 from django_raft.core import Message, MessageType  # noqa: E402
-from django_raft.wire import encode_message  # noqa: E402
+from django_raft.protocol.auth import NODE  # noqa: E402
+from django_raft.protocol.wire import encode_message  # noqa: E402
 from tests.integration.cluster import SECRET, Cluster  # noqa: E402
 from tests.signing import signed  # noqa: E402
 

@@ -24,7 +24,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SWITCH_INTERVAL = 0.001
-"""As ``django_raft.server.SWITCH_INTERVAL``."""
+"""As ``django_raft.node.http.server.SWITCH_INTERVAL``."""
 
 
 def measure(mode: str, rows: int, batches: int, busy: int) -> dict[str, Any]:

@@ -31,12 +31,12 @@ WORKDIR = standalone.setup("outcome-cost-", "node.sqlite3")
 
 from django.core.management import call_command  # noqa: E402
 
-from django_raft import entry_outcomes  # noqa: E402
 from django_raft.core import Entry, EntryType  # noqa: E402
 from django_raft.models import EntryOutcome  # noqa: E402
-from django_raft.statemachine import StateMachine  # noqa: E402
-from django_raft.storage import make_durable  # noqa: E402
-from django_raft.wire import encode_command  # noqa: E402
+from django_raft.node import outcome_log  # noqa: E402
+from django_raft.node.statemachine import StateMachine  # noqa: E402
+from django_raft.node.storage import make_durable  # noqa: E402
+from django_raft.protocol.wire import encode_command  # noqa: E402
 
 COMMANDS: dict[str, Callable[[int], tuple[str, dict[str, Any]]]] = {
     "kv.set": lambda i: ("kv.set", {"key": f"k{i % 1000}", "value": "v"}),
@@ -61,18 +61,18 @@ def run(machine: StateMachine, command: str, batches: int, size: int) -> dict[st
         ]
         for start in range(first, first + batches * size, size)
     ]
-    record = entry_outcomes.record
+    record = outcome_log.record
     spent = {"with": [0.0, 0.0], "without": [0.0, 0.0]}
     try:
         for number, entries in enumerate(runs):
             mode = "with" if number % 2 else "without"
-            entry_outcomes.record = record if mode == "with" else _record_nothing
+            outcome_log.record = record if mode == "with" else _record_nothing
             wall, cpu = time.perf_counter(), time.process_time()
             machine.apply(entries)
             spent[mode][0] += time.perf_counter() - wall
             spent[mode][1] += time.process_time() - cpu
     finally:
-        entry_outcomes.record = record
+        outcome_log.record = record
     count = {"with": batches // 2, "without": batches - batches // 2}
     return {
         mode: {

@@ -3,7 +3,7 @@
     python bench/raft_node.py NODE_ID --cluster n1=http://127.0.0.1:P1,... --database PATH
 
 It migrates its own SQLite database, starts the node in this process the way
-``manage.py raftnode`` does (``django_raft.server.start_node``), then answers the
+``manage.py raftnode`` does (``django_raft.node.http.server.start_node``), then answers the
 harness's requests (see ``bench.load.serve``): ``status``, ``throughput`` and
 ``latency`` (proposals made in this process, meant for the leader), ``counters``.
 """
@@ -53,7 +53,7 @@ class Node:
         from django.core.management import call_command
 
         from django_raft.core import RawNode
-        from django_raft.server import bind_of, start_node
+        from django_raft.node.http.server import bind_of, start_node
 
         call_command("migrate", verbosity=0, interactive=False)
         self.node, self.server = start_node(node_id, address, bind_of(address), True, None)
@@ -83,7 +83,7 @@ class Node:
 
     def submitter(self, command: str) -> Submit:
         """``submit(done)`` for ``bench.noop`` (a 10-byte value) or ``kv.set``."""
-        from django_raft.wire import encode_command
+        from django_raft.protocol.wire import encode_command
 
         sequence = iter(range(1 << 62))
 

@@ -92,10 +92,10 @@ def state_machine(entries: int) -> dict[str, float]:
     """Apply runs of committed kv.incr entries in one in-memory SQLite database."""
     from django.db import connection
 
-    from django_raft import sessions
     from django_raft.core import Entry, EntryType
-    from django_raft.statemachine import StateMachine
-    from django_raft.wire import encode_command
+    from django_raft.node import sessions
+    from django_raft.node.statemachine import StateMachine
+    from django_raft.protocol.wire import encode_command
 
     connection.creation.create_test_db(verbosity=0)
     machine = StateMachine("default", "bench")

@@ -36,8 +36,8 @@ logging.getLogger("django.request").setLevel(logging.CRITICAL)  # no log line pe
 import requests  # noqa: E402
 from cheroot import wsgi  # noqa: E402
 
-from django_raft.auth import ANY_NODE, CLIENT, Signer, derive_keys  # noqa: E402
-from django_raft.server import NodeApplication  # noqa: E402
+from django_raft.node.http.server import NodeApplication  # noqa: E402
+from django_raft.protocol.auth import ANY_NODE, CLIENT, Signer, derive_keys  # noqa: E402
 from tests.integration.cluster import free_port  # noqa: E402
 
 

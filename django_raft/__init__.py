@@ -25,18 +25,18 @@ __all__ = [
 ]
 
 _HOMES = {
-    "Client": "client",
-    "do": "client",
-    "status": "client",
-    "Lock": "locks",
-    "lock": "locks",
-    "read": "reads",
-    "LeaderState": "leader",
-    "LeaderWork": "leader",
-    "Leadership": "leader",
-    "is_leader": "leader",
-    "leader_only": "leader",
-    "leadership": "leader",
+    "Client": "client.client",
+    "do": "client.client",
+    "status": "client.client",
+    "Lock": "client.locks",
+    "lock": "client.locks",
+    "read": "client.reads",
+    "LeaderState": "client.leader",
+    "LeaderWork": "client.leader",
+    "Leadership": "client.leader",
+    "is_leader": "client.leader",
+    "leader_only": "client.leader",
+    "leadership": "client.leader",
 }
 
 

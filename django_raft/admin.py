@@ -29,7 +29,8 @@ from django.urls import URLPattern, path, reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
-from . import commands, logview, monitor, operations
+from . import commands, logview
+from .client import monitor, operations
 from .conf import raft_settings
 from .core import RaftError
 from .models import AppliedState, HardState, LogEntry, Member, Snapshot

@@ -2,7 +2,7 @@
 
 Apps register their handlers in their ``AppConfig.ready()``::
 
-    from django_raft import commands
+    from . import commands
 
     @commands.command("kv.set")
     def set_value(context: commands.Context, key: str, value: str) -> int:
@@ -130,7 +130,7 @@ def register(
     """Register ``handler`` for the command ``name`` (a batch handler if ``batch``).
 
     A ``read_only`` handler only reads: ``django_raft.Client().read(name)`` runs it on
-    one node after a ReadIndex round, without a log entry (``django_raft.reads``).
+    one node after a ReadIndex round, without a log entry (``django_raft.client.reads``).
     ``arguments``, for a batch handler, is a function whose signature (after the
     context) is that of one call: the leader checks each command's arguments against
     it before proposing (see ``check_call``).

@@ -281,7 +281,7 @@ class RaftSettings:
 
     def security_problems(self, node: bool) -> list[tuple[str, str]]:
         """Secrets too weak to run a node with, and TLS files that do not make a set."""
-        from .auth import MIN_SECRET_LENGTH  # auth needs nothing from here; keep it lazy
+        from .protocol.auth import MIN_SECRET_LENGTH  # auth needs nothing from here; keep it lazy
 
         found: list[tuple[str, str]] = []
         if any(

@@ -3,7 +3,7 @@
 One ``settings.py`` then serves every server of the cluster; what differs between
 servers (its id, its address, the secret) comes from the environment::
 
-    from django_raft.environ import settings_from_env
+    from .environ import settings_from_env
 
     DJANGO_RAFT = settings_from_env({"REPLICATED_MODELS": ["myapp.Flag"]})
 

@@ -13,7 +13,7 @@ from typing import Any
 from .conf import raft_settings
 from .core import ConfChange, EntryType, RaftError
 from .models import SINGLETON, AppliedState, EntryOutcome, LogEntry
-from .wire import WireError, decode_command
+from .protocol.wire import WireError, decode_command
 
 PREVIEW_LENGTH = 80
 SCAN_WINDOW = 100_000

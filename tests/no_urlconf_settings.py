@@ -1,6 +1,6 @@
 """Settings of a project without ``ROOT_URLCONF``: the test settings, that one removed.
 
-``raftnode`` serves its own routes (``django_raft.node_urls``) and must not need it.
+``raftnode`` serves its own routes (``django_raft.node.http.urlconf``) and must not need it.
 """
 
 from demo_project.settings import *  # noqa: F403

@@ -1,10 +1,10 @@
-"""Sign test requests the way nodes and clients do (``django_raft.auth``)."""
+"""Sign test requests the way nodes and clients do (``django_raft.protocol.auth``)."""
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from django_raft.auth import ANY_NODE, CLIENT, NODE, Signer, derive_keys
+from django_raft.protocol.auth import ANY_NODE, CLIENT, NODE, Signer, derive_keys
 
 
 def signed(

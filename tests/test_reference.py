@@ -13,8 +13,8 @@ from pathlib import Path
 import django.dispatch
 
 from django_raft import exceptions, signals
-from django_raft.client import _ERRORS
 from django_raft.conf import DEFAULTS
+from django_raft.protocol.answers import ERRORS as _ERRORS
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = (ROOT / "docs" / "reference.md").read_text()

@@ -20,9 +20,10 @@ from django.core.management import CommandError, call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
-from django_raft import models, server
+from django_raft import models
 from django_raft.checks import IDS, REFERENCE, UNLISTED
 from django_raft.conf import DEFAULTS, PROBLEMS, raft_settings
+from django_raft.node.http import server
 
 ROOT = Path(__file__).resolve().parent.parent
 

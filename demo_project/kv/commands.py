@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from django_raft.client.locks import check_token
 from django_raft.commands import Call, Context, Handler
-from django_raft.locks import check_token
 
 from .models import KeyValue
 

@@ -20,7 +20,8 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import remove_query_param, replace_query_param
 from rest_framework.views import APIView
 
-from .. import client, logview, monitor, operations
+from .. import logview
+from ..client import client, monitor, operations
 from ..conf import raft_settings
 from ..core import DuplicatePeerError, MembershipError, NotLeaderError, RaftError
 from ..exceptions import (

@@ -1,0 +1,1 @@
+"""The management commands of django_raft (``raftnode``, ``raftstatus``, ...)."""

@@ -20,7 +20,7 @@ from rest_framework.authtoken.models import Token
 from schemathesis.generation.modes import GenerationMode
 
 from django_raft.models import SINGLETON, AppliedState, LogEntry
-from django_raft.wire import encode_command
+from django_raft.protocol.wire import encode_command
 from tests.admin.conftest import wait_leader_is
 from tests.integration.cluster import Cluster, free_port, wait_for
 

@@ -21,9 +21,9 @@ from django.urls import reverse
 
 from django_raft.core import ConfChangeType, Entry
 from django_raft.models import LogEntry
-from django_raft.statemachine import StateMachine
-from django_raft.storage import _command_name
-from tests.test_statemachine import command, conf
+from django_raft.node.statemachine import StateMachine
+from django_raft.node.storage import _command_name
+from tests.node.test_statemachine import command, conf
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 

@@ -13,7 +13,7 @@ from django.urls import reverse
 
 from django_raft import logview
 from django_raft.models import LogEntry
-from django_raft.wire import encode_command
+from django_raft.protocol.wire import encode_command
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 

@@ -24,10 +24,10 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 import django_raft
-from django_raft import events, metrics
 from django_raft.models import LogEntry, Snapshot
-from django_raft.runner import RaftNode
-from django_raft.server import start_node
+from django_raft.node import events, metrics
+from django_raft.node.http.server import start_node
+from django_raft.node.runner import RaftNode
 from tests.integration.cluster import free_port, wait_for
 from tests.signing import signed as signed_headers
 

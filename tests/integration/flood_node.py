@@ -26,8 +26,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo_project.settings")
 
 
 def flood(directory: Path, count: int) -> None:
-    from django_raft.runner import RaftNode
-    from django_raft.wire import encode_command
+    from django_raft.node.runner import RaftNode
+    from django_raft.protocol.wire import encode_command
 
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

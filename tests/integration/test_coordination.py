@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from django.test import override_settings
 
-from django_raft import sessions
 from django_raft.client import Client
+from django_raft.client.locks import Lock
 from django_raft.exceptions import RaftError, StaleTokenError
-from django_raft.locks import Lock
+from django_raft.node import sessions
 
 from .cluster import SECRET, Cluster, Node
 

@@ -24,9 +24,6 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from django_raft import command_serving, command_stream
-from django_raft.auth import CLIENT, NODE, NONCE_HEADER, SIGNATURE_HEADER, derive_keys
-from django_raft.connection import NodeConnection
 from django_raft.core import (
     ConfState,
     Entry,
@@ -34,9 +31,13 @@ from django_raft.core import (
     Message,
     SnapshotMetadata,
 )
-from django_raft.stream import FrameError, FrameParser, FrameWriter
-from django_raft.transport import BATCH_PATH, PATHS, frame
-from django_raft.wire import WireError, encode_message
+from django_raft.node.http import command_streams
+from django_raft.node.transport import BATCH_PATH, PATHS, frame
+from django_raft.protocol import command_stream
+from django_raft.protocol.auth import CLIENT, NODE, NONCE_HEADER, SIGNATURE_HEADER, derive_keys
+from django_raft.protocol.connection import NodeConnection
+from django_raft.protocol.stream import FrameError, FrameParser, FrameWriter
+from django_raft.protocol.wire import WireError, encode_message
 from tests.signing import signed
 
 from .cluster import SECRET, Cluster, Node, wait_for
@@ -310,7 +311,7 @@ def test_the_command_stream_survives_anything(node: Node, payload: bytes) -> Non
     stream = Stream(node)
     try:
         try:
-            expected: int | None = len(command_serving.requests_of(payload))
+            expected: int | None = len(command_streams.requests_of(payload))
         except FrameError:
             expected = None
         stream.sock.sendall(stream.writer.frame(payload))

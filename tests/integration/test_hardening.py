@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import requests
 
-from django_raft.auth import CLIENT, NODE, SIGNATURE_HEADER
 from django_raft.core import ConfState, Message, MessageType, SnapshotMetadata
 from django_raft.proto import raft_pb2 as pb
-from django_raft.wire import MAX_TERM_JUMP, encode_message
+from django_raft.protocol.auth import CLIENT, NODE, SIGNATURE_HEADER
+from django_raft.protocol.wire import MAX_TERM_JUMP, encode_message
 from tests.signing import signed
 
 from .cluster import SECRET, Cluster, Node, wait_for

@@ -13,7 +13,7 @@ import pytest
 from django.test import override_settings
 
 import django_raft
-from django_raft.leader import LeaderState, is_leader, leadership
+from django_raft.client.leader import LeaderState, is_leader, leadership
 
 from .cluster import SECRET, Cluster, Node
 

@@ -33,7 +33,7 @@ import django
 django.setup()
 import django_raft
 from django_raft.exceptions import RaftError
-from django_raft.locks import Lock
+from django_raft.client.locks import Lock
 from demo_project.kv.models import KeyValue
 
 def run(request):

@@ -16,7 +16,7 @@ last granted slot, so:
 - a slot is never skipped silently: a beat claims every slot after the last one granted,
   up to now, that lies in the catch-up window (at most ``CATCH_UP`` seconds old, and of
   an interval's the latest ``MAX_SLOTS``), in claims of at most
-  ``sessions.MAX_SLOTS_PER_CLAIM`` slots, sending each claim's slots in order before the
+  ``request.MAX_SLOTS_PER_CLAIM`` slots, sending each claim's slots in order before the
   next claim; the slots before the window are skipped with a warning that names the
   entry, their count and their times;
 - the window: a beat that dies between a claim and handing its slots to the broker
@@ -229,7 +229,7 @@ class RaftScheduler(Scheduler):
 
         Now is the app's clock (``app.now()``), read once per tick.
         """
-        from django_raft.leader import is_leader
+        from ...client.leader import is_leader
 
         if not is_leader():
             self._leading = False
@@ -257,8 +257,8 @@ class RaftScheduler(Scheduler):
 
     def _dispatch(self, entry: ScheduleEntry, now_ms: int) -> int | None:
         """Claim and send the entry's due slots; return when its next slot falls (ms)."""
-        from django_raft import sessions
-        from django_raft.client import Client
+        from ...client import Client
+        from ...protocol import request
 
         window = self.window(entry.name)
         last = self._last.get(entry.name)
@@ -287,10 +287,10 @@ class RaftScheduler(Scheduler):
             following = following if following < window.expires_ms else None
         if slots and self._client is None:
             self._client = Client()
-        size = sessions.MAX_SLOTS_PER_CLAIM
+        size = request.MAX_SLOTS_PER_CLAIM
         for start in range(0, len(slots), size):
             answer = self._client.do(
-                sessions.BEAT_CLAIM, task=entry.name, slots=slots[start : start + size]
+                request.BEAT_CLAIM, task=entry.name, slots=slots[start : start + size]
             )
             self._last[entry.name] = int(answer["last"])
             for slot in answer["granted"]:
@@ -327,8 +327,8 @@ class RaftScheduler(Scheduler):
         """The last slot granted as this server's node knows it (the log decides anyway)."""
         from django.db import close_old_connections
 
-        from django_raft.conf import raft_settings
-        from django_raft.models import BeatTask
+        from ...conf import raft_settings
+        from ...models import BeatTask
 
         close_old_connections()
         rows = BeatTask.objects.using(raft_settings.DATABASE).filter(pk=name)

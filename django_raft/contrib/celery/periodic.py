@@ -4,7 +4,7 @@ With django-celery-beat's six models (``checks.BEAT_MODELS``) in ``REPLICATED_MO
 and this module imported in an ``AppConfig.ready()`` (it registers the two commands on
 every node), each edit is a command: applied on every node alike, carried in snapshots::
 
-    from django_raft.contrib.celery import periodic
+    from . import periodic
 
     periodic.save("refresh-flags", "myapp.tasks.refresh_flags", interval=(1, "minutes"))
     periodic.save("nightly", "myapp.tasks.nightly", crontab="30 3 * * *", timezone="Europe/Paris")
@@ -38,8 +38,9 @@ from django_celery_beat.models import (
 )
 
 import django_raft
-from django_raft.commands import Context
-from django_raft.sessions import log_time
+
+from ...commands import Context
+from ...replicated import log_time
 
 SAVE = "django_raft.beat.save_task"
 DELETE = "django_raft.beat.delete_task"

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from django_raft import signals
+from ... import signals
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 @shared_task(name="django_raft.submit", acks_late=True)
 def submit(command: str, arguments: dict[str, Any], client_id: str, sequence: int = 1) -> Any:
     """Run ``command`` as number ``sequence`` of session ``client_id`` (at most once)."""
-    from django_raft.submission import default_client
+    from ...client import default_client
 
     return default_client().send(command, arguments, client_id, sequence)
 
@@ -35,7 +35,7 @@ def submit(command: str, arguments: dict[str, Any], client_id: str, sequence: in
 def submit_async(command: str, /, **arguments: Any) -> AsyncResult:
     """Send ``command`` to a Celery worker; it is applied at most once, however often
     the task runs. Its result is the handler's (when a result backend is set)."""
-    from django_raft.submission import default_client
+    from ...client import default_client
 
     client_id = default_client().open_session()
     result: AsyncResult = submit.delay(command, arguments, client_id, 1)
@@ -52,8 +52,8 @@ def leader_only_task(lock: str, ttl: float) -> Callable[[Callable[..., Any]], Ca
     def decorator(function: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            from django_raft.leader import is_leader
-            from django_raft.locks import Lock
+            from ...client.leader import is_leader
+            from ...client.locks import Lock
 
             if not is_leader():
                 logger.info("raft: %s skipped: this node does not lead", function.__qualname__)

@@ -1,0 +1,1 @@
+"""``manage.py raftnode`` runs a node; the others ask or change a running cluster."""

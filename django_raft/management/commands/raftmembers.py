@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ... import monitor, operations
+from ...client import monitor, operations
 from ...core import RaftError
 from .raftstatus import table
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ... import events
 from ...conf import is_node_url, raft_settings
+from ...node import events
 
 
 class Command(BaseCommand):
@@ -36,7 +36,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from ...server import bind_of, parse_bind, serve_forever, start_node
+        from ...node.http.server import bind_of, parse_bind, serve_forever, start_node
 
         # An option given empty is refused, not replaced by the setting.
         node_id = raft_settings.NODE_ID if options["node_id"] is None else options["node_id"]

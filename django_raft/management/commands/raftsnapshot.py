@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from ... import operations
+from ...client import operations
 from ...core import RaftError
 
 

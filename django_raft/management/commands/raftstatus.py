@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from ... import monitor
+from ...client import monitor
 
 COLUMNS = (
     ("ID", "node_id"),

@@ -1,0 +1,318 @@
+"""Submit commands to the cluster from any process: ``Client``, ``do`` and ``status``.
+
+A ``Client`` (what ``django_raft.do`` uses) knows every member's address, the
+``ADDRESS`` setting's first, then ``CLUSTER`` and the membership it learns from the
+nodes' answers; it remembers which node led last, tries the others when one does not
+answer, and retries until its deadline. Retries are safe because every command carries
+its session's ``(client_id, sequence)``: the state machine applies it at most once. In
+a ``raftnode`` process the client hands commands to the node directly (``local``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core.signals import setting_changed
+
+from ..conf import raft_settings
+from ..core import NotLeaderError, ProposalDroppedError, RaftError
+from ..exceptions import (
+    ClusterUnreachableError,
+    CommandTimeoutError,
+    InvalidRequestError,
+    NodeStoppedError,
+    OverloadedError,
+)
+from ..protocol import local
+from ..protocol.answers import LOST, failure, leaves_open, raise_for, settled
+from ..protocol.request import MAX_TIMEOUT, OPEN_SESSION, READ_INDEX, TIMEOUT_RULE
+from ..protocol.send import Unsent, post, send_command
+
+__all__ = ["Client", "default_client", "do", "status"]
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+ATTEMPT_TIMEOUT = 2.0
+"""Seconds one attempt waits for a node before the client tries another."""
+RETRY_PAUSE = 0.05
+SUSPECT_FOR = 1.0
+"""Seconds a member that did not answer is tried after the others."""
+_RETRYABLE = (
+    ClusterUnreachableError,
+    NotLeaderError,
+    NodeStoppedError,
+    OverloadedError,
+    CommandTimeoutError,
+    ProposalDroppedError,
+)
+
+
+@dataclass
+class Client:
+    """Submits commands to the cluster. Its options are its own, never a handler's.
+
+    ``timeout``: seconds ``do()`` keeps trying (default ``COMMAND_TIMEOUT``);
+    ``session``: carry a session so that retries apply a command at most once (without
+    one, a command is sent once and a lost answer is a ``CommandTimeoutError``);
+    ``session_timeout``: seconds of log time an idle session lives (``SESSION_TIMEOUT``).
+    One client keeps one session per thread.
+    """
+
+    timeout: float | None = None
+    session: bool = True
+    session_timeout: float | None = None
+    _addresses: dict[str, str] = field(default_factory=dict, repr=False)
+    _leader: str = field(default="", repr=False)
+    _suspects: dict[str, float] = field(default_factory=dict, repr=False)
+    _local: threading.local = field(default_factory=threading.local, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.timeout is not None and not 0 < self.timeout <= MAX_TIMEOUT:
+            raise InvalidRequestError(TIMEOUT_RULE)
+        if self.session_timeout is not None and not 0 < self.session_timeout <= 30 * 86400:
+            raise InvalidRequestError("session_timeout must be in (0, 30 days]")
+
+    def do(self, command: str, /, **arguments: Any) -> Any:
+        """Run ``command`` through the log with ``arguments``; return its handler's result."""
+        if not isinstance(command, str) or not command:
+            raise InvalidRequestError("a command name is a non-empty string")
+        deadline = time.monotonic() + self._seconds()
+        if not self.session:
+            return raise_for(self._attempts({"name": command, "arguments": arguments}, deadline))
+        for first_try in (True, False):
+            client_id, sequence = self._next(deadline)
+            body = {
+                "name": command,
+                "arguments": arguments,
+                "client_id": client_id,
+                "sequence": sequence,
+            }
+            answer = self._attempts(body, deadline, retry=True)
+            if answer.get("error_type") == "SessionExpiredError":
+                self._local.session = None  # not applied: open a new session, send again
+                if first_try:
+                    continue
+            return raise_for(answer)
+        raise AssertionError("unreachable")
+
+    def read(self, command: str, /, **arguments: Any) -> Any:
+        """Run a read-only command after a ReadIndex round, without a log entry."""
+        body = {"name": command, "arguments": arguments, "read": True}
+        return raise_for(self._attempts(body, time.monotonic() + self._seconds(), retry=True))
+
+    def read_index(self) -> int:
+        """A read index from a leader that confirmed its leadership after this call
+        began. This server's node (``ADDRESS``) is asked first: it answers once it has
+        applied the index itself."""
+        body = {"name": READ_INDEX, "arguments": {}, "read": True}
+        deadline = time.monotonic() + self._seconds()
+        return int(raise_for(self._attempts(body, deadline, retry=True, local_first=True)))
+
+    # -- sessions
+
+    def open_session(self, deadline: float | None = None) -> str:
+        """Open a new session through the log; return its client id."""
+        deadline = time.monotonic() + self._seconds() if deadline is None else deadline
+        timeout = self.session_timeout or raft_settings.SESSION_TIMEOUT
+        body = {"name": OPEN_SESSION, "arguments": {"timeout_ms": int(timeout * 1000)}}
+        return str(raise_for(self._attempts(body, deadline, retry=True)))
+
+    def send(self, command: str, arguments: dict[str, Any], client_id: str, sequence: int) -> Any:
+        """Run ``command`` as number ``sequence`` of session ``client_id``, retrying until
+        the deadline: however often it is sent, it is applied at most once."""
+        body = {
+            "name": command,
+            "arguments": arguments,
+            "client_id": client_id,
+            "sequence": sequence,
+        }
+        return raise_for(self._attempts(body, time.monotonic() + self._seconds(), retry=True))
+
+    def _next(self, deadline: float) -> tuple[str, int]:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = [self.open_session(deadline), itertools.count(1)]
+        return session[0], next(session[1])
+
+    @property
+    def client_id(self) -> str:
+        """This thread's session id ("" before its first command)."""
+        session = getattr(self._local, "session", None)
+        return session[0] if session else ""
+
+    # -- sending
+
+    def _seconds(self) -> float:
+        return float(self.timeout or raft_settings.COMMAND_TIMEOUT)
+
+    def _attempts(
+        self,
+        body: dict[str, Any],
+        deadline: float,
+        retry: bool = False,
+        local_first: bool = False,
+    ) -> dict[str, Any]:
+        """Send until an answer that is not worth retrying, or the deadline.
+
+        The answer tells the truth about the command: once an attempt may have reached
+        the log, a failure is a ``CommandTimeoutError`` whatever later attempts were
+        told (``_settled``). Without ``retry`` (no session), nothing is sent again after
+        such an attempt. A read appends nothing, whatever happens.
+        """
+        read = bool(body.get("read"))
+        answer: dict[str, Any] = failure("no node answered in time", "ClusterUnreachableError")
+        lost = ""  # why an earlier attempt may have been applied
+        for attempt in itertools.count():
+            remaining = _remaining(deadline)
+            if remaining <= 0:
+                break
+            seconds = min(remaining, ATTEMPT_TIMEOUT)
+            payload = {**body, "timeout": seconds}
+            address = self._pick(attempt, local_first)
+            node = local.current()
+            try:
+                if node is not None and address in ("", node.address):
+                    answer = node.submit(payload, time.monotonic() + seconds)
+                else:
+                    answer = send_command(address, payload, seconds)
+            except Unsent as error:
+                answer = failure(str(error), "ClusterUnreachableError")
+                self._suspect(address)
+            except ClusterUnreachableError as error:
+                if read:  # a read appends nothing: its loss is not a command's
+                    answer = failure(str(error), "ClusterUnreachableError")
+                else:
+                    answer = failure(f"{error}{LOST}", "CommandTimeoutError")
+                self._suspect(address)
+            if answer.get("ok"):
+                self._remember(answer)
+                return answer
+            if not read and leaves_open(answer):
+                lost = str(answer.get("error", ""))
+            error_type = answer.get("error_type") or ""
+            if error_type not in _RETRYABLE_NAMES or (lost and not retry):
+                break
+            if error_type != "CommandTimeoutError":
+                self._forget(address)
+                time.sleep(min(RETRY_PAUSE, _remaining(deadline)))
+        return settled(answer, lost)
+
+    def addresses(self) -> list[str]:
+        """Every member address known: ``ADDRESS`` first, then ``CLUSTER``, then learnt."""
+        found = [raft_settings.ADDRESS] if raft_settings.ADDRESS else []
+        found += list(raft_settings.CLUSTER.values())
+        with self._lock:
+            found += list(self._addresses.values())
+        return list(dict.fromkeys(address for address in found if address))
+
+    def _pick(self, attempt: int, local_first: bool = False) -> str:
+        """The address to try at ``attempt``: this server's node or the leader first,
+        then every member in turn, those that failed in the last ``SUSPECT_FOR``
+        seconds last."""
+        addresses = self.addresses()
+        if not addresses:
+            node = local.current()
+            if node is not None:
+                return node.address
+            raise ClusterUnreachableError("DJANGO_RAFT['ADDRESS'] names no node to send to")
+        now = time.monotonic()
+        first = raft_settings.ADDRESS if local_first else self._leader
+        with self._lock:
+            if attempt == 0 and first and self._suspects.get(first, 0.0) <= now:
+                return first
+            fresh = [a for a in addresses if self._suspects.get(a, 0.0) <= now] or addresses
+        return fresh[attempt % len(fresh)]
+
+    def _suspect(self, address: str) -> None:
+        """``address`` did not answer: try the other members first for a while."""
+        self._forget(address)
+        with self._lock:
+            self._suspects[address] = time.monotonic() + SUSPECT_FOR
+
+    def _remember(self, answer: dict[str, Any]) -> None:
+        leader = answer.get("leader")
+        if isinstance(leader, str) and leader:
+            with self._lock:
+                known = self._addresses.get(leader) or raft_settings.CLUSTER.get(leader)
+            if known:
+                self._leader = known
+            elif not self._leader:
+                self.learn()
+
+    def _forget(self, address: str) -> None:
+        if self._leader == address:
+            self._leader = ""
+
+    def learn(self, timeout: float = 1.0) -> None:
+        """Ask the nodes for the members' addresses and the leader."""
+        for address in self.addresses():
+            try:
+                value = raise_for(post(address, "status", {"addresses": True}, timeout))
+            except RaftError:
+                continue
+            learnt = value.get("addresses") if isinstance(value, dict) else None
+            if isinstance(learnt, dict):
+                with self._lock:
+                    self._addresses.update(
+                        {str(k): str(v) for k, v in learnt.items() if isinstance(v, str)}
+                    )
+                    leader = self._addresses.get(str(value.get("leader", "")))
+                if leader:
+                    self._leader = leader
+                return
+
+
+_RETRYABLE_NAMES = frozenset(kind.__name__ for kind in _RETRYABLE) | {"StopError"}
+_default: Client | None = None
+_default_lock = threading.Lock()
+
+
+def _forget_default(*, setting: str, **kwargs: Any) -> None:
+    """Other settings, another cluster: the default client's sessions belong to the old."""
+    global _default
+    if setting == "DJANGO_RAFT":
+        with _default_lock:
+            _default = None
+
+
+setting_changed.connect(_forget_default)
+
+
+def default_client() -> Client:
+    """The client ``django_raft.do`` uses (one per process; a session per thread)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Client()
+        return _default
+
+
+def do(command: str, /, **arguments: Any) -> Any:
+    """Run ``command`` through the log with ``arguments``; return its handler's result.
+
+    It returns once the entry is committed and applied. Every keyword is the handler's:
+    options (timeout, sessions) belong to a client: ``django_raft.Client(timeout=...)``.
+    It tries every known member and retries until ``COMMAND_TIMEOUT``; the command's
+    session makes the retries safe. The errors it raises are in docs/reference.md.
+    """
+    return default_client().do(command, **arguments)
+
+
+def status(address: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
+    """Return a node's name, state, term, leader, commit and applied index and members."""
+    node = local.current()
+    if node is not None and address is None:
+        return node.status()
+    answer = post(address or raft_settings.ADDRESS, "status", {}, timeout)
+    value = raise_for(answer)
+    if not isinstance(value, dict):
+        raise ClusterUnreachableError(f"bad status answer {value!r}")
+    return value

@@ -1,0 +1,114 @@
+"""Operator routes a ``raftnode`` serves beside the client API: overview, transfer, snapshot,
+metrics.
+
+``overview``, ``transfer`` and ``snapshot`` are signed like the client routes (the same
+check, from ``views``); ``metrics`` answers a plain GET in Prometheus' text format, so a
+scraper needs no secret. None of them writes anything but through the node's loop.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from ...core import RaftError
+from .. import events, metrics
+from ..runner import RaftNode
+from ..submit import forward
+from .views import _client_request, _error, _running_node, node_id_of
+
+TRANSFER_WAIT = 2.0
+"""Seconds a transfer waits for the new leader to be known before answering."""
+
+
+@csrf_exempt
+@require_POST
+def overview(request: HttpRequest) -> JsonResponse:
+    """Answer with the node's status, its recent events and when each peer was last heard."""
+    checked = _client_request(request)
+    if isinstance(checked, JsonResponse):
+        return checked
+    _, node, _ = checked
+    value = describe(node)
+    return JsonResponse({"ok": True, "value": value})
+
+
+def describe(node: RaftNode) -> dict[str, Any]:
+    """The node's ``status()`` plus its address, the addresses it knows, events, last contacts."""
+    now = time.time()
+    value = node.status()
+    value["address"] = node.address
+    value["addresses"] = dict(getattr(node.transport, "addresses", {}))
+    value["events"] = events.recent()
+    value["last_contact"] = {peer: now - at for peer, at in events.last_contact().items()}
+    value["time"] = now
+    return value
+
+
+@csrf_exempt
+@require_POST
+def transfer(request: HttpRequest) -> JsonResponse:
+    """Hand leadership to ``{"node_id"}``; forwarded to the leader; answer the new leader."""
+    checked = _client_request(request)
+    if isinstance(checked, JsonResponse):
+        return checked
+    payload, node, timeout = checked
+    transferee = node_id_of(payload)
+    if isinstance(transferee, JsonResponse):
+        return transferee
+    deadline = time.monotonic() + timeout
+    if node.status().get("state") != "leader":
+        return JsonResponse(forward(node, "transfer", payload, deadline))
+    try:
+        node.transfer_leadership(transferee, timeout)
+    except RaftError as error:
+        return JsonResponse(
+            {"ok": False, "error": str(error), "error_type": type(error).__name__}, status=409
+        )
+    waited_until = min(deadline, time.monotonic() + TRANSFER_WAIT)
+    while time.monotonic() < waited_until and node.status().get("leader") != transferee:
+        time.sleep(0.01)
+    leader = node.status().get("leader", "")
+    if leader != transferee:
+        return JsonResponse(
+            {
+                "ok": False,
+                "error": f"{transferee} did not take over in time (leader: {leader or 'none'})",
+                "error_type": "CommandTimeoutError",
+            },
+            status=409,
+        )
+    return JsonResponse({"ok": True, "value": {"leader": leader}})
+
+
+@csrf_exempt
+@require_POST
+def snapshot(request: HttpRequest) -> JsonResponse:
+    """Take a snapshot of this node now and compact its log; answer index, size and time."""
+    checked = _client_request(request)
+    if isinstance(checked, JsonResponse):
+        return checked
+    _, node, timeout = checked
+    try:
+        value = node.take_snapshot(timeout)
+    except RaftError as error:
+        return JsonResponse(
+            {"ok": False, "error": str(error), "error_type": type(error).__name__}, status=409
+        )
+    except TimeoutError:
+        return _error(504, "the snapshot did not finish in time", "CommandTimeoutError")
+    return JsonResponse({"ok": True, "value": value})
+
+
+@require_GET
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus metrics of the node running in this process."""
+    node = _running_node()
+    if isinstance(node, JsonResponse):
+        return node
+    return HttpResponse(metrics.exposition(node.status()), content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,863 @@
+"""The node: one loop thread drives the core; everything else talks to it through a queue.
+
+The loop owns the ``RawNode``, the storage and the state machine, so none of them needs a
+lock. Other threads (the WSGI server's request threads, the transport's senders, a
+``do()`` from the node's own process) put typed requests on the mailbox and wait on a
+future.
+
+Every turn of the loop is bounded, so ticks and heartbeats are never starved however
+much is queued or committed: it takes at most ``MAX_ITEMS_PER_TURN`` requests, ticks the
+core when a tick is due, then handles Readies in the order the core requires (persist,
+send, apply, advance) until the turn's time budget is spent; what is left waits for
+the next turn. Each Ready applies at most ``MAX_APPLY_PER_READY`` entries. A peer's
+request is answered as soon as the entries it carried are durable, before anything is
+applied. Callers' futures are resolved by a completer thread (their done-callbacks run
+there), and signals are sent by a dispatcher thread.
+
+Proposals wait in the node until the log has room for them: at most
+``MAX_UNAPPLIED`` entries may be appended and not yet applied here, so the log never
+runs ahead of what the state machine can apply (the entries to apply are still in
+memory, and each turn's work stays small); those that fit go to the core as one batch
+(one append, one broadcast). Proposals are bounded too (``MAX_PENDING_PROPOSALS``):
+beyond the bound they are refused with ``OverloadedError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.db import close_old_connections, connections
+
+from .. import signals
+from ..conf import raft_settings
+from ..core import (
+    ConfChange,
+    ConfChangeType,
+    Entry,
+    EntryType,
+    Message,
+    MessageType,
+    NotLeaderError,
+    ProposalDroppedError,
+    RaftError,
+    RawNode,
+    Ready,
+    Snapshot,
+    StateType,
+)
+from ..exceptions import CommandTimeoutError, OverloadedError, StopError
+from ..protocol import local
+from . import events, metrics, submit
+from .dispatch import Completer, Completion, SignalDispatcher
+from .snapshotting import take_snapshot
+from .statemachine import Outcome, StateMachine, check_snapshot
+from .storage import DjangoStorage
+from .transport import Transport
+
+logger = logging.getLogger(__name__)
+
+MAX_ITEMS_PER_TURN = 500
+"""Mailbox requests handled in one turn of the loop."""
+MAX_APPLY_PER_READY = 128
+"""Committed entries applied in one Ready (the core hands over no more)."""
+TURN_BUDGET_FRACTION = 0.2
+"""A turn stops handling Readies once it ran this fraction of the heartbeat interval."""
+MAX_PENDING_PROPOSALS = 65_536
+"""Proposals queued or waiting for their commit before new ones are refused."""
+COMMIT_WRITE_INTERVAL = 1.0
+"""Seconds between writes of a commit index that moved alone (see ``DjangoStorage.persist``:
+the node never reads it back; the admin shows it)."""
+MAX_UNAPPLIED = 2048
+"""Entries this node may have appended and not yet applied before it holds proposals
+back (below the storage's in-memory tail, so what is applied is never read back)."""
+
+
+# -- the mailbox: what other threads ask of the loop -------------------------------------
+
+
+@dataclass(slots=True)
+class ReplySlot:
+    """Where the messages answering one peer's request are collected."""
+
+    peer: str
+    messages: list[Message] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Messages from one peer, stepped in order; ``slot`` collects the answers (or None)."""
+
+    messages: tuple[Message, ...]
+    slot: ReplySlot | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Propose:
+    """Append a command to the log; ``future`` resolves once it is applied here."""
+
+    data: bytes
+    future: Future[Outcome]
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeConfChange:
+    """Append a membership change; ``future`` resolves once it is applied here."""
+
+    change: ConfChange
+    future: Future[Outcome]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndex:
+    """Ask for a linearizable read; ``future`` gets the index to wait for."""
+
+    future: Future[int]
+
+
+@dataclass(frozen=True, slots=True)
+class TransferLeadership:
+    """Ask the leader to hand over to ``transferee``."""
+
+    transferee: str
+    future: Future[None]
+
+
+@dataclass(frozen=True, slots=True)
+class TakeSnapshot:
+    """Snapshot the state now and compact the log; ``future`` gets what was taken."""
+
+    future: Future[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSaved:
+    """The snapshot thread saved the state as of applied ``index`` (``data`` None: failed)."""
+
+    index: int
+    data: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """Wake the loop (to notice that it is stopping)."""
+
+
+Request = (
+    Step
+    | Propose
+    | ProposeConfChange
+    | ReadIndex
+    | TransferLeadership
+    | TakeSnapshot
+    | SnapshotSaved
+    | Wake
+)
+
+
+class _AwaitedFuture(Future[Outcome]):
+    """The future of a blocking ``propose``: only its caller waits on it, and no code but
+    the node's own is attached to it, so the loop resolves it itself when the command is
+    applied (one thread hand-off fewer than through the completer)."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    term: int
+    future: Future[Outcome]
+
+
+def _defer_commit_notices(
+    ready: Ready, early: tuple[Message, ...], late: tuple[Message, ...]
+) -> tuple[tuple[Message, ...], tuple[Message, ...], tuple[Message, ...]]:
+    """Take the AppendEntries that carry no entries (a leader's commit notices) out of
+    a Ready's messages, to be sent once its committed entries are applied.
+
+    A message may always be sent later than the core allows. These only tell followers
+    what to apply: sent first, they would wake every follower to apply while the leader
+    applies and answers its caller, on the same few cores. Not when a membership change
+    is applied: a removed node must still hear that its removal committed, and applying
+    it stops sending to that node.
+    """
+    if any(entry.type is EntryType.CONF_CHANGE for entry in ready.committed_entries):
+        return early, late, ()
+
+    def is_notice(message: Message) -> bool:
+        return message.type is MessageType.APPEND and not message.entries
+
+    notices = tuple(m for m in (*early, *late) if is_notice(m))
+    if not notices:
+        return early, late, ()
+    return (
+        tuple(m for m in early if not is_notice(m)),
+        tuple(m for m in late if not is_notice(m)),
+        notices,
+    )
+
+
+class RaftNode:
+    """A running Raft node in this process."""
+
+    current: RaftNode | None = None
+    """The node running in this process, if any (``do()`` uses it directly)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        address: str,
+        storage: DjangoStorage,
+        machine: StateMachine,
+        *,
+        max_pending: int = MAX_PENDING_PROPOSALS,
+    ):
+        self.node_id = node_id
+        self.address = address
+        self.storage = storage
+        self.machine = machine
+        applied, _ = machine.applied()
+        config = raft_settings.core_config(node_id, applied=applied)
+        config = dataclasses.replace(
+            config,
+            max_committed_per_ready=min(config.max_committed_per_ready, MAX_APPLY_PER_READY),
+            snapshot_check=check_snapshot,
+        )
+        self.raw = RawNode(config, storage)
+        self.tick_interval = raft_settings.TICK_INTERVAL
+        self.heartbeat_interval = raft_settings.HEARTBEAT_INTERVAL
+        self.turn_budget = self.heartbeat_interval * TURN_BUDGET_FRACTION
+        self.inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self.stopping = threading.Event()
+        self.stopped = threading.Event()
+        self.transport = Transport(
+            node_id,
+            raft_settings.SECRET,
+            raft_settings.URL_PREFIX,
+            raft_settings.RPC_TIMEOUT,
+        )
+        for member_id, member_address in machine.addresses().items():
+            self.transport.set_address(member_id, member_address)
+        for member_id, member_address in raft_settings.CLUSTER.items():
+            self.transport.set_address(member_id, member_address)
+        self._heartbeats_sent: dict[str, float] = {}
+        self.signals = SignalDispatcher(f"raft-signals-{node_id}", RaftNode)
+        self.completer = Completer(f"raft-complete-{node_id}")
+        self.max_pending = max_pending
+        self._room = threading.BoundedSemaphore(max_pending)
+        self._pending: dict[int, _Pending] = {}
+        self._held: deque[Propose] = deque()
+        self._reads: dict[bytes, Future[int]] = {}
+        self._read_waiting: list[tuple[int, Future[int]]] = []
+        self._read_ids = itertools.count()
+        self._slots: dict[str, ReplySlot] = {}
+        self._waiting_slots: list[ReplySlot] = []
+        self._max_turn = 0.0
+        self._commit_written_at = time.monotonic()
+        self._full_status_at = 0.0
+        self._membership_changed = False
+        self._dropped_since_log = 0
+        self._dropped_logged_at = 0.0
+        self._snapshotting = False
+        self.snapshot_failures = 0
+        """Snapshots that could not be saved (each logged; the next is tried when due)."""
+        self._status: dict[str, Any] = self._make_status()
+        self._last_leader_contact = time.monotonic()
+        self._threshold_warned = False
+        self._thread = threading.Thread(target=self._run, name=f"raft-loop-{node_id}", daemon=True)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the loop thread and the signal dispatcher."""
+        RaftNode.current = self
+        local.register(self)
+        self.signals.start()
+        self.completer.start()
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop (what was persisted stays), fail waiting callers with StopError."""
+        self.stopping.set()
+        self.inbox.put(Wake())
+        self._thread.join(timeout)
+        self.completer.stop()
+        self.transport.stop()
+        self.signals.stop()
+        if RaftNode.current is self:
+            RaftNode.current = None
+        local.unregister(self)
+
+    # -- the API other threads use ------------------------------------------------------
+
+    def submit(self, body: dict[str, Any], deadline: float) -> dict[str, Any]:
+        """Run a client request body here (``submit.submit_command``); its JSON answer."""
+        return submit.submit_command(self, body, deadline)
+
+    def receive(self, messages: list[Message], timeout: float) -> list[Message]:
+        """Step messages from one peer, in order; return the messages that answer them.
+
+        They are stepped in one turn of the loop, so a batch of AppendEntries costs one
+        write to disk; the answer comes as soon as that write is durable (no answer if
+        that takes longer than ``timeout``).
+        """
+        slot = ReplySlot(messages[0].sender)
+        self._submit(Step(tuple(messages), slot))
+        if not slot.done.wait(timeout):
+            return []  # the loop is behind: the sender will retry
+        return slot.messages
+
+    def propose_async(self, data: bytes) -> Future[Outcome]:
+        """Propose a command without waiting; the future resolves once it is applied here.
+
+        The future's result is the command's ``Outcome``; its exception is a
+        ``NotLeaderError``, ``OverloadedError`` (more than ``max_pending`` proposals
+        outstanding: nothing was proposed), ``StopError`` or another ``RaftError``.
+        Its done-callbacks run on the node's completer thread, in log order: keep them
+        short, since a slow one delays the other callers' answers (never the loop).
+        """
+        future: Future[Outcome] = Future()
+        if not self._room.acquire(blocking=False):
+            future.set_exception(self._overloaded())
+            return future
+        self._enqueue_proposal(data, future)
+        return future
+
+    def propose(self, data: bytes, timeout: float) -> Outcome:
+        """Propose a command and wait until it is committed and applied here.
+
+        When ``max_pending`` proposals are outstanding, wait for room within ``timeout``
+        and raise ``OverloadedError`` if none came. Raise
+        ``concurrent.futures.TimeoutError`` when the command was not applied in time.
+        """
+        deadline = time.monotonic() + timeout
+        if not self._room.acquire(timeout=max(0.0, timeout)):
+            raise self._overloaded()
+        future = _AwaitedFuture()
+        self._enqueue_proposal(data, future)
+        return future.result(max(0.0, deadline - time.monotonic()))
+
+    def change_membership(self, change: ConfChange, timeout: float) -> Outcome:
+        """Propose a membership change and wait until it is applied."""
+        future: Future[Outcome] = Future()
+        self._submit(ProposeConfChange(change, future))
+        return future.result(timeout)
+
+    def read_index(self, timeout: float) -> int:
+        """Wait until a linearizable read may be served here; return its index."""
+        future: Future[int] = Future()
+        self._submit(ReadIndex(future))
+        return future.result(timeout)
+
+    def transfer_leadership(self, transferee: str, timeout: float) -> None:
+        """Ask the leader to hand over to ``transferee``."""
+        future: Future[None] = Future()
+        self._submit(TransferLeadership(transferee, future))
+        future.result(timeout)
+
+    def take_snapshot(self, timeout: float) -> dict[str, Any]:
+        """Snapshot the state now and compact the log (go-raft's ``TakeSnapshot``).
+
+        Return the snapshot's ``index``, ``term``, ``size``, ``seconds``,
+        ``compacted_to`` and whether one was ``taken`` (not when the stored snapshot
+        already covers every applied entry).
+        """
+        future: Future[dict[str, Any]] = Future()
+        self._submit(TakeSnapshot(future))
+        return future.result(timeout)
+
+    def status(self) -> dict[str, Any]:
+        """Return the node's last reported status (updated by the loop every turn).
+
+        Besides the core's fields: ``max_turn_ms``, the longest turn of the loop so far;
+        ``pending_proposals``, proposals not yet answered; ``signals_dropped``, events
+        dropped because signal receivers could not keep up; ``snapshot_failures``,
+        snapshots that could not be saved (logged; tried again when next due).
+        """
+        return dict(self._status)
+
+    def leader_address(self) -> str:
+        """Return the address of the leader this node knows of, or ""."""
+        leader = self._status.get("leader", "")
+        return self.transport.addresses.get(leader, "") if leader != self.node_id else self.address
+
+    def _overloaded(self) -> OverloadedError:
+        return OverloadedError(
+            f"node {self.node_id!r} has {self.max_pending} proposals outstanding; retry later"
+        )
+
+    def _enqueue_proposal(self, data: bytes, future: Future[Outcome]) -> None:
+        future.add_done_callback(self._release_room)
+        if self.stopping.is_set():
+            future.set_exception(StopError(f"node {self.node_id!r} is stopping"))
+            return
+        self.inbox.put(Propose(data, future))
+
+    def _release_room(self, future: Future[Outcome]) -> None:
+        self._room.release()
+
+    def _submit(self, request: Request) -> None:
+        if self.stopping.is_set():
+            raise StopError(f"node {self.node_id!r} is stopping")
+        self.inbox.put(request)
+
+    def deliver(self, messages: list[Message]) -> None:
+        """Step messages a peer streamed, in order; the answers go out on this node's
+        own streams to it."""
+        self._submit(Step(tuple(messages)))
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        next_tick = time.monotonic() + self.tick_interval
+        try:
+            while not self.stopping.is_set():
+                busy = self.raw.has_ready() or (self._held and self._room_in_log() > 0)
+                wait = 0.0 if busy else next_tick - time.monotonic()
+                requests = self._take(max(0.0, wait))
+                started = time.monotonic()
+                self._handle(requests)
+                now = time.monotonic()
+                if now >= next_tick:
+                    self.raw.tick()
+                    next_tick += self.tick_interval
+                    if now - next_tick > 10 * self.tick_interval:
+                        next_tick = now + self.tick_interval  # fell far behind: skip ahead
+                    self._watch_leader(now)
+                    if now - self._commit_written_at >= COMMIT_WRITE_INTERVAL:
+                        self.storage.write_commit()
+                        self._commit_written_at = now
+                self._process_ready(started + self.turn_budget)
+                self._max_turn = max(self._max_turn, time.monotonic() - started)
+                self._update_status()
+        except Exception:
+            logger.exception("raft: node %s loop crashed", self.node_id)
+            raise
+        finally:
+            self._fail_waiting(StopError(f"node {self.node_id!r} stopped"))
+            with contextlib.suppress(Exception):  # the database may be what failed
+                self.storage.write_commit()
+            close_old_connections()
+            self.stopped.set()
+
+    def _take(self, timeout: float) -> list[Request]:
+        try:
+            requests = [self.inbox.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while len(requests) < MAX_ITEMS_PER_TURN:
+            try:
+                requests.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        return requests
+
+    def _handle(self, requests: list[Request]) -> None:
+        held = self._held
+        for request in requests:
+            if isinstance(request, Propose):
+                if request.future.set_running_or_notify_cancel():
+                    held.append(request)
+                continue
+            if isinstance(request, Step):
+                if request.slot is not None:
+                    # Replies to a peer ride on its first waiting request; every one of
+                    # its requests is answered when the turn's writes are durable.
+                    self._slots.setdefault(request.slot.peer, request.slot)
+                    self._waiting_slots.append(request.slot)
+                for message in request.messages:
+                    self._step(message)
+            elif isinstance(request, Wake):
+                continue
+            elif isinstance(request, SnapshotSaved):
+                self._snapshot_saved(request)
+            elif request.future.set_running_or_notify_cancel():
+                try:
+                    self._request(request)
+                except RaftError as error:
+                    request.future.set_exception(error)
+        room = min(self._room_in_log(), MAX_ITEMS_PER_TURN)
+        if held and room > 0:
+            self._propose([held.popleft() for _ in range(min(room, len(held)))])
+
+    def _room_in_log(self) -> int:
+        """How many more entries may be appended before ``MAX_UNAPPLIED`` is reached.
+
+        A node that does not lead lets every held proposal through: the core refuses
+        them at once with ``NotLeaderError``.
+        """
+        status = self.raw.basic_status()
+        if status.state is not StateType.LEADER:
+            return len(self._held)
+        return MAX_UNAPPLIED - (status.last_index - status.applied)
+
+    def _propose(self, proposals: list[Propose]) -> None:
+        """Append a burst of proposals to the log together: one append, one broadcast."""
+        raw = self.raw
+        try:
+            first, _ = raw.propose_batch([proposal.data for proposal in proposals])
+        except RaftError as error:  # not the leader: refused at once, off the loop thread
+            self.completer.complete([(proposal.future, None, error) for proposal in proposals])
+            return
+        term = raw.basic_status().term
+        for index, proposal in enumerate(proposals, first):
+            self._pending[index] = _Pending(term, proposal.future)
+
+    def _step(self, message: Message) -> None:
+        status = self._status
+        if message.term == status["term"] and message.sender == status["leader"]:
+            self._last_leader_contact = time.monotonic()
+        dropped = self.raw.dropped
+        before = dropped.total()
+        self.raw.step(message)  # never raises for a peer's input: it drops and counts
+        if dropped.total() != before:
+            self._dropped_since_log += 1
+            if time.monotonic() - self._dropped_logged_at > 10:  # a note at most every 10 s
+                logger.warning(
+                    "raft: node %s dropped a %s from %r that does not fit its state"
+                    " (%d dropped since the last note; counts by reason: %s)",
+                    self.node_id,
+                    message.type.value,
+                    message.sender,
+                    self._dropped_since_log,
+                    dict(dropped),
+                )
+                self._dropped_since_log = 0
+                self._dropped_logged_at = time.monotonic()
+        if message.type is MessageType.HEARTBEAT_RESPONSE and status["state"] == "leader":
+            sent = self._heartbeats_sent.pop(message.sender, None)
+            if sent is not None and time.monotonic() - sent > self.heartbeat_interval:
+                self.signals.send(
+                    signals.heartbeat_interval,
+                    node_id=self.node_id,
+                    peer=message.sender,
+                    value=time.monotonic() - sent,
+                    prev_value=self.heartbeat_interval,
+                )
+            self.signals.send(
+                signals.heartbeat, node_id=self.node_id, value=message.sender, prev_value=None
+            )
+
+    def _request(
+        self, request: ProposeConfChange | ReadIndex | TransferLeadership | TakeSnapshot
+    ) -> None:
+        raw = self.raw
+        if isinstance(request, TakeSnapshot):
+            request.future.set_result(take_snapshot(self))
+        elif isinstance(request, ProposeConfChange):
+            index = raw.propose_conf_change(request.change)
+            self._pending[index] = _Pending(raw.basic_status().term, request.future)
+        elif isinstance(request, ReadIndex):
+            context = f"{self.node_id}:{next(self._read_ids)}".encode()
+            raw.read_index(context)
+            self._reads[context] = request.future
+        else:
+            raw.transfer_leadership(request.transferee)
+            request.future.set_result(None)
+
+    def _watch_leader(self, now: float) -> None:
+        status = self._status
+        if status["state"] != "follower" or status["leader"] == "":
+            self._last_leader_contact = now
+            return
+        threshold = (
+            raft_settings.ELECTION_TIMEOUT * raft_settings.ELECTION_TIMEOUT_THRESHOLD_PERCENT
+        )
+        silence = now - self._last_leader_contact
+        if silence > threshold and not self._threshold_warned:
+            self._threshold_warned = True
+            self.signals.send(
+                signals.election_timeout_threshold,
+                node_id=self.node_id,
+                value=silence,
+                prev_value=threshold,
+            )
+        elif silence <= threshold:
+            self._threshold_warned = False
+
+    # -- Ready: persist, send, apply, advance ------------------------------------------
+
+    def _process_ready(self, deadline: float) -> None:
+        """Handle Readies until none is left or the turn's budget is spent."""
+        raw = self.raw
+        while raw.has_ready():
+            ready = raw.ready()
+            early, late = ready.partition_messages()
+            notices: tuple[Message, ...] = ()
+            if ready.committed_entries and ready.messages:
+                early, late, notices = _defer_commit_notices(ready, early, late)
+            self._send(early)  # a leader replicates while it persists its own entries
+            with metrics.persisting():
+                self.storage.persist(ready.hard_state, ready.entries, ready.snapshot)
+            self._learn_addresses(ready.entries)
+            self._send(late)
+            self._answer_peers()  # durable now: answer before applying
+            if ready.snapshot is not None:
+                self._restore(ready.snapshot)
+            if ready.committed_entries:
+                self._apply(ready.committed_entries)
+            self._send(notices)
+            for read_state in ready.read_states:
+                future = self._reads.pop(read_state.context, None)
+                if future is not None:
+                    self._read_waiting.append((read_state.index, future))
+            raw.advance(ready)
+            self._serve_reads()
+            self._maybe_snapshot()
+            if time.monotonic() >= deadline:
+                break
+        self._answer_peers()
+
+    def _restore(self, snapshot: Snapshot) -> None:
+        started = time.perf_counter()
+        self.machine.restore(snapshot.data, snapshot.metadata.index, snapshot.metadata.term)
+        self._reload_addresses()
+        events.snapshot_installed(
+            self.node_id,
+            snapshot.metadata.index,
+            len(snapshot.data),
+            time.perf_counter() - started,
+        )
+
+    def _answer_peers(self) -> None:
+        for slot in self._waiting_slots:
+            slot.done.set()
+        self._slots.clear()
+        self._waiting_slots.clear()
+
+    def _send(self, messages: tuple[Message, ...]) -> None:
+        outgoing = []
+        for message in messages:
+            if message.type is MessageType.HEARTBEAT:
+                self._heartbeats_sent.setdefault(message.to, time.monotonic())
+            slot = self._slots.get(message.to)
+            if slot is not None:
+                slot.messages.append(message)
+            else:
+                outgoing.append(message)
+        if outgoing:
+            self.transport.send(outgoing)
+
+    def _learn_addresses(self, entries: tuple[Entry, ...]) -> None:
+        for entry in entries:
+            if entry.type is EntryType.CONF_CHANGE:
+                self._membership_changed = True
+                change = ConfChange.decode(entry.data)
+                if change.type is not ConfChangeType.REMOVE:
+                    self.transport.set_address(change.node_id, change.context)
+
+    def _reload_addresses(self) -> None:
+        for member_id, member_address in self.machine.addresses().items():
+            self.transport.set_address(member_id, member_address)
+
+    def _apply(self, entries: tuple[Entry, ...]) -> None:
+        with metrics.applying():
+            outcomes = self.machine.apply(entries)
+        pending_map = self._pending
+        completions: list[Completion] = []
+        for entry in entries:
+            pending = pending_map.pop(entry.index, None)
+            if entry.type is EntryType.CONF_CHANGE:
+                self._membership_applied(ConfChange.decode(entry.data))
+            if pending is None or pending.future.done():
+                continue
+            metrics.count_proposal(pending.term == entry.term and outcomes[entry.index].ok)
+            if pending.term != entry.term:
+                lead = self.raw.basic_status().lead
+                error = (
+                    NotLeaderError(lead)
+                    if lead != self.node_id
+                    else ProposalDroppedError(
+                        "the command was superseded by another leader's entry; not applied"
+                    )
+                )
+                completions.append((pending.future, None, error))
+            elif isinstance(pending.future, _AwaitedFuture):
+                pending.future.set_result(outcomes[entry.index])  # no callback to run
+            else:
+                completions.append((pending.future, outcomes[entry.index], None))
+        self.completer.complete(completions)
+
+    def _membership_applied(self, change: ConfChange) -> None:
+        self._membership_changed = True
+        node_id = change.node_id
+        if change.type is ConfChangeType.REMOVE:
+            self.transport.forget(node_id)
+            self.signals.send(
+                signals.peer_removed, node_id=self.node_id, value=node_id, prev_value=None
+            )
+            if node_id == self.node_id:
+                self.signals.send(
+                    signals.removed, node_id=self.node_id, value=node_id, prev_value=None
+                )
+                self.stopping.set()
+        else:
+            self.signals.send(
+                signals.peer_added, node_id=self.node_id, value=node_id, prev_value=None
+            )
+
+    def _serve_reads(self) -> None:
+        if not self._read_waiting:
+            return
+        applied = self.raw.basic_status().applied
+        still = []
+        for index, future in self._read_waiting:
+            if applied >= index:
+                future.set_result(index)
+            else:
+                still.append((index, future))
+        self._read_waiting = still
+
+    def _maybe_snapshot(self) -> None:
+        """Start saving a snapshot when one is due, in a thread: it may take seconds."""
+        if self._snapshotting or not self.raw.snapshot_due():
+            return
+        connection = connections[self.machine.alias]
+        if connection.vendor == "sqlite" and connection.is_in_memory_db():  # type: ignore[attr-defined]
+            # Another connection would not see this one's database: save it here.
+            try:
+                saved = SnapshotSaved(*self.machine.save_applied())
+            except Exception:
+                logger.exception("raft: node %s could not save a snapshot", self.node_id)
+                saved = SnapshotSaved(0, None)
+            self._snapshot_saved(saved)
+            return
+        self._snapshotting = True
+        threading.Thread(
+            target=self._save_snapshot, name=f"raft-snapshot-{self.node_id}", daemon=True
+        ).start()
+
+    def _save_snapshot(self) -> None:
+        """Save the state (in the snapshot thread) and hand it to the loop."""
+        index, data = 0, None
+        try:
+            index, data = self.machine.save_applied()
+        except Exception:
+            logger.exception("raft: node %s could not save a snapshot", self.node_id)
+        finally:
+            connections.close_all()  # this thread's connections only
+        self.inbox.put(SnapshotSaved(index, data))
+
+    def _snapshot_saved(self, saved: SnapshotSaved) -> None:
+        """Record a saved snapshot and compact the log behind it."""
+        self._snapshotting = False
+        if saved.data is None:
+            self.snapshot_failures += 1
+            return
+        try:
+            snapshot = self.raw.create_snapshot(saved.index, saved.data)
+        except (RaftError, ValueError) as error:
+            # A snapshot from the leader overtook it meanwhile.
+            logger.info(
+                "raft: node %s drops its snapshot at %s: %s", self.node_id, saved.index, error
+            )
+            return
+        self.storage.create_snapshot(snapshot)
+        self.storage.compact(self.raw.compact_index(snapshot))
+
+    def _make_status(self) -> dict[str, Any]:
+        status = self.raw.status()
+        self._full_status_at = time.monotonic()
+        self._membership_changed = False
+        return self._add_runtime_status(status)
+
+    def _add_runtime_status(self, status: dict[str, Any]) -> dict[str, Any]:
+        status["max_turn_ms"] = round(self._max_turn * 1000, 3)
+        status["pending_proposals"] = len(self._pending) + len(self._held)
+        status["signals_dropped"] = self.signals.dropped
+        status["messages_dropped"] = dict(self.raw.dropped)
+        status["snapshot_failures"] = self.snapshot_failures
+        return status
+
+    def _update_status(self) -> None:
+        """Publish the status; the full one (lists, progress) at most every heartbeat."""
+        before = self._status
+        basic = self.raw.basic_status()
+        if (
+            basic.state.value != before["state"]
+            or basic.term != before["term"]
+            or basic.lead != before["leader"]
+            or self._membership_changed
+            or time.monotonic() - self._full_status_at >= self.heartbeat_interval
+        ):
+            after = self._make_status()
+        else:
+            after = self._add_runtime_status(
+                {
+                    **before,
+                    "commit": basic.commit,
+                    "applied": basic.applied,
+                    "last_index": basic.last_index,
+                }
+            )
+        self._status = after
+        if before["state"] == "leader" and after["state"] != "leader":
+            self._abandon_proposals(after["commit"])
+        for key, signal in (
+            ("state", signals.state_changed),
+            ("leader", signals.leader_changed),
+            ("term", signals.term_changed),
+        ):
+            if before.get(key) != after.get(key):
+                self.signals.send(
+                    signal, node_id=self.node_id, value=after.get(key), prev_value=before.get(key)
+                )
+        if before.get("applied") != after.get("applied"):
+            self.signals.send(
+                signals.committed,
+                node_id=self.node_id,
+                value=after.get("commit"),
+                prev_value=before.get("commit"),
+            )
+
+    def _abandon_proposals(self, commit: int) -> None:
+        """This node stopped leading: fail the proposals it can no longer see through.
+
+        Their entries may still be committed by the next leader, so the error says the
+        outcome is unknown (the client decides whether to retry).
+        """
+        error = CommandTimeoutError(
+            "leadership changed before the command was committed; it may still be applied"
+        )
+        abandoned = [index for index in self._pending if index > commit]
+        self.completer.complete(
+            [(self._pending.pop(index).future, None, error) for index in abandoned]
+        )
+
+    def _fail_waiting(self, error: Exception) -> None:
+        """Fail every waiting caller with ``error``; a proposal already appended with a
+        ``CommandTimeoutError`` instead (another node may still commit it)."""
+        appended = CommandTimeoutError(f"{error}; the command may still be applied")
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(appended)
+        for proposal in self._held:
+            proposal.future.set_exception(error)
+        self._held.clear()
+        for future in self._reads.values():
+            if not future.done():
+                future.set_exception(error)
+        for _, future in self._read_waiting:
+            if not future.done():
+                future.set_exception(error)
+        self._pending.clear()
+        self._reads.clear()
+        self._read_waiting.clear()
+        self._answer_peers()
+        while True:
+            try:
+                request = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(request, Step | Wake | SnapshotSaved):
+                continue
+            if request.future.set_running_or_notify_cancel():
+                request.future.set_exception(error)

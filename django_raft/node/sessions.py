@@ -1,0 +1,443 @@
+"""Client sessions applied by the state machine: exactly-once commands (Raft thesis §6.3).
+
+A client opens a session through the log (``OPEN_SESSION``); its id is the index of
+that entry, so a replayed opening makes a new session and never revives an old one.
+Each of its commands then carries ``(client_id, sequence)``. Applying one records the
+sequence number and the outcome in the same transaction as the handler's writes; a
+command whose number is the last one recorded is a retry and gets the recorded outcome
+without running again, and a lower number is refused. A client has one command in
+flight per session (``django_raft.do`` keeps one session per thread).
+
+Time here is **log time**: the leader stamps its clock (milliseconds) on every
+session-tracked command when it proposes it, and the log time is the greatest stamp
+applied so far, so every node computes the same expiries whatever its own clock says.
+A session expires once the log time passes its last command plus its timeout (chosen
+by the client when it opened the session); expired sessions are swept at most once a
+second of log time, and the locks they hold are released. Sessions and locks travel in
+snapshots with the membership.
+
+The state machine reads the sessions and the log clock once per run of entries and
+writes them once at its end (``Run``), with the outcome of reading and writing them
+entry by entry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import Any, NamedTuple
+
+from django.db import connection, connections
+
+from .. import replicated
+from ..core import Entry
+from ..models import SINGLETON, BeatTask, ClientSession, Lock, LogClock
+from ..protocol.request import (
+    BEAT_CLAIM,
+    KEEP_ALIVE,
+    LOCK_ACQUIRE,
+    LOCK_RELEASE,
+    MAX_SLOTS_PER_CLAIM,
+    OPEN_SESSION,
+)
+from ..protocol.wire import DecodedCommand
+from .outcome import Outcome, describe_error
+
+__all__ = [
+    "dump",
+    "is_tracked",
+    "load",
+]
+
+BUILTIN = frozenset((OPEN_SESSION, LOCK_ACQUIRE, LOCK_RELEASE, KEEP_ALIVE, BEAT_CLAIM))
+
+SWEEP_INTERVAL_MS = 1000
+"""Expired sessions are looked for at most this often, in log time."""
+MAX_TIMEOUT_MS = 30 * 24 * 3600 * 1000
+
+EXPIRED = "SessionExpiredError"
+REPLAYED = "ReplayedCommandError"
+
+
+def is_tracked(command: DecodedCommand) -> bool:
+    """Whether the command goes through the session path (a session's or a built-in)."""
+    return bool(command.client_id) or command.name in BUILTIN
+
+
+class Run:
+    """The sessions and the log clock as one run of entries changes them.
+
+    Read once (the clock, and with ``load`` the sessions of every client the run names),
+    kept here while the run is applied, written once by ``save`` at its end: the run's
+    outcome is that of reading and writing them entry by entry. While a run is active
+    (``active()``), ``log_time`` answers from it. An expiry sweep writes the pending
+    sessions first, then deletes in the database, as entry by entry.
+    """
+
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self._clock_read = False
+        self._stored_clock: tuple[int, int] | None = None  # None: no row yet
+        self._now = 0
+        self._swept = 0
+        self._sessions: dict[str, list[Any] | None] = {}  # None: no such session
+        self._dirty: dict[str, list[Any]] = {}
+        self.moves = 0
+        """How many times the log time moved in this run."""
+        self.time_read = False
+        """Set when ``log_time`` is asked for while ``ambiguous_time`` is set."""
+        self.ambiguous_time = False
+        """Set by the state machine while a batch handler runs calls of several log times."""
+
+    def active(self) -> AbstractContextManager[None]:
+        """Make ``log_time`` answer from this run on this thread for the block."""
+        return replicated.applying(self.using, self)
+
+    def time(self) -> int:
+        """The log time as of the entries applied so far in this run."""
+        if self.ambiguous_time:
+            self.time_read = True
+        self._read_clock()
+        return self._now
+
+    def load(self, client_ids: Iterable[str]) -> None:
+        """Read the sessions of ``client_ids`` not read yet, with one query per 500."""
+        wanted = [client for client in set(client_ids) if client and client not in self._sessions]
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            for client in chunk:
+                self._sessions[client] = None
+            statement = _SELECT_SESSIONS.format(places=", ".join(["%s"] * len(chunk)))
+            with connections[self.using].cursor() as cursor:
+                cursor.execute(statement, chunk)
+                for client, *row in cursor.fetchall():
+                    self._sessions[client] = row
+
+    def session(self, client_id: str) -> list[Any] | None:
+        """``[last_sequence, last_ok, last_value, last_error, timeout_ms, expires_ms]``."""
+        if client_id not in self._sessions:
+            self.load([client_id])
+        return self._sessions[client_id]
+
+    def write(self, client_id: str, row: list[Any]) -> None:
+        """Set the session's row (new or changed); stored by ``save``."""
+        self._sessions[client_id] = row
+        self._dirty[client_id] = row
+
+    def sweep_due(self, stamp: int) -> bool:
+        """Whether a command stamped ``stamp`` will sweep expired sessions first."""
+        self._read_clock()
+        return max(self._now, stamp) - self._swept >= SWEEP_INTERVAL_MS
+
+    def advance(self, stamp: int) -> int:
+        """Move the log time to ``stamp`` if later; sweep expired sessions when due."""
+        due = self.sweep_due(stamp)
+        if stamp > self._now:
+            self._now = stamp
+            self.moves += 1
+        if due:
+            self._write_sessions()
+            expired = ClientSession.objects.using(self.using).filter(expires_ms__lte=self._now)
+            ids = list(expired.values_list("client_id", flat=True))
+            if ids:
+                Lock.objects.using(self.using).filter(holder__in=ids).update(holder="")
+                expired.delete()
+                for client in ids:
+                    self._sessions[client] = None
+            self._swept = self._now
+        return self._now
+
+    def save(self) -> None:
+        """Write the sessions and the clock this run changed."""
+        self._write_sessions()
+        clock = (self._now, self._swept)
+        if not self._clock_read or clock == self._stored_clock:
+            return  # not read (no session-tracked command), or unchanged
+        with connections[self.using].cursor() as cursor:
+            if self._stored_clock is None:
+                cursor.execute(_INSERT_CLOCK, [SINGLETON, *clock])
+            else:
+                cursor.execute(_UPDATE_CLOCK, [*clock, SINGLETON])
+        self._stored_clock = clock
+
+    def _read_clock(self) -> None:
+        if self._clock_read:
+            return
+        with connections[self.using].cursor() as cursor:
+            cursor.execute(_SELECT_CLOCK, [SINGLETON])
+            row = cursor.fetchone()
+        self._stored_clock = None if row is None else (row[0], row[1])
+        self._now, self._swept = self._stored_clock or (0, 0)
+        self._clock_read = True
+
+    def _write_sessions(self) -> None:
+        rows = [[client, *row] for client, row in self._dirty.items()]
+        self._dirty = {}
+        for start in range(0, len(rows), _SESSIONS_PER_UPSERT):
+            chunk = rows[start : start + _SESSIONS_PER_UPSERT]
+            statement = _UPSERT_SESSIONS.format(places=", ".join([_SESSION_PLACES] * len(chunk)))
+            with connections[self.using].cursor() as cursor:
+                cursor.execute(statement, [value for row in chunk for value in row])
+
+
+class Admitted(NamedTuple):
+    """A session's command that is to run: the log time it runs at, and its session's
+    timeout."""
+
+    now: int
+    timeout_ms: int
+
+
+UserCommand = Callable[[Entry, str, dict[str, Any]], Outcome]
+"""Runs an application's command (its entry, name, arguments) and gives its outcome."""
+
+
+def apply(
+    run: Run, alias: str, entry: Entry, command: DecodedCommand, run_command: UserCommand
+) -> Outcome:
+    """Apply a session-tracked command: at most once per (client id, sequence).
+
+    The sessions' own commands run here, on the database ``alias``; an application's
+    command runs with ``run_command``."""
+    admitted = admit(run, entry, command)
+    if not isinstance(admitted, Admitted):
+        return admitted
+    outcome = _run(alias, entry, command, admitted.now, run_command)
+    answer(run, command, admitted, outcome)
+    return outcome
+
+
+def admit(run: Run, entry: Entry, command: DecodedCommand) -> Admitted | Outcome:
+    """Advance the log time to the command's; then either its outcome without running it
+    (a session's opening, a retry, a replay, no session) or that it is to run."""
+
+    now = run.advance(command.time_ms)
+    if command.name == OPEN_SESSION:
+        return _open(run, entry.index, command.arguments, now)
+    if not command.client_id:
+        return Outcome(ok=False, error=f"{EXPIRED}: {command.name} needs a session")
+    row = run.session(command.client_id)
+    if row is None or row[5] <= now:  # gone, or past its time (swept later)
+        return Outcome(
+            ok=False, error=f"{EXPIRED}: session {command.client_id} expired or does not exist"
+        )
+    last_sequence, last_ok, last_value, last_error, timeout_ms, _ = row
+    if command.sequence <= last_sequence:
+        if command.sequence == last_sequence:
+            value = json.loads(last_value) if last_ok else None
+            return Outcome(ok=bool(last_ok), value=value, error=last_error)
+        return Outcome(
+            ok=False,
+            error=f"{REPLAYED}: command {command.sequence} of session {command.client_id} "
+            f"was answered before {last_sequence}",
+        )
+    return Admitted(now, timeout_ms)
+
+
+def answer(run: Run, command: DecodedCommand, admitted: Admitted, outcome: Outcome) -> None:
+    """Record the outcome of an admitted command as its session's last."""
+    value = json.dumps(outcome.value) if outcome.ok else "null"
+    run.write(
+        command.client_id,
+        [
+            command.sequence,
+            outcome.ok,
+            value,
+            outcome.error,
+            admitted.timeout_ms,
+            admitted.now + admitted.timeout_ms,
+        ],
+    )
+
+
+def _run(
+    alias: str, entry: Entry, command: DecodedCommand, now: int, run_command: UserCommand
+) -> Outcome:
+    from .. import commands
+
+    name, arguments = command.name, command.arguments
+    if name == KEEP_ALIVE:
+        return Outcome(ok=True)
+    if name == LOCK_ACQUIRE:
+        return _acquire(alias, entry.index, command.client_id, arguments, now)
+    if name == LOCK_RELEASE:
+        return _release(alias, command.client_id, arguments)
+    if name == BEAT_CLAIM:
+        return _claim_slots(alias, arguments)
+    try:
+        commands.get(name)
+    except Exception as error:
+        return Outcome(ok=False, error=describe_error(error))
+    return run_command(entry, name, arguments)
+
+
+def _sql(template: str) -> str:
+    """``template`` with the tables and columns of the models, quoted for any database
+    (the hot path's statements: the ORM costs more than the queries themselves)."""
+    quote = connection.ops.quote_name
+    names = {
+        "session": quote(ClientSession._meta.db_table),
+        "clock": quote(LogClock._meta.db_table),
+        "places": "{places}",
+    }
+    return template.format(**names)
+
+
+_SESSION_COLUMNS = (
+    "client_id, last_sequence, last_ok, last_value, last_error, timeout_ms, expires_ms"
+)
+_SESSION_PLACES = "(" + ", ".join(["%s"] * 7) + ")"
+_SESSIONS_PER_UPSERT = 100
+"""Sessions per upsert (7 parameters each: within SQLite's 999)."""
+_SELECT_SESSIONS = _sql(
+    f"SELECT {_SESSION_COLUMNS} FROM {{session}} WHERE client_id IN ({{places}})"
+)
+_UPSERT_SESSIONS = _sql(
+    f"INSERT INTO {{session}} ({_SESSION_COLUMNS}) VALUES {{places}} "
+    "ON CONFLICT (client_id) DO UPDATE SET last_sequence = excluded.last_sequence, "
+    "last_ok = excluded.last_ok, last_value = excluded.last_value, "
+    "last_error = excluded.last_error, timeout_ms = excluded.timeout_ms, "
+    "expires_ms = excluded.expires_ms"
+)
+_SELECT_CLOCK = _sql("SELECT time_ms, swept_ms FROM {clock} WHERE id = %s")
+_INSERT_CLOCK = _sql("INSERT INTO {clock} (id, time_ms, swept_ms) VALUES (%s, %s, %s)")
+_UPDATE_CLOCK = _sql("UPDATE {clock} SET time_ms = %s, swept_ms = %s WHERE id = %s")
+
+
+def _open(run: Run, index: int, arguments: dict[str, Any], now: int) -> Outcome:
+
+    timeout = arguments.get("timeout_ms")
+    if type(timeout) is not int or not 0 < timeout <= MAX_TIMEOUT_MS:
+        return Outcome(ok=False, error=f"ValueError: timeout_ms must be in (0, {MAX_TIMEOUT_MS}]")
+    client_id = str(index)
+    # The defaults of ClientSession's fields: a session that has run no command yet.
+    run.write(client_id, [0, True, "null", "", timeout, now + timeout])
+    return Outcome(ok=True, value=client_id)
+
+
+def _acquire(
+    using: str, index: int, client_id: str, arguments: dict[str, Any], now: int
+) -> Outcome:
+    """Take the lock if free, expired or already ours; its token is this entry's index."""
+
+    name, ttl = arguments.get("name"), arguments.get("ttl_ms")
+    if not isinstance(name, str) or not 0 < len(name) <= 200:
+        return Outcome(ok=False, error="ValueError: a lock name is a string of 1 to 200 characters")
+    if type(ttl) is not int or not 0 < ttl <= MAX_TIMEOUT_MS:
+        return Outcome(ok=False, error=f"ValueError: ttl_ms must be in (0, {MAX_TIMEOUT_MS}]")
+    lock = Lock.objects.using(using).filter(pk=name).first()
+    if lock is None:
+        lock = Lock(name=name)
+    elif lock.holder and lock.holder != client_id and lock.expires_ms > now:
+        return Outcome(
+            ok=True,
+            value={"acquired": False, "token": lock.token, "expires_ms": lock.expires_ms},
+        )
+    if lock.holder != client_id or not lock.token:
+        lock.token = index
+    lock.holder = client_id
+    lock.expires_ms = now + ttl
+    lock.save(using=using)
+    return Outcome(ok=True, value={"acquired": True, "token": lock.token, "expires_ms": now + ttl})
+
+
+def _release(using: str, client_id: str, arguments: dict[str, Any]) -> Outcome:
+
+    name, token = arguments.get("name"), arguments.get("token")
+    if not isinstance(name, str) or type(token) is not int:
+        return Outcome(ok=False, error="ValueError: name must be a string, token an integer")
+    locks = Lock.objects.using(using).filter(pk=name, holder=client_id, token=token)
+    released = locks.update(holder="")
+    return Outcome(ok=True, value=bool(released))
+
+
+def _claim_slots(using: str, arguments: dict[str, Any]) -> Outcome:
+    """Grant the slots after the task's last claimed one; each slot is granted once."""
+
+    task, slots = arguments.get("task"), arguments.get("slots")
+    if not isinstance(task, str) or not 0 < len(task) <= 200:
+        return Outcome(ok=False, error="ValueError: task is a name of 1 to 200 characters")
+    if (
+        not isinstance(slots, list)
+        or not 0 < len(slots) <= MAX_SLOTS_PER_CLAIM
+        or any(type(slot) is not int or slot < 0 for slot in slots)
+        or slots != sorted(set(slots))
+    ):
+        return Outcome(ok=False, error="ValueError: slots are increasing integers (ms)")
+    row = BeatTask.objects.using(using).filter(pk=task).first()
+    last = row.last_slot_ms if row is not None else -1
+    granted = [slot for slot in slots if slot > last]
+    if granted:
+        BeatTask.objects.using(using).update_or_create(
+            name=task, defaults={"last_slot_ms": granted[-1]}
+        )
+    return Outcome(ok=True, value={"granted": granted, "last": max(last, slots[-1])})
+
+
+# -- snapshots ---------------------------------------------------------------------------
+
+
+def dump(using: str) -> bytes:
+    """The sessions, the locks, the periodic tasks' slots and the log clock, as JSON."""
+    clock = LogClock.objects.using(using).filter(pk=SINGLETON).values_list("time_ms", "swept_ms")
+    state = {
+        "clock": list(clock.first() or (0, 0)),
+        "sessions": [
+            list(row)
+            for row in ClientSession.objects.using(using)
+            .order_by("pk")
+            .values_list(
+                "client_id",
+                "last_sequence",
+                "last_ok",
+                "last_value",
+                "last_error",
+                "timeout_ms",
+                "expires_ms",
+            )
+        ],
+        "locks": [
+            list(row)
+            for row in Lock.objects.using(using)
+            .order_by("pk")
+            .values_list("name", "holder", "token", "expires_ms")
+        ],
+        "beat": [
+            list(row)
+            for row in BeatTask.objects.using(using)
+            .order_by("pk")
+            .values_list("name", "last_slot_ms")
+        ],
+    }
+    return json.dumps(state, separators=(",", ":")).encode()
+
+
+def load(data: bytes, using: str) -> None:
+    """Replace the sessions, locks, slots and log clock by those ``dump`` wrote."""
+    state = json.loads(data) if data else {"clock": [0, 0], "sessions": [], "locks": []}
+    ClientSession.objects.using(using).all()._raw_delete(using)
+    Lock.objects.using(using).all()._raw_delete(using)
+    LogClock.objects.using(using).all()._raw_delete(using)
+    BeatTask.objects.using(using).all()._raw_delete(using)
+    time_ms, swept_ms = state["clock"]
+    LogClock.objects.using(using).create(pk=SINGLETON, time_ms=time_ms, swept_ms=swept_ms)
+    ClientSession.objects.using(using).bulk_create(
+        ClientSession(
+            client_id=client_id,
+            last_sequence=sequence,
+            last_ok=ok,
+            last_value=value,
+            last_error=error,
+            timeout_ms=timeout,
+            expires_ms=expires,
+        )
+        for client_id, sequence, ok, value, error, timeout, expires in state["sessions"]
+    )
+    Lock.objects.using(using).bulk_create(
+        Lock(name=name, holder=holder, token=token, expires_ms=expires)
+        for name, holder, token, expires in state["locks"]
+    )
+    BeatTask.objects.using(using).bulk_create(
+        BeatTask(name=name, last_slot_ms=last) for name, last in state.get("beat", [])
+    )

@@ -1,0 +1,70 @@
+"""What a client request carries: a command's fields, its timeout, the builtin names.
+
+The client builds these bodies and the node parses them (``command_fields``), so both
+sides take their rules from here: the names of the builtin commands (sessions, locks,
+beat claims, the read index) and the bound on a timeout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BEAT_CLAIM",
+    "KEEP_ALIVE",
+    "LOCK_ACQUIRE",
+    "LOCK_RELEASE",
+    "MAX_SLOTS_PER_CLAIM",
+    "MAX_TIMEOUT",
+    "OPEN_SESSION",
+    "READ_INDEX",
+    "TIMEOUT_RULE",
+    "command_fields",
+    "valid_timeout",
+]
+
+OPEN_SESSION = "django_raft.session.open"
+"""Opens a session; arguments ``timeout_ms``; the result is the new client id."""
+LOCK_ACQUIRE = "django_raft.lock.acquire"
+"""Arguments ``name``, ``ttl_ms``; the result says whether the lock was taken, and its token."""
+LOCK_RELEASE = "django_raft.lock.release"
+"""Arguments ``name``, ``token``; the result says whether the lock was released."""
+KEEP_ALIVE = "django_raft.session.keep_alive"
+"""Extends a session's life; no arguments."""
+BEAT_CLAIM = "django_raft.beat.claim"
+"""Arguments ``task``, ``slots`` (increasing ms); the result lists the slots granted."""
+MAX_SLOTS_PER_CLAIM = 1000
+"""Slots one beat claim may ask for."""
+READ_INDEX = "django_raft.read_index"
+"""The read-only command that only waits for a read index, for ``django_raft.read()``."""
+
+MAX_TIMEOUT = 3600.0
+"""Seconds a request, a client or ``COMMAND_TIMEOUT`` may give a command at most."""
+TIMEOUT_RULE = f"timeout must be a number of seconds in (0, {MAX_TIMEOUT:g}]"
+
+
+def valid_timeout(body: dict[str, Any], default: float) -> float | None:
+    """A client request's ``timeout`` (``default`` when absent); None when it breaks
+    ``TIMEOUT_RULE``."""
+    timeout = body.get("timeout", default)
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not 0 < timeout <= MAX_TIMEOUT
+    ):
+        return None
+    return float(timeout)
+
+
+def command_fields(body: dict[str, Any]) -> tuple[str, dict[str, Any], str, int] | str:
+    """A command body's name, arguments, session id and sequence number, or why the
+    body is refused."""
+    name, arguments = body.get("name"), body.get("arguments", {})
+    client_id, sequence = body.get("client_id", ""), body.get("sequence", 0)
+    if not isinstance(name, str) or not name or not isinstance(arguments, dict):
+        return "name must be a string, arguments an object"
+    if not isinstance(client_id, str) or len(client_id) > 64:
+        return "client_id must be a string of at most 64 characters"
+    if type(sequence) is not int or sequence < 0 or (client_id and sequence == 0):
+        return "sequence must be a positive integer in a session"
+    return name, arguments, client_id, sequence
