@@ -183,9 +183,7 @@ def test_leader_only_says_whether_it_skipped_on_a_follower_or_because_it_cannot_
         raise ClusterUnreachableError("cannot reach http://127.0.0.1:1")
 
     with caplog.at_level(logging.INFO, logger="django_raft.leader"):
-        monkeypatch.setattr(
-            STATUS, lambda **kwargs: {"state": "follower"}
-        )
+        monkeypatch.setattr(STATUS, lambda **kwargs: {"state": "follower"})
         assert nightly() is None
         monkeypatch.setattr(STATUS, down)
         assert nightly() is None
