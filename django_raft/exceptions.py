@@ -15,11 +15,14 @@ across retries: once an attempt may have reached the log, a call that fails ends
 from __future__ import annotations
 
 from .core import (
+    ConfChangePendingError,
     DuplicatePeerError,
     MembershipError,
     NotLeaderError,
     ProposalDroppedError,
     RaftError,
+    RemovedPeerError,
+    UnknownPeerError,
 )
 
 __all__ = [
@@ -27,18 +30,22 @@ __all__ = [
     "ClusterUnreachableError",
     "CommandFailedError",
     "CommandTimeoutError",
+    "ConfChangePendingError",
     "DuplicatePeerError",
     "InvalidRequestError",
     "LockNotHeldError",
     "MembershipError",
+    "NodeServerError",
     "NodeStoppedError",
     "NotLeaderError",
     "OverloadedError",
     "ProposalDroppedError",
     "RaftError",
+    "RemovedPeerError",
     "SessionExpiredError",
     "StaleReadError",
     "StaleTokenError",
+    "UnknownPeerError",
     "may_have_applied",
 ]
 
@@ -96,6 +103,11 @@ class StaleTokenError(RaftError):
 class LockNotHeldError(RaftError):
     """A lock could not be acquired before the deadline, was no longer held, or was
     granted too late: its TTL, counted from when the request was sent, had passed."""
+
+
+class NodeServerError(RaftError):
+    """The node failed while serving the request (the failure is logged on the node):
+    whether the command was applied is unknown."""
 
 
 class StaleReadError(RaftError):

@@ -8,6 +8,7 @@ from rest_framework import serializers
 
 from .. import logview
 from ..models import MAX_ADDRESS_LENGTH, MAX_NODE_ID_LENGTH, LogEntry
+from ..protocol.request import MAX_TIMEOUT
 
 
 def _printable(value: str) -> str:
@@ -60,7 +61,7 @@ class CommandSerializer(StrictSerializer):
 
     name = TextField(max_length=200, validators=[_printable])
     arguments = serializers.DictField(required=False, default=dict)
-    timeout = serializers.FloatField(required=False, min_value=0.001, max_value=3600)
+    timeout = serializers.FloatField(required=False, min_value=0.001, max_value=MAX_TIMEOUT)
 
 
 class ErrorSerializer(serializers.Serializer):

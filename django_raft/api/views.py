@@ -29,9 +29,11 @@ from ..exceptions import (
     CommandFailedError,
     CommandTimeoutError,
     InvalidRequestError,
+    NodeServerError,
     NodeStoppedError,
     OverloadedError,
 )
+from ..protocol.answers import failure
 from .permissions import RaftPermission, WriteThrottle
 from .serializers import (
     AddMemberSerializer,
@@ -90,10 +92,18 @@ def _answer(call: Callable[[], Any]) -> Response:
     except Exception as error:
         for kind, code in _STATUS:
             if isinstance(error, kind):
-                body = {"ok": False, "error": str(error), "error_type": type(error).__name__}
-                return Response(body, status=code)
+                return Response(_failure(error), status=code)
         raise
     return Response({"ok": True, "value": value})
+
+
+def _failure(error: Exception) -> dict[str, Any]:
+    """The error answer, named as nodes name it (a bad value is an invalid request)."""
+    if isinstance(error, ValueError) and not isinstance(error, RaftError):
+        return failure(InvalidRequestError, str(error))
+    if isinstance(error, NotImplementedError):
+        return failure(NodeServerError, f"not supported by the node: {error}")
+    return failure(error)
 
 
 class RaftAPIView(APIView):

@@ -168,7 +168,7 @@ class Client:
         such an attempt. A read appends nothing, whatever happens.
         """
         read = bool(body.get("read"))
-        answer: dict[str, Any] = failure("no node answered in time", "ClusterUnreachableError")
+        answer: dict[str, Any] = failure(ClusterUnreachableError, "no node answered in time")
         lost = ""  # why an earlier attempt may have been applied
         for attempt in itertools.count():
             remaining = _remaining(deadline)
@@ -180,17 +180,17 @@ class Client:
             node = local.current()
             try:
                 if node is not None and address in ("", node.address):
-                    answer = node.submit(payload, time.monotonic() + seconds)
+                    answer = node.submit(payload)
                 else:
                     answer = send_command(address, payload, seconds)
             except Unsent as error:
-                answer = failure(str(error), "ClusterUnreachableError")
+                answer = failure(ClusterUnreachableError, str(error))
                 self._suspect(address)
             except ClusterUnreachableError as error:
                 if read:  # a read appends nothing: its loss is not a command's
-                    answer = failure(str(error), "ClusterUnreachableError")
+                    answer = failure(ClusterUnreachableError, str(error))
                 else:
-                    answer = failure(f"{error}{LOST}", "CommandTimeoutError")
+                    answer = failure(CommandTimeoutError, f"{error}{LOST}")
                 self._suspect(address)
             if answer.get("ok"):
                 self._remember(answer)
@@ -270,7 +270,7 @@ class Client:
                 return
 
 
-_RETRYABLE_NAMES = frozenset(kind.__name__ for kind in _RETRYABLE) | {"StopError"}
+_RETRYABLE_NAMES = frozenset(kind.__name__ for kind in _RETRYABLE) | {"StopError"}  # older nodes
 _default: Client | None = None
 _default_lock = threading.Lock()
 

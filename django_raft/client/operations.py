@@ -9,28 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import core, exceptions
+from .. import core
 from ..conf import raft_settings
 from ..exceptions import ClusterUnreachableError
-from .client import post, raise_for
+from ..protocol.answers import raise_for
+from ..protocol.send import post
 from .monitor import gather, known_members
-
-
-def _answer(answer: dict[str, Any]) -> Any:
-    """``client.raise_for``, also raising the core's errors by name, ``ValueError`` for a
-    request the node found malformed and ``NotImplementedError`` for a route it lacks."""
-    if not answer.get("ok"):
-        name = str(answer.get("error_type"))
-        message = str(answer.get("error", ""))
-        if name == "BadRequest":
-            raise ValueError(message)
-        if name == "Unsupported":
-            raise NotImplementedError(message)
-        kind = getattr(exceptions, name, None) or getattr(core, name, None)
-        passed_on = (core.NotLeaderError, exceptions.CommandFailedError)
-        if isinstance(kind, type) and issubclass(kind, core.RaftError) and kind not in passed_on:
-            raise kind(message)
-    return raise_for(answer)
 
 
 def _node_address(address: str | None = None) -> str:
@@ -62,7 +46,7 @@ def add_member(
     """Propose adding ``node_id`` at ``address`` as a voter or a learner."""
     seconds = _timeout(timeout)
     body = {"node_id": node_id, "address": address, "role": role, "timeout": seconds}
-    return _answer(post(_node_address(), "members", body, seconds))
+    return raise_for(post(_node_address(), "members", body, seconds))
 
 
 def promote(node_id: str, timeout: float | None = None) -> Any:
@@ -74,21 +58,21 @@ def remove_member(node_id: str, timeout: float | None = None) -> Any:
     """Propose removing ``node_id`` from the cluster."""
     seconds = _timeout(timeout)
     body = {"node_id": node_id, "remove": True, "timeout": seconds}
-    return _answer(post(_node_address(), "members", body, seconds))
+    return raise_for(post(_node_address(), "members", body, seconds))
 
 
 def transfer_leadership(node_id: str, timeout: float | None = None) -> Any:
     """Ask the leader to hand over to the voter ``node_id``; return ``{"leader"}``."""
     seconds = _timeout(timeout)
     body = {"node_id": node_id, "timeout": seconds}
-    return _answer(post(_node_address(), "transfer", body, seconds))
+    return raise_for(post(_node_address(), "transfer", body, seconds))
 
 
 def take_snapshot(node_id: str | None = None, timeout: float | None = None) -> dict[str, Any]:
     """Make one node (default: ours) snapshot now and compact its log; return the report."""
     address = address_of(node_id) if node_id else None
     seconds = _timeout(timeout)
-    value = _answer(post(_node_address(address), "snapshot", {"timeout": seconds}, seconds))
+    value = raise_for(post(_node_address(address), "snapshot", {"timeout": seconds}, seconds))
     if not isinstance(value, dict):
         raise ClusterUnreachableError(f"bad snapshot answer {value!r}")
     return value

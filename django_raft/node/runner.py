@@ -298,9 +298,10 @@ class RaftNode:
 
     # -- the API other threads use ------------------------------------------------------
 
-    def submit(self, body: dict[str, Any], deadline: float) -> dict[str, Any]:
-        """Run a client request body here (``submit.submit_command``); its JSON answer."""
-        return submit.submit_command(self, body, deadline)
+    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Run a client request body here, in this thread (``submit.submit``); its JSON
+        answer."""
+        return submit.submit(self, body).result()
 
     def receive(self, messages: list[Message], timeout: float) -> list[Message]:
         """Step messages from one peer, in order; return the messages that answer them.

@@ -1,24 +1,42 @@
-"""The node's side of a client request: propose it here, or forward it to the leader.
+"""A client request on this node, one path for all: propose it here, or forward it.
 
-A node that leads proposes the command; a follower forwards it to the leader and
-follows a new one with it (``forward``). A read-only command runs here after a ReadIndex
-round (``read_command``). Every failure is built by ``protocol.answers.failure``.
+``submit`` takes a request body (from a command stream, the ``command`` route or the
+client in this process), parses it once, and gives a future of its JSON answer. A
+leader proposes a write; a read runs here after a ReadIndex round (``read_command``); a
+follower forwards a write to the leader and follows a new one with it (``forward``).
+What must wait on other nodes runs on the caller's pool, or in the caller's thread when
+it has none (a route, the in-process client: the thread waits for its proposal and
+takes it from the loop directly). Every failure is built by ``protocol.answers.failure``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import commands
 from ..conf import raft_settings
-from ..core import RaftError
-from ..exceptions import ClusterUnreachableError, InvalidRequestError
+from ..core import NotLeaderError, RaftError
+from ..exceptions import (
+    ClusterUnreachableError,
+    CommandFailedError,
+    CommandTimeoutError,
+    InvalidRequestError,
+    NodeServerError,
+    NodeStoppedError,
+    SessionExpiredError,
+    StaleTokenError,
+)
 from ..protocol.answers import LOST, failure, settled
-from ..protocol.request import READ_INDEX
-from ..protocol.request import command_fields as _command_fields
+from ..protocol.command_stream import TIMED_OUT
+from ..protocol.request import READ_INDEX, TIMEOUT_RULE, command_fields, valid_timeout
 from ..protocol.send import AnswerAbandoned, Unsent, post, send_command
 from ..protocol.wire import WireError, encode_command
 from . import sessions
@@ -27,33 +45,164 @@ from .outcome import Outcome, describe_error
 if TYPE_CHECKING:
     from .runner import RaftNode
 
-__all__ = ["command_fields", "forward", "proposal", "read_command", "submit_command"]
+__all__ = [
+    "Request",
+    "forward",
+    "outcome_answer",
+    "parse",
+    "read_command",
+    "run_on_node",
+    "submit",
+]
+
+logger = logging.getLogger(__name__)
 
 BUILTIN = sessions.BUILTIN
-
-
-def command_fields(body: dict[str, Any]) -> tuple[str, dict[str, Any], str, int] | dict[str, Any]:
-    """A command body's name, arguments, session id and sequence number, or the failure
-    that refuses the body."""
-    fields = _command_fields(body)
-    return failure(fields, "BadRequest") if isinstance(fields, str) else fields
-
-
-_OUTCOME_ERRORS = {
-    f"{sessions.EXPIRED}:": "SessionExpiredError",
-    "StaleTokenError:": "StaleTokenError",
+_OUTCOME_ERRORS: dict[str, type[CommandFailedError | SessionExpiredError | StaleTokenError]] = {
+    f"{sessions.EXPIRED}:": SessionExpiredError,
+    "StaleTokenError:": StaleTokenError,
 }
 """A command's recorded error that starts so reaches the caller as that error."""
 MAX_HOPS = 3
 """A forwarded request is not forwarded again more than this many times."""
 
 
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A client request body, parsed once: its command and until when it may run."""
+
+    body: dict[str, Any]
+    name: str
+    arguments: dict[str, Any]
+    client_id: str
+    sequence: int
+    read: bool
+    deadline: float
+
+
+def parse(body: Any) -> Request | dict[str, Any]:
+    """The request in ``body`` (what the ``command`` route takes), or the failure that
+    refuses it."""
+    if not isinstance(body, dict):
+        return failure(InvalidRequestError, "the body must be a JSON object")
+    timeout = valid_timeout(body, raft_settings.COMMAND_TIMEOUT)
+    if timeout is None:
+        return failure(InvalidRequestError, TIMEOUT_RULE)
+    fields = command_fields(body)
+    if isinstance(fields, str):
+        return failure(InvalidRequestError, fields)
+    name, arguments, client_id, sequence = fields
+    read = bool(body.get("read"))
+    return Request(body, name, arguments, client_id, sequence, read, time.monotonic() + timeout)
+
+
+def submit(
+    node: RaftNode, body: Any, pool: Executor | None = None, leading: bool | None = None
+) -> Future[dict[str, Any]]:
+    """Run a client request on this node; the future of its JSON answer.
+
+    With ``pool``, nothing here waits: a leader's proposal is answered from the node's
+    completer thread, a read or a forwarded write runs on ``pool``. Without one, the
+    caller's thread runs them and the future is done on return. ``leading``: whether
+    this node leads, when the caller just looked.
+    """
+    answer: Future[dict[str, Any]] = Future()
+    request = parse(body)
+    if isinstance(request, dict):
+        answer.set_result(request)
+        return answer
+    if request.read or not (_leads(node) if leading is None else leading):
+        _elsewhere(node, request, answer, pool)
+        return answer
+    data = proposal(request)
+    if isinstance(data, dict):
+        answer.set_result(data)
+    elif pool is None:
+        _settle(node, request, _proposed_here(node, data, request.deadline), answer, pool)
+    else:
+        node.propose_async(data).add_done_callback(
+            lambda proposed: _settle(node, request, _outcome_of(proposed), answer, pool)
+        )
+    return answer
+
+
+def _proposed_here(node: RaftNode, data: bytes, deadline: float) -> Outcome | BaseException:
+    """Propose and wait until applied here: the outcome, or the error that ended it."""
+    try:
+        return node.propose(data, _remaining(deadline))
+    except FutureTimeout:
+        return CommandTimeoutError(TIMED_OUT)
+    except RaftError as error:
+        return error
+
+
+def _outcome_of(proposed: Future[Outcome]) -> Outcome | BaseException:
+    error = proposed.exception()
+    return proposed.result() if error is None else error
+
+
+def _settle(
+    node: RaftNode,
+    request: Request,
+    outcome: Outcome | BaseException,
+    answer: Future[dict[str, Any]],
+    pool: Executor | None,
+) -> None:
+    """Answer a leader's proposal; one that lost leadership before it was appended is
+    forwarded to the new leader, as a follower's would be."""
+    if isinstance(outcome, NotLeaderError):
+        _elsewhere(node, request, answer, pool)
+    elif isinstance(outcome, BaseException):
+        answer.set_result(failure(outcome))
+    else:
+        found = outcome_answer(outcome)
+        if found["ok"]:
+            found["leader"] = node.node_id  # clients remember where the leader is
+        answer.set_result(found)
+
+
+def _elsewhere(
+    node: RaftNode, request: Request, answer: Future[dict[str, Any]], pool: Executor | None
+) -> None:
+    """A read, or a write to forward: both wait on other nodes, so they run on ``pool``
+    (in this thread without one)."""
+
+    def run() -> dict[str, Any]:
+        if request.read:
+            return read_command(node, request)
+        return forward(node, "command", request.body, request.deadline, request)
+
+    if pool is None:
+        answer.set_result(run())
+        return
+
+    def guarded() -> None:
+        try:
+            answer.set_result(run())
+        except Exception as error:
+            logger.exception("raft: a client request failed")
+            answer.set_result(
+                failure(NodeServerError, f"{type(error).__name__} (logged on the node)")
+            )
+
+    try:
+        pool.submit(guarded)
+    except RuntimeError:  # the interpreter is shutting down
+        answer.set_result(failure(NodeStoppedError, "the node is stopping"))
+
+
 def _remaining(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
-def forward(node: RaftNode, route: str, body: dict[str, Any], deadline: float) -> dict[str, Any]:
-    """Send a client request on to the leader.
+def forward(
+    node: RaftNode,
+    route: str,
+    body: dict[str, Any],
+    deadline: float,
+    request: Request | None = None,
+) -> dict[str, Any]:
+    """Send a client request on to the leader (``request``: the command's, parsed).
 
     A command this node forwarded whose leader then changes is sent again to the new
     leader if it carries a session (applied at most once all the same); without one it
@@ -63,18 +212,19 @@ def forward(node: RaftNode, route: str, body: dict[str, Any], deadline: float) -
     """
     hops = body.get("hops", 0)
     if not isinstance(hops, int) or hops >= MAX_HOPS:
-        return failure("no leader could be reached", "NotLeaderError")
+        return failure(NotLeaderError, "no leader could be reached")
     body = {**body, "hops": hops + 1}
     sent = ""  # why a command sent before may have been applied
     while True:
         address = _leader_of(node, deadline if sent and body.get("client_id") else 0.0)
-        if not address and sent and body.get("client_id") and _leads(node):
-            return settled(submit_command(node, body, deadline), sent)  # this node leads now
+        if not address and sent and request is not None and request.client_id and _leads(node):
+            here = dataclasses.replace(request, body=body)  # this node leads now
+            return settled(_here(node, here), sent)
         if not address:
             leader = node.status().get("leader", "")
             if sent:
-                return failure(f"{sent}{LOST}", "CommandTimeoutError")
-            return failure("no leader is known", "NotLeaderError", leader=leader)
+                return failure(CommandTimeoutError, f"{sent}{LOST}")
+            return failure(NotLeaderError, "no leader is known", leader=leader)
         if route != "command":
             return _forward_to(address, route, body, deadline)
         try:
@@ -83,16 +233,26 @@ def forward(node: RaftNode, route: str, body: dict[str, Any], deadline: float) -
             )
         except Unsent as error:
             if sent:
-                return failure(f"{sent}{LOST}", "CommandTimeoutError")
-            return failure(str(error), "ClusterUnreachableError")
+                return failure(CommandTimeoutError, f"{sent}{LOST}")
+            return failure(ClusterUnreachableError, str(error))
         except AnswerAbandoned as error:
             sent = f"forwarded to {address}, then {error}"
             if body.get("client_id"):
                 continue  # the session makes sending it again safe
-            return failure(f"{sent}{LOST}", "CommandTimeoutError")
+            return failure(CommandTimeoutError, f"{sent}{LOST}")
         except ClusterUnreachableError as error:
-            return failure(f"{error}{LOST}", "CommandTimeoutError")
+            return failure(CommandTimeoutError, f"{error}{LOST}")
         return settled(answer, sent)
+
+
+def _here(node: RaftNode, request: Request) -> dict[str, Any]:
+    """Propose ``request`` here, in this thread, and wait for its answer."""
+    answer: Future[dict[str, Any]] = Future()
+    data = proposal(request)
+    if isinstance(data, dict):
+        return data
+    _settle(node, request, _proposed_here(node, data, request.deadline), answer, None)
+    return answer.result()
 
 
 def _leads(node: RaftNode) -> bool:
@@ -105,9 +265,9 @@ def _forward_to(address: str, route: str, body: dict[str, Any], deadline: float)
             return send_command(address, body, _remaining(deadline))
         return post(address, route, body, _remaining(deadline))
     except Unsent as error:
-        return failure(str(error), "ClusterUnreachableError")
+        return failure(ClusterUnreachableError, str(error))
     except ClusterUnreachableError as error:
-        return failure(f"{error}{LOST}", "CommandTimeoutError")
+        return failure(CommandTimeoutError, f"{error}{LOST}")
 
 
 LEADER_WAIT = 0.01
@@ -139,100 +299,70 @@ def outcome_answer(outcome: Outcome | None) -> dict[str, Any]:
         return {"ok": True, "value": None}
     if outcome.ok:
         return {"ok": True, "value": outcome.value, "error": "", "error_type": ""}
-    error_type = "CommandFailedError"
-    for prefix, name in _OUTCOME_ERRORS.items():
+    kind: type[RaftError] = CommandFailedError
+    for prefix, found in _OUTCOME_ERRORS.items():
         if outcome.error.startswith(prefix):
-            error_type = name
-    return {"ok": False, "value": None, "error": outcome.error, "error_type": error_type}
+            kind = found
+    return {**failure(kind, outcome.error), "value": None}
 
 
-def run_on_node(node: RaftNode, call: Any, deadline: float) -> dict[str, Any]:
-    """Run ``call(seconds)`` against the node; its outcome or error as a JSON answer."""
+def run_on_node(
+    node: RaftNode, call: Callable[[float], Outcome], deadline: float
+) -> dict[str, Any]:
+    """Run ``call(seconds)`` against the node (a membership change, say); its outcome or
+    error as a JSON answer."""
     try:
         outcome = call(_remaining(deadline))
     except FutureTimeout:
-        return failure(
-            "not committed and applied in time; it may still be applied", "CommandTimeoutError"
-        )
+        return failure(CommandTimeoutError, TIMED_OUT)
     except RaftError as error:
-        return failure(str(error), type(error).__name__)
+        return failure(error)
     return outcome_answer(outcome)
 
 
-def read_command(
-    node: RaftNode, name: str, arguments: dict[str, Any], deadline: float
-) -> dict[str, Any]:
-    """On the node: a ReadIndex round, then the read-only handler ``name``, locally."""
-
-    if name == READ_INDEX:
-        handler = None
-    else:
+def read_command(node: RaftNode, request: Request) -> dict[str, Any]:
+    """On the node: a ReadIndex round, then the read-only handler, locally."""
+    handler: Callable[..., Any] | None = None
+    if request.name != READ_INDEX:
         try:
-            handler = commands.get(name)
+            handler = commands.get(request.name)
         except Exception as error:
-            return {"ok": False, "error": describe_error(error), "error_type": "BadRequest"}
-        if not commands.is_read_only(name):
-            return {
-                "ok": False,
-                "error": f"command {name!r} is not read-only",
-                "error_type": "BadRequest",
-            }
+            return failure(InvalidRequestError, describe_error(error))
+        if not commands.is_read_only(request.name):
+            return failure(InvalidRequestError, f"command {request.name!r} is not read-only")
     try:
-        index = node.read_index(max(0.0, deadline - time.monotonic()))
+        index = node.read_index(_remaining(request.deadline))
     except FutureTimeout:
-        return {"ok": False, "error": "no read index in time", "error_type": "CommandTimeoutError"}
+        return failure(CommandTimeoutError, "no read index in time")
     except RaftError as error:
-        return {"ok": False, "error": str(error), "error_type": type(error).__name__}
+        return failure(error)
     if handler is None:
         return outcome_answer(Outcome(ok=True, value=index))
     context = commands.Context(node.node_id, index, 0, node.machine.alias)
     try:
-        return outcome_answer(Outcome(ok=True, value=handler(context, **arguments)))
+        return outcome_answer(Outcome(ok=True, value=handler(context, **request.arguments)))
     except Exception as error:
         return outcome_answer(Outcome(ok=False, error=describe_error(error)))
 
 
-def proposal(fields: tuple[str, dict[str, Any], str, int]) -> bytes | dict[str, Any]:
-    """The log entry's data for a command (its ``command_fields``), or the failure that
-    refuses it (an unknown command, bad arguments, too large)."""
-    name, arguments, client_id, sequence = fields
-    tracked = bool(client_id) or name in BUILTIN
+def proposal(request: Request) -> bytes | dict[str, Any]:
+    """The log entry's data for a command, or the failure that refuses it (an unknown
+    command, bad arguments, too large)."""
+    name, arguments = request.name, request.arguments
+    tracked = bool(request.client_id) or name in BUILTIN
     try:
         data = encode_command(
-            name, arguments, client_id, sequence, int(time.time() * 1000) if tracked else 0
+            name,
+            arguments,
+            request.client_id,
+            request.sequence,
+            int(time.time() * 1000) if tracked else 0,
         )
         if name not in BUILTIN:  # the sessions' own commands are always well formed
             commands.check_call(name, arguments, len(data), raft_settings.MAX_COMMAND_SIZE)
-    except WireError as error:
-        return failure(str(error), "BadRequest")
-    except InvalidRequestError as error:
-        return failure(str(error), "InvalidRequestError")
+    except (WireError, InvalidRequestError) as error:
+        return failure(InvalidRequestError, str(error))
     return data
-
-
-def submit_command(node: RaftNode, body: dict[str, Any], deadline: float) -> dict[str, Any]:
-    """Propose ``body``'s command here if we lead, else forward it; return the answer.
-
-    A ``"read": true`` body runs a read-only command (``commands.command(read_only=True)``)
-    on this node after a ReadIndex round, without appending to the log.
-    """
-    fields = command_fields(body)
-    if isinstance(fields, dict):
-        return fields
-    name, arguments = fields[0], fields[1]
-    if body.get("read"):
-        return read_command(node, name, arguments, deadline)
-    if node.status().get("state") != "leader":
-        return forward(node, "command", body, deadline)
-    data = proposal(fields)
-    if isinstance(data, dict):
-        return data
-    answer = run_on_node(node, lambda seconds: node.propose(data, seconds), deadline)
-    if answer.get("error_type") == "NotLeaderError":
-        return forward(node, "command", body, deadline)
-    if answer["ok"]:
-        answer["leader"] = node.node_id  # clients remember where the leader is
-    return answer
 
 
 def status_answer(node: RaftNode, payload: dict[str, Any]) -> dict[str, Any]:

@@ -37,7 +37,9 @@ from collections.abc import Callable
 from http.client import HTTPException
 from typing import Any
 
+from ..exceptions import CommandTimeoutError, InvalidRequestError
 from . import stream
+from .answers import failure
 from .auth import ANY_NODE, NONCE_HEADER, Signer
 from .connection import NodeConnection, NotSentError, shut
 
@@ -84,11 +86,7 @@ SEND_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 1.0
 """Seconds to open the connection."""
 MAX_HANDSHAKE_ANSWER = 4096
-_TIMED_OUT = {
-    "ok": False,
-    "error": "not committed and applied in time; it may still be applied",
-    "error_type": "CommandTimeoutError",
-}
+TIMED_OUT = "not committed and applied in time; it may still be applied"
 
 
 class StreamRefused(Exception):
@@ -212,7 +210,10 @@ class CommandStream:
         waiting, and ``TypeError`` when the body is not JSON."""
         encoded = json.dumps(body).encode()  # outside the lock: threads encode at once
         if len(encoded) + 32 > MAX_REQUEST_FRAME:
-            return _too_large()
+            return failure(
+                InvalidRequestError,
+                f"Request Entity Too Large: request body over {MAX_REQUEST_FRAME} bytes",
+            )
         waiter = _Waiter()
         with self._lock:
             if self.closed:
@@ -237,7 +238,7 @@ class CommandStream:
                     break  # answered meanwhile
                 if reason:
                     raise Abandoned(reason)
-                return dict(_TIMED_OUT)
+                return failure(CommandTimeoutError, TIMED_OUT)
         if waiter.answer is None:
             raise StreamBroken(f"the stream to {self.address} broke", sent=waiter.sent)
         return waiter.answer
@@ -350,14 +351,6 @@ class CommandStream:
         for number, waiter in waiting.items():
             waiter.sent = number not in unsent
             waiter.event.set()
-
-
-def _too_large() -> dict[str, Any]:
-    return {
-        "ok": False,
-        "error": f"Request Entity Too Large: request body over {MAX_REQUEST_FRAME} bytes",
-        "error_type": "BadRequest",
-    }
 
 
 class Streams:

@@ -24,9 +24,9 @@ class LocalNode(Protocol):
     def status(self) -> dict[str, Any]:
         """The node's status: ``state``, ``leader``, ``term``, ``commit``, ... ."""
 
-    def submit(self, body: dict[str, Any], deadline: float) -> dict[str, Any]:
-        """Run a client request body (as the ``command`` route takes it) until
-        ``deadline`` (``time.monotonic()``); its JSON answer."""
+    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Run a client request body (as the ``command`` route takes it, its ``timeout``
+        included) in the calling thread; its JSON answer."""
 
 
 _lock = threading.Lock()

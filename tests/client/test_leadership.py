@@ -53,7 +53,7 @@ def test_the_node_serves_its_routes_without_the_project_s_root_urlconf(
     assert status.json()["value"]["state"] == "leader"
     # reverse() in a node view resolves against the node's routes
     assert reversed_in_view == ["/raft/status", "/raft/status"]  # the request, leadership()
-    assert missing.status_code == 404 and missing.json()["error_type"] == "NotFound"
+    assert missing.status_code == 404 and missing.json()["error_type"] == "InvalidRequestError"
     assert found.state is LeaderState.LEADER
 
 

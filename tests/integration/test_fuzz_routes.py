@@ -322,7 +322,7 @@ def test_the_command_stream_survives_anything(node: Node, payload: bytes) -> Non
             assert answers is not None and len(answers) == expected
             for number, answer in answers:
                 assert isinstance(number, int) and isinstance(answer["ok"], bool)
-                assert answer["ok"] or answer["error_type"] not in ("", "ServerError"), answer
+                assert answer["ok"] or answer["error_type"] not in ("", "NodeServerError"), answer
     finally:
         stream.close()
     assert node.running()

@@ -52,7 +52,7 @@ def test_nodes_without_root_urlconf_serve_their_routes_and_tell_who_leads(
     assert leader.do("kv.set", key="a", value="1")["ok"]
     assert follower.do("kv.set", key="b", value="2")["ok"]  # forwarded to the leader
     assert leader.post("overview", {})["ok"]
-    assert leader.post("nowhere", {})["error_type"] == "NotFound"
+    assert leader.post("nowhere", {})["error_type"] == "InvalidRequestError"
     with at(follower):
         assert django_raft.do("kv.set", key="c", value="3") == 1  # the client API
         assert django_raft.status()["leader"] == leader.node_id

@@ -1139,7 +1139,7 @@ def test_an_unexpected_error_is_a_json_500_even_with_debug_on(
         response = post(running.url(route), body, signed_headers(running.url(route), body, "n2"))
     assert response.status_code == 500
     assert response.headers["Content-Type"] == "application/json"
-    assert response.json()["error_type"] == "ServerError"
+    assert response.json()["error_type"] == "NodeServerError"
     assert "boom" not in response.text
     errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert len(errors) == 1 and "RuntimeError: boom" in caplog.text  # logged once

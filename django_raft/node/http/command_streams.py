@@ -1,9 +1,9 @@
 """The node's side of command streams (``command_stream``): read requests, answer them.
 
-A stream's thread reads frames of requests and hands each command to the node: a write
-on the leader is proposed at once (``propose_async``) and answered from the completer
-thread when it is applied; anything else (a follower's forwarding, a read, a command
-the leader lost) runs as the ``command`` route runs it, on a few threads of its own.
+A stream's thread reads frames of requests and hands each to ``submit.submit``: a write
+on the leader is proposed at once and answered from the completer thread when it is
+applied; anything else (a follower's forwarding, a read, a command the leader lost)
+runs on a few threads of the stream server's own.
 Another thread per stream writes the answers, every answer ready in one frame, so a
 client that reads slowly delays only itself. At most ``MAX_IN_FLIGHT`` commands of a
 stream run at once: beyond that the stream is not read until one is answered.
@@ -16,25 +16,15 @@ import json
 import logging
 import socket
 import threading
-import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
-from ...conf import raft_settings
-from ...exceptions import NotLeaderError, StopError
+from ...exceptions import StopError
 from ...protocol import stream
 from ...protocol.command_stream import MAX_IN_FLIGHT, MAX_REQUEST_FRAME
 from ...protocol.connection import shut
-from ...protocol.request import TIMEOUT_RULE, valid_timeout
-from ..outcome import Outcome
 from ..runner import RaftNode
-from ..submit import (
-    command_fields,
-    failure,
-    outcome_answer,
-    proposal,
-    submit_command,
-)
+from ..submit import submit
 
 __all__ = ["SLOW_THREADS", "serve"]
 
@@ -138,55 +128,8 @@ class _Dispatcher:
 
     def run(self, number: int, body: Any, leading: bool) -> None:
         """Start a command; its answer comes later (``answer``)."""
-        if not isinstance(body, dict):
-            self.answer(number, failure("the body must be a JSON object", "BadRequest"))
-            return
-        timeout = valid_timeout(body, raft_settings.COMMAND_TIMEOUT)
-        if timeout is None:
-            self.answer(number, failure(TIMEOUT_RULE, "BadRequest"))
-            return
-        deadline = time.monotonic() + timeout
-        fields = command_fields(body)
-        if isinstance(fields, dict):
-            self.answer(number, fields)
-            return
-        if body.get("read") or not leading:
-            self.slow(number, body, deadline)
-            return
-        data = proposal(fields)
-        if isinstance(data, dict):
-            self.answer(number, data)
-            return
-        future = self.node.propose_async(data)
-        future.add_done_callback(lambda done: self._proposed(number, body, deadline, done))
-
-    def _proposed(
-        self, number: int, body: dict[str, Any], deadline: float, future: Future[Outcome]
-    ) -> None:
-        error = future.exception()
-        if isinstance(error, NotLeaderError):
-            self.slow(number, body, deadline)  # as the route does: forward to the leader
-        elif error is not None:
-            self.answer(number, failure(str(error), type(error).__name__))
-        else:
-            answer = outcome_answer(future.result())
-            if answer["ok"]:
-                answer["leader"] = self.node.node_id  # clients remember where the leader is
-            self.answer(number, answer)
-
-    def slow(self, number: int, body: dict[str, Any], deadline: float) -> None:
-        def run() -> None:
-            try:
-                answer = submit_command(self.node, body, deadline)
-            except Exception:
-                logger.exception("raft: a streamed command failed")
-                answer = failure("internal error (logged on the node)", "ServerError")
-            self.answer(number, answer)
-
-        try:
-            _slow_pool().submit(run)
-        except RuntimeError:  # the interpreter is shutting down
-            self.answer(number, failure("the node is stopping", "StopError"))
+        submitted = submit(self.node, body, _slow_pool(), leading)
+        submitted.add_done_callback(lambda done: self.answer(number, done.result()))
 
 
 def serve(

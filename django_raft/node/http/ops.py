@@ -17,6 +17,8 @@ from django.views.decorators.http import require_GET, require_POST
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ...core import RaftError
+from ...exceptions import CommandTimeoutError
+from ...protocol.answers import failure
 from .. import events, metrics
 from ..runner import RaftNode
 from ..submit import forward
@@ -67,22 +69,14 @@ def transfer(request: HttpRequest) -> JsonResponse:
     try:
         node.transfer_leadership(transferee, timeout)
     except RaftError as error:
-        return JsonResponse(
-            {"ok": False, "error": str(error), "error_type": type(error).__name__}, status=409
-        )
+        return JsonResponse(failure(error), status=409)
     waited_until = min(deadline, time.monotonic() + TRANSFER_WAIT)
     while time.monotonic() < waited_until and node.status().get("leader") != transferee:
         time.sleep(0.01)
     leader = node.status().get("leader", "")
     if leader != transferee:
-        return JsonResponse(
-            {
-                "ok": False,
-                "error": f"{transferee} did not take over in time (leader: {leader or 'none'})",
-                "error_type": "CommandTimeoutError",
-            },
-            status=409,
-        )
+        message = f"{transferee} did not take over in time (leader: {leader or 'none'})"
+        return JsonResponse(failure(CommandTimeoutError, message), status=409)
     return JsonResponse({"ok": True, "value": {"leader": leader}})
 
 
@@ -97,11 +91,9 @@ def snapshot(request: HttpRequest) -> JsonResponse:
     try:
         value = node.take_snapshot(timeout)
     except RaftError as error:
-        return JsonResponse(
-            {"ok": False, "error": str(error), "error_type": type(error).__name__}, status=409
-        )
+        return JsonResponse(failure(error), status=409)
     except TimeoutError:
-        return _error(504, "the snapshot did not finish in time", "CommandTimeoutError")
+        return _error(504, "the snapshot did not finish in time", CommandTimeoutError)
     return JsonResponse({"ok": True, "value": value})
 
 

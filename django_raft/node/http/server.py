@@ -32,8 +32,9 @@ from django.urls import set_urlconf
 from django.utils.log import log_response
 
 from ...conf import is_node_url, raft_settings
-from ...exceptions import StopError
+from ...exceptions import InvalidRequestError, NodeServerError, NodeStoppedError, StopError
 from ...protocol import command_stream, stream, tls
+from ...protocol.answers import failure
 from ...protocol.auth import NODE, NONCE_HEADER
 from ...protocol.connection import shut
 from ...protocol.wire import WireError
@@ -94,7 +95,7 @@ def _json_errors(get_response: Callable[[HttpRequest], HttpResponseBase]) -> Any
         try:
             response = get_response(request)
         except Http404:
-            return _json_error(404, f"no route {request.path!r}", "NotFound")
+            return _json_error(404, f"no route {request.path!r}")
         except Exception as error:
             logger.exception("raft: error serving %s %s", request.method, request.path)
             response = JsonResponse(_server_error(error), status=500)
@@ -102,8 +103,7 @@ def _json_errors(get_response: Callable[[HttpRequest], HttpResponseBase]) -> Any
             return response
         status = response.status_code
         if status >= 400 and response.get("Content-Type") != "application/json":
-            error_type = {404: "NotFound", 405: "MethodNotAllowed"}.get(status, "BadRequest")
-            answer = _json_error(status, "", "ServerError" if status >= 500 else error_type)
+            answer = _json_error(status, "")
             if response.has_header("Allow"):
                 answer["Allow"] = response["Allow"]
             return answer
@@ -112,19 +112,17 @@ def _json_errors(get_response: Callable[[HttpRequest], HttpResponseBase]) -> Any
     return inner
 
 
-def _json_error(status: int, detail: str, error_type: str) -> JsonResponse:
+def _json_error(status: int, detail: str) -> JsonResponse:
+    """A JSON error for an HTTP status: refused (4xx) or failed on the node (5xx)."""
     message = HTTPStatus(status).phrase + (f": {detail}" if detail else "")
-    return JsonResponse({"ok": False, "error": message, "error_type": error_type}, status=status)
+    kind = NodeServerError if status >= 500 else InvalidRequestError
+    return JsonResponse(failure(kind, message), status=status)
 
 
 def _server_error(error: Exception) -> dict[str, Any]:
     """The JSON answer to a request that failed with ``error``: it names the exception's
     class, never its message (which could carry a secret); the traceback is logged."""
-    return {
-        "ok": False,
-        "error": f"internal error: {type(error).__name__} (logged on the node)",
-        "error_type": "ServerError",
-    }
+    return failure(NodeServerError, f"internal error: {type(error).__name__} (logged on the node)")
 
 
 NODE_URLCONF = "django_raft.node.http.urlconf"
@@ -206,7 +204,7 @@ class NodeApplication(WSGIHandler):
             return checked
         body = environ["wsgi.input"].read(checked.length) if checked.length else b""
         if not checked.body_matches(body):
-            return views.Answer.error(403, "the body does not match its signature", "Forbidden")
+            return views.Answer.error(403, "the body does not match its signature")
         if rpc_path == stream.STREAM_PATH:
             nonce = environ.get("HTTP_" + NONCE_HEADER.upper().replace("-", "_"), "")
             return _accept_stream(body, checked.sender, nonce)
@@ -249,7 +247,7 @@ def _accept_stream(body: bytes, sender: str, nonce: str) -> views.Answer:
     """Answer a stream's handshake (already authenticated): accept it, or say why not."""
     node = RaftNode.current
     if node is None or node.stopping.is_set():
-        return views.Answer.error(503, "no Raft node runs in this process", "NodeStoppedError")
+        return views.Answer.error(503, "no Raft node runs in this process", NodeStoppedError)
     lane, _, address = body.decode("utf-8", "replace").partition("\n")
     if lane not in stream.LANES:
         return views.Answer.error(400, f"no lane {lane[:40]!r}: the lanes are {stream.LANES}")
@@ -268,7 +266,7 @@ def _accept_command_stream(
     """Answer a client's command stream handshake (already authenticated)."""
     node = RaftNode.current
     if node is None or node.stopping.is_set():
-        return views.Answer.error(503, "no Raft node runs in this process", "NodeStoppedError")
+        return views.Answer.error(503, "no Raft node runs in this process", NodeStoppedError)
     if environ.get("wsgi.url_scheme") != "http":
         return views.Answer.error(400, "command streams are served over plain HTTP only")
     keys = views.verifier().keys

@@ -18,28 +18,24 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from ...conf import raft_settings
-from ...core import ConfChange, ConfChangeType, Message
-from ...exceptions import StopError
+from ...core import ConfChange, ConfChangeType, Message, RaftError
+from ...exceptions import InvalidRequestError, NodeStoppedError, StopError
 from ...models import MAX_NODE_ID_LENGTH
+from ...protocol.answers import failure
 from ...protocol.auth import CLIENT, NODE, NODE_HEADER, Checked, Verifier, derive_keys
 from ...protocol.request import TIMEOUT_RULE, valid_timeout
 from ...protocol.wire import MAX_TERM_JUMP, WireError, decode_message
 from .. import metrics
 from ..runner import RaftNode
-from ..submit import (
-    forward,
-    run_on_node,
-    status_answer,
-    submit_command,
-)
+from ..submit import forward, run_on_node, status_answer, submit
 from ..transport import BATCH_PATH, CONTENT_TYPE, PATHS, frame, unframe
 
 MAX_RPC_BODY = 64 << 20
 MAX_CLIENT_BODY = 4 << 20
 
 
-def _error(status: int, message: str, error_type: str = "BadRequest") -> JsonResponse:
-    return JsonResponse({"ok": False, "error": message, "error_type": error_type}, status=status)
+def _error(status: int, message: str, kind: type[RaftError] = InvalidRequestError) -> JsonResponse:
+    return JsonResponse(failure(kind, message), status=status)
 
 
 _verifiers: dict[tuple[Any, ...], Verifier] = {}
@@ -73,7 +69,7 @@ def authenticate(
         return Answer.error(413, f"request body over {limit} bytes")
     checked = verifier().check("POST", path, header, length, (NODE,) if rpc else (CLIENT, NODE))
     if isinstance(checked, str):
-        return Answer.error(403, checked, "Forbidden")
+        return Answer.error(403, checked)
     return checked
 
 
@@ -87,14 +83,14 @@ def _read_body(request: HttpRequest, limit: int, rpc: bool = False) -> bytes | J
         return refused
     body = request.read(checked.length) if checked.length else b""
     if not checked.body_matches(body):
-        return _error(403, "the body does not match its signature", "Forbidden")
+        return _error(403, "the body does not match its signature")
     return body
 
 
 def _running_node() -> RaftNode | JsonResponse:
     node = RaftNode.current
     if node is None or node.stopping.is_set():
-        return _error(503, "no Raft node runs in this process", "NodeStoppedError")
+        return _error(503, "no Raft node runs in this process", NodeStoppedError)
     return node
 
 
@@ -112,9 +108,11 @@ class Answer:
         return cls(status, "application/json", json.dumps(payload).encode())
 
     @classmethod
-    def error(cls, status: int, message: str, error_type: str = "BadRequest") -> Answer:
+    def error(
+        cls, status: int, message: str, kind: type[RaftError] = InvalidRequestError
+    ) -> Answer:
         """A JSON error answer, like ``_error``."""
-        return cls.json({"ok": False, "error": message, "error_type": error_type}, status)
+        return cls.json(failure(kind, message), status)
 
     def response(self) -> HttpResponse:
         """This answer as a Django response."""
@@ -144,7 +142,7 @@ def rpc_answer(path: str, body: bytes, sender: str | None) -> Answer:
     """Step the Raft messages of a checked request body; answer with their replies."""
     node = RaftNode.current
     if node is None or node.stopping.is_set():
-        return Answer.error(503, "no Raft node runs in this process", "NodeStoppedError")
+        return Answer.error(503, "no Raft node runs in this process", NodeStoppedError)
     try:
         messages = unframe(body) if path == BATCH_PATH else [decode_message(body)]
     except WireError as error:
@@ -163,7 +161,7 @@ def rpc_answer(path: str, body: bytes, sender: str | None) -> Answer:
     try:
         replies = node.receive(messages, raft_settings.RPC_TIMEOUT)
     except StopError as error:
-        return Answer.error(503, str(error), "NodeStoppedError")
+        return Answer.error(503, str(error), NodeStoppedError)
     return Answer(200, CONTENT_TYPE, frame(replies))
 
 
@@ -218,12 +216,9 @@ def command_answer(body: bytes) -> Answer:
         return Answer.error(400, "the body must be a JSON object")
     node = RaftNode.current
     if node is None or node.stopping.is_set():
-        return Answer.error(503, "no Raft node runs in this process", "NodeStoppedError")
-    timeout = valid_timeout(payload, raft_settings.COMMAND_TIMEOUT)
-    if timeout is None:
-        return Answer.error(400, TIMEOUT_RULE)
-    answer = submit_command(node, payload, time.monotonic() + timeout)
-    refused = answer.get("error_type") in ("BadRequest", "InvalidRequestError")
+        return Answer.error(503, "no Raft node runs in this process", NodeStoppedError)
+    answer = submit(node, payload).result()
+    refused = answer.get("error_type") == "InvalidRequestError"
     return Answer.json(answer, status=400 if refused else 200)
 
 
