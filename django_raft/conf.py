@@ -20,6 +20,9 @@ from django.core.signals import setting_changed
 
 from .core import Config, ConfigError
 
+MIN_SECRET_LENGTH = 32
+"""Characters a secret needs outside development (``secrets.token_urlsafe(48)`` has 64)."""
+
 DEFAULTS: dict[str, Any] = {
     "NODE_ID": "",
     "ADDRESS": "",
@@ -281,8 +284,6 @@ class RaftSettings:
 
     def security_problems(self, node: bool) -> list[tuple[str, str]]:
         """Secrets too weak to run a node with, and TLS files that do not make a set."""
-        from .protocol.auth import MIN_SECRET_LENGTH  # auth needs nothing from here; keep it lazy
-
         found: list[tuple[str, str]] = []
         if any(
             not isinstance(getattr(self, name), str)

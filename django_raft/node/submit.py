@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .. import commands
 from ..conf import raft_settings
@@ -41,9 +41,7 @@ from ..protocol.send import AnswerAbandoned, Unsent, post, send_command
 from ..protocol.wire import WireError, encode_command
 from . import sessions
 from .outcome import Outcome, describe_error
-
-if TYPE_CHECKING:
-    from .runner import RaftNode
+from .statemachine import StateMachine
 
 __all__ = [
     "Request",
@@ -65,6 +63,24 @@ _OUTCOME_ERRORS: dict[str, type[CommandFailedError | SessionExpiredError | Stale
 """A command's recorded error that starts so reaches the caller as that error."""
 MAX_HOPS = 3
 """A forwarded request is not forwarded again more than this many times."""
+
+
+class RequestHost(Protocol):
+    """What a client request needs of the node (``runner.RaftNode`` has it)."""
+
+    node_id: str
+    address: str
+    machine: StateMachine
+
+    def status(self) -> dict[str, Any]: ...
+
+    def leader_address(self) -> str: ...
+
+    def propose(self, data: bytes, timeout: float) -> Outcome: ...
+
+    def propose_async(self, data: bytes) -> Future[Outcome]: ...
+
+    def read_index(self, timeout: float) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +113,7 @@ def parse(body: Any) -> Request | dict[str, Any]:
 
 
 def submit(
-    node: RaftNode, body: Any, pool: Executor | None = None, leading: bool | None = None
+    node: RequestHost, body: Any, pool: Executor | None = None, leading: bool | None = None
 ) -> Future[dict[str, Any]]:
     """Run a client request on this node; the future of its JSON answer.
 
@@ -126,7 +142,7 @@ def submit(
     return answer
 
 
-def _proposed_here(node: RaftNode, data: bytes, deadline: float) -> Outcome | BaseException:
+def _proposed_here(node: RequestHost, data: bytes, deadline: float) -> Outcome | BaseException:
     """Propose and wait until applied here: the outcome, or the error that ended it."""
     try:
         return node.propose(data, _remaining(deadline))
@@ -142,7 +158,7 @@ def _outcome_of(proposed: Future[Outcome]) -> Outcome | BaseException:
 
 
 def _settle(
-    node: RaftNode,
+    node: RequestHost,
     request: Request,
     outcome: Outcome | BaseException,
     answer: Future[dict[str, Any]],
@@ -162,7 +178,7 @@ def _settle(
 
 
 def _elsewhere(
-    node: RaftNode, request: Request, answer: Future[dict[str, Any]], pool: Executor | None
+    node: RequestHost, request: Request, answer: Future[dict[str, Any]], pool: Executor | None
 ) -> None:
     """A read, or a write to forward: both wait on other nodes, so they run on ``pool``
     (in this thread without one)."""
@@ -196,7 +212,7 @@ def _remaining(deadline: float) -> float:
 
 
 def forward(
-    node: RaftNode,
+    node: RequestHost,
     route: str,
     body: dict[str, Any],
     deadline: float,
@@ -245,7 +261,7 @@ def forward(
         return settled(answer, sent)
 
 
-def _here(node: RaftNode, request: Request) -> dict[str, Any]:
+def _here(node: RequestHost, request: Request) -> dict[str, Any]:
     """Propose ``request`` here, in this thread, and wait for its answer."""
     answer: Future[dict[str, Any]] = Future()
     data = proposal(request)
@@ -255,7 +271,7 @@ def _here(node: RaftNode, request: Request) -> dict[str, Any]:
     return answer.result()
 
 
-def _leads(node: RaftNode) -> bool:
+def _leads(node: RequestHost) -> bool:
     return bool(node.status().get("state") == "leader")
 
 
@@ -274,7 +290,7 @@ LEADER_WAIT = 0.01
 """Seconds between two looks for a new leader, when a forwarded command waits for one."""
 
 
-def _leader_of(node: RaftNode, deadline: float) -> str:
+def _leader_of(node: RequestHost, deadline: float) -> str:
     """The leader's address as this node knows it, "" if none other than this node;
     until ``deadline``, wait for one."""
     while True:
@@ -286,7 +302,7 @@ def _leader_of(node: RaftNode, deadline: float) -> str:
         time.sleep(min(LEADER_WAIT, _remaining(deadline)))
 
 
-def _leader_moved(node: RaftNode, address: str) -> str:
+def _leader_moved(node: RequestHost, address: str) -> str:
     """Why a command forwarded to ``address`` is no longer worth waiting for there: this
     node learnt of another leader ("" while it has not)."""
     now = node.leader_address()
@@ -307,7 +323,7 @@ def outcome_answer(outcome: Outcome | None) -> dict[str, Any]:
 
 
 def run_on_node(
-    node: RaftNode, call: Callable[[float], Outcome], deadline: float
+    node: RequestHost, call: Callable[[float], Outcome], deadline: float
 ) -> dict[str, Any]:
     """Run ``call(seconds)`` against the node (a membership change, say); its outcome or
     error as a JSON answer."""
@@ -320,7 +336,7 @@ def run_on_node(
     return outcome_answer(outcome)
 
 
-def read_command(node: RaftNode, request: Request) -> dict[str, Any]:
+def read_command(node: RequestHost, request: Request) -> dict[str, Any]:
     """On the node: a ReadIndex round, then the read-only handler, locally."""
     handler: Callable[..., Any] | None = None
     if request.name != READ_INDEX:
@@ -363,12 +379,3 @@ def proposal(request: Request) -> bytes | dict[str, Any]:
     except (WireError, InvalidRequestError) as error:
         return failure(InvalidRequestError, str(error))
     return data
-
-
-def status_answer(node: RaftNode, payload: dict[str, Any]) -> dict[str, Any]:
-    """A node's status; with ``"addresses": true`` in the request, the addresses of the
-    members it knows too (clients learn them)."""
-    status = node.status()
-    if payload.get("addresses") is True:
-        status["addresses"] = dict(node.transport.addresses)
-    return status

@@ -57,8 +57,6 @@ SIGNATURE_HEADER = "X-Raft-Signature"
 """The HMAC-SHA256 of all of the above, hex."""
 ANY_NODE = "*"
 
-MIN_SECRET_LENGTH = 32
-"""Characters a secret needs outside development (``secrets.token_urlsafe(48)`` has 64)."""
 NONCE_CAPACITY = 100_000
 """Nonces remembered at most (about 10 MB)."""
 

@@ -27,7 +27,7 @@ from ...protocol.request import TIMEOUT_RULE, valid_timeout
 from ...protocol.wire import MAX_TERM_JUMP, WireError, decode_message
 from .. import metrics
 from ..runner import RaftNode
-from ..submit import forward, run_on_node, status_answer, submit
+from ..submit import forward, run_on_node, submit
 from ..transport import BATCH_PATH, CONTENT_TYPE, PATHS, frame, unframe
 
 MAX_RPC_BODY = 64 << 20
@@ -285,3 +285,12 @@ def members(request: HttpRequest) -> JsonResponse:
         return JsonResponse(forward(node, "members", payload, deadline))
     answer = run_on_node(node, lambda seconds: node.change_membership(change, seconds), deadline)
     return JsonResponse(answer, status=200 if answer["ok"] else 409)
+
+
+def status_answer(node: RaftNode, payload: dict[str, Any]) -> dict[str, Any]:
+    """A node's status; with ``"addresses": true`` in the request, the addresses of the
+    members it knows too (clients learn them)."""
+    status = node.status()
+    if payload.get("addresses") is True:
+        status["addresses"] = dict(node.transport.addresses)
+    return status
