@@ -30,6 +30,11 @@ client sessions (every ``django_raft.do()``) come together too, once their sessi
 admitted them; should the handler read the log time (``locks.check_token`` does) while
 its calls were stamped with different ones, the run is applied again call by call, so
 that each call sees its own.
+
+django_raft's own commands (sessions, locks, beat claims; named in ``protocol.request``)
+are builtins: their names are taken in every process (``is_builtin``), the node
+registers their handlers when it loads its apply pipeline, ``reset`` keeps them, and
+``names`` leaves them out.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ from typing import Any, TypeVar
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS
 
+from .protocol.request import BEAT_CLAIM, KEEP_ALIVE, LOCK_ACQUIRE, LOCK_RELEASE, OPEN_SESSION
+
 __all__ = [
     "Call",
     "Context",
@@ -56,6 +63,7 @@ __all__ = [
     "get_arguments",
     "get_state_hooks",
     "is_batch",
+    "is_builtin",
     "is_read_only",
     "names",
     "preserved",
@@ -112,7 +120,12 @@ class UnknownCommandError(LookupError):
     """No handler is registered under the command's name."""
 
 
+_BUILTIN = frozenset((OPEN_SESSION, KEEP_ALIVE, LOCK_ACQUIRE, LOCK_RELEASE, BEAT_CLAIM))
+"""The builtin commands' names: reserved wherever the registry is imported, even where
+their handlers (the node's) are not."""
+
 _handlers: dict[str, Handler] = {}
+_builtin_handlers: dict[str, Handler] = {}
 _batch: set[str] = set()
 _read_only: set[str] = set()
 _arguments: dict[str, Handler] = {}
@@ -136,10 +149,16 @@ def register(
     it before proposing (see ``check_call``).
 
     Registering the same handler again is a no-op (``ready()`` may run twice); a second,
-    different handler for a name is a configuration error.
+    different handler for a name, or any handler for a builtin's name, is a configuration
+    error.
     """
     if not isinstance(name, str) or not name:
         raise ImproperlyConfigured(f"a command name must be a non-empty string, not {name!r}")
+    if name in _BUILTIN:
+        raise ImproperlyConfigured(
+            f"command {name!r} is one of django_raft's builtin commands; "
+            f"register {_describe(handler)} under another name"
+        )
     if not callable(handler):
         raise ImproperlyConfigured(f"the handler of command {name!r} must be callable")
     if not isinstance(batch, bool) or not isinstance(read_only, bool):
@@ -161,6 +180,24 @@ def register(
         _arguments[name] = arguments
 
 
+def _register_builtin(name: str, handler: Handler) -> None:
+    """Register the node's handler of builtin command ``name`` (``node.sessions`` does).
+
+    Dispatched like an application's handler, it is called as ``handler(context,
+    **arguments)`` with the node's richer context and returns the entry's outcome.
+    ``reset`` and ``preserved`` keep it.
+    """
+    if name not in _BUILTIN:
+        raise ImproperlyConfigured(f"{name!r} is not the name of a builtin command")
+    existing = _builtin_handlers.get(name)
+    if existing is not None and existing is not handler:
+        raise ImproperlyConfigured(
+            f"builtin command {name!r} is already handled by {_describe(existing)}; "
+            f"cannot register {_describe(handler)} too"
+        )
+    _builtin_handlers[name] = _handlers[name] = handler
+
+
 def command(
     name: str, *, batch: bool = False, read_only: bool = False, arguments: Handler | None = None
 ) -> Callable[[F], F]:
@@ -180,6 +217,12 @@ def command(
 def is_batch(name: str) -> bool:
     """Whether the handler of ``name`` takes runs of calls."""
     return name in _batch
+
+
+def is_builtin(name: str) -> bool:
+    """Whether ``name`` is one of django_raft's own commands (sessions, locks, beat
+    claims): always session-tracked, and never an application's."""
+    return name in _BUILTIN
 
 
 def is_read_only(name: str) -> bool:
@@ -219,7 +262,7 @@ def check_call(name: str, arguments: Mapping[str, Any], size: int, max_size: int
             return
     signature = _signature(handler)
     if signature is None:
-        return  # a builtin without a signature: nothing to check it against
+        return  # a callable without a signature: nothing to check it against
     try:
         signature.bind(None, **arguments)
     except TypeError as error:
@@ -250,8 +293,8 @@ def get_arguments(name: str) -> Handler | None:
 
 
 def names() -> list[str]:
-    """Return the registered command names, sorted."""
-    return sorted(_handlers)
+    """Return the names of the applications' registered commands, sorted (no builtin)."""
+    return sorted(name for name in _handlers if name not in _BUILTIN)
 
 
 def state_hooks(save: Callable[[str], bytes], restore: Callable[[bytes, str], None]) -> None:
@@ -278,9 +321,11 @@ def get_state_hooks() -> StateHooks | None:
 
 
 def reset() -> None:
-    """Forget every handler and the state hooks (for tests)."""
+    """Forget every application's handler and the state hooks (for tests); the builtins'
+    handlers stay."""
     global _state_hooks
     _handlers.clear()
+    _handlers.update(_builtin_handlers)
     _batch.clear()
     _read_only.clear()
     _arguments.clear()
@@ -289,7 +334,8 @@ def reset() -> None:
 
 @contextmanager
 def preserved() -> Iterator[None]:
-    """Restore every registration (handlers, their kinds, state hooks) on exit (for tests)."""
+    """Restore every registration (handlers, their kinds, state hooks) on exit (for tests);
+    a builtin registered meanwhile stays."""
     global _state_hooks
     saved = (
         dict(_handlers),
@@ -304,6 +350,7 @@ def preserved() -> Iterator[None]:
         handlers, batch, read_only, arguments, _state_hooks = saved
         _handlers.clear()
         _handlers.update(handlers)
+        _handlers.update(_builtin_handlers)
         _batch.clear()
         _batch.update(batch)
         _read_only.clear()

@@ -19,6 +19,11 @@ snapshots with the membership.
 The state machine reads the sessions and the log clock once per run of entries and
 writes them once at its end (``Run``), with the outcome of reading and writing them
 entry by entry.
+
+The builtin commands' handlers (open a session, keep it alive, take and release a lock,
+claim beat slots) live here too, beside the state they change, and are registered in
+``commands`` on import: the state machine dispatches them like an application's, with a
+``BuiltinContext``.
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from django.db import connection, connections
 
-from .. import replicated
+from .. import commands, replicated
 from ..core import Entry
 from ..models import SINGLETON, BeatTask, ClientSession, Lock, LogClock
 from ..protocol.request import (
@@ -42,15 +48,14 @@ from ..protocol.request import (
     OPEN_SESSION,
 )
 from ..protocol.wire import DecodedCommand
-from .outcome import Outcome, describe_error
+from .outcome import Outcome
 
 __all__ = [
+    "BuiltinContext",
     "dump",
     "is_tracked",
     "load",
 ]
-
-BUILTIN = frozenset((OPEN_SESSION, LOCK_ACQUIRE, LOCK_RELEASE, KEEP_ALIVE, BEAT_CLAIM))
 
 SWEEP_INTERVAL_MS = 1000
 """Expired sessions are looked for at most this often, in log time."""
@@ -62,7 +67,7 @@ REPLAYED = "ReplayedCommandError"
 
 def is_tracked(command: DecodedCommand) -> bool:
     """Whether the command goes through the session path (a session's or a built-in)."""
-    return bool(command.client_id) or command.name in BUILTIN
+    return bool(command.client_id) or commands.is_builtin(command.name)
 
 
 class Run:
@@ -182,39 +187,40 @@ class Run:
 
 
 class Admitted(NamedTuple):
-    """A session's command that is to run: the log time it runs at, and its session's
-    timeout."""
+    """A session-tracked command that is to run: the log time it runs at, its session's
+    timeout, and whether it runs in a session (a session's opening runs in none: it has
+    no outcome to record)."""
 
     now: int
     timeout_ms: int
+    in_session: bool = True
 
 
-UserCommand = Callable[[Entry, str, dict[str, Any]], Outcome]
-"""Runs an application's command (its entry, name, arguments) and gives its outcome."""
+Execute = Callable[[Entry, DecodedCommand], Outcome]
+"""Runs a command (its entry, the command) with its handler and gives its outcome."""
 
 
-def apply(
-    run: Run, alias: str, entry: Entry, command: DecodedCommand, run_command: UserCommand
-) -> Outcome:
+def apply(run: Run, entry: Entry, command: DecodedCommand, execute: Execute) -> Outcome:
     """Apply a session-tracked command: at most once per (client id, sequence).
 
-    The sessions' own commands run here, on the database ``alias``; an application's
-    command runs with ``run_command``."""
+    Once admitted, it runs with ``execute``, and its outcome becomes its session's last."""
     admitted = admit(run, entry, command)
     if not isinstance(admitted, Admitted):
         return admitted
-    outcome = _run(alias, entry, command, admitted.now, run_command)
-    answer(run, command, admitted, outcome)
+    outcome = execute(entry, command)
+    if admitted.in_session:
+        answer(run, command, admitted, outcome)
     return outcome
 
 
 def admit(run: Run, entry: Entry, command: DecodedCommand) -> Admitted | Outcome:
     """Advance the log time to the command's; then either its outcome without running it
-    (a session's opening, a retry, a replay, no session) or that it is to run."""
+    (a retry, a replay, no session) or that it is to run (a session's opening, outside
+    any session)."""
 
     now = run.advance(command.time_ms)
     if command.name == OPEN_SESSION:
-        return _open(run, entry.index, command.arguments, now)
+        return Admitted(now, 0, False)  # it opens a session: it runs in none
     if not command.client_id:
         return Outcome(ok=False, error=f"{EXPIRED}: {command.name} needs a session")
     row = run.session(command.client_id)
@@ -251,27 +257,6 @@ def answer(run: Run, command: DecodedCommand, admitted: Admitted, outcome: Outco
     )
 
 
-def _run(
-    alias: str, entry: Entry, command: DecodedCommand, now: int, run_command: UserCommand
-) -> Outcome:
-    from .. import commands
-
-    name, arguments = command.name, command.arguments
-    if name == KEEP_ALIVE:
-        return Outcome(ok=True)
-    if name == LOCK_ACQUIRE:
-        return _acquire(alias, entry.index, command.client_id, arguments, now)
-    if name == LOCK_RELEASE:
-        return _release(alias, command.client_id, arguments)
-    if name == BEAT_CLAIM:
-        return _claim_slots(alias, arguments)
-    try:
-        commands.get(name)
-    except Exception as error:
-        return Outcome(ok=False, error=describe_error(error))
-    return run_command(entry, name, arguments)
-
-
 def _sql(template: str) -> str:
     """``template`` with the tables and columns of the models, quoted for any database
     (the hot path's statements: the ORM costs more than the queries themselves)."""
@@ -305,22 +290,48 @@ _INSERT_CLOCK = _sql("INSERT INTO {clock} (id, time_ms, swept_ms) VALUES (%s, %s
 _UPDATE_CLOCK = _sql("UPDATE {clock} SET time_ms = %s, swept_ms = %s WHERE id = %s")
 
 
-def _open(run: Run, index: int, arguments: dict[str, Any], now: int) -> Outcome:
+# -- builtin commands ---------------------------------------------------------------------
 
+
+@dataclass(slots=True)
+class BuiltinContext:
+    """What a builtin command's handler knows of its entry: more than an application's
+    ``commands.Context``, since it changes the sessions themselves."""
+
+    run: Run
+    index: int
+    client_id: str
+
+    @property
+    def using(self) -> str:
+        """The database alias of the replicated state."""
+        return self.run.using
+
+    @property
+    def now(self) -> int:
+        """The log time as of this entry: ``admit`` advanced it before the handler runs."""
+        return self.run.time()
+
+
+def _open(context: BuiltinContext, /, **arguments: Any) -> Outcome:
+    """Open a session: its id is this entry's index."""
     timeout = arguments.get("timeout_ms")
     if type(timeout) is not int or not 0 < timeout <= MAX_TIMEOUT_MS:
         return Outcome(ok=False, error=f"ValueError: timeout_ms must be in (0, {MAX_TIMEOUT_MS}]")
-    client_id = str(index)
+    client_id = str(context.index)
     # The defaults of ClientSession's fields: a session that has run no command yet.
-    run.write(client_id, [0, True, "null", "", timeout, now + timeout])
+    context.run.write(client_id, [0, True, "null", "", timeout, context.now + timeout])
     return Outcome(ok=True, value=client_id)
 
 
-def _acquire(
-    using: str, index: int, client_id: str, arguments: dict[str, Any], now: int
-) -> Outcome:
-    """Take the lock if free, expired or already ours; its token is this entry's index."""
+def _keep_alive(context: BuiltinContext, /, **arguments: Any) -> Outcome:
+    """Nothing but the session's bookkeeping, which extends its life."""
+    return Outcome(ok=True)
 
+
+def _acquire(context: BuiltinContext, /, **arguments: Any) -> Outcome:
+    """Take the lock if free, expired or already ours; its token is this entry's index."""
+    using, client_id, now = context.using, context.client_id, context.now
     name, ttl = arguments.get("name"), arguments.get("ttl_ms")
     if not isinstance(name, str) or not 0 < len(name) <= 200:
         return Outcome(ok=False, error="ValueError: a lock name is a string of 1 to 200 characters")
@@ -335,21 +346,26 @@ def _acquire(
             value={"acquired": False, "token": lock.token, "expires_ms": lock.expires_ms},
         )
     if lock.holder != client_id or not lock.token:
-        lock.token = index
+        lock.token = context.index
     lock.holder = client_id
     lock.expires_ms = now + ttl
     lock.save(using=using)
     return Outcome(ok=True, value={"acquired": True, "token": lock.token, "expires_ms": now + ttl})
 
 
-def _release(using: str, client_id: str, arguments: dict[str, Any]) -> Outcome:
-
+def _release(context: BuiltinContext, /, **arguments: Any) -> Outcome:
+    """Release the lock if this session holds it with this token."""
     name, token = arguments.get("name"), arguments.get("token")
     if not isinstance(name, str) or type(token) is not int:
         return Outcome(ok=False, error="ValueError: name must be a string, token an integer")
-    locks = Lock.objects.using(using).filter(pk=name, holder=client_id, token=token)
+    locks = Lock.objects.using(context.using).filter(pk=name, holder=context.client_id, token=token)
     released = locks.update(holder="")
     return Outcome(ok=True, value=bool(released))
+
+
+def _claim(context: BuiltinContext, /, **arguments: Any) -> Outcome:
+    """Claim beat slots (``_claim_slots``)."""
+    return _claim_slots(context.using, arguments)
 
 
 def _claim_slots(using: str, arguments: dict[str, Any]) -> Outcome:
@@ -373,6 +389,13 @@ def _claim_slots(using: str, arguments: dict[str, Any]) -> Outcome:
             name=task, defaults={"last_slot_ms": granted[-1]}
         )
     return Outcome(ok=True, value={"granted": granted, "last": max(last, slots[-1])})
+
+
+commands._register_builtin(OPEN_SESSION, _open)
+commands._register_builtin(KEEP_ALIVE, _keep_alive)
+commands._register_builtin(LOCK_ACQUIRE, _acquire)
+commands._register_builtin(LOCK_RELEASE, _release)
+commands._register_builtin(BEAT_CLAIM, _claim)
 
 
 # -- snapshots ---------------------------------------------------------------------------

@@ -174,6 +174,7 @@ class StateMachine:
         run = sessions.Run(self.alias)
         run.load(call.client_id for call in calls if isinstance(call, DecodedCommand))
         outcomes: dict[int, Outcome] = {}
+        execute = partial(self._apply_one, run=run, fast=fast)
         with run.active():
             position = 0
             while position < len(todo):
@@ -186,13 +187,9 @@ class StateMachine:
                     position = self._apply_group(todo, calls, position, call.name, run, outcomes)
                     continue
                 elif sessions.is_tracked(call):
-                    outcomes[entry.index] = sessions.apply(
-                        run, self.alias, entry, call, partial(self._apply_one, fast=fast)
-                    )
+                    outcomes[entry.index] = sessions.apply(run, entry, call, execute)
                 else:
-                    outcomes[entry.index] = self._apply_one(
-                        entry, call.name, call.arguments, fast=fast
-                    )
+                    outcomes[entry.index] = execute(entry, call)
                 position += 1
             run.save()
         last = todo[-1]
@@ -245,7 +242,10 @@ class StateMachine:
         run.ambiguous_time = run.moves != moves
         try:
             results = self._apply_batch(
-                group[0][0], name, [_call(entry, call) for entry, call, _ in group], fast=True
+                group[0][0],
+                commands.get(name),
+                [_call(entry, call) for entry, call, _ in group],
+                fast=True,
             )
         finally:
             run.ambiguous_time = False
@@ -265,8 +265,6 @@ class StateMachine:
             return Outcome(ok=True)
         try:
             command = decode_envelope(entry.data)
-            if not sessions.is_tracked(command):
-                commands.get(command.name)
         except Exception as error:
             if self.environmental(error):
                 raise
@@ -287,18 +285,25 @@ class StateMachine:
         return Outcome(ok=True)
 
     def _apply_one(
-        self, entry: Entry, name: str, arguments: dict[str, Any], *, fast: bool
+        self, entry: Entry, command: DecodedCommand, *, run: sessions.Run, fast: bool
     ) -> Outcome:
-        """Apply one call of an application's command (with its batch handler, if so)."""
+        """Apply one command with its handler, looked up once: a builtin's (with the
+        sessions' context), or an application's (its batch handler, if so)."""
+        name = command.name
+        try:
+            handler = commands.get(name)
+        except commands.UnknownCommandError as error:
+            return Outcome(ok=False, error=describe_error(error))
+        if commands.is_builtin(name):
+            context = sessions.BuiltinContext(run, entry.index, command.client_id)
+            return handler(context, **command.arguments)  # an Outcome
         if commands.is_batch(name):
-            calls = [commands.Call(entry.index, entry.term, arguments)]
-            return self._apply_batch(entry, name, calls, fast)[entry.index]
-        return self._apply_call(entry, name, arguments, fast)
+            return self._apply_batch(entry, handler, [_call(entry, command)], fast)[entry.index]
+        return self._apply_call(entry, handler, command.arguments, fast)
 
     def _apply_call(
-        self, entry: Entry, name: str, arguments: dict[str, Any], fast: bool
+        self, entry: Entry, handler: commands.Handler, arguments: dict[str, Any], fast: bool
     ) -> Outcome:
-        handler = commands.get(name)
         context = commands.Context(self.node_id, entry.index, entry.term, self.alias)
         if fast:
             try:
@@ -317,9 +322,8 @@ class StateMachine:
         return Outcome(ok=True, value=value)
 
     def _apply_batch(
-        self, entry: Entry, name: str, calls: list[commands.Call], fast: bool
+        self, entry: Entry, handler: commands.Handler, calls: list[commands.Call], fast: bool
     ) -> dict[int, Outcome]:
-        handler = commands.get(name)
         context = commands.Context(self.node_id, entry.index, entry.term, self.alias)
         try:
             if fast:

@@ -55,7 +55,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BUILTIN = sessions.BUILTIN
 _OUTCOME_ERRORS: dict[str, type[CommandFailedError | SessionExpiredError | StaleTokenError]] = {
     f"{sessions.EXPIRED}:": SessionExpiredError,
     "StaleTokenError:": StaleTokenError,
@@ -339,6 +338,8 @@ def run_on_node(
 def read_command(node: RequestHost, request: Request) -> dict[str, Any]:
     """On the node: a ReadIndex round, then the read-only handler, locally."""
     handler: Callable[..., Any] | None = None
+    if commands.is_builtin(request.name):
+        return failure(InvalidRequestError, f"command {request.name!r} is not read-only")
     if request.name != READ_INDEX:
         try:
             handler = commands.get(request.name)
@@ -365,7 +366,8 @@ def proposal(request: Request) -> bytes | dict[str, Any]:
     """The log entry's data for a command, or the failure that refuses it (an unknown
     command, bad arguments, too large)."""
     name, arguments = request.name, request.arguments
-    tracked = bool(request.client_id) or name in BUILTIN
+    builtin = commands.is_builtin(name)
+    tracked = bool(request.client_id) or builtin
     try:
         data = encode_command(
             name,
@@ -374,7 +376,7 @@ def proposal(request: Request) -> bytes | dict[str, Any]:
             request.sequence,
             int(time.time() * 1000) if tracked else 0,
         )
-        if name not in BUILTIN:  # the sessions' own commands are always well formed
+        if not builtin:  # the builtins are always well formed
             commands.check_call(name, arguments, len(data), raft_settings.MAX_COMMAND_SIZE)
     except (WireError, InvalidRequestError) as error:
         return failure(InvalidRequestError, str(error))
