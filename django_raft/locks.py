@@ -1,7 +1,7 @@
-"""Deprecated path, kept for one release: locks live in ``django_raft.client.locks``.
+"""The documented path of the locks API: ``Lock``, ``lock`` and ``check_token``.
 
-``from django_raft.locks import check_token`` (and ``Lock``, ``lock``) keeps working;
-new code imports ``django_raft.lock`` / ``django_raft.client.locks``.
+The code lives in ``django_raft.client.locks``; handlers import ``check_token`` from
+here (``from django_raft.locks import check_token``), as the README shows.
 """
 
 from .client.locks import Lock, check_token, lock
