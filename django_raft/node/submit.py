@@ -129,6 +129,15 @@ def submit(
     if request.read or not (_leads(node) if leading is None else leading):
         _elsewhere(node, request, answer, pool)
         return answer
+    _propose(node, request, answer, pool)
+    return answer
+
+
+def _propose(
+    node: RequestHost, request: Request, answer: Future[dict[str, Any]], pool: Executor | None
+) -> None:
+    """Propose a write here (this node leads); with ``pool``, answer from the completer
+    thread, else wait in this thread for the loop to hand over the outcome."""
     data = proposal(request)
     if isinstance(data, dict):
         answer.set_result(data)
@@ -138,7 +147,6 @@ def submit(
         node.propose_async(data).add_done_callback(
             lambda proposed: _settle(node, request, _outcome_of(proposed), answer, pool)
         )
-    return answer
 
 
 def _proposed_here(node: RequestHost, data: bytes, deadline: float) -> Outcome | BaseException:
@@ -263,10 +271,7 @@ def forward(
 def _here(node: RequestHost, request: Request) -> dict[str, Any]:
     """Propose ``request`` here, in this thread, and wait for its answer."""
     answer: Future[dict[str, Any]] = Future()
-    data = proposal(request)
-    if isinstance(data, dict):
-        return data
-    _settle(node, request, _proposed_here(node, data, request.deadline), answer, None)
+    _propose(node, request, answer, None)
     return answer.result()
 
 

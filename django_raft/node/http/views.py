@@ -232,6 +232,15 @@ def command(request: HttpRequest) -> HttpResponse:
     return command_answer(body).response()
 
 
+def status_answer(node: RaftNode, payload: dict[str, Any]) -> dict[str, Any]:
+    """A node's status; with ``"addresses": true`` in the request, the addresses of the
+    members it knows too (clients learn them)."""
+    status = node.status()
+    if payload.get("addresses") is True:
+        status["addresses"] = dict(node.transport.addresses)
+    return status
+
+
 @csrf_exempt
 @require_POST
 def status(request: HttpRequest) -> JsonResponse:
@@ -285,12 +294,3 @@ def members(request: HttpRequest) -> JsonResponse:
         return JsonResponse(forward(node, "members", payload, deadline))
     answer = run_on_node(node, lambda seconds: node.change_membership(change, seconds), deadline)
     return JsonResponse(answer, status=200 if answer["ok"] else 409)
-
-
-def status_answer(node: RaftNode, payload: dict[str, Any]) -> dict[str, Any]:
-    """A node's status; with ``"addresses": true`` in the request, the addresses of the
-    members it knows too (clients learn them)."""
-    status = node.status()
-    if payload.get("addresses") is True:
-        status["addresses"] = dict(node.transport.addresses)
-    return status
