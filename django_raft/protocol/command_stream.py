@@ -85,6 +85,10 @@ SEND_TIMEOUT = 5.0
 """Seconds a write to the node may block."""
 CONNECT_TIMEOUT = 1.0
 """Seconds to open the connection."""
+HANDSHAKE_TIMEOUT = 1.0
+"""Seconds a sender waits for a node to accept a command stream. A live node accepts at
+once; a paused or stuck one is given up on (the command was not sent) rather than
+waited on for the caller's whole deadline."""
 MAX_HANDSHAKE_ANSWER = 4096
 TIMED_OUT = "not committed and applied in time; it may still be applied"
 
@@ -340,7 +344,8 @@ class CommandStream:
         with self._lock:
             self.closed = True
             waiting, self._waiting = self._waiting, {}
-            self.never_answered = not self._answered and any(
+            # A node that answered a ping serves streams: its silence is a pause, not a proxy.
+            self.never_answered = not (self._answered or self._probing) and any(
                 number not in unsent for number in waiting
             )
             unsent |= {number for number, _ in self._pending}

@@ -91,7 +91,12 @@ def send_command(
     keys = derive_keys(raft_settings.SECRET, raft_settings.CLIENT_SECRET)
     signer = Signer(keys.client, CLIENT, raft_settings.NODE_ID or "client")
     try:
-        found = _streams.get(address, signer, raft_settings.URL_PREFIX, max(timeout, 0.01))
+        found = _streams.get(
+            address,
+            signer,
+            raft_settings.URL_PREFIX,
+            max(min(timeout, command_stream.HANDSHAKE_TIMEOUT), 0.01),
+        )
     except NotSentError as error:
         raise Unsent(f"cannot reach {address}: {error}") from error
     if found is None:

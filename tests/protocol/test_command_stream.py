@@ -612,8 +612,26 @@ def test_a_stream_whose_node_falls_silent_breaks_within_the_probe(
             opened.call(kv_set("a", "1"), 10)
         assert broken.value.sent is True
         assert time.monotonic() - started < command_stream.PROBE + 1.5
+        assert not opened.never_answered  # it answered pings: a paused node, not a proxy
     finally:
         silent.close()
+
+
+def test_a_node_that_never_accepts_the_stream_costs_the_handshake_not_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A paused node still completes TCP connections (the kernel does): a sender must
+    not wait for its handshake answer until the caller's deadline. Nothing was sent."""
+    monkeypatch.setattr(send, "_streams", Streams())
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        address = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(send.Unsent):
+            send.send_command(address, kv_set("a", "1"), 10)
+        assert time.monotonic() - started < command_stream.HANDSHAKE_TIMEOUT + 1.5
+    finally:
+        listener.close()
 
 
 def test_a_forwarded_command_lost_after_the_write_may_have_applied(
