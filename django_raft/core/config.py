@@ -74,6 +74,21 @@ class Config:
     """Bytes of entry data per AppendEntries (at least one entry goes, however large)."""
     max_inflight_messages: int = 256
     max_committed_per_ready: int = 10_000
+    async_apply: bool = False
+    """Whether the host applies committed entries beside its loop, after ``advance``.
+
+    When False, ``advance(ready)`` records ``ready.committed_entries`` as applied. When
+    True, it records them as handed over: the host applies them later, in order, and
+    reports each applied index with ``RawNode.applied_to``; meanwhile the next Readies
+    carry the entries after them, the applied index trails the commit index, and
+    ``snapshot_due``, ``create_snapshot`` and the host's reads go by the applied index.
+    A snapshot in a Ready is handed over the same way: restore it in order with the
+    entries, then report its index applied.
+    """
+    max_applying_bytes: int = 64 << 20
+    """With ``async_apply``, bytes of entry data handed over and not yet reported
+    applied beyond which no more committed entries are handed out (below it, the next
+    entry always goes, however large)."""
     snapshot_threshold: int = 10_000
     """Applied entries since the last snapshot after which ``snapshot_due()`` says yes."""
     entries_after_snapshot: int = ENTRIES_AFTER_SNAPSHOT
@@ -97,6 +112,7 @@ class Config:
             "max_bytes_per_message",
             "max_inflight_messages",
             "max_committed_per_ready",
+            "max_applying_bytes",
             "snapshot_threshold",
             "max_snapshot_chunk",
         ):
@@ -112,7 +128,7 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, not {value!r}")
-        for name in ("pre_vote", "check_quorum"):
+        for name in ("pre_vote", "check_quorum", "async_apply"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False")
 

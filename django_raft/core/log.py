@@ -11,6 +11,9 @@ the log (thesis §4.1), and is undone if that entry is truncated.
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Sequence
+
 from .errors import CompactedError, ConfigError, UnavailableError
 from .membership import apply_conf_change
 from .storage import Storage
@@ -22,8 +25,11 @@ class RaftLog:
 
     __slots__ = (
         "applied",
+        "applying",
+        "applying_bytes",
         "committed",
         "conf_history",
+        "handed",
         "offset",
         "pending_snapshot",
         "storage",
@@ -50,6 +56,12 @@ class RaftLog:
         # commitIndex is volatile (Figure 2): a host that does not sync commit-only hard
         # states restarts with an applied index above the stored commit.
         self.committed = max(hard_state.commit, self.applied)
+        self.applying = self.applied
+        """The last index handed to the host to apply (above ``applied`` only while the
+        host applies beside its loop: ``Config.async_apply``)."""
+        self.handed: deque[tuple[int, int]] = deque()
+        """(last index, bytes of entry data) of each batch handed over and not yet applied."""
+        self.applying_bytes = 0
         self.conf_history: list[tuple[int, ConfState]] = [(snapshot_index, conf_state)]
         """(index, membership) from the snapshot on, one item per change in the log."""
         self._track_conf_changes(storage.conf_entries(snapshot_index + 1, self.offset))
@@ -237,11 +249,46 @@ class RaftLog:
             result.extend(self.unstable[start : hi - self.offset])
         return result
 
-    def next_committed(self, max_count: int) -> list[Entry]:
-        """Return committed entries not yet applied (none while a snapshot is pending)."""
-        if self.committed <= self.applied or self.pending_snapshot is not None:
+    def next_committed(self, max_count: int, max_bytes: int | None = None) -> list[Entry]:
+        """Return committed entries not yet handed over (none while a snapshot is pending).
+
+        With ``max_bytes``, no more than that many bytes of entry data may be handed over
+        and not yet applied, counting those already out, except that one entry goes
+        whenever fewer are out (so an entry larger than the bound goes too).
+        """
+        if self.committed <= self.applying or self.pending_snapshot is not None:
             return []
-        return self.entries(self.applied + 1, min(max_count, self.committed - self.applied))
+        entries = self.entries(self.applying + 1, min(max_count, self.committed - self.applying))
+        if max_bytes is None:
+            return entries
+        room = max_bytes - self.applying_bytes
+        if room <= 0:
+            return []
+        for count, entry in enumerate(entries):
+            room -= len(entry.data)
+            if room < 0:
+                return entries[: max(count, 1)]
+        return entries
+
+    def has_room_to_apply(self, max_bytes: int | None) -> bool:
+        """Whether committed entries wait to be handed over and the byte bound lets them
+        (``next_committed`` then hands over at least one)."""
+        if self.committed <= self.applying or self.pending_snapshot is not None:
+            return False
+        return max_bytes is None or self.applying_bytes < max_bytes
+
+    def handed_over(self, entries: Sequence[Entry]) -> None:
+        """Record that the host took ``entries`` (the next committed ones) to apply."""
+        last = entries[-1].index
+        if entries[0].index != self.applying + 1 or last > self.committed:
+            raise AssertionError(
+                f"entries {entries[0].index}-{last} handed over after {self.applying}"
+                f" (committed {self.committed})"
+            )
+        size = sum(len(entry.data) for entry in entries)
+        self.applying = last
+        self.handed.append((last, size))
+        self.applying_bytes += size
 
     def stable_to(self, index: int, term: int) -> None:
         """Forget unstable entries up to ``index`` once the host persisted them."""
@@ -261,11 +308,16 @@ class RaftLog:
         self.committed = metadata.index
         self.conf_history = [(metadata.index, metadata.conf_state)]
 
-    def snapshot_persisted(self, index: int) -> None:
-        """Note that the host persisted the pending snapshot and restored the state machine."""
-        if self.pending_snapshot is not None and self.pending_snapshot.metadata.index == index:
-            self.pending_snapshot = None
-            self.applied = max(self.applied, index)
+    def snapshot_persisted(self, index: int) -> bool:
+        """Note that the host persisted the pending snapshot and took it to restore;
+        return whether it was the pending one (its index is then to be applied)."""
+        if self.pending_snapshot is None or self.pending_snapshot.metadata.index != index:
+            return False
+        self.pending_snapshot = None
+        if index > self.applying:
+            self.applying = index
+            self.handed.append((index, 0))
+        return True
 
     def compacted(self, index: int) -> None:
         """Forget membership history made obsolete by a snapshot at ``index``."""
@@ -274,7 +326,10 @@ class RaftLog:
             history.pop(0)
 
     def applied_to(self, index: int) -> None:
-        """Record that entries up to ``index`` were applied."""
-        if index > self.committed or index < self.applied:
-            raise AssertionError(f"applied {index} outside [{self.applied}, {self.committed}]")
+        """Record that entries up to ``index`` (handed over before) were applied."""
+        if index > self.applying or index < self.applied:
+            raise AssertionError(f"applied {index} outside [{self.applied}, {self.applying}]")
         self.applied = index
+        handed = self.handed
+        while handed and handed[0][0] <= index:
+            self.applying_bytes -= handed.popleft()[1]

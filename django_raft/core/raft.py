@@ -1017,8 +1017,9 @@ class Raft:
 
     def snapshot_at(self, index: int, data: bytes) -> Snapshot:
         """Describe the host's state machine, as of applied ``index``, as a snapshot."""
-        if index > self.log.applied:
-            raise ValueError(f"cannot snapshot index {index}: only {self.log.applied} applied")
+        if index > self.log.applying:
+            # The host may know of entries applied before it reported them (applied_to).
+            raise ValueError(f"cannot snapshot index {index}: only {self.log.applying} applied")
         term = self.log.term(index)
         if term == 0 and index > 0:
             raise ValueError(f"cannot snapshot index {index}: it was compacted")

@@ -199,7 +199,8 @@ class RawNode:
         raft = self.raft
         if raft.messages or raft.log.unstable or raft.read_states or raft.commit_news:
             return True
-        if raft.log.committed > raft.log.applied:
+        config = raft.config
+        if raft.log.has_room_to_apply(config.max_applying_bytes if config.async_apply else None):
             return True
         if raft.soft_state() != self._prev_soft_state:
             return True
@@ -226,7 +227,12 @@ class RawNode:
             hard_state=hard_state,
             entries=tuple(raft.log.unstable),
             snapshot=raft.log.pending_snapshot,
-            committed_entries=tuple(raft.log.next_committed(raft.config.max_committed_per_ready)),
+            committed_entries=tuple(
+                raft.log.next_committed(
+                    raft.config.max_committed_per_ready,
+                    raft.config.max_applying_bytes if raft.config.async_apply else None,
+                )
+            ),
             messages=messages,
             read_states=read_states,
             term_or_vote_changed=hard_state is not None
@@ -234,18 +240,37 @@ class RawNode:
         )
 
     def advance(self, ready: Ready) -> None:
-        """Tell the core that ``ready`` was persisted, sent and applied."""
+        """Tell the core that ``ready`` was persisted and sent, and its snapshot and
+        committed entries applied (with ``Config.async_apply``: taken to apply, see
+        ``applied_to``)."""
         log = self.raft.log
+        applies_now = not self.raft.config.async_apply
         if ready.hard_state is not None:
             self._prev_hard_state = ready.hard_state
         if ready.snapshot is not None:
-            log.snapshot_persisted(ready.snapshot.metadata.index)
+            index = ready.snapshot.metadata.index
+            if log.snapshot_persisted(index) and applies_now:
+                log.applied_to(index)
         if ready.entries:
             last = ready.entries[-1]
             log.stable_to(last.index, last.term)
             self.raft.persisted()
         if ready.committed_entries:
-            log.applied_to(ready.committed_entries[-1].index)
+            log.handed_over(ready.committed_entries)
+            if applies_now:
+                log.applied_to(ready.committed_entries[-1].index)
+
+    def applied_to(self, index: int) -> None:
+        """Report that the state machine applied everything up to ``index`` (with
+        ``Config.async_apply``: entries and snapshots taken by ``advance``, in order).
+
+        Reads wait for it (``ReadState``), snapshots are taken at it, and committed
+        entries are handed out again once the bytes outstanding fall below
+        ``Config.max_applying_bytes``. An index outside what was handed over is a
+        contract breach: ``AssertionError``.
+        """
+        self._check_running()
+        self.raft.log.applied_to(index)
 
     def conf_state(self) -> ConfState:
         """Return the current membership."""

@@ -266,6 +266,15 @@ class Ready:
        be called while steps 2 to 5 are in progress; what they produce waits for the
        next Ready.
 
+    With ``Config.async_apply`` the host does step 4 beside its loop instead: it hands
+    the snapshot and the committed entries, in order, to an applier and calls
+    ``advance`` without waiting; the applier applies them in that order and the host
+    reports each applied index with ``RawNode.applied_to``. The applied index then
+    trails the commit index: later Readies carry the entries after those handed over
+    (at most ``Config.max_applying_bytes`` outstanding), step 5 waits for the reported
+    index, and snapshots are taken at it. Nothing else changes: persisting, sending,
+    votes and heartbeats never wait for the applier.
+
     Messages in the first group are only a leader's outbound replication (AppendEntries,
     heartbeats, snapshot chunks, TimeoutNow) in a Ready that changes neither the term
     nor the vote: the leader counts itself toward a commit quorum only for entries it

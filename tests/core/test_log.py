@@ -261,11 +261,39 @@ def test_next_committed_and_applied_to() -> None:
     log = new_log([1, 1], [1, 1], committed=3)
     assert [e.index for e in log.next_committed(10)] == [1, 2, 3]
     assert [e.index for e in log.next_committed(2)] == [1, 2]
+    log.handed_over(log.next_committed(2))
     log.applied_to(2)
     assert [e.index for e in log.next_committed(10)] == [3]
+    log.handed_over(log.next_committed(10))
     log.applied_to(3)
     assert log.next_committed(10) == []
     with pytest.raises(AssertionError):
-        log.applied_to(4)  # not committed
+        log.applied_to(4)  # not committed, never handed over
     with pytest.raises(AssertionError):
         log.applied_to(1)  # backwards
+
+
+def test_entries_handed_over_wait_to_be_applied_within_a_byte_bound() -> None:
+    storage = MemoryStorage()
+    storage.persist(entries=[Entry(index=i, term=1, data=b"x" * 10) for i in range(1, 5)])
+    log = RaftLog(storage)
+    log.committed = 4
+    sizes = [10, 10]
+    first = log.next_committed(10, max_bytes=sizes[0] + sizes[1])
+    assert [e.index for e in first] == [1, 2]
+    log.handed_over(first)
+    assert log.applying == 2 and log.applied == 0
+    assert log.next_committed(10, max_bytes=sizes[0] + sizes[1]) == []
+    assert not log.has_room_to_apply(sizes[0] + sizes[1])
+    with pytest.raises(AssertionError):
+        log.handed_over(log.entries(4, 5))  # not the next ones
+    log.applied_to(1)  # part of a batch: the batch still counts
+    assert log.next_committed(10, max_bytes=sizes[0] + sizes[1]) == []
+    log.applied_to(2)
+    assert log.applying_bytes == 0
+    assert [e.index for e in log.next_committed(10, max_bytes=1)] == [3]  # one always goes
+    log.handed_over(log.next_committed(10, max_bytes=1))
+    assert log.next_committed(10, max_bytes=1) == []
+    assert not log.has_room_to_apply(1)
+    with pytest.raises(AssertionError):
+        log.applied_to(4)  # committed but not handed over

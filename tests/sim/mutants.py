@@ -7,7 +7,7 @@ that the invariant checks can fail at all.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,10 +111,16 @@ def _truncate_matching_tail(
     return last_new
 
 
-def _hand_out_uncommitted(self: RaftLog, max_count: int) -> list[Entry]:
+def _hand_out_uncommitted(
+    self: RaftLog, max_count: int, max_bytes: int | None = None
+) -> list[Entry]:
     if self.pending_snapshot is not None:
         return []
-    return self.entries(self.applied + 1, max_count)
+    return self.entries(self.applying + 1, max_count)
+
+
+def _handed_over_unchecked(self: RaftLog, entries: Sequence[Entry]) -> None:
+    self.applying = max(self.applying, entries[-1].index)
 
 
 def _applied_to_unchecked(self: RaftLog, index: int) -> None:
@@ -257,6 +263,7 @@ MUTANTS = (
         frozenset({STATE_MACHINE_SAFETY}),
         (
             (RaftLog, "next_committed", _hand_out_uncommitted),
+            (RaftLog, "handed_over", _handed_over_unchecked),
             (RaftLog, "applied_to", _applied_to_unchecked),
         ),
     ),

@@ -26,7 +26,11 @@ Faults, for the first 70 % of a run:
 - snapshots: automatic (a small threshold) and forced, with few entries kept after
   them, so lagging and new nodes are sent snapshots in small chunks;
 - leadership transfers to random voters, and linearizable reads (ReadIndex) on any node,
-  the host reusing the context of a read it gave up on.
+  the host reusing the context of a read it gave up on;
+- in some schedules the host applies beside its loop (``Config.async_apply``): committed
+  entries and snapshots wait in a queue and are applied ticks later, a few at a time,
+  under a small byte bound, so the applied index trails the commit index while reads,
+  snapshots and elections go on.
 
 Then the faults heal and liveness is checked: a leader must emerge, and every proposal
 accepted by a leader that stays in office must commit within a bounded number of ticks.
@@ -37,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -113,6 +117,10 @@ class Faults:
     check_quorum: bool = True
     slow_disk: float = 0.0
     """How often a leader's write takes several ticks while it goes on working."""
+    apply_lag: float = 0.0
+    """With more than 0, nodes apply beside their loop: the chance that a node's
+    applier applies nothing in a tick (what was handed over waits)."""
+    max_applying_bytes: int = 1 << 20
 
     @classmethod
     def draw(cls, rng: random.Random, profile: str) -> Faults:
@@ -127,6 +135,8 @@ class Faults:
             pre_vote=pre_vote,
             check_quorum=check_quorum,
             slow_disk=rng.choice((0.0, 0.2, 0.5)),
+            apply_lag=rng.choice((0.0, 0.0, 0.5, 0.9)),
+            max_applying_bytes=rng.choice((1, 64, 1 << 20)),
         )
 
     @classmethod
@@ -219,6 +229,10 @@ class SimNode:
         self.writing: tuple[Ready, tuple[Message, ...]] | None = None
         """A Ready whose write is still in progress (a slow disk)."""
         self.write_done = 0
+        self.to_apply: deque[Snapshot | tuple[Entry, ...]] = deque()
+        """What was handed over to apply and is not applied yet (``async_apply``)."""
+        self.apply_held = False
+        """Whether the applier lags in this tick (``Faults.apply_lag``)."""
 
     def chain_at(self, index: int) -> int | None:
         """The hash of this node's persisted log up to ``index``, if it still knows it."""
@@ -244,12 +258,15 @@ class SimNode:
             max_snapshot_chunk=faults.chunk,
             pre_vote=faults.pre_vote,
             check_quorum=faults.check_quorum,
+            async_apply=faults.apply_lag > 0,
+            max_applying_bytes=faults.max_applying_bytes,
             rng=random.Random(rng.getrandbits(64)),
         )
         self.raw = RawNode(config, self.storage)
         self.pending_crash = None
         self.was_leader = False
         self.writing = None
+        self.to_apply.clear()
 
     def crash(self) -> None:
         """Lose the process and everything not on disk."""
@@ -257,6 +274,7 @@ class SimNode:
         self.pending_crash = None
         self.was_leader = False
         self.writing = None
+        self.to_apply.clear()
 
     def snapshot_data(self, rng: random.Random) -> bytes:
         """Serialise the state machine as of ``applied_index``."""
@@ -319,6 +337,8 @@ class Stats:
     """Readies whose write spanned ticks while the node went on working."""
     early_sends: int = 0
     """Messages a leader sent before persisting the Ready that carried them."""
+    late_applies: int = 0
+    """Batches applied beside the loop (``async_apply``), after their Ready's advance."""
 
 
 @dataclass
@@ -399,16 +419,39 @@ class Simulation:
         if node.pending_crash == "after_send" and late:
             self._crash(node)
             return False
-        if ready.snapshot is not None:
-            self._restore(node, ready.snapshot)
-        for entry in ready.committed_entries:
-            self._apply(node, entry)
+        if self.faults.apply_lag > 0:
+            if ready.snapshot is not None:
+                node.to_apply.append(ready.snapshot)
+            if ready.committed_entries:
+                node.to_apply.append(ready.committed_entries)
+        else:
+            if ready.snapshot is not None:
+                self._restore(node, ready.snapshot)
+            for entry in ready.committed_entries:
+                self._apply(node, entry)
         for read_state in ready.read_states:
             self._read_answered(node, read_state.index, read_state.context)
         raw.advance(ready)
+        self._apply_queued(node)
         self._serve_reads(node)
         self._maybe_snapshot(node)
         return True
+
+    def _apply_queued(self, node: SimNode) -> None:
+        """Apply what waits beside the loop, unless the applier lags this tick."""
+        raw = node.raw
+        queue = node.to_apply
+        if raw is None or not queue or node.apply_held:
+            return
+        while queue:
+            item = queue.popleft()
+            if isinstance(item, Snapshot):
+                self._restore(node, item)
+            else:
+                for entry in item:
+                    self._apply(node, entry)
+            raw.applied_to(node.applied_index)
+            self.stats.late_applies += 1
 
     def _persist(self, node: SimNode, ready: Ready) -> None:
         storage = node.storage
@@ -822,6 +865,11 @@ class Simulation:
                 (ready, late), node.writing = node.writing, None
                 if self._finish(node, ready, late):
                     self._drain(node)
+            node.apply_held = self.rng.random() < self.faults.apply_lag
+            if node.raw is not None and node.to_apply:
+                self._apply_queued(node)
+                self._serve_reads(node)
+                self._maybe_snapshot(node)
             if node.raw is not None:
                 self._guard(node, lambda raw: raw.tick())
                 self._drain(node)

@@ -85,6 +85,7 @@ def test_schedules_exercise_every_fault() -> None:
     assert totals.stale_answered > 100
     assert totals.slow_writes > 100
     assert totals.early_sends > 1000
+    assert totals.late_applies > 1000
 
 
 def test_violation_names_the_seed_and_replay_command() -> None:
