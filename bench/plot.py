@@ -3,7 +3,8 @@
     .venv-bench/bin/python bench/plot.py bench/results/RUN.json bench/results/RUN.png
 
 Runs in the bench environment, where matplotlib is installed. Points are medians over
-the rounds; bars span min to max.
+the rounds; bars span min to max. A ``bench/etcd.py`` result (``"kind": "etcd"``) is
+drawn as one panel per measure, etcd beside django-raft.
 """
 
 from __future__ import annotations
@@ -37,6 +38,41 @@ def spread(values: list[float]) -> tuple[float, float, float]:
     return middle, middle - min(values), max(values) - middle
 
 
+COLORS = {"etcd": "#888", "django-raft": "#2a7"}
+
+
+def plot_versus_etcd(report: dict[str, Any], plt: Any) -> Any:
+    """One panel per measure of a ``bench/etcd.py`` summary: median bars, min-max spans."""
+    summary = report["summary"]
+    columns = 4
+    rows = max(1, -(-len(summary) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.0 * rows), squeeze=False)
+    for axis in axes.flat[len(summary) :]:
+        axis.set_visible(False)
+    for axis, entry in zip(axes.flat, summary, strict=False):
+        names = [s for s in ("etcd", "django-raft") if s in entry]
+        medians = [entry[s]["median"] for s in names]
+        below = [entry[s]["median"] - entry[s]["min"] for s in names]
+        above = [entry[s]["max"] - entry[s]["median"] for s in names]
+        axis.bar(names, medians, yerr=[below, above], capsize=4, color=[COLORS[n] for n in names])
+        better = "lower" if entry["better"] == "lower" else "higher"
+        title = f"{entry['row']}: {entry['metric']}"
+        if entry.get("ratio") is not None:
+            title += f"\nratio {entry['ratio']:.2f} ({better} is better)"
+        axis.set_title(title, fontsize=9)
+        axis.grid(True, axis="y", alpha=0.3)
+    machine = report.get("machine_before", {})
+    repo = report.get("repo", {})
+    figure.suptitle(
+        f"django-raft vs {machine.get('etcd', 'etcd')} · {report['started']} · django-raft "
+        f"{repo.get('commit', '?')}{' (modified)' if repo.get('modified') else ''} · "
+        f"{machine.get('cpus')} CPUs · load average {machine.get('load_average', [0])[0]:.2f}",
+        fontsize=10,
+    )
+    figure.tight_layout()
+    return figure
+
+
 def main() -> None:
     import matplotlib  # type: ignore[import-not-found, unused-ignore]
 
@@ -45,6 +81,9 @@ def main() -> None:
 
     with open(sys.argv[1]) as file:
         report = json.load(file)
+    if report.get("kind") == "etcd":
+        plot_versus_etcd(report, plt).savefig(sys.argv[2], dpi=110)
+        return
     variants = by_variant(report)
     figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
 

@@ -93,13 +93,25 @@ TINY = Settings(
 
 
 class Child:
-    """A process answering one JSON line per JSON request line (``bench.load.serve``)."""
+    """A process answering one JSON line per JSON request line (``bench.load.serve``),
+    run with ``env`` as its environment (this process's by default)."""
 
-    def __init__(self, argv: list[str], log: Path, start_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        log: Path,
+        start_timeout: float = 120.0,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.argv = argv
         with log.open("ab") as output:
             self.process = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=output, cwd=ROOT
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=output,
+                cwd=ROOT,
+                env=env,
             )
         self.pid = self.process.pid
         self.read(start_timeout)
