@@ -102,6 +102,13 @@ else:
             "NAME": os.environ.get("DJANGO_SQLITE_PATH") or BASE_DIR / "db.sqlite3",
         }
     }
+    if os.environ.get("DJANGO_SQLITE_LOG_PATH"):
+        # The node's log in a file of its own (RAFT_LOG_DATABASE=raft_log): a slow
+        # handler then never holds up the log.
+        DATABASES["raft_log"] = {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ["DJANGO_SQLITE_LOG_PATH"],
+        }
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

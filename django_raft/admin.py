@@ -55,7 +55,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
-        return super().get_queryset(request).using(raft_settings.DATABASE)
+        return super().get_queryset(request).using(logview.alias_of(self.model))
 
 
 def _propose(request: HttpRequest, what: str, call: Any) -> bool:
@@ -120,7 +120,7 @@ class MemberAdmin(admin.ModelAdmin):
         return False
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Member]:
-        return super().get_queryset(request).using(raft_settings.DATABASE)
+        return super().get_queryset(request).using(logview.alias_of(self.model))
 
     def get_list_display(self, request: HttpRequest) -> list[Any]:
         """The stored columns, plus live ones from one ``gather`` for the whole page."""
@@ -353,7 +353,7 @@ class TermFilter(admin.SimpleListFilter):
     parameter_name = "term"
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        row = HardState.objects.using(raft_settings.DATABASE).first()
+        row = HardState.objects.using(raft_settings.log_database).first()
         current = row.term if row is not None else 0
         return [(str(t), str(t)) for t in range(current, max(0, current - 10), -1)]
 
@@ -423,11 +423,11 @@ class LogEntryAdmin(ReadOnlyAdmin):
     def log_rows(self, request: HttpRequest) -> QuerySet[Any]:
         """Every entry, with its outcome and whether it is applied; no filter."""
         applied = logview.applied_index()
-        return (
-            super()
-            .get_queryset(request)
-            .select_related("outcome")
-            .annotate(applied=ExpressionWrapper(Q(index__lte=applied), output_field=BooleanField()))
+        rows = super().get_queryset(request)
+        if logview.outcomes_joined():
+            rows = rows.select_related("outcome")
+        return rows.annotate(
+            applied=ExpressionWrapper(Q(index__lte=applied), output_field=BooleanField())
         )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:

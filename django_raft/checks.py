@@ -44,6 +44,8 @@ IDS: dict[str, str] = {
     "CHECK_QUORUM": "django_raft.E021",
     "SESSION_TIMEOUT": "django_raft.E022",
     "SIGNAL_TASKS": "django_raft.E023",
+    "SLOW_HANDLER_WARNING": "django_raft.E028",
+    "LOG_DATABASE": "django_raft.E027",
     "heartbeat-below-tick": "django_raft.E030",
     "tick-too-short": "django_raft.E031",
     "election-not-above-heartbeat": "django_raft.E032",

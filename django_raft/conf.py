@@ -37,6 +37,7 @@ DEFAULTS: dict[str, Any] = {
     "TLS_CLIENT_AUTH": False,
     "MAX_COMMAND_SIZE": 1 << 20,
     "DATABASE": "default",
+    "LOG_DATABASE": "",
     "URL_PREFIX": "raft/",
     "TICK_INTERVAL": 0.01,
     "HEARTBEAT_INTERVAL": 0.05,
@@ -48,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_SNAPSHOT_CHUNK": 1 << 20,
     "REPLICATED_MODELS": [],
     "COMMAND_TIMEOUT": 5.0,
+    "SLOW_HANDLER_WARNING": 1.0,
     "SESSION_TIMEOUT": 3600.0,
     "RPC_TIMEOUT": 1.0,
     "PRE_VOTE": True,
@@ -121,6 +123,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "TLS_CLIENT_AUTH": (lambda v: isinstance(v, bool), "True or False"),
     "MAX_COMMAND_SIZE": (_positive_int, "a positive number of bytes"),
     "DATABASE": (lambda v: isinstance(v, str) and v in settings.DATABASES, "an alias in DATABASES"),
+    "LOG_DATABASE": (
+        lambda v: v == "" or (isinstance(v, str) and v in settings.DATABASES),
+        'an alias in DATABASES, or "" (the log lives in DATABASE)',
+    ),
     "URL_PREFIX": (
         lambda v: isinstance(v, str) and not v.startswith("/") and (v == "" or v.endswith("/")),
         'a relative path ending in "/" (or "")',
@@ -149,6 +155,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         'a list of "app_label.ModelName" strings',
     ),
     "COMMAND_TIMEOUT": (_positive_number, "a positive number of seconds"),
+    "SLOW_HANDLER_WARNING": (_positive_number, "a positive number of seconds"),
     # Seconds of log time a client's session lives without a command (sessions.py).
     "SESSION_TIMEOUT": (
         lambda v: _positive_number(v) and 0.001 <= v <= 30 * 86400,
@@ -205,6 +212,11 @@ class RaftSettings:
     def reload(self) -> None:
         """Forget the cached dict; the next access reads settings again."""
         self._cached = None
+
+    @property
+    def log_database(self) -> str:
+        """The alias of the database that holds the log: ``LOG_DATABASE`` or ``DATABASE``."""
+        return str(self.LOG_DATABASE or self.DATABASE)
 
     def problems(self, node: bool = False) -> list[str]:
         """Return one message per invalid setting; ``node`` adds what a node needs to run."""

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django.db.models import Model
+
 from .conf import raft_settings
 from .core import ConfChange, EntryType, RaftError
-from .models import SINGLETON, AppliedState, EntryOutcome, LogEntry
+from .models import SINGLETON, AppliedState, EntryOutcome, HardState, LogEntry, Snapshot
 from .protocol.wire import WireError, decode_command
 
 PREVIEW_LENGTH = 80
@@ -34,12 +36,24 @@ def applied_index() -> int:
     return row.applied_index if row is not None else 0
 
 
+def alias_of(model: type[Model]) -> str:
+    """The alias a django_raft model is read from: the log's own tables from
+    ``LOG_DATABASE`` (when set), the others from ``DATABASE``."""
+    if model in (LogEntry, HardState, Snapshot):
+        return raft_settings.log_database
+    return str(raft_settings.DATABASE)
+
+
+def outcomes_joined() -> bool:
+    """Whether entries and their outcomes are in one database (one query reads both)."""
+    return raft_settings.log_database == raft_settings.DATABASE
+
+
 def entries() -> Any:
-    """Every stored entry, newest first, with its recorded outcome, from the node-local
-    database."""
-    return (
-        LogEntry.objects.using(raft_settings.DATABASE).select_related("outcome").order_by("-index")
-    )
+    """Every stored entry, newest first, with its recorded outcome when it is in the same
+    database (else ``outcome`` reads it), from the node-local database."""
+    rows = LogEntry.objects.using(raft_settings.log_database).order_by("-index")
+    return rows.select_related("outcome") if outcomes_joined() else rows
 
 
 def log_bounds() -> tuple[int | None, int | None]:
@@ -47,7 +61,7 @@ def log_bounds() -> tuple[int | None, int | None]:
 
     (Two queries: SQLite answers MIN and MAX from the index only when each is alone.)
     """
-    indexes = LogEntry.objects.using(raft_settings.DATABASE).values_list("index", flat=True)
+    indexes = LogEntry.objects.using(raft_settings.log_database).values_list("index", flat=True)
     return indexes.order_by("index").first(), indexes.order_by("-index").first()
 
 
@@ -71,7 +85,7 @@ def term_range(term: int) -> tuple[int, int]:
     first, last = log_bounds()
     if first is None or last is None:
         return 1, 0
-    rows = LogEntry.objects.using(raft_settings.DATABASE)
+    rows = LogEntry.objects.using(raft_settings.log_database)
 
     def term_at(index: int) -> int:
         found = rows.filter(index=index).values_list("term", flat=True).first()
@@ -139,9 +153,14 @@ def outcome(entry: LogEntry, applied: int) -> dict[str, Any]:
     keep whole has ``"truncated": true``, ``result`` None and its JSON's first
     ``MAX_RESULT_LENGTH`` characters in ``result_text``.
     """
-    try:
-        row = entry.outcome
-    except EntryOutcome.DoesNotExist:
+    if outcomes_joined():
+        try:
+            row: EntryOutcome | None = entry.outcome
+        except EntryOutcome.DoesNotExist:
+            row = None
+    else:
+        row = EntryOutcome.objects.using(raft_settings.DATABASE).filter(pk=entry.index).first()
+    if row is None:
         return {"status": "pending"} if entry.index > applied else {"status": "ok", "result": None}
     if not row.ok:
         return {"status": "error", "error": row.text}

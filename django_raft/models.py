@@ -192,10 +192,14 @@ class AppliedState(SingletonModel):
 
 
 class ClientSession(models.Model):
-    """A client's session (Raft thesis §6.3): its last command's number and outcome.
+    """A client process's session (Raft thesis §6.3): the outcomes its client may still ask for.
 
-    Written only by the state machine, in the transaction that applies the command, so
-    a retried command finds its recorded outcome instead of running again.
+    The last command applied (its number and outcome), the client's ack floor (``floor``:
+    the lowest sequence number it had not seen answered; lower ones are refused), and
+    the outcomes of the other commands from the floor on (``outcomes``: a JSON object
+    ``{"sequence": [ok, value JSON, error]}``, usually empty). Written only by the state
+    machine, in the transaction that applies the command, so a retried command finds its
+    recorded outcome instead of running again.
     """
 
     client_id = models.CharField("client id", max_length=64, primary_key=True)
@@ -205,6 +209,8 @@ class ClientSession(models.Model):
     last_error = models.TextField("last error", blank=True, default="")
     timeout_ms = models.PositiveBigIntegerField("timeout (ms)")
     expires_ms = models.PositiveBigIntegerField("expires (log time, ms)")
+    floor = models.PositiveBigIntegerField("first unanswered sequence", default=0)
+    outcomes = models.TextField("other outcomes kept (JSON)", blank=True, default="{}")
 
     class Meta:
         verbose_name = "client session"

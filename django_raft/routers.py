@@ -9,6 +9,8 @@ database for the node and points ``DJANGO_RAFT['DATABASE']`` at it::
 
 Reads and writes of django_raft's models and of every replicated model then go to
 that alias, and their migrations run only there (``manage.py migrate --database raft``).
+With ``DJANGO_RAFT['LOG_DATABASE']`` set, the log's own tables (the entries, the hard
+state, the snapshot) go to that alias instead (``manage.py migrate --database <it>``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,16 @@ from typing import Any
 from django.db.models import Model
 
 from .conf import raft_settings
+
+_LOG_MODELS = frozenset({"logentry", "hardstate", "snapshot"})
+"""django_raft's models that live in ``LOG_DATABASE`` (the log, the hard state and the
+latest snapshot)."""
+
+
+def _alias(app_label: str, model_name: str | None) -> str:
+    if app_label == "django_raft" and model_name in _LOG_MODELS:
+        return raft_settings.log_database
+    return str(raft_settings.DATABASE)
 
 
 def _node_local(app_label: str, model_name: str | None) -> bool:
@@ -35,7 +47,9 @@ class RaftRouter:
     def db_for_read(self, model: type[Model], **hints: Any) -> str | None:
         """The node's database for the models it owns; no opinion otherwise."""
         meta = model._meta
-        return raft_settings.DATABASE if _node_local(meta.app_label, meta.model_name) else None
+        if not _node_local(meta.app_label, meta.model_name):
+            return None
+        return _alias(meta.app_label, meta.model_name)
 
     db_for_write = db_for_read
 
@@ -50,5 +64,7 @@ class RaftRouter:
     ) -> bool | None:
         """Create node-local tables only in the node's database, and only there."""
         if _node_local(app_label, model_name):
-            return db == raft_settings.DATABASE
+            if model_name is None:
+                return db in (raft_settings.DATABASE, raft_settings.log_database)
+            return db == _alias(app_label, model_name)
         return None

@@ -62,6 +62,7 @@ def test_every_setting_can_be_given_and_is_parsed_after_its_default() -> None:
         "RAFT_TLS_CLIENT_AUTH": "false",
         "RAFT_MAX_COMMAND_SIZE": "2048",
         "RAFT_DATABASE": "default",
+        "RAFT_LOG_DATABASE": "",
         "RAFT_URL_PREFIX": "",
         "RAFT_TICK_INTERVAL": "0.02",
         "RAFT_HEARTBEAT_INTERVAL": "0.1",
@@ -73,6 +74,7 @@ def test_every_setting_can_be_given_and_is_parsed_after_its_default() -> None:
         "RAFT_MAX_SNAPSHOT_CHUNK": "4096",
         "RAFT_REPLICATED_MODELS": "kv.KeyValue, auth.User,",
         "RAFT_COMMAND_TIMEOUT": "2",
+        "RAFT_SLOW_HANDLER_WARNING": "0.25",
         "RAFT_SESSION_TIMEOUT": "600",
         "RAFT_RPC_TIMEOUT": "0.5",
         "RAFT_PRE_VOTE": "false",
@@ -87,6 +89,7 @@ def test_every_setting_can_be_given_and_is_parsed_after_its_default() -> None:
     assert built["SNAPSHOT_THRESHOLD"] == 50 and isinstance(built["SNAPSHOT_THRESHOLD"], int)
     assert built["REPLICATED_MODELS"] == ["kv.KeyValue", "auth.User"]
     assert built["PRE_VOTE"] is False and built["CHECK_QUORUM"] is True
+    assert built["SLOW_HANDLER_WARNING"] == 0.25 and built["LOG_DATABASE"] == ""
     with override_settings(DJANGO_RAFT=built):
         assert [m for m in checks.run_checks() if str(m.id).startswith("django_raft.")] == []
 

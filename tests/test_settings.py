@@ -91,6 +91,9 @@ BAD_VALUES: list[tuple[str, Any]] = [
     *[("MAX_COMMAND_SIZE", value) for value in (0, -1, 1.5, "10", True)],
     ("DATABASE", "nope"),
     ("DATABASE", 0),
+    ("LOG_DATABASE", "nope"),
+    ("LOG_DATABASE", 0),
+    ("LOG_DATABASE", None),
     ("URL_PREFIX", "/raft/"),
     ("URL_PREFIX", "raft"),
     ("URL_PREFIX", None),
@@ -117,7 +120,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
     ("REPLICATED_MODELS", None),
     *[
         (name, value)
-        for name in ("COMMAND_TIMEOUT", "RPC_TIMEOUT")
+        for name in ("COMMAND_TIMEOUT", "RPC_TIMEOUT", "SLOW_HANDLER_WARNING")
         for value in (0, -1, NAN, INF, "1", None)
     ],
     *[("SESSION_TIMEOUT", value) for value in (0, -1, 0.0001, 31 * 86400, NAN, "60", True)],

@@ -6,13 +6,24 @@ nodes' answers; it remembers which node led last, tries the others when one does
 answer, and retries until its deadline. Retries are safe because every command carries
 its session's ``(client_id, sequence)``: the state machine applies it at most once. In
 a ``raftnode`` process the client hands commands to the node directly (``local``).
+
+A client has one session for its whole process, shared by every thread, with many
+commands outstanding at once (Raft thesis §6.3): it is opened through the log by the
+first command that needs it, reopened by one thread for all when it expires, and a
+forked child (Celery prefork, gunicorn ``--preload``) opens its own instead of sharing
+its parent's. Each command also tells the cluster the lowest sequence number whose
+answer the client has not seen (``first_unanswered``), so the nodes forget the outcomes
+below it; at most ``MAX_OUTSTANDING`` numbers are given out above it, and a thread that
+would pass that waits for the oldest outstanding command to be answered.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +40,13 @@ from ..exceptions import (
 )
 from ..protocol import local
 from ..protocol.answers import LOST, failure, leaves_open, raise_for, settled
-from ..protocol.request import MAX_TIMEOUT, OPEN_SESSION, READ_INDEX, TIMEOUT_RULE
+from ..protocol.request import (
+    MAX_OUTSTANDING,
+    MAX_TIMEOUT,
+    OPEN_SESSION,
+    READ_INDEX,
+    TIMEOUT_RULE,
+)
 from ..protocol.send import Unsent, post, send_command
 
 __all__ = ["Client", "default_client", "do", "status"]
@@ -62,7 +79,7 @@ class Client:
     ``session``: carry a session so that retries apply a command at most once (without
     one, a command is sent once and a lost answer is a ``CommandTimeoutError``);
     ``session_timeout``: seconds of log time an idle session lives (``SESSION_TIMEOUT``).
-    One client keeps one session per thread.
+    One client keeps one session for its process, shared by its threads (see the module).
     """
 
     timeout: float | None = None
@@ -71,14 +88,19 @@ class Client:
     _addresses: dict[str, str] = field(default_factory=dict, repr=False)
     _leader: str = field(default="", repr=False)
     _suspects: dict[str, float] = field(default_factory=dict, repr=False)
-    _local: threading.local = field(default_factory=threading.local, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _session: _Session | None = field(default=None, repr=False)
+    _numbers: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    """Guards the session's numbers; notified when an answer may move the floor."""
+    _opening: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    """Held by the one thread that opens the session."""
 
     def __post_init__(self) -> None:
         if self.timeout is not None and not 0 < self.timeout <= MAX_TIMEOUT:
             raise InvalidRequestError(TIMEOUT_RULE)
         if self.session_timeout is not None and not 0 < self.session_timeout <= 30 * 86400:
             raise InvalidRequestError("session_timeout must be in (0, 30 days]")
+        _clients[id(self)] = self
 
     def do(self, command: str, /, **arguments: Any) -> Any:
         """Run ``command`` through the log with ``arguments``; return its handler's result."""
@@ -88,16 +110,21 @@ class Client:
         if not self.session:
             return raise_for(self._attempts({"name": command, "arguments": arguments}, deadline))
         for first_try in (True, False):
-            client_id, sequence = self._next(deadline)
+            session = self._current(deadline)
+            sequence, floor = self._take(session, deadline)
             body = {
                 "name": command,
                 "arguments": arguments,
-                "client_id": client_id,
+                "client_id": session.client_id,
                 "sequence": sequence,
+                "first_unanswered": floor,
             }
-            answer = self._attempts(body, deadline, retry=True)
+            try:
+                answer = self._attempts(body, deadline, retry=True)
+            finally:
+                self._answered(session, sequence)
             if answer.get("error_type") == "SessionExpiredError":
-                self._local.session = None  # not applied: open a new session, send again
+                self._expired(session)  # not applied: open a new session, send again
                 if first_try:
                     continue
             return raise_for(answer)
@@ -119,7 +146,8 @@ class Client:
     # -- sessions
 
     def open_session(self, deadline: float | None = None) -> str:
-        """Open a new session through the log; return its client id."""
+        """Open a new session through the log; return its client id (a session apart
+        from the one ``do()`` uses, for ``send``)."""
         deadline = time.monotonic() + self._seconds() if deadline is None else deadline
         timeout = self.session_timeout or raft_settings.SESSION_TIMEOUT
         body = {"name": OPEN_SESSION, "arguments": {"timeout_ms": int(timeout * 1000)}}
@@ -127,7 +155,11 @@ class Client:
 
     def send(self, command: str, arguments: dict[str, Any], client_id: str, sequence: int) -> Any:
         """Run ``command`` as number ``sequence`` of session ``client_id``, retrying until
-        the deadline: however often it is sent, it is applied at most once."""
+        the deadline: however often it is sent, it is applied at most once.
+
+        It sends no ack floor, which tells the nodes that every lower number of the
+        session was answered: use it with a session of its own (``open_session``), never
+        with the one this client's ``do()`` shares between threads."""
         body = {
             "name": command,
             "arguments": arguments,
@@ -136,17 +168,64 @@ class Client:
         }
         return raise_for(self._attempts(body, time.monotonic() + self._seconds(), retry=True))
 
-    def _next(self, deadline: float) -> tuple[str, int]:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = self._local.session = [self.open_session(deadline), itertools.count(1)]
-        return session[0], next(session[1])
+    def _current(self, deadline: float) -> _Session:
+        """This process's session: opened on first use by one thread while the others
+        wait, and opened anew in a forked child (its parent's is not its own)."""
+        session = self._session
+        if session is not None and session.pid == os.getpid():
+            return session
+        if not self._opening.acquire(timeout=_remaining(deadline)):
+            raise ClusterUnreachableError("no session could be opened in time; nothing was sent")
+        try:
+            session = self._session
+            if session is None or session.pid != os.getpid():
+                session = _Session(self.open_session(deadline), os.getpid())
+                self._session = session
+            return session
+        finally:
+            self._opening.release()
+
+    def _take(self, session: _Session, deadline: float) -> tuple[int, int]:
+        """The next sequence number of ``session`` and the floor to send with it; waits
+        while ``MAX_OUTSTANDING`` numbers are outstanding above the floor."""
+        with self._numbers:
+            while session.next - session.floor() >= MAX_OUTSTANDING:
+                remaining = _remaining(deadline)
+                if remaining <= 0:
+                    raise OverloadedError(
+                        f"{MAX_OUTSTANDING} commands of this process are outstanding "
+                        "above its oldest unanswered one; nothing was sent"
+                    )
+                self._numbers.wait(remaining)
+            sequence = session.next
+            session.next += 1
+            session.waiting.add(sequence)
+            return sequence, session.floor()
+
+    def _answered(self, session: _Session, sequence: int) -> None:
+        """``sequence`` is no longer awaited (answered, or given up: never sent again)."""
+        with self._numbers:
+            session.waiting.discard(sequence)
+            self._numbers.notify_all()
+
+    def _expired(self, session: _Session) -> None:
+        """``session`` expired: the next command opens a new one (unless a thread did)."""
+        with self._numbers:
+            if self._session is session:
+                self._session = None
+
+    def _after_fork(self) -> None:
+        """In a forked child: drop the parent's session and the locks its threads held."""
+        self._session = None
+        self._numbers = threading.Condition()
+        self._opening = threading.Lock()
+        self._lock = threading.Lock()
 
     @property
     def client_id(self) -> str:
-        """This thread's session id ("" before its first command)."""
-        session = getattr(self._local, "session", None)
-        return session[0] if session else ""
+        """This process's session id ("" before its first command)."""
+        session = self._session
+        return session.client_id if session and session.pid == os.getpid() else ""
 
     # -- sending
 
@@ -270,6 +349,32 @@ class Client:
                 return
 
 
+@dataclass
+class _Session:
+    """A process's session: its id, the process that opened it, the next sequence number
+    and those given out whose answers are still awaited."""
+
+    client_id: str
+    pid: int
+    next: int = 1
+    waiting: set[int] = field(default_factory=set)
+
+    def floor(self) -> int:
+        """The first unanswered sequence number (the next one when none is awaited)."""
+        return min(self.waiting) if self.waiting else self.next
+
+
+_clients: weakref.WeakValueDictionary[int, Client] = weakref.WeakValueDictionary()
+"""Every live client, for ``_after_fork``."""
+
+
+def _after_fork() -> None:
+    for client in list(_clients.values()):
+        client._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
 _RETRYABLE_NAMES = frozenset(kind.__name__ for kind in _RETRYABLE) | {"StopError"}  # older nodes
 _default: Client | None = None
 _default_lock = threading.Lock()
@@ -287,7 +392,7 @@ setting_changed.connect(_forget_default)
 
 
 def default_client() -> Client:
-    """The client ``django_raft.do`` uses (one per process; a session per thread)."""
+    """The client ``django_raft.do`` uses (one per process, with one session)."""
     global _default
     with _default_lock:
         if _default is None:

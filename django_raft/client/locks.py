@@ -29,6 +29,7 @@ with ``check_token``::
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,10 +44,14 @@ from .client import Client, default_client
 __all__ = ["Lock", "check_token", "lock"]
 
 RETRY_PAUSE = 0.05
+_owners = itertools.count(1)
 
 
 class Lock:
-    """A named lock; ``acquire()`` returns the fencing token, ``release()`` gives it back."""
+    """A named lock; ``acquire()`` returns the fencing token, ``release()`` gives it back.
+
+    The holder is this object (within its client's session): share it between threads
+    and they hold the lock together; give each its own and they exclude each other."""
 
     def __init__(self, name: str, ttl: float, *, client: Client | None = None) -> None:
         if not isinstance(name, str) or not 0 < len(name) <= 200:
@@ -56,6 +61,10 @@ class Lock:
         self.name = name
         self.ttl = ttl
         self.client = client or default_client()
+        self.owner = f"{next(_owners):x}"
+        """Which holder of the client's session this is: every thread of a process shares
+        the session, so two ``Lock`` objects (two threads, two requests) exclude each
+        other as two processes do."""
         self.token = 0
         self.expires = 0.0
         """The ``time.monotonic()`` until which the lock is held for sure (see the module)."""
@@ -69,7 +78,9 @@ class Lock:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             sent = time.monotonic()
-            answer: Any = self.client.do(LOCK_ACQUIRE, name=self.name, ttl_ms=int(self.ttl * 1000))
+            answer: Any = self.client.do(
+                LOCK_ACQUIRE, name=self.name, ttl_ms=int(self.ttl * 1000), owner=self.owner
+            )
             if answer["acquired"]:
                 self.token, self.expires = int(answer["token"]), sent + self.ttl
                 late = time.monotonic() - self.expires
@@ -98,7 +109,7 @@ class Lock:
         if not self.token:
             return False
         token, self.token, self.expires = self.token, 0, 0.0
-        return bool(self.client.do(LOCK_RELEASE, name=self.name, token=token))
+        return bool(self.client.do(LOCK_RELEASE, name=self.name, token=token, owner=self.owner))
 
     def remaining(self) -> float:
         """Seconds the lease surely lasts from now (0 when it may have ended)."""

@@ -95,6 +95,13 @@ rpc_failures = Counter(
     ["peer"],
     registry=REGISTRY,
 )
+handler_duration = Histogram(
+    "django_raft_server_handler_duration_seconds",
+    "Time a command's handler ran (a batch handler: one call for its run), by command.",
+    ["command"],
+    buckets=(0.0001, 0.001, 0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
 snapshot_size = Histogram(
     "django_raft_snap_size_bytes",
     "Size of the snapshots taken or installed.",
@@ -140,6 +147,11 @@ def applying() -> Iterator[None]:
 def observe_apply(seconds: float) -> None:
     """Record one run of committed entries applied (around ``machine.apply``)."""
     apply_duration.observe(seconds)
+
+
+def observe_handler(command: str, seconds: float) -> None:
+    """Record one call of ``command``'s handler (the state machine times each)."""
+    handler_duration.labels(command).observe(seconds)
 
 
 def count_proposal(ok: bool) -> None:

@@ -1,24 +1,27 @@
 """The node: one loop thread drives the core; everything else talks to it through a queue.
 
-The loop owns the ``RawNode``, the storage and the state machine, so none of them needs a
-lock. Other threads (the WSGI server's request threads, the transport's senders, a
-``do()`` from the node's own process) put typed requests on the mailbox and wait on a
-future.
+The loop owns the ``RawNode`` and the storage, so neither needs a lock. Other threads
+(the WSGI server's request threads, the transport's senders, a ``do()`` from the
+node's own process) put typed requests on the mailbox and wait on a future.
 
 Every turn of the loop is bounded, so ticks and heartbeats are never starved however
 much is queued or committed: it takes at most ``MAX_ITEMS_PER_TURN`` requests, ticks the
 core when a tick is due, then handles Readies in the order the core requires (persist,
-send, apply, advance) until the turn's time budget is spent; what is left waits for
-the next turn. Each Ready applies at most ``MAX_APPLY_PER_READY`` entries. A peer's
-request is answered as soon as the entries it carried are durable, before anything is
-applied. Callers' futures are resolved by a completer thread (their done-callbacks run
-there), and signals are sent by a dispatcher thread.
+send, hand over to apply, advance) until the turn's time budget is spent; what is left
+waits for the next turn. A peer's request is answered as soon as the entries it carried
+are durable.
+
+Committed entries are applied beside the loop, by the applier thread (``applier``;
+the core's ``Config.async_apply``): the loop never runs a handler and never waits for
+one. The applier answers this node's callers once their entries are applied, and
+reports the applied index back through the mailbox; reads are served, snapshots taken
+and backpressure counted at that index. Callbacks of callers' futures run on a
+completer thread, and signals are sent by a dispatcher thread.
 
 Proposals wait in the node until the log has room for them: at most
 ``MAX_UNAPPLIED`` entries may be appended and not yet applied here, so the log never
-runs ahead of what the state machine can apply (the entries to apply are still in
-memory, and each turn's work stays small); those that fit go to the core as one batch
-(one append, one broadcast). Proposals are bounded too (``MAX_PENDING_PROPOSALS``):
+runs ahead of what the state machine can apply; those that fit go to the core as one
+batch (one append, one broadcast). Proposals are bounded too (``MAX_PENDING_PROPOSALS``):
 beyond the bound they are refused with ``OverloadedError``.
 """
 
@@ -47,18 +50,16 @@ from ..core import (
     EntryType,
     Message,
     MessageType,
-    NotLeaderError,
-    ProposalDroppedError,
     RaftError,
     RawNode,
-    Ready,
-    Snapshot,
     StateType,
 )
-from ..exceptions import CommandTimeoutError, OverloadedError, StopError
+from ..exceptions import ApplyError, CommandTimeoutError, OverloadedError, StopError
 from ..protocol import local
-from . import events, metrics, submit
-from .dispatch import Completer, Completion, SignalDispatcher
+from . import metrics, submit
+from .applier import Applied, Applier, AwaitedFuture, Forget, Restore, Waiting
+from .applier import Run as ApplyRun
+from .dispatch import Completer, SignalDispatcher
 from .snapshotting import take_snapshot
 from .statemachine import Outcome, StateMachine, check_snapshot
 from .storage import DjangoStorage
@@ -69,9 +70,17 @@ logger = logging.getLogger(__name__)
 MAX_ITEMS_PER_TURN = 500
 """Mailbox requests handled in one turn of the loop."""
 MAX_APPLY_PER_READY = 128
-"""Committed entries applied in one Ready (the core hands over no more)."""
+"""Committed entries handed to the applier in one Ready (one transaction)."""
+MAX_APPLYING_BYTES = 4 << 20
+"""Bytes of committed entries handed to the applier and not yet applied, beyond which
+the core hands over no more (they wait in the log, on disk)."""
+STOP_APPLY_TIMEOUT = 5.0
+"""Seconds ``stop`` waits for the applier to finish the run in hand."""
 TURN_BUDGET_FRACTION = 0.2
 """A turn stops handling Readies once it ran this fraction of the heartbeat interval."""
+MAX_PROPOSED_BYTES = 4 << 20
+"""Bytes of commands proposed in one turn of the loop at most (one command always goes):
+the turn's append must stay well inside the election timeout."""
 MAX_PENDING_PROPOSALS = 65_536
 """Proposals queued or waiting for their commit before new ones are refused."""
 COMMIT_WRITE_INTERVAL = 1.0
@@ -79,7 +88,8 @@ COMMIT_WRITE_INTERVAL = 1.0
 the node never reads it back; the admin shows it)."""
 MAX_UNAPPLIED = 2048
 """Entries this node may have appended and not yet applied before it holds proposals
-back (below the storage's in-memory tail, so what is applied is never read back)."""
+back (below the storage's in-memory tail of 4,096 entries, so small entries to apply are
+never read back; large ones may be, since the tail is bounded in bytes too)."""
 
 
 # -- the mailbox: what other threads ask of the loop -------------------------------------
@@ -153,6 +163,13 @@ class Wake:
     """Wake the loop (to notice that it is stopping)."""
 
 
+@dataclass(frozen=True, slots=True)
+class ApplyFailed:
+    """The applier could not apply (the database failed): the node stops."""
+
+    error: BaseException
+
+
 Request = (
     Step
     | Propose
@@ -161,48 +178,10 @@ Request = (
     | TransferLeadership
     | TakeSnapshot
     | SnapshotSaved
+    | Applied
+    | ApplyFailed
     | Wake
 )
-
-
-class _AwaitedFuture(Future[Outcome]):
-    """The future of a blocking ``propose``: only its caller waits on it, and no code but
-    the node's own is attached to it, so the loop resolves it itself when the command is
-    applied (one thread hand-off fewer than through the completer)."""
-
-
-@dataclass(slots=True)
-class _Pending:
-    term: int
-    future: Future[Outcome]
-
-
-def _defer_commit_notices(
-    ready: Ready, early: tuple[Message, ...], late: tuple[Message, ...]
-) -> tuple[tuple[Message, ...], tuple[Message, ...], tuple[Message, ...]]:
-    """Take the AppendEntries that carry no entries (a leader's commit notices) out of
-    a Ready's messages, to be sent once its committed entries are applied.
-
-    A message may always be sent later than the core allows. These only tell followers
-    what to apply: sent first, they would wake every follower to apply while the leader
-    applies and answers its caller, on the same few cores. Not when a membership change
-    is applied: a removed node must still hear that its removal committed, and applying
-    it stops sending to that node.
-    """
-    if any(entry.type is EntryType.CONF_CHANGE for entry in ready.committed_entries):
-        return early, late, ()
-
-    def is_notice(message: Message) -> bool:
-        return message.type is MessageType.APPEND and not message.entries
-
-    notices = tuple(m for m in (*early, *late) if is_notice(m))
-    if not notices:
-        return early, late, ()
-    return (
-        tuple(m for m in early if not is_notice(m)),
-        tuple(m for m in late if not is_notice(m)),
-        notices,
-    )
 
 
 class RaftNode:
@@ -229,6 +208,8 @@ class RaftNode:
         config = dataclasses.replace(
             config,
             max_committed_per_ready=min(config.max_committed_per_ready, MAX_APPLY_PER_READY),
+            async_apply=True,
+            max_applying_bytes=MAX_APPLYING_BYTES,
             snapshot_check=check_snapshot,
         )
         self.raw = RawNode(config, storage)
@@ -253,7 +234,7 @@ class RaftNode:
         self.completer = Completer(f"raft-complete-{node_id}")
         self.max_pending = max_pending
         self._room = threading.BoundedSemaphore(max_pending)
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, Waiting] = {}
         self._held: deque[Propose] = deque()
         self._reads: dict[bytes, Future[int]] = {}
         self._read_waiting: list[tuple[int, Future[int]]] = []
@@ -273,6 +254,14 @@ class RaftNode:
         self._last_leader_contact = time.monotonic()
         self._threshold_warned = False
         self._thread = threading.Thread(target=self._run, name=f"raft-loop-{node_id}", daemon=True)
+        self.applier = Applier(
+            f"raft-apply-{node_id}",
+            machine,
+            self.completer,
+            report=self.inbox.put,
+            leader=lambda: str(self._status.get("leader", "")),
+            failed=lambda error: self.inbox.put(ApplyFailed(error)),
+        )
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -282,6 +271,7 @@ class RaftNode:
         local.register(self)
         self.signals.start()
         self.completer.start()
+        self.applier.start()
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -289,6 +279,7 @@ class RaftNode:
         self.stopping.set()
         self.inbox.put(Wake())
         self._thread.join(timeout)
+        self.applier.stop(STOP_APPLY_TIMEOUT)
         self.completer.stop()
         self.transport.stop()
         self.signals.stop()
@@ -342,7 +333,7 @@ class RaftNode:
         deadline = time.monotonic() + timeout
         if not self._room.acquire(timeout=max(0.0, timeout)):
             raise self._overloaded()
-        future = _AwaitedFuture()
+        future = AwaitedFuture()
         self._enqueue_proposal(data, future)
         return future.result(max(0.0, deadline - time.monotonic()))
 
@@ -476,10 +467,14 @@ class RaftNode:
                     self._waiting_slots.append(request.slot)
                 for message in request.messages:
                     self._step(message)
+            elif isinstance(request, Applied):
+                self._applied(request)
             elif isinstance(request, Wake):
                 continue
             elif isinstance(request, SnapshotSaved):
                 self._snapshot_saved(request)
+            elif isinstance(request, ApplyFailed):
+                raise ApplyError(f"node {self.node_id!r} could not apply") from request.error
             elif request.future.set_running_or_notify_cancel():
                 try:
                     self._request(request)
@@ -487,7 +482,12 @@ class RaftNode:
                     request.future.set_exception(error)
         room = min(self._room_in_log(), MAX_ITEMS_PER_TURN)
         if held and room > 0:
-            self._propose([held.popleft() for _ in range(min(room, len(held)))])
+            batch = [held.popleft()]
+            size = len(batch[0].data)
+            while held and len(batch) < room and size + len(held[0].data) <= MAX_PROPOSED_BYTES:
+                size += len(held[0].data)
+                batch.append(held.popleft())
+            self._propose(batch)
 
     def _room_in_log(self) -> int:
         """How many more entries may be appended before ``MAX_UNAPPLIED`` is reached.
@@ -510,7 +510,7 @@ class RaftNode:
             return
         term = raw.basic_status().term
         for index, proposal in enumerate(proposals, first):
-            self._pending[index] = _Pending(term, proposal.future)
+            self._pending[index] = Waiting(term, proposal.future)
 
     def _step(self, message: Message) -> None:
         status = self._status
@@ -552,10 +552,12 @@ class RaftNode:
     ) -> None:
         raw = self.raw
         if isinstance(request, TakeSnapshot):
-            request.future.set_result(take_snapshot(self))
+            taken = take_snapshot(self)
+            self.applier.hand_over(Forget(taken["compacted_to"]))
+            request.future.set_result(taken)
         elif isinstance(request, ProposeConfChange):
             index = raw.propose_conf_change(request.change)
-            self._pending[index] = _Pending(raw.basic_status().term, request.future)
+            self._pending[index] = Waiting(raw.basic_status().term, request.future)
         elif isinstance(request, ReadIndex):
             context = f"{self.node_id}:{next(self._read_ids)}".encode()
             raw.read_index(context)
@@ -592,9 +594,6 @@ class RaftNode:
         while raw.has_ready():
             ready = raw.ready()
             early, late = ready.partition_messages()
-            notices: tuple[Message, ...] = ()
-            if ready.committed_entries and ready.messages:
-                early, late, notices = _defer_commit_notices(ready, early, late)
             self._send(early)  # a leader replicates while it persists its own entries
             with metrics.persisting():
                 self.storage.persist(ready.hard_state, ready.entries, ready.snapshot)
@@ -602,31 +601,38 @@ class RaftNode:
             self._send(late)
             self._answer_peers()  # durable now: answer before applying
             if ready.snapshot is not None:
-                self._restore(ready.snapshot)
+                self.applier.hand_over(Restore(ready.snapshot))
             if ready.committed_entries:
-                self._apply(ready.committed_entries)
-            self._send(notices)
+                self._hand_over(ready.committed_entries)
             for read_state in ready.read_states:
                 future = self._reads.pop(read_state.context, None)
                 if future is not None:
                     self._read_waiting.append((read_state.index, future))
             raw.advance(ready)
             self._serve_reads()
-            self._maybe_snapshot()
             if time.monotonic() >= deadline:
                 break
         self._answer_peers()
 
-    def _restore(self, snapshot: Snapshot) -> None:
-        started = time.perf_counter()
-        self.machine.restore(snapshot.data, snapshot.metadata.index, snapshot.metadata.term)
-        self._reload_addresses()
-        events.snapshot_installed(
-            self.node_id,
-            snapshot.metadata.index,
-            len(snapshot.data),
-            time.perf_counter() - started,
-        )
+    def _hand_over(self, entries: tuple[Entry, ...]) -> None:
+        """Give committed entries, with the proposals waiting for them, to the applier."""
+        pending = self._pending
+        waiting = {}
+        for entry in entries:
+            proposal = pending.pop(entry.index, None)
+            if proposal is not None:
+                waiting[entry.index] = proposal
+        self.applier.hand_over(ApplyRun(entries, waiting))
+
+    def _applied(self, applied: Applied) -> None:
+        """The applier reached ``applied.index``: count it, serve reads, snapshot."""
+        self.raw.applied_to(applied.index)
+        for change in applied.changes:
+            self._membership_applied(change)
+        if applied.restored:
+            self._reload_addresses()
+        self._serve_reads()
+        self._maybe_snapshot()
 
     def _answer_peers(self) -> None:
         for slot in self._waiting_slots:
@@ -658,34 +664,6 @@ class RaftNode:
     def _reload_addresses(self) -> None:
         for member_id, member_address in self.machine.addresses().items():
             self.transport.set_address(member_id, member_address)
-
-    def _apply(self, entries: tuple[Entry, ...]) -> None:
-        with metrics.applying():
-            outcomes = self.machine.apply(entries)
-        pending_map = self._pending
-        completions: list[Completion] = []
-        for entry in entries:
-            pending = pending_map.pop(entry.index, None)
-            if entry.type is EntryType.CONF_CHANGE:
-                self._membership_applied(ConfChange.decode(entry.data))
-            if pending is None or pending.future.done():
-                continue
-            metrics.count_proposal(pending.term == entry.term and outcomes[entry.index].ok)
-            if pending.term != entry.term:
-                lead = self.raw.basic_status().lead
-                error = (
-                    NotLeaderError(lead)
-                    if lead != self.node_id
-                    else ProposalDroppedError(
-                        "the command was superseded by another leader's entry; not applied"
-                    )
-                )
-                completions.append((pending.future, None, error))
-            elif isinstance(pending.future, _AwaitedFuture):
-                pending.future.set_result(outcomes[entry.index])  # no callback to run
-            else:
-                completions.append((pending.future, outcomes[entry.index], None))
-        self.completer.complete(completions)
 
     def _membership_applied(self, change: ConfChange) -> None:
         self._membership_changed = True
@@ -762,7 +740,9 @@ class RaftNode:
             )
             return
         self.storage.create_snapshot(snapshot)
-        self.storage.compact(self.raw.compact_index(snapshot))
+        compacted_to = self.raw.compact_index(snapshot)
+        self.storage.compact(compacted_to)
+        self.applier.hand_over(Forget(compacted_to))
 
     def _make_status(self) -> dict[str, Any]:
         status = self.raw.status()
@@ -815,8 +795,8 @@ class RaftNode:
             self.signals.send(
                 signals.committed,
                 node_id=self.node_id,
-                value=after.get("commit"),
-                prev_value=before.get("commit"),
+                value=after.get("applied"),
+                prev_value=before.get("applied"),
             )
 
     def _abandon_proposals(self, commit: int) -> None:
@@ -858,7 +838,7 @@ class RaftNode:
                 request = self.inbox.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(request, Step | Wake | SnapshotSaved):
+            if isinstance(request, Step | Wake | SnapshotSaved | Applied | ApplyFailed):
                 continue
             if request.future.set_running_or_notify_cancel():
                 request.future.set_exception(error)

@@ -1,12 +1,22 @@
 """Client sessions applied by the state machine: exactly-once commands (Raft thesis §6.3).
 
-A client opens a session through the log (``OPEN_SESSION``); its id is the index of
-that entry, so a replayed opening makes a new session and never revives an old one.
-Each of its commands then carries ``(client_id, sequence)``. Applying one records the
-sequence number and the outcome in the same transaction as the handler's writes; a
-command whose number is the last one recorded is a retry and gets the recorded outcome
-without running again, and a lower number is refused. A client has one command in
-flight per session (``django_raft.do`` keeps one session per thread).
+A client process opens one session through the log (``OPEN_SESSION``); its id is the
+index of that entry, so a replayed opening makes a new session and never revives an old
+one. Each of its commands then carries ``(client_id, sequence, first_unanswered)``: many
+may be outstanding at once (every thread of the process shares the session), and
+``first_unanswered`` is the client's ack floor, the lowest number whose answer it has not
+seen. Applying a command records its outcome in the same transaction as the handler's
+writes, and the session keeps the outcome of every number at or above the greatest
+floor its commands carried, forgetting the older ones. A command whose outcome is kept is
+a retry and gets it without running again; a number below the floor was answered
+already and is refused (``REPLAYED``); a number ``MAX_OUTSTANDING`` or more above the
+floor is refused too (``OVERLOADED``, not applied: the client waits instead of sending
+it), which bounds what a session holds. A command without a floor (an older client, one
+command at a time) has its own number for floor: only its outcome is kept.
+
+The session row keeps the outcome of the command applied last in its own columns, and the
+others it must keep in a JSON object (``outcomes``), empty while the client has one
+command in flight: one at a time costs no more than before.
 
 Time here is **log time**: the leader stamps its clock (milliseconds) on every
 session-tracked command when it proposes it, and the log time is the greatest stamp
@@ -44,6 +54,7 @@ from ..protocol.request import (
     KEEP_ALIVE,
     LOCK_ACQUIRE,
     LOCK_RELEASE,
+    MAX_OUTSTANDING,
     MAX_SLOTS_PER_CLAIM,
     OPEN_SESSION,
 )
@@ -57,12 +68,20 @@ __all__ = [
     "load",
 ]
 
+MAX_OWNER_LENGTH = 32
+"""Characters of a lock's ``owner`` at most (a session id and it fit a lock's holder)."""
+_OWNER_RULE = f"ValueError: owner must be a string of at most {MAX_OWNER_LENGTH} characters, no '/'"
 SWEEP_INTERVAL_MS = 1000
 """Expired sessions are looked for at most this often, in log time."""
 MAX_TIMEOUT_MS = 30 * 24 * 3600 * 1000
 
 EXPIRED = "SessionExpiredError"
 REPLAYED = "ReplayedCommandError"
+OVERLOADED = "OverloadedError"
+
+# A session row as ``Run`` holds it: the columns of ``_SESSION_COLUMNS`` after client_id,
+# with ``outcomes`` parsed ({sequence: [ok, value JSON, error]}).
+_LAST, _LAST_OK, _LAST_VALUE, _LAST_ERROR, _TIMEOUT, _EXPIRES, _FLOOR, _KEPT = range(8)
 
 
 def is_tracked(command: DecodedCommand) -> bool:
@@ -117,10 +136,12 @@ class Run:
             with connections[self.using].cursor() as cursor:
                 cursor.execute(statement, chunk)
                 for client, *row in cursor.fetchall():
+                    row[_KEPT] = _parse_kept(row[_KEPT])
                     self._sessions[client] = row
 
     def session(self, client_id: str) -> list[Any] | None:
-        """``[last_sequence, last_ok, last_value, last_error, timeout_ms, expires_ms]``."""
+        """``[last_sequence, last_ok, last_value, last_error, timeout_ms, expires_ms,
+        floor, outcomes]``, ``outcomes`` parsed: ``{sequence: [ok, value JSON, error]}``."""
         if client_id not in self._sessions:
             self.load([client_id])
         return self._sessions[client_id]
@@ -146,7 +167,7 @@ class Run:
             expired = ClientSession.objects.using(self.using).filter(expires_ms__lte=self._now)
             ids = list(expired.values_list("client_id", flat=True))
             if ids:
-                Lock.objects.using(self.using).filter(holder__in=ids).update(holder="")
+                _release_locks_of(self.using, ids)
                 expired.delete()
                 for client in ids:
                     self._sessions[client] = None
@@ -177,7 +198,9 @@ class Run:
         self._clock_read = True
 
     def _write_sessions(self) -> None:
-        rows = [[client, *row] for client, row in self._dirty.items()]
+        rows = [
+            [client, *row[:_KEPT], _dump_kept(row[_KEPT])] for client, row in self._dirty.items()
+        ]
         self._dirty = {}
         for start in range(0, len(rows), _SESSIONS_PER_UPSERT):
             chunk = rows[start : start + _SESSIONS_PER_UPSERT]
@@ -215,8 +238,14 @@ def apply(run: Run, entry: Entry, command: DecodedCommand, execute: Execute) -> 
 
 def admit(run: Run, entry: Entry, command: DecodedCommand) -> Admitted | Outcome:
     """Advance the log time to the command's; then either its outcome without running it
-    (a retry, a replay, no session) or that it is to run (a session's opening, outside
-    any session)."""
+    (a retry, a replay, no session, too far above the floor) or that it is to run (a
+    session's opening, outside any session).
+
+    Admitting a command moves its session's floor and expiry at once (neither depends
+    on its outcome), so the next command of the session is admitted as it would be
+    after this one's outcome is recorded: several commands of one session may run in
+    one call of a batch handler, as long as no number comes twice (``answer`` records
+    them in order)."""
 
     now = run.advance(command.time_ms)
     if command.name == OPEN_SESSION:
@@ -224,25 +253,50 @@ def admit(run: Run, entry: Entry, command: DecodedCommand) -> Admitted | Outcome
     if not command.client_id:
         return Outcome(ok=False, error=f"{EXPIRED}: {command.name} needs a session")
     row = run.session(command.client_id)
-    if row is None or row[5] <= now:  # gone, or past its time (swept later)
+    if row is None or row[_EXPIRES] <= now:  # gone, or past its time (swept later)
         return Outcome(
             ok=False, error=f"{EXPIRED}: session {command.client_id} expired or does not exist"
         )
-    last_sequence, last_ok, last_value, last_error, timeout_ms, _ = row
-    if command.sequence <= last_sequence:
-        if command.sequence == last_sequence:
-            value = json.loads(last_value) if last_ok else None
-            return Outcome(ok=bool(last_ok), value=value, error=last_error)
+    sequence, floor = command.sequence, row[_FLOOR]
+    if sequence < floor:
         return Outcome(
             ok=False,
-            error=f"{REPLAYED}: command {command.sequence} of session {command.client_id} "
-            f"was answered before {last_sequence}",
+            error=f"{REPLAYED}: command {sequence} of session {command.client_id} was "
+            f"answered before: its client has seen every answer below {floor}",
         )
-    return Admitted(now, timeout_ms)
+    if sequence == row[_LAST]:
+        return _recorded(row[_LAST_OK], row[_LAST_VALUE], row[_LAST_ERROR])
+    kept = row[_KEPT].get(sequence) if row[_KEPT] else None
+    if kept is not None:
+        return _recorded(*kept)
+    floor = max(floor, command.first_unanswered or sequence)
+    if sequence - floor >= MAX_OUTSTANDING:
+        return Outcome(
+            ok=False,
+            error=f"{OVERLOADED}: command {sequence} of session {command.client_id} is "
+            f"{MAX_OUTSTANDING} or more above the first unanswered one ({floor}); not applied",
+        )
+    row[_FLOOR], row[_EXPIRES] = floor, now + row[_TIMEOUT]
+    run.write(command.client_id, row)
+    return Admitted(now, row[_TIMEOUT])
+
+
+def _recorded(ok: bool, value: str, error: str) -> Outcome:
+    """The outcome a session kept: ``ok``, the value's JSON, the error message."""
+    return Outcome(ok=bool(ok), value=json.loads(value) if ok else None, error=error)
 
 
 def answer(run: Run, command: DecodedCommand, admitted: Admitted, outcome: Outcome) -> None:
-    """Record the outcome of an admitted command as its session's last."""
+    """Record the outcome of an admitted command as its session's last, keep the
+    previous last while it is at or above the floor, and forget the outcomes below it."""
+    row = run.session(command.client_id)
+    assert row is not None  # admitted in this run: it exists
+    floor = row[_FLOOR]  # as ``admit`` moved it, for this command or a later one
+    kept = row[_KEPT]
+    if kept and min(kept) < floor:
+        kept = {number: outcome for number, outcome in kept.items() if number >= floor}
+    if row[_LAST] >= floor:  # still unanswered for all the session knows: keep it
+        kept[row[_LAST]] = [row[_LAST_OK], row[_LAST_VALUE], row[_LAST_ERROR]]
     value = json.dumps(outcome.value) if outcome.ok else "null"
     run.write(
         command.client_id,
@@ -251,10 +305,23 @@ def answer(run: Run, command: DecodedCommand, admitted: Admitted, outcome: Outco
             outcome.ok,
             value,
             outcome.error,
-            admitted.timeout_ms,
-            admitted.now + admitted.timeout_ms,
+            row[_TIMEOUT],
+            row[_EXPIRES],  # as ``admit`` moved it, too
+            floor,
+            kept,
         ],
     )
+
+
+def _parse_kept(text: str) -> dict[int, list[Any]]:
+    """The ``outcomes`` column as ``{sequence: [ok, value JSON, error]}``."""
+    if text == "{}" or not text:
+        return {}
+    return {int(number): outcome for number, outcome in json.loads(text).items()}
+
+
+def _dump_kept(kept: dict[int, list[Any]]) -> str:
+    return json.dumps(kept, separators=(",", ":")) if kept else "{}"
 
 
 def _sql(template: str) -> str:
@@ -270,11 +337,12 @@ def _sql(template: str) -> str:
 
 
 _SESSION_COLUMNS = (
-    "client_id, last_sequence, last_ok, last_value, last_error, timeout_ms, expires_ms"
+    "client_id, last_sequence, last_ok, last_value, last_error, timeout_ms, expires_ms, "
+    "floor, outcomes"
 )
-_SESSION_PLACES = "(" + ", ".join(["%s"] * 7) + ")"
+_SESSION_PLACES = "(" + ", ".join(["%s"] * 9) + ")"
 _SESSIONS_PER_UPSERT = 100
-"""Sessions per upsert (7 parameters each: within SQLite's 999)."""
+"""Sessions per upsert (9 parameters each: within SQLite's 999)."""
 _SELECT_SESSIONS = _sql(
     f"SELECT {_SESSION_COLUMNS} FROM {{session}} WHERE client_id IN ({{places}})"
 )
@@ -283,7 +351,7 @@ _UPSERT_SESSIONS = _sql(
     "ON CONFLICT (client_id) DO UPDATE SET last_sequence = excluded.last_sequence, "
     "last_ok = excluded.last_ok, last_value = excluded.last_value, "
     "last_error = excluded.last_error, timeout_ms = excluded.timeout_ms, "
-    "expires_ms = excluded.expires_ms"
+    "expires_ms = excluded.expires_ms, floor = excluded.floor, outcomes = excluded.outcomes"
 )
 _SELECT_CLOCK = _sql("SELECT time_ms, swept_ms FROM {clock} WHERE id = %s")
 _INSERT_CLOCK = _sql("INSERT INTO {clock} (id, time_ms, swept_ms) VALUES (%s, %s, %s)")
@@ -320,7 +388,7 @@ def _open(context: BuiltinContext, /, **arguments: Any) -> Outcome:
         return Outcome(ok=False, error=f"ValueError: timeout_ms must be in (0, {MAX_TIMEOUT_MS}]")
     client_id = str(context.index)
     # The defaults of ClientSession's fields: a session that has run no command yet.
-    context.run.write(client_id, [0, True, "null", "", timeout, context.now + timeout])
+    context.run.write(client_id, [0, True, "null", "", timeout, context.now + timeout, 0, {}])
     return Outcome(ok=True, value=client_id)
 
 
@@ -329,14 +397,36 @@ def _keep_alive(context: BuiltinContext, /, **arguments: Any) -> Outcome:
     return Outcome(ok=True)
 
 
+def _holder(context: BuiltinContext, arguments: dict[str, Any]) -> str | None:
+    """Who takes or gives back a lock: the session, or with ``owner`` (a ``Lock`` object
+    of the client's, since one session serves every thread of a process) the session's
+    owner ``client_id/owner``; None when ``owner`` is malformed."""
+    owner = arguments.get("owner", "")
+    if not isinstance(owner, str) or len(owner) > MAX_OWNER_LENGTH or "/" in owner:
+        return None
+    return f"{context.client_id}/{owner}" if owner else context.client_id
+
+
+def _release_locks_of(using: str, client_ids: list[str]) -> None:
+    """Release the locks held by these sessions, or by owners in them (expired sessions)."""
+    gone = set(client_ids)
+    held = Lock.objects.using(using).exclude(holder="").values_list("name", "holder")
+    names = [name for name, holder in held if holder.partition("/")[0] in gone]
+    if names:
+        Lock.objects.using(using).filter(name__in=names).update(holder="")
+
+
 def _acquire(context: BuiltinContext, /, **arguments: Any) -> Outcome:
-    """Take the lock if free, expired or already ours; its token is this entry's index."""
-    using, client_id, now = context.using, context.client_id, context.now
+    """Take the lock if free, expired or already the holder's; its token is this entry's
+    index."""
+    using, client_id, now = context.using, _holder(context, arguments), context.now
     name, ttl = arguments.get("name"), arguments.get("ttl_ms")
     if not isinstance(name, str) or not 0 < len(name) <= 200:
         return Outcome(ok=False, error="ValueError: a lock name is a string of 1 to 200 characters")
     if type(ttl) is not int or not 0 < ttl <= MAX_TIMEOUT_MS:
         return Outcome(ok=False, error=f"ValueError: ttl_ms must be in (0, {MAX_TIMEOUT_MS}]")
+    if client_id is None:
+        return Outcome(ok=False, error=_OWNER_RULE)
     lock = Lock.objects.using(using).filter(pk=name).first()
     if lock is None:
         lock = Lock(name=name)
@@ -355,10 +445,12 @@ def _acquire(context: BuiltinContext, /, **arguments: Any) -> Outcome:
 
 def _release(context: BuiltinContext, /, **arguments: Any) -> Outcome:
     """Release the lock if this session holds it with this token."""
-    name, token = arguments.get("name"), arguments.get("token")
+    name, token, holder = arguments.get("name"), arguments.get("token"), _holder(context, arguments)
     if not isinstance(name, str) or type(token) is not int:
         return Outcome(ok=False, error="ValueError: name must be a string, token an integer")
-    locks = Lock.objects.using(context.using).filter(pk=name, holder=context.client_id, token=token)
+    if holder is None:
+        return Outcome(ok=False, error=_OWNER_RULE)
+    locks = Lock.objects.using(context.using).filter(pk=name, holder=holder, token=token)
     released = locks.update(holder="")
     return Outcome(ok=True, value=bool(released))
 
@@ -418,6 +510,8 @@ def dump(using: str) -> bytes:
                 "last_error",
                 "timeout_ms",
                 "expires_ms",
+                "floor",
+                "outcomes",
             )
         ],
         "locks": [
@@ -437,7 +531,10 @@ def dump(using: str) -> bytes:
 
 
 def load(data: bytes, using: str) -> None:
-    """Replace the sessions, locks, slots and log clock by those ``dump`` wrote."""
+    """Replace the sessions, locks, slots and log clock by those ``dump`` wrote.
+
+    Sessions of an older snapshot (no floor, no other outcomes: one command at a time)
+    get their last sequence for floor."""
     state = json.loads(data) if data else {"clock": [0, 0], "sessions": [], "locks": []}
     ClientSession.objects.using(using).all()._raw_delete(using)
     Lock.objects.using(using).all()._raw_delete(using)
@@ -454,8 +551,10 @@ def load(data: bytes, using: str) -> None:
             last_error=error,
             timeout_ms=timeout,
             expires_ms=expires,
+            floor=newer[0] if newer else sequence,
+            outcomes=newer[1] if newer else "{}",
         )
-        for client_id, sequence, ok, value, error, timeout, expires in state["sessions"]
+        for client_id, sequence, ok, value, error, timeout, expires, *newer in state["sessions"]
     )
     Lock.objects.using(using).bulk_create(
         Lock(name=name, holder=holder, token=token, expires_ms=expires)

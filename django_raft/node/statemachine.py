@@ -46,16 +46,19 @@ from ..core import ConfChange, ConfChangeType, Entry, EntryType, Snapshot
 from ..exceptions import ApplyError
 from ..models import MAX_ADDRESS_LENGTH, SINGLETON, AppliedState, EntryOutcome, Member
 from ..protocol.wire import DecodedCommand, decode_envelope
-from . import outcome_log, sessions
+from . import metrics, outcome_log, sessions
 from .outcome import Outcome, describe_error
-from .storage import redoable_transaction
+from .storage import redoable_transaction, write_lock
 
 __all__ = ["Outcome", "StateMachine", "check_snapshot", "describe_error"]
 
-SNAPSHOT_MAGIC = b"django-raft-state/2\n"
+SNAPSHOT_MAGIC = b"django-raft-state/3\n"
 """How a snapshot made by ``StateMachine.save`` starts; a length-prefixed JSON list of
 members follows, then the length-prefixed client sessions and locks (``sessions.dump``),
-then the replicated state, then the SHA-256 of everything before it."""
+then the replicated state, then the SHA-256 of everything before it. Version 3: sessions
+keep a floor and several outcomes; a version 2 snapshot (one outcome per session) is
+still restored (``sessions.load`` reads both)."""
+_OLD_MAGIC = b"django-raft-state/2\n"
 ENVIRONMENT_RETRY_DELAYS = (0.01, 0.05, 0.2)
 """Seconds to wait before applying a run again after the database failed under it (see
 ``environmental``); after the last, ``ApplyError`` stops the node, which applies the
@@ -138,6 +141,11 @@ class StateMachine:
                 time.sleep(delay)
         raise AssertionError("unreachable")
 
+    def forget_outcomes(self, index: int) -> None:
+        """Delete the outcomes recorded for entries up to ``index`` (compacted away)."""
+        with redoable_transaction(self.alias):
+            EntryOutcome.objects.using(self.alias).filter(pk__lte=index)._raw_delete(self.alias)
+
     def environmental(self, error: BaseException) -> bool:
         """Whether a database error says nothing about the command that met it: a lock
         held too long, a lost connection, a full or failing disk. Such an error is never
@@ -210,13 +218,13 @@ class StateMachine:
         call of its handler (fast path); return the position after them.
 
         A session's command joins once its session admits it (a retry or a replay is
-        answered from the session without running). The group ends before a second
-        command of a session already in it (which must see the first one's outcome) and
-        before an expiry sweep. Should the handler read the log time while its calls
-        span several, the run is redone entry by entry.
+        answered from the session without running). The group ends before a command
+        whose session and number are already in it (a retry, which must see the first
+        one's outcome) and before an expiry sweep. Should the handler read the log time
+        while its calls span several, the run is redone entry by entry.
         """
         group: list[tuple[Entry, DecodedCommand, sessions.Admitted | None]] = []
-        clients: set[str] = set()
+        clients: set[tuple[str, int]] = set()
         moves = 0
         while position < len(todo):
             entry, call = todo[position], calls[position]
@@ -224,7 +232,9 @@ class StateMachine:
                 break
             admitted = None
             if sessions.is_tracked(call):
-                if call.client_id in clients or (group and run.sweep_due(call.time_ms)):
+                if (call.client_id, call.sequence) in clients or (
+                    group and run.sweep_due(call.time_ms)
+                ):
                     break
                 answer = sessions.admit(run, entry, call)
                 if not isinstance(answer, sessions.Admitted):
@@ -232,7 +242,7 @@ class StateMachine:
                     position += 1
                     continue
                 admitted = answer
-                clients.add(call.client_id)
+                clients.add((call.client_id, call.sequence))
             if not group:
                 moves = run.moves  # the log time its first call runs at
             group.append((entry, call, admitted))
@@ -243,6 +253,7 @@ class StateMachine:
         try:
             results = self._apply_batch(
                 group[0][0],
+                name,
                 commands.get(name),
                 [_call(entry, call) for entry, call, _ in group],
                 fast=True,
@@ -298,13 +309,20 @@ class StateMachine:
             context = sessions.BuiltinContext(run, entry.index, command.client_id)
             return handler(context, **command.arguments)  # an Outcome
         if commands.is_batch(name):
-            return self._apply_batch(entry, handler, [_call(entry, command)], fast)[entry.index]
-        return self._apply_call(entry, handler, command.arguments, fast)
+            calls = [_call(entry, command)]
+            return self._apply_batch(entry, name, handler, calls, fast)[entry.index]
+        return self._apply_call(entry, name, handler, command.arguments, fast)
 
     def _apply_call(
-        self, entry: Entry, handler: commands.Handler, arguments: dict[str, Any], fast: bool
+        self,
+        entry: Entry,
+        name: str,
+        handler: commands.Handler,
+        arguments: dict[str, Any],
+        fast: bool,
     ) -> Outcome:
         context = commands.Context(self.node_id, entry.index, entry.term, self.alias)
+        started = time.perf_counter()
         if fast:
             try:
                 return Outcome(ok=True, value=_as_json(handler(context, **arguments)))
@@ -312,19 +330,30 @@ class StateMachine:
                 if self.environmental(error):
                     raise
                 raise _Redo from error
+            finally:
+                self._timed(name, started, entry.index, 1)
         try:
             with transaction.atomic(using=self.alias):
                 value = _as_json(handler(context, **arguments))
         except Exception as error:
             if self.environmental(error):
                 raise
+            _raised(name, entry.index)
             return Outcome(ok=False, error=describe_error(error))
+        finally:
+            self._timed(name, started, entry.index, 1)
         return Outcome(ok=True, value=value)
 
     def _apply_batch(
-        self, entry: Entry, handler: commands.Handler, calls: list[commands.Call], fast: bool
+        self,
+        entry: Entry,
+        name: str,
+        handler: commands.Handler,
+        calls: list[commands.Call],
+        fast: bool,
     ) -> dict[int, Outcome]:
         context = commands.Context(self.node_id, entry.index, entry.term, self.alias)
+        started = time.perf_counter()
         try:
             if fast:
                 return _batch_outcomes(calls, handler(context, calls))
@@ -335,7 +364,29 @@ class StateMachine:
                 raise
             if fast:
                 raise _Redo from error
+            _raised(name, entry.index)
             return {entry.index: Outcome(ok=False, error=describe_error(error))}
+        finally:
+            self._timed(name, started, entry.index, len(calls))
+
+    def _timed(self, name: str, started: float, index: int, count: int) -> None:
+        """Record a handler's time; warn when it ran past ``SLOW_HANDLER_WARNING``.
+
+        Apply is ordered, so the commands after it waited as long.
+        """
+        seconds = time.perf_counter() - started
+        metrics.observe_handler(name, seconds)
+        if seconds >= raft_settings.SLOW_HANDLER_WARNING:
+            logger.warning(
+                "raft: node %s: the handler of %r took %.3f s on entry %d%s (longer than"
+                " SLOW_HANDLER_WARNING, %s s); the commands after it waited for it",
+                self.node_id,
+                name,
+                seconds,
+                index,
+                f" and the {count - 1} after it" if count > 1 else "",
+                raft_settings.SLOW_HANDLER_WARNING,
+            )
 
     def _apply_conf_change(self, change: ConfChange) -> None:
         members = Member.objects.using(self.alias).filter(node_id=change.node_id)
@@ -413,7 +464,7 @@ class StateMachine:
         """
         members, tracked, state = _split_snapshot(data)
         using = self.alias
-        with transaction.atomic(using=using, durable=True):
+        with write_lock(using), transaction.atomic(using=using, durable=True):
             Member.objects.using(using).all()._raw_delete(using)
             # Outcomes go with the state: entries up to the snapshot have left the log.
             EntryOutcome.objects.using(using).all()._raw_delete(using)
@@ -428,6 +479,12 @@ class StateMachine:
             else:
                 _load_models(state, using)
             self._set_applied(index, term)
+
+
+def _raised(name: str, index: int) -> None:
+    """Log, with its traceback, the error a handler raised (its outcome keeps only the
+    message; every node logs the same)."""
+    logger.warning("raft: the handler of %r raised on entry %d", name, index, exc_info=True)
 
 
 def _call(entry: Entry, command: DecodedCommand) -> commands.Call:
@@ -475,7 +532,8 @@ def _address(context: str) -> str:
 def _split_snapshot(data: bytes) -> tuple[list[tuple[str, str, str]], bytes, bytes]:
     """Members, sessions and the replicated state; ``ValueError`` unless it is whole."""
     start = len(SNAPSHOT_MAGIC)
-    if not data.startswith(SNAPSHOT_MAGIC) or len(data) < start + _LENGTH.size + _DIGEST_SIZE:
+    whole = len(data) >= start + _LENGTH.size + _DIGEST_SIZE
+    if not data.startswith((SNAPSHOT_MAGIC, _OLD_MAGIC)) or not whole:
         raise ValueError("not a django-raft snapshot (no header)")
     body, digest = data[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
     if not hmac.compare_digest(hashlib.sha256(body).digest(), digest):

@@ -14,8 +14,9 @@ it returns, which Raft requires before any message that depends on it is sent.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -43,10 +44,19 @@ from ..core import (
 )
 from ..proto import raft_pb2
 
-__all__ = ["DjangoStorage", "LogNotEmptyError", "make_durable", "redoable_transaction"]
+__all__ = [
+    "DjangoStorage",
+    "LogNotEmptyError",
+    "make_durable",
+    "redoable_transaction",
+    "write_lock",
+]
 
 TAIL_SIZE = 4096
 """How many of the most recent entries are kept in memory by default."""
+TAIL_BYTES = 32 << 20
+"""Bytes of entry data the in-memory tail holds at most (one entry always stays): large
+commands must not keep ``TAIL_SIZE`` times their size in every node's memory."""
 
 BATCH_SIZE = 1000
 """Rows per INSERT on backends written to through the ORM (neither SQLite nor PostgreSQL)."""
@@ -72,7 +82,8 @@ class _State:
 
     The log holds the entries ``offset + 1 .. last``; ``offset`` is the last compacted
     index (0 when none) and ``offset_term`` its term. ``tail`` holds the entries
-    ``tail_start .. last`` (never more than the tail size, never at or below ``offset``).
+    ``tail_start .. last`` (never more than the tail size, never at or below ``offset``);
+    ``cached_bytes`` is the size of their data.
     """
 
     hard_state: HardState
@@ -84,6 +95,7 @@ class _State:
     last_term: int
     tail_start: int
     tail: list[Entry]
+    cached_bytes: int = 0
 
     def copy(self) -> _State:
         return replace(self, tail=list(self.tail))
@@ -91,21 +103,33 @@ class _State:
     def truncate_tail(self, first: int) -> None:
         """Forget cached entries from ``first`` on."""
         if first < self.tail_start:
-            self.tail_start, self.tail = first, []
+            self.tail_start, self.tail, self.cached_bytes = first, [], 0
         else:
+            self.cached_bytes -= _size(self.tail[first - self.tail_start :])
             del self.tail[first - self.tail_start :]
 
     def drop_tail_through(self, index: int) -> None:
         """Forget cached entries up to and including ``index``."""
         if index >= self.tail_start:
+            self.cached_bytes -= _size(self.tail[: index + 1 - self.tail_start])
             del self.tail[: index + 1 - self.tail_start]
             self.tail_start = index + 1
 
-    def bound_tail(self, size: int) -> None:
-        excess = len(self.tail) - size
-        if excess > 0:
+    def bound_tail(self, size: int, max_bytes: int) -> None:
+        """Keep at most ``size`` entries and ``max_bytes`` of data (one entry always)."""
+        excess = max(0, len(self.tail) - size)
+        dropped = _size(self.tail[:excess])
+        while self.cached_bytes - dropped > max_bytes and excess < len(self.tail) - 1:
+            dropped += len(self.tail[excess].data)
+            excess += 1
+        if excess:
             del self.tail[:excess]
             self.tail_start += excess
+            self.cached_bytes -= dropped
+
+
+def _size(entries: Sequence[Entry]) -> int:
+    return sum(len(entry.data) for entry in entries)
 
 
 def _entry(index: int, term: int, kind: int, data: Any) -> Entry:
@@ -140,11 +164,14 @@ class DjangoStorage:
     return means committed), and the in-memory copy changes only once it committed.
     """
 
-    def __init__(self, alias: str | None = None, *, tail_size: int = TAIL_SIZE) -> None:
+    def __init__(
+        self, alias: str | None = None, *, tail_size: int = TAIL_SIZE, tail_bytes: int = TAIL_BYTES
+    ) -> None:
         if tail_size < 1:
             raise ValueError(f"tail_size must be at least 1, not {tail_size}")
-        self.alias = raft_settings.DATABASE if alias is None else alias
+        self.alias = raft_settings.log_database if alias is None else alias
         self.tail_size = tail_size
+        self.tail_bytes = tail_bytes
         self._snapshot_data: bytes | None = None
         self._state = self._load()
         self._commit_unwritten = False
@@ -193,7 +220,7 @@ class DjangoStorage:
         last, last_term = (tail[-1].index, tail[-1].term) if tail else (offset, offset_term)
         if tail and tail[0].index != last - len(tail) + 1:
             raise RuntimeError(f"the stored log has a gap below index {last}")
-        return _State(
+        state = _State(
             hard_state=hard_state,
             snapshot=snapshot,
             snapshot_saved=saved,
@@ -203,7 +230,10 @@ class DjangoStorage:
             last_term=last_term,
             tail_start=last - len(tail) + 1,
             tail=tail,
+            cached_bytes=_size(tail),
         )
+        state.bound_tail(self.tail_size, self.tail_bytes)
+        return state
 
     # -- the Storage protocol ----------------------------------------------------------
 
@@ -333,7 +363,7 @@ class DjangoStorage:
         if hard_state is None and self._commit_unwritten:
             hard_state = stored
         state = self._state.copy()
-        with transaction.atomic(using=self.alias, durable=True):
+        with write_lock(self.alias), transaction.atomic(using=self.alias, durable=True):
             self._write(state, hard_state, entries, snapshot)
         self._commit_unwritten = False
         self._commit(state, snapshot)
@@ -362,7 +392,7 @@ class DjangoStorage:
         if index > state.last:
             raise UnavailableError(index)
         state = state.copy()
-        with transaction.atomic(using=self.alias, durable=True):
+        with write_lock(self.alias), transaction.atomic(using=self.alias, durable=True):
             self._save_snapshot(state, snapshot)
         self._commit(state, snapshot)
 
@@ -381,7 +411,7 @@ class DjangoStorage:
                 f"cannot compact to {index}: the snapshot covers only up to {state.snapshot.index}"
             )
         state = state.copy()
-        with transaction.atomic(using=self.alias, durable=True):
+        with write_lock(self.alias), transaction.atomic(using=self.alias, durable=True):
             self._compact(state, index)
         self._commit(state, None)
 
@@ -405,7 +435,7 @@ class DjangoStorage:
         ]
         state = self._state.copy()
         using = self.alias
-        with transaction.atomic(using=using, durable=True):
+        with write_lock(using), transaction.atomic(using=using, durable=True):
             if (
                 state.last
                 or state.snapshot_saved
@@ -454,7 +484,7 @@ class DjangoStorage:
         self._log().all()._raw_delete(self.alias)
         state.offset = state.last = index
         state.offset_term = state.last_term = term
-        state.tail_start, state.tail = index + 1, []
+        state.tail_start, state.tail, state.cached_bytes = index + 1, [], 0
         self._save_snapshot(state, snapshot)
 
     def _append(self, state: _State, entries: Sequence[Entry]) -> None:
@@ -473,9 +503,11 @@ class DjangoStorage:
         if len(entries) >= self.tail_size:
             state.tail_start = entries[-self.tail_size].index
             state.tail = list(entries[-self.tail_size :])
+            state.cached_bytes = _size(state.tail)
         else:
             state.tail.extend(entries)
-            state.bound_tail(self.tail_size)
+            state.cached_bytes += _size(entries)
+        state.bound_tail(self.tail_size, self.tail_bytes)
         state.last, state.last_term = entries[-1].index, entries[-1].term
 
     def _insert(self, entries: Sequence[Entry]) -> None:
@@ -526,7 +558,6 @@ class DjangoStorage:
             return
         term = self._term(state, index)
         self._log().filter(index__lte=index)._raw_delete(self.alias)
-        models.EntryOutcome.objects.using(self.alias).filter(pk__lte=index)._raw_delete(self.alias)
         models.Snapshot.objects.using(self.alias).filter(pk=models.SINGLETON).update(
             compacted_index=index, compacted_term=term
         )
@@ -601,6 +632,25 @@ def make_durable(alias: str | None = None) -> None:
 
 
 _durable_aliases: set[str] = set()
+_write_locks: dict[str, threading.RLock] = {}
+_write_locks_guard = threading.Lock()
+
+
+def write_lock(alias: str) -> AbstractContextManager[object]:
+    """What a thread of this process holds while it writes to the database ``alias``.
+
+    SQLite takes one writer at a time, and a transaction that read before another
+    connection committed cannot write at all: the node's loop (the log) and its applier
+    (the state) would fail each other's transactions when they share a file. So every
+    writer of one SQLite file takes the same lock; writers of different files, or of a
+    server database (which locks rows), do not wait for each other.
+    """
+    connection = connections[alias]
+    if connection.vendor != "sqlite":
+        return nullcontext()
+    name = str(connection.settings_dict["NAME"])
+    with _write_locks_guard:
+        return _write_locks.setdefault(name, threading.RLock())
 
 
 @contextmanager
@@ -621,19 +671,20 @@ def redoable_transaction(alias: str) -> Iterator[None]:
         and alias in _durable_aliases
         and not connection.in_atomic_block  # SQLite refuses the change inside one
     )
-    if relax:
-        with connection.cursor() as cursor:
-            cursor.execute("PRAGMA synchronous=NORMAL")
-    try:
-        with transaction.atomic(using=alias, durable=True):
-            if connection.vendor == "postgresql":
-                with connection.cursor() as cursor:
-                    cursor.execute("SET LOCAL synchronous_commit = off")
-            yield
-    finally:
+    with write_lock(alias):
         if relax:
             with connection.cursor() as cursor:
-                cursor.execute("PRAGMA synchronous=FULL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with transaction.atomic(using=alias, durable=True):
+                if connection.vendor == "postgresql":
+                    with connection.cursor() as cursor:
+                        cursor.execute("SET LOCAL synchronous_commit = off")
+                yield
+        finally:
+            if relax:
+                with connection.cursor() as cursor:
+                    cursor.execute("PRAGMA synchronous=FULL")
 
 
 def _on_connection_created(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:

@@ -31,12 +31,19 @@ from ..exceptions import (
     InvalidRequestError,
     NodeServerError,
     NodeStoppedError,
+    OverloadedError,
     SessionExpiredError,
     StaleTokenError,
 )
 from ..protocol.answers import LOST, failure, settled
 from ..protocol.command_stream import TIMED_OUT
-from ..protocol.request import READ_INDEX, TIMEOUT_RULE, command_fields, valid_timeout
+from ..protocol.request import (
+    READ_INDEX,
+    TIMEOUT_RULE,
+    command_fields,
+    first_unanswered,
+    valid_timeout,
+)
 from ..protocol.send import AnswerAbandoned, Unsent, post, send_command
 from ..protocol.wire import WireError, encode_command
 from . import sessions
@@ -55,13 +62,18 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_OUTCOME_ERRORS: dict[str, type[CommandFailedError | SessionExpiredError | StaleTokenError]] = {
+_OUTCOME_ERRORS: dict[str, type[RaftError]] = {
     f"{sessions.EXPIRED}:": SessionExpiredError,
+    f"{sessions.OVERLOADED}:": OverloadedError,
     "StaleTokenError:": StaleTokenError,
 }
 """A command's recorded error that starts so reaches the caller as that error."""
 MAX_HOPS = 3
 """A forwarded request is not forwarded again more than this many times."""
+MIN_TIME_LEFT = 0.1
+"""Seconds a read or a write to forward must have left when a thread of the pool takes
+it up, if it had them when it was queued; with less it is refused (``OverloadedError``:
+nothing was sent) rather than sent to time out, its outcome unknown."""
 
 
 class RequestHost(Protocol):
@@ -199,7 +211,17 @@ def _elsewhere(
         answer.set_result(run())
         return
 
+    queued_with = _remaining(request.deadline)
+
     def guarded() -> None:
+        if _remaining(request.deadline) < MIN_TIME_LEFT <= queued_with:  # waited for a thread
+            answer.set_result(
+                failure(
+                    OverloadedError,
+                    f"node {node.node_id!r} had no thread free for it in time; retry later",
+                )
+            )
+            return
         try:
             answer.set_result(run())
         except Exception as error:
@@ -380,6 +402,7 @@ def proposal(request: Request) -> bytes | dict[str, Any]:
             request.client_id,
             request.sequence,
             int(time.time() * 1000) if tracked else 0,
+            first_unanswered(request.body),
         )
         if not builtin:  # the builtins are always well formed
             commands.check_call(name, arguments, len(data), raft_settings.MAX_COMMAND_SIZE)

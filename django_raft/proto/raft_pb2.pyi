@@ -320,6 +320,7 @@ class Command(_message.Message):
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
     TIME_MS_FIELD_NUMBER: _builtins.int
+    FIRST_UNANSWERED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """CommandName: the handler to run"""
     arguments: _builtins.bytes
@@ -333,6 +334,13 @@ class Command(_message.Message):
     """Log time: milliseconds since the epoch on the leader's clock when it proposed the
     command (0: not stamped). Sessions and locks expire by it, never by a node's clock.
     """
+    first_unanswered: _builtins.int
+    """In a session: the lowest sequence number whose answer the client has not seen yet
+    (its ack floor, at most sequence). The state machine keeps the outcomes from it on
+    and forgets the older ones. 0 (older clients, one command at a time): sequence.
+    It follows arguments: a command cut just before it reads as floor = sequence, which
+    may refuse an older outstanding command but never applies one twice.
+    """
     def __init__(
         self,
         *,
@@ -341,10 +349,11 @@ class Command(_message.Message):
         client_id: _builtins.str = ...,
         sequence: _builtins.int = ...,
         time_ms: _builtins.int = ...,
+        first_unanswered: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "client_id", b"client_id", "name", b"name", "sequence", b"sequence", "time_ms", b"time_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments", b"arguments", "client_id", b"client_id", "first_unanswered", b"first_unanswered", "name", b"name", "sequence", b"sequence", "time_ms", b"time_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

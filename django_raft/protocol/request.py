@@ -2,7 +2,13 @@
 
 The client builds these bodies and the node parses them (``command_fields``), so both
 sides take their rules from here: the names of the builtin commands (sessions, locks,
-beat claims, the read index) and the bound on a timeout.
+beat claims, the read index), the bound on a timeout, and how many commands one session
+may have outstanding (``MAX_OUTSTANDING``).
+
+A command of a session carries ``client_id``, ``sequence`` and ``first_unanswered``:
+the lowest sequence number of that session whose answer the client has not seen yet
+(its ack floor, Raft thesis §6.3). Without it the floor is the sequence itself: the
+client had one command at a time.
 """
 
 from __future__ import annotations
@@ -14,21 +20,25 @@ __all__ = [
     "KEEP_ALIVE",
     "LOCK_ACQUIRE",
     "LOCK_RELEASE",
+    "MAX_OUTSTANDING",
     "MAX_SLOTS_PER_CLAIM",
     "MAX_TIMEOUT",
     "OPEN_SESSION",
     "READ_INDEX",
     "TIMEOUT_RULE",
     "command_fields",
+    "first_unanswered",
     "valid_timeout",
 ]
 
 OPEN_SESSION = "django_raft.session.open"
 """Opens a session; arguments ``timeout_ms``; the result is the new client id."""
 LOCK_ACQUIRE = "django_raft.lock.acquire"
-"""Arguments ``name``, ``ttl_ms``; the result says whether the lock was taken, and its token."""
+"""Arguments ``name``, ``ttl_ms`` and ``owner`` (optional: which holder of the session
+takes it, since every thread of a process shares one session); the result says whether
+the lock was taken, and its token."""
 LOCK_RELEASE = "django_raft.lock.release"
-"""Arguments ``name``, ``token``; the result says whether the lock was released."""
+"""Arguments ``name``, ``token``, ``owner``; the result says whether the lock was released."""
 KEEP_ALIVE = "django_raft.session.keep_alive"
 """Extends a session's life; no arguments."""
 BEAT_CLAIM = "django_raft.beat.claim"
@@ -37,6 +47,12 @@ MAX_SLOTS_PER_CLAIM = 1000
 """Slots one beat claim may ask for."""
 READ_INDEX = "django_raft.read_index"
 """The read-only command that only waits for a read index, for ``django_raft.read()``."""
+
+MAX_OUTSTANDING = 1024
+"""Commands one session may have outstanding: a sequence number at least this far above
+the session's ack floor is refused (``OverloadedError``, not applied), so a node keeps at
+most this many outcomes per session. A client waits for its floor to move instead of
+sending such a number."""
 
 MAX_TIMEOUT = 3600.0
 """Seconds a request, a client or ``COMMAND_TIMEOUT`` may give a command at most."""
@@ -67,4 +83,12 @@ def command_fields(body: dict[str, Any]) -> tuple[str, dict[str, Any], str, int]
         return "client_id must be a string of at most 64 characters"
     if type(sequence) is not int or sequence < 0 or (client_id and sequence == 0):
         return "sequence must be a positive integer in a session"
+    floor = body.get("first_unanswered", 0)
+    if type(floor) is not int or not 0 <= floor <= sequence:
+        return "first_unanswered must be an integer from 0 to the sequence"
     return name, arguments, client_id, sequence
+
+
+def first_unanswered(body: dict[str, Any]) -> int:
+    """The ack floor of a body ``command_fields`` accepted (0: none given)."""
+    return int(body.get("first_unanswered", 0))

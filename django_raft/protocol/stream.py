@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 __all__ = [
@@ -96,9 +96,11 @@ class FrameReader:
         self._limit = limit
         self._number = 0
 
-    def read(self) -> bytes | None:
+    def read(self, admit: Callable[[int], object] | None = None) -> bytes | None:
         """The next frame's payload; None when the stream ended cleanly between frames.
 
+        ``admit(length)``, if given, is called once the header is read and before any
+        of the payload is (a receiver makes room for it there, or waits).
         Raise ``FrameError`` for a frame cut short, too large, or with a wrong tag, and
         ``OSError`` (``TimeoutError`` included) when the connection fails.
         """
@@ -110,6 +112,8 @@ class FrameReader:
         length, tag = _HEADER.unpack(header)
         if length > self._limit:
             raise FrameError(f"a frame of {length} bytes (at most {self._limit})")
+        if admit is not None:
+            admit(length)
         payload = self._source.read(length) if length else b""
         if len(payload) < length:
             raise FrameError("the stream ended inside a frame")

@@ -238,12 +238,15 @@ def encode_command(
     client_id: str = "",
     sequence: int = 0,
     time_ms: int = 0,
+    first_unanswered: int = 0,
 ) -> bytes:
     """Serialise an application command for the data of a NORMAL entry.
 
     ``arguments`` are the handler's keyword arguments; they cross as a JSON object.
     ``client_id`` and ``sequence`` identify the command within a client's session;
-    ``time_ms`` is the log time the leader stamps on it when proposing (0: none).
+    ``time_ms`` is the log time the leader stamps on it when proposing (0: none);
+    ``first_unanswered`` is the session's ack floor, at most ``sequence`` (0: the
+    sequence itself, what a client with one command at a time means).
     """
     if not isinstance(name, str) or not name:
         raise WireError(f"a command needs a non-empty name, not {name!r}")
@@ -251,10 +254,17 @@ def encode_command(
         raise WireError(f"command {name!r}: arguments must be a dict with string keys")
     if sequence > MAX_VALUE or not 0 <= time_ms <= MAX_VALUE:
         raise WireError(f"command {name!r}: sequence or time out of range")
+    if not 0 <= first_unanswered <= sequence:
+        raise WireError(f"command {name!r}: first_unanswered is not in [0, sequence]")
     try:
         encoded = _ENCODER.encode(arguments).encode()
         command = pb.Command(
-            name=name, arguments=encoded, client_id=client_id, sequence=sequence, time_ms=time_ms
+            name=name,
+            arguments=encoded,
+            client_id=client_id,
+            sequence=sequence,
+            time_ms=time_ms,
+            first_unanswered=first_unanswered,
         )
     except (TypeError, ValueError, RecursionError) as error:
         raise WireError(f"cannot encode command {name!r}: {error}") from error
@@ -270,6 +280,8 @@ class DecodedCommand:
     client_id: str
     sequence: int
     time_ms: int
+    first_unanswered: int = 0
+    """The session's ack floor the client sent (0: none, read as ``sequence``)."""
 
 
 def decode_command(data: bytes) -> tuple[str, dict[str, Any], str, int]:
@@ -289,12 +301,16 @@ def decode_envelope(data: bytes) -> DecodedCommand:
         raise WireError("command without a name")
     if wire.sequence > MAX_VALUE or wire.time_ms > MAX_VALUE:
         raise WireError(f"command {wire.name!r}: sequence or time out of range")
+    if wire.first_unanswered > wire.sequence:
+        raise WireError(f"command {wire.name!r}: first_unanswered above its sequence")
     arguments = _decode_json(wire.arguments, f"command {wire.name!r}: arguments")
     if not isinstance(arguments, dict):
         raise WireError(
             f"command {wire.name!r}: arguments are a JSON {type(arguments).__name__}, not an object"
         )
-    return DecodedCommand(wire.name, arguments, wire.client_id, wire.sequence, wire.time_ms)
+    return DecodedCommand(
+        wire.name, arguments, wire.client_id, wire.sequence, wire.time_ms, wire.first_unanswered
+    )
 
 
 def encode_result(ok: bool, value: Any = None, error: str = "") -> bytes:

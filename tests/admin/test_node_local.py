@@ -137,7 +137,14 @@ def test_metrics_are_served_in_the_prometheus_format(local: Local) -> None:
 
 def test_snapshot_on_demand_stores_it_and_compacts_the_log(local: Local) -> None:
     fill(10)
-    applied = local.node.status()["applied"]
+    # The loop counts an entry applied once the applier reports it, just after do() returns.
+    applied = wait_for(
+        lambda: (
+            (status := local.node.status())["applied"] == status["commit"] and status["applied"]
+        ),
+        5,
+        "the status to show every entry applied",
+    )
     answer = local.post("snapshot", {})
     assert answer.status_code == 200, answer.text
     report = answer.json()["value"]

@@ -126,18 +126,25 @@ class Node:
             env["DATABASE_URL"] = self.database_url
         else:
             env["DJANGO_SQLITE_PATH"] = str(self.sqlite_path)
+            if self.cluster.settings.get("LOG_DATABASE") == "raft_log":
+                env["DJANGO_SQLITE_LOG_PATH"] = str(self.sqlite_path).replace(
+                    ".sqlite3", "-log.sqlite3"
+                )
         return env
 
     def migrate(self) -> None:
         if self.database_url:
             _recreate_postgres_database(self.database_url)
-        subprocess.run(
-            [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-            cwd=ROOT,
-            env=self.env(),
-            check=True,
-            timeout=120,
-        )
+        env = self.env()
+        extra = [["--database", "raft_log"]] if "DJANGO_SQLITE_LOG_PATH" in env else []
+        for database in [[], *extra]:
+            subprocess.run(
+                [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0", *database],
+                cwd=ROOT,
+                env=env,
+                check=True,
+                timeout=120,
+            )
 
     def start(self, *arguments: str, program: tuple[str, ...] = ("manage.py", "raftnode")) -> None:
         """Run ``raftnode`` with ``arguments`` (or another ``program`` that runs a node)."""

@@ -894,7 +894,7 @@ def test_unframe_refuses_garbage() -> None:
 
 
 def blocking_handler(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
-    """Register ``tests.block``: it holds the loop until ``release`` is set."""
+    """Register ``tests.block``: it holds the applier until ``release`` is set."""
     entered, release = threading.Event(), threading.Event()
 
     def block(context: Context) -> str:
@@ -915,7 +915,7 @@ def test_proposals_beyond_the_bound_are_refused_with_overloaded_error(
     entered, release = blocking_handler(monkeypatch)
     try:
         held = [node.propose_async(encode_command("tests.block", {}))]
-        assert entered.wait(10)  # the loop is applying it: the others stay outstanding
+        assert entered.wait(10)  # the applier is running it: the others stay outstanding
         held += [
             node.propose_async(encode_command("kv.set", {"key": f"h{i}", "value": "v"}))
             for i in range(2)
@@ -962,8 +962,17 @@ def test_every_request_of_a_peer_stepped_in_one_turn_is_answered(
     """Two requests of one peer (the transport keeps several in flight) in one turn: the
     replies ride on one of them, and both are answered as soon as the turn is durable."""
     node = running.node
-    entered, release = blocking_handler(monkeypatch)
-    held = node.propose_async(encode_command("tests.block", {}))
+    entered, release = threading.Event(), threading.Event()
+    persist = node.storage.persist
+
+    def blocking_persist(hard_state: Any, entries: Any, snapshot: Any) -> None:
+        if entries:
+            entered.set()
+            release.wait(20)
+        persist(hard_state, entries, snapshot)
+
+    monkeypatch.setattr(node.storage, "persist", blocking_persist)
+    held = node.propose_async(encode_command("kv.set", {"key": "held", "value": "released"}))
     assert entered.wait(10)  # the loop is busy: what comes now waits for one turn
     answers: list[list[Message]] = []
 
@@ -979,7 +988,7 @@ def test_every_request_of_a_peer_stepped_in_one_turn_is_answered(
         thread.join(10)  # the one left out of the turn's answers waited its whole timeout
     assert not any(thread.is_alive() for thread in threads)
     assert len(answers) == 2
-    assert held.result(10).value == "released"
+    assert held.result(10).ok
 
 
 def test_the_log_runs_at_most_max_unapplied_entries_ahead_of_the_state(

@@ -184,7 +184,7 @@ def test_a_failing_run_redone_entry_by_entry_records_each_outcome_once() -> None
     ]
 
 
-def test_compaction_discards_the_outcomes_with_the_entries() -> None:
+def test_compaction_discards_the_outcomes_of_the_compacted_entries() -> None:
     storage = DjangoStorage("default")
     entries = [command(i, "kv.set", key="k", value=str(i)) for i in range(1, 7)]
     storage.persist(HardState(1, "", 6), entries, None)
@@ -192,6 +192,8 @@ def test_compaction_discards_the_outcomes_with_the_entries() -> None:
     machine.apply(entries)
     storage.create_snapshot(Snapshot(SnapshotMetadata(4, 1, ConfState(("node-1",))), b"x"))
     storage.compact(4)
+    assert len(rows()) == 6  # the log is in its own tables (LOG_DATABASE may be another file)
+    machine.forget_outcomes(4)  # the node's applier does this after each compaction
     assert [row[0] for row in rows()] == [5, 6]
 
 

@@ -399,6 +399,26 @@ def test_the_tail_cache_never_serves_truncated_entries() -> None:
 
 
 @pytest.mark.django_db
+def test_the_tail_cache_holds_at_most_tail_bytes_of_entry_data() -> None:
+    """Large commands must not keep ``TAIL_SIZE`` times their size in memory."""
+    storage = DjangoStorage(tail_size=100, tail_bytes=1000)
+    storage.persist(entries=[Entry(i, 1, data=b"x" * 300) for i in range(1, 11)])
+    state = storage._state
+    assert [e.index for e in state.tail] == [8, 9, 10]
+    assert state.cached_bytes == 900
+    storage.persist(entries=[Entry(i, 2, data=b"y" * 10) for i in range(9, 13)])
+    assert [e.index for e in storage._state.tail] == [8, 9, 10, 11, 12]
+    assert storage._state.cached_bytes == 340
+    storage.persist(entries=[Entry(13, 2, data=b"z" * 5000)])  # one entry always stays
+    assert [e.index for e in storage._state.tail] == [13]
+    assert storage._state.cached_bytes == 5000
+    assert [e.term for e in storage.entries(1, 14, 20)] == [1] * 8 + [2] * 5
+    restarted = DjangoStorage(tail_size=100, tail_bytes=1000)
+    assert [e.index for e in restarted._state.tail] == [13]
+    assert everything(restarted) == everything(storage)
+
+
+@pytest.mark.django_db
 def test_reads_from_the_tail_cache_make_no_query(
     django_assert_num_queries: Any,
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ...conf import is_node_url, raft_settings
@@ -84,6 +85,8 @@ class Command(BaseCommand):
             )
         except OSError as error:
             raise CommandError(f"cannot listen on {bind}: {error}") from error
+        except ImproperlyConfigured as error:
+            raise CommandError(str(error)) from error
         self.stdout.write(f"raftnode {node_id} listening on {bind} ({address})")
         serve_forever(node, server)
         self.stdout.write(f"raftnode {node_id} stopped")

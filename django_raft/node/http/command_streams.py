@@ -7,31 +7,67 @@ runs on a few threads of the stream server's own.
 Another thread per stream writes the answers, every answer ready in one frame, so a
 client that reads slowly delays only itself. At most ``MAX_IN_FLIGHT`` commands of a
 stream run at once: beyond that the stream is not read until one is answered.
+
+A frame's bytes are taken from the node's budget (``flow``) once its header is read and
+before its payload is (with ``flow.COMMAND_COST`` per command once it is parsed): a
+stream whose client (or the node) holds all it may waits up to ``ADMIT_WAIT`` for room,
+then its frame is read all the same and every command in it is answered with
+``OverloadedError`` (never proposed). Frames refused so are read a few at a time in the
+whole node (``REFUSING``), so refusing costs little memory either. A command for the
+slow threads takes a place in their queue (``SLOW_LANE``), or is refused at once.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import logging
 import socket
 import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO
 
-from ...exceptions import StopError
+from ...exceptions import OverloadedError, StopError
 from ...protocol import stream
-from ...protocol.command_stream import MAX_IN_FLIGHT, MAX_REQUEST_FRAME
+from ...protocol.answers import failure
+from ...protocol.command_stream import MAX_IN_FLIGHT, MAX_REQUEST_FRAME, PING
 from ...protocol.connection import shut
+from .. import flow
 from ..runner import RaftNode
 from ..submit import submit
 
-__all__ = ["SLOW_THREADS", "serve"]
+__all__ = ["ADMIT_WAIT", "REFUSING", "SLOW_LANE", "SLOW_THREADS", "serve"]
 
 logger = logging.getLogger(__name__)
 
 SLOW_THREADS = 32
 """Threads that run the commands a node cannot propose at once (see the module)."""
+ADMIT_WAIT = 1.0
+"""Seconds a stream waits for room in the node's budget before its next frame is
+refused. Meanwhile the node writes it an empty frame every ``PING`` seconds: the stream
+is not read, so the client's pings go unanswered, and a client hearing nothing for
+``command_stream.PROBE`` would take the node for stopped."""
+REFUSING = 4
+"""Frames the node reads at once only to refuse their commands (each at most
+``MAX_REQUEST_FRAME`` bytes)."""
+REFUSING_WAIT = 5.0
+"""Seconds a stream waits to read a frame it refuses before it is closed instead."""
+_refusing = threading.BoundedSemaphore(REFUSING)
+SLOW_LANE = flow.Limits(
+    node=8 * SLOW_THREADS,
+    client=2 * SLOW_THREADS,
+    stream=SLOW_THREADS,
+    peer=4 * SLOW_THREADS,
+    floor=SLOW_THREADS // 4,
+    reserve=SLOW_THREADS,
+)
+"""Commands waiting for or running on the slow threads at most (one each: a follower's
+forwarding, reads), shared like bytes are (``flow``): past a few hundred, a command
+would wait there longer than its deadline, so it is refused at once instead."""
+_slow_lane = flow.Budget(SLOW_LANE)
 _MAX_ID = (1 << 63) - 1
 _slow: ThreadPoolExecutor | None = None
 _slow_lock = threading.Lock()
@@ -117,19 +153,34 @@ class _Answers(threading.Thread):
 class _Dispatcher:
     """Runs one stream's commands on the node and hands their answers to the writer."""
 
-    def __init__(self, node: RaftNode, answers: _Answers) -> None:
+    def __init__(self, node: RaftNode, answers: _Answers, name: str, peer: bool) -> None:
         self.node = node
         self.answers = answers
+        self.name = name
+        self.peer = peer
         self.room = threading.Semaphore(MAX_IN_FLIGHT)
+        self.lane = _slow_lane.stream(peer)
 
-    def answer(self, number: int, answer: dict[str, Any]) -> None:
+    def answer(self, number: int, answer: dict[str, Any], *tickets: flow.Ticket | None) -> None:
+        for ticket in tickets:
+            if ticket is not None:
+                ticket.release()
         self.answers.put(number, answer)
         self.room.release()
 
-    def run(self, number: int, body: Any, leading: bool) -> None:
-        """Start a command; its answer comes later (``answer``)."""
+    def run(self, number: int, body: Any, leading: bool, ticket: flow.Ticket) -> None:
+        """Start a command that holds ``ticket``; its answer comes later (``answer``).
+
+        One that runs on the slow threads (``leading`` says whether it will) takes a
+        place in their queue first (``SLOW_LANE``), or is refused."""
+        slot = None
+        if not leading or (isinstance(body, dict) and body.get("read")):
+            slot = _slow_lane.take(self.name, 1, stream=self.lane, peer=self.peer)
+            if slot is None:
+                self.answer(number, _overloaded(self.node, self.name), ticket)
+                return
         submitted = submit(self.node, body, _slow_pool(), leading)
-        submitted.add_done_callback(lambda done: self.answer(number, done.result()))
+        submitted.add_done_callback(lambda done: self.answer(number, done.result(), ticket, slot))
 
 
 def serve(
@@ -137,29 +188,110 @@ def serve(
 ) -> None:
     """Serve one command stream until it ends, breaks or lies (then it is closed).
 
-    ``keys``: the requests' and the answers' (``command_stream.stream_keys``).
+    ``keys``: the requests' and the answers' (``command_stream.stream_keys``); ``name``:
+    the client's, as it signed the handshake (a member's id: a node forwarding).
     """
     reader = stream.FrameReader(source, keys[0], MAX_REQUEST_FRAME)
     answers = _Answers(sock, keys[1], name)
     answers.start()
-    dispatcher = _Dispatcher(node, answers)
+    peer = name in node.transport.addresses
+    dispatcher = _Dispatcher(node, answers, name, peer)
+    budget = flow.budget_of(node)
+    share = budget.stream(peer)
+    admitted: list[flow.Ticket | None] = []
+    deadline = 0.0
+
+    def admit(length: int) -> None:
+        """Make room for a frame of ``length`` bytes (and one command) before it is read
+        (``admitted``)."""
+        nonlocal deadline
+        if length:
+            deadline = time.monotonic() + ADMIT_WAIT
+            size = length + flow.COMMAND_COST
+            while (ticket := budget.take(name, size, PING, share, peer)) is None:
+                if time.monotonic() >= deadline:
+                    break
+                answers.pong()
+            if ticket is None and not _refusing.acquire(timeout=REFUSING_WAIT):
+                raise stream.FrameError("the node is overloaded")
+            admitted.append(ticket)
+
     try:
-        while (payload := reader.read()) is not None:
+        while (payload := reader.read(admit)) is not None:
             if node.stopping.is_set():
                 return
             if not payload:
                 answers.pong()
                 continue
-            requests = requests_of(payload)
-            leading = node.status().get("state") == "leader"
-            for number, body in requests:
-                while not dispatcher.room.acquire(timeout=0.5):
-                    if node.stopping.is_set():
-                        return
-                dispatcher.run(number, body, leading)
+            if not _run_frame(dispatcher, payload, admitted.pop(), name, deadline):
+                return
+            payload = b""  # not kept while the next frame waits for room
     except stream.FrameError as error:
         logger.warning("raft: closing a command stream of %r: %s", name, error)
     except (OSError, StopError):
         return  # the client went away, or this node is stopping
     finally:
+        for ticket in admitted:  # a frame made room for, then not read
+            if ticket is None:
+                _refusing.release()
+            else:
+                ticket.release()
         answers.stop()
+
+
+def _run_frame(
+    dispatcher: _Dispatcher,
+    payload: bytes,
+    ticket: flow.Ticket | None,
+    name: str,
+    deadline: float,
+) -> bool:
+    """Start the commands of a frame that ``ticket`` made room for (refuse them all
+    without one, or when there is no room for their cost by ``deadline``); False when
+    the node stopped meanwhile."""
+    node = dispatcher.node
+    if ticket is None:  # read only to be refused
+        try:
+            requests = requests_of(payload)
+        finally:
+            _refusing.release()
+        _refuse(node, dispatcher.answers, requests, name)
+        return True
+    with _held(ticket) as tickets:
+        requests = requests_of(payload)
+        more = (len(requests) - 1) * flow.COMMAND_COST
+        if not ticket.grow(more, max(0.0, deadline - time.monotonic())):
+            _refuse(node, dispatcher.answers, requests, name)
+            return True
+        tickets.extend(ticket.split(len(requests)))
+        leading = node.status().get("state") == "leader"
+        for number, body in requests:
+            while not dispatcher.room.acquire(timeout=0.5):
+                if node.stopping.is_set():
+                    return False
+            dispatcher.run(number, body, leading, tickets.pop())
+    return True
+
+
+def _overloaded(node: RaftNode, name: str) -> dict[str, Any]:
+    return failure(OverloadedError, flow.refusal(node.node_id, name))
+
+
+@contextlib.contextmanager
+def _held(ticket: flow.Ticket) -> Iterator[list[flow.Ticket]]:
+    """The tickets of a frame's commands not yet handed over: given back on the way out
+    (a handed-over command gives its own back once answered)."""
+    tickets: list[flow.Ticket] = []
+    try:
+        yield tickets
+    finally:
+        ticket.release()
+        for left in tickets:
+            left.release()
+
+
+def _refuse(node: RaftNode, answers: _Answers, requests: list[tuple[int, Any]], name: str) -> None:
+    """Answer every command of a frame the node has no room for: ``OverloadedError``."""
+    refused = _overloaded(node, name)
+    for number, _ in requests:
+        answers.put(number, refused)

@@ -26,13 +26,16 @@ from urllib.parse import urlsplit
 from cheroot import server as cheroot_server
 from cheroot import wsgi
 from cheroot.workers.threadpool import ThreadPool
+from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.wsgi import WSGIHandler
+from django.db import connections
 from django.http import Http404, HttpRequest, HttpResponseBase, JsonResponse
 from django.urls import set_urlconf
 from django.utils.log import log_response
 
 from ...conf import is_node_url, raft_settings
 from ...exceptions import InvalidRequestError, NodeServerError, NodeStoppedError, StopError
+from ...models import HardState
 from ...protocol import command_stream, stream, tls
 from ...protocol.answers import failure
 from ...protocol.auth import NODE, NONCE_HEADER
@@ -202,6 +205,8 @@ class NodeApplication(WSGIHandler):
         )
         if isinstance(checked, views.Answer):
             return checked
+        if rpc_path is None and not path.endswith(command_stream.PATH):
+            return views.command_request(environ["wsgi.input"].read, checked)
         body = environ["wsgi.input"].read(checked.length) if checked.length else b""
         if not checked.body_matches(body):
             return views.Answer.error(403, "the body does not match its signature")
@@ -210,10 +215,8 @@ class NodeApplication(WSGIHandler):
             return _accept_stream(body, checked.sender, nonce)
         if rpc_path is not None:
             return views.rpc_answer(rpc_path, body, checked.sender)
-        if path.endswith(command_stream.PATH):
-            nonce = environ.get("HTTP_" + NONCE_HEADER.upper().replace("-", "_"), "")
-            return _accept_command_stream(checked.kind, checked.sender, nonce, environ)
-        return views.command_answer(body)
+        nonce = environ.get("HTTP_" + NONCE_HEADER.upper().replace("-", "_"), "")
+        return _accept_command_stream(checked.kind, checked.sender, nonce, environ)
 
 
 @dataclass(frozen=True, slots=True)
@@ -594,11 +597,12 @@ def bind_of(address: str) -> str:
 
 def tune_interpreter() -> None:
     """Set the node process's thread switch interval and collector thresholds (lowering
-    the one and raising the others only), and freeze what is loaded by now."""
+    the one and raising the others only), and freeze what is loaded by now (without a
+    full collection first: it would delay the node's start by a fifth of a second for
+    the little garbage a start leaves)."""
     sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
     current = gc.get_threshold()
     gc.set_threshold(*(max(now, wanted) for now, wanted in zip(current, GC_THRESHOLD, strict=True)))
-    gc.collect()
     gc.freeze()
 
 
@@ -612,8 +616,21 @@ def start_node(
 ) -> tuple[RaftNode, wsgi.Server]:
     """Open storage, bootstrap or join if asked, start the loop and the HTTP server."""
     alias = raft_settings.DATABASE
+    log_alias = raft_settings.log_database
     make_durable(alias)
-    storage = DjangoStorage(alias)
+    if log_alias != alias:
+        make_durable(log_alias)
+        check_log_database(log_alias, alias)
+    elif connections[alias].vendor == "sqlite":
+        logger.warning(
+            "raft: node %s keeps its log and its state in one SQLite file (%r): SQLite lets "
+            "one transaction write at a time, so while a command handler runs the node "
+            "cannot write its log, and a handler slower than the election timeout costs "
+            "the leader. Give the log a file of its own: DJANGO_RAFT['LOG_DATABASE'].",
+            node_id,
+            alias,
+        )
+    storage = DjangoStorage(log_alias)
     machine = StateMachine(alias, node_id)
     if bootstrap and storage.last_index() == 0:
         cluster = raft_settings.CLUSTER or {node_id: address}
@@ -645,6 +662,29 @@ def start_node(
     if join:
         ask_to_join(join, node_id, address)
     return node, server
+
+
+def check_log_database(log_alias: str, alias: str) -> None:
+    """Refuse to start when ``LOG_DATABASE`` has no log tables, or is empty while the
+    node's log is still in ``DATABASE`` (a node must not start over with a new log)."""
+    table = HardState._meta.db_table
+    if table not in connections[log_alias].introspection.table_names():
+        raise ImproperlyConfigured(
+            f"LOG_DATABASE {log_alias!r} has no django_raft tables: run "
+            f"`manage.py migrate django_raft --database {log_alias}` first"
+        )
+    if HardState.objects.using(log_alias).exists():
+        return
+    if (
+        table in connections[alias].introspection.table_names()
+        and HardState.objects.using(alias).exists()
+    ):
+        raise ImproperlyConfigured(
+            f"this node's log is in DATABASE {alias!r}, and LOG_DATABASE {log_alias!r} "
+            "is empty: a node cannot start over with an empty log. Copy the "
+            "django_raft_logentry, django_raft_hardstate and django_raft_snapshot rows "
+            f"to {log_alias!r} (with the node stopped), or leave LOG_DATABASE unset"
+        )
 
 
 def ask_to_join(member: str, node_id: str, address: str) -> None:

@@ -2,7 +2,8 @@
 
 Every request must be signed (``auth``): Raft RPCs with the node key, client routes with
 the client key (or the node key: nodes forward). The signed headers are checked before
-any of the body is read. Bad input of any kind gets a 4xx with a message and changes
+any of the body is read, and so is the room a command's body needs in the node's budget
+(``admit``, ``flow``). Bad input of any kind gets a 4xx with a message and changes
 nothing; the node keeps running.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,19 +21,21 @@ from django.views.decorators.http import require_POST
 
 from ...conf import raft_settings
 from ...core import ConfChange, ConfChangeType, Message, RaftError
-from ...exceptions import InvalidRequestError, NodeStoppedError, StopError
+from ...exceptions import InvalidRequestError, NodeStoppedError, OverloadedError, StopError
 from ...models import MAX_NODE_ID_LENGTH
 from ...protocol.answers import failure
 from ...protocol.auth import CLIENT, NODE, NODE_HEADER, Checked, Verifier, derive_keys
 from ...protocol.request import TIMEOUT_RULE, valid_timeout
 from ...protocol.wire import MAX_TERM_JUMP, WireError, decode_message
-from .. import metrics
+from .. import flow, metrics
 from ..runner import RaftNode
 from ..submit import forward, run_on_node, submit
 from ..transport import BATCH_PATH, CONTENT_TYPE, PATHS, frame, unframe
 
 MAX_RPC_BODY = 64 << 20
-MAX_CLIENT_BODY = 4 << 20
+MAX_CLIENT_BODY = flow.MAX_REQUEST
+DRAIN_CHUNK = 64 << 10
+"""Bytes read at a time from a refused request's body (dropped as they come)."""
 
 
 def _error(status: int, message: str, kind: type[RaftError] = InvalidRequestError) -> JsonResponse:
@@ -73,18 +77,46 @@ def authenticate(
     return checked
 
 
+def admit(sender: str, length: int) -> flow.Ticket | Answer:
+    """Room in the node's budget for a command request of ``length`` bytes signed by
+    ``sender`` (and the command's ``flow.COMMAND_COST``), or the ``OverloadedError``
+    answer that refuses it (a 503)."""
+    node = RaftNode.current
+    if node is None or node.stopping.is_set():
+        return Answer.error(503, "no Raft node runs in this process", NodeStoppedError)
+    peer = sender in node.transport.addresses
+    ticket = flow.budget_of(node).take(sender, length + flow.COMMAND_COST, peer=peer)
+    if ticket is None:
+        return Answer.error(503, flow.refusal(node.node_id, sender), OverloadedError)
+    return ticket
+
+
+def drain(read: Callable[[int], bytes], length: int) -> None:
+    """Read and drop ``length`` bytes of a body a few at a time (the connection stays
+    usable, and the answer reaches a client still sending)."""
+    while length > 0:
+        chunk = read(min(length, DRAIN_CHUNK))
+        if not chunk:
+            return
+        length -= len(chunk)
+
+
 def _read_body(request: HttpRequest, limit: int, rpc: bool = False) -> bytes | JsonResponse:
     checked = authenticate(
         request.path, request.headers.get, request.META.get("CONTENT_LENGTH"), limit, rpc
     )
     if isinstance(checked, Answer):
-        refused = JsonResponse(json.loads(checked.body), status=checked.status)
-        refused["Connection"] = "close"  # the body is unread: do not let the server read it
-        return refused
+        return _unread(checked)
     body = request.read(checked.length) if checked.length else b""
     if not checked.body_matches(body):
         return _error(403, "the body does not match its signature")
     return body
+
+
+def _unread(refused: Answer) -> JsonResponse:
+    response = JsonResponse(json.loads(refused.body), status=refused.status)
+    response["Connection"] = "close"  # the body is unread: do not let the server read it
+    return response
 
 
 def _running_node() -> RaftNode | JsonResponse:
@@ -206,6 +238,22 @@ def _client_request(request: HttpRequest) -> tuple[dict[str, Any], RaftNode, flo
     return payload, node, timeout
 
 
+def command_request(read: Callable[[int], bytes], checked: Checked) -> Answer:
+    """Run the command of a request whose headers are checked: its body is read (with
+    ``read``) once the node has room for it, and held in the budget until answered."""
+    ticket = admit(checked.sender, checked.length)
+    if isinstance(ticket, Answer):
+        drain(read, checked.length)
+        return ticket
+    try:
+        body = read(checked.length) if checked.length else b""
+        if not checked.body_matches(body):
+            return Answer.error(403, "the body does not match its signature")
+        return command_answer(body)
+    finally:
+        ticket.release()
+
+
 def command_answer(body: bytes) -> Answer:
     """Run the command of a checked client request body; answer with its outcome."""
     try:
@@ -226,10 +274,16 @@ def command_answer(body: bytes) -> Answer:
 @require_POST
 def command(request: HttpRequest) -> HttpResponse:
     """Run a command through the log and answer with its handler's result."""
-    body = _read_body(request, MAX_CLIENT_BODY)
-    if isinstance(body, JsonResponse):
-        return body
-    return command_answer(body).response()
+    checked = authenticate(
+        request.path,
+        request.headers.get,
+        request.META.get("CONTENT_LENGTH"),
+        MAX_CLIENT_BODY,
+        False,
+    )
+    if isinstance(checked, Answer):
+        return _unread(checked)
+    return command_request(request.read, checked).response()
 
 
 def status_answer(node: RaftNode, payload: dict[str, Any]) -> dict[str, Any]:
