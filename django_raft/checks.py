@@ -17,6 +17,9 @@ from django.db.models import Model
 
 from .conf import _RULES, DEFAULTS, raft_settings
 
+TAG = "django_raft"
+"""The tag of django_raft's checks (``manage.py check --tag django_raft``)."""
+
 REFERENCE = "docs/reference.md#settings"
 """Where every setting, its default and its valid range are described."""
 
@@ -114,7 +117,7 @@ def _hint(what: str) -> str:
     return f"{fix} See {REFERENCE}."
 
 
-@register()
+@register(TAG)
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Report each invalid DJANGO_RAFT setting with its own id, and risky valid ones."""
     messages: list[CheckMessage] = [
@@ -145,7 +148,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     return messages
 
 
-@register()
+@register(TAG)
 def check_replicated_models(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Refuse a ``REPLICATED_MODELS`` entry that is not an installed model: the node
     would find out at its first snapshot, long after deployment."""
@@ -168,7 +171,7 @@ def check_replicated_models(app_configs: Any = None, **kwargs: Any) -> list[Chec
     return messages
 
 
-@register()
+@register(TAG)
 def check_handler_models(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Warn when a command handler uses a model that snapshots would not carry.
 
@@ -221,7 +224,7 @@ BEAT_MODELS = (
 BEAT_REFERENCE = "docs/reference.md#celery"
 
 
-@register()
+@register(TAG)
 def check_beat_schedule(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Warn when django-celery-beat's schedule is likely not the same on every server.
 

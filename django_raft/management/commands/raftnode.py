@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
+from django.core.checks import Tags
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from ... import checks
 from ...conf import is_node_url, raft_settings
 from ...node import events
 
 
 class Command(BaseCommand):
+    requires_system_checks: ClassVar[list[str]] = [
+        *(
+            tag
+            for name, tag in vars(Tags).items()
+            if not name.startswith("_") and tag not in (Tags.urls, Tags.admin)
+        ),
+        checks.TAG,
+    ]
+    """Every check but those of the URL configuration and the admin: the node serves
+    neither, and checking them (importing every URL module, every ModelAdmin) would delay
+    its start by a few tenths of a second (``manage.py check`` still runs them)."""
     help = (
         "Run the Raft node of this server: the consensus loop and its HTTP routes. "
         "Found a new cluster with --bootstrap (members from DJANGO_RAFT['CLUSTER'], or this "
