@@ -109,6 +109,8 @@ class Settings:
     restarts: int = 5
     op_timeout: float = 10.0
     start_timeout: float = 60.0
+    log_database: bool = False
+    """Run django-raft with its log in a SQLite file of its own (``LOG_DATABASE``)."""
 
 
 TINY = Settings(write_1=20, read_1=20, per_thread=2, cpu_per_thread=2, restarts=1)
@@ -622,17 +624,23 @@ class DjangoRaft(System):
 
         super().__init__(workdir, settings)
         self.repo = repo
-        self.cluster: Cluster = Cluster(workdir)
+        log = {"LOG_DATABASE": "raft_log"} if settings.log_database else {}
+        self.cluster: Cluster = Cluster(workdir, **log)
         self.nodes: list[Node] = list(self.cluster.founders)
 
     def migrate(self, node: Node) -> None:
-        subprocess.run(
-            [sys.executable, str(self.repo / "manage.py"), "migrate", "--noinput", "-v", "0"],
-            cwd=self.repo,
-            env=node.env(),
-            check=True,
-            timeout=300,
-        )
+        databases = [[], ["--database", "raft_log"]] if self.settings.log_database else [[]]
+        for database in databases:
+            subprocess.run(
+                [
+                    *(sys.executable, str(self.repo / "manage.py"), "migrate", "--noinput"),
+                    *("-v", "0", *database),
+                ],
+                cwd=self.repo,
+                env=node.env(),
+                check=True,
+                timeout=300,
+            )
 
     def launch(self, i: int) -> None:
         node = self.nodes[i]
@@ -884,6 +892,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
     parser.add_argument("--no-plot", action="store_true", help="write no PNG")
     parser.add_argument("--timeout", type=float, help="seconds before the run gives up")
+    parser.add_argument(
+        "--log-database",
+        action="store_true",
+        help="django-raft's log in a SQLite file of its own (LOG_DATABASE)",
+    )
     options = parser.parse_args(argv)
     try:
         rows = parse_choice(options.only, ROWS, "rows")
@@ -893,6 +906,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = TINY if options.tiny else Settings()
     if options.rounds is not None:
         settings = replace(settings, rounds=max(1, options.rounds))
+    settings = replace(settings, log_database=options.log_database)
     repo = options.repo.resolve()
     if "django-raft" in systems and not (repo / "manage.py").exists():
         parser.error(f"--repo {repo}: no manage.py there")

@@ -30,6 +30,10 @@ from .statemachine import StateMachine
 
 logger = logging.getLogger(__name__)
 
+MAX_RUN = 1024
+"""Entries applied in one transaction at most: the runs that wait together (the loop
+hands them over faster than they are applied) are applied as one."""
+
 
 class AwaitedFuture(Future[Outcome]):
     """The future of a blocking ``propose``: only its caller waits on it, and no code but
@@ -106,6 +110,8 @@ class Applier:
         self._jobs: queue.SimpleQueue[Run | Restore | Forget | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._stopped = False
+        self._peeked: Run | Restore | Forget | None = None
+        """A job taken from the queue while joining runs, to do next."""
 
     def start(self) -> None:
         """Start the thread."""
@@ -126,6 +132,8 @@ class Applier:
         error = CommandTimeoutError(
             "the node stopped before applying the command; it is committed and will be applied"
         )
+        if isinstance(self._peeked, Run):
+            self._fail(self._peeked, error)
         while True:
             try:
                 job = self._jobs.get_nowait()
@@ -134,9 +142,29 @@ class Applier:
             if isinstance(job, Run):
                 self._fail(job, error)
 
+    def _take(self) -> Run | Restore | Forget | None:
+        """The next job; runs waiting one after another, joined into one."""
+        job, self._peeked = self._peeked, None
+        if job is None:
+            job = self._jobs.get()
+        if not isinstance(job, Run):
+            return job
+        entries, waiting = list(job.entries), dict(job.waiting)
+        while len(entries) < MAX_RUN:
+            try:
+                following = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if not isinstance(following, Run):
+                self._peeked = following
+                break
+            entries.extend(following.entries)
+            waiting.update(following.waiting)
+        return job if len(entries) == len(job.entries) else Run(tuple(entries), waiting)
+
     def _run(self) -> None:
         while True:
-            job = self._jobs.get()
+            job = self._take()
             if job is None or self._stopped:
                 if isinstance(job, Run):
                     self._jobs.put(job)  # answered by stop()

@@ -52,6 +52,7 @@ from ..core import (
     MessageType,
     RaftError,
     RawNode,
+    Ready,
     StateType,
 )
 from ..exceptions import ApplyError, CommandTimeoutError, OverloadedError, StopError
@@ -184,6 +185,35 @@ Request = (
 )
 
 
+def _defer_commit_notices(
+    ready: Ready, early: tuple[Message, ...], late: tuple[Message, ...]
+) -> tuple[tuple[Message, ...], tuple[Message, ...], tuple[Message, ...]]:
+    """Take the AppendEntries that carry no entries (a leader's commit notices) out of
+    a Ready's messages, to be sent once the applier reports its committed entries
+    applied (or with the next heartbeat, which carries the commit index too).
+
+    A message may always be sent later than the core allows. These only tell followers
+    what to apply: sent first, they would wake every follower to apply while the leader
+    applies and answers its caller, on the same few cores. Not when a membership change
+    is applied: a removed node must still hear that its removal committed, and applying
+    it stops sending to that node.
+    """
+    if any(entry.type is EntryType.CONF_CHANGE for entry in ready.committed_entries):
+        return early, late, ()
+
+    def is_notice(message: Message) -> bool:
+        return message.type is MessageType.APPEND and not message.entries
+
+    notices = tuple(m for m in (*early, *late) if is_notice(m))
+    if not notices:
+        return early, late, ()
+    return (
+        tuple(m for m in early if not is_notice(m)),
+        tuple(m for m in late if not is_notice(m)),
+        notices,
+    )
+
+
 class RaftNode:
     """A running Raft node in this process."""
 
@@ -240,6 +270,8 @@ class RaftNode:
         self._read_waiting: list[tuple[int, Future[int]]] = []
         self._read_ids = itertools.count()
         self._slots: dict[str, ReplySlot] = {}
+        self._notices: list[Message] = []
+        """Commit notices held until the applier reports (``_defer_commit_notices``)."""
         self._waiting_slots: list[ReplySlot] = []
         self._max_turn = 0.0
         self._commit_written_at = time.monotonic()
@@ -594,6 +626,9 @@ class RaftNode:
         while raw.has_ready():
             ready = raw.ready()
             early, late = ready.partition_messages()
+            if ready.committed_entries and ready.messages:
+                early, late, notices = _defer_commit_notices(ready, early, late)
+                self._notices.extend(notices)
             self._send(early)  # a leader replicates while it persists its own entries
             with metrics.persisting():
                 self.storage.persist(ready.hard_state, ready.entries, ready.snapshot)
@@ -625,8 +660,12 @@ class RaftNode:
         self.applier.hand_over(ApplyRun(entries, waiting))
 
     def _applied(self, applied: Applied) -> None:
-        """The applier reached ``applied.index``: count it, serve reads, snapshot."""
+        """The applier reached ``applied.index``: count it, tell the followers, serve
+        reads, snapshot."""
         self.raw.applied_to(applied.index)
+        if self._notices:
+            notices, self._notices = self._notices, []
+            self._send(tuple(notices))
         for change in applied.changes:
             self._membership_applied(change)
         if applied.restored:
