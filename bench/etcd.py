@@ -624,7 +624,7 @@ class DjangoRaft(System):
 
         super().__init__(workdir, settings)
         self.repo = repo
-        log = {"LOG_DATABASE": "raft_log"} if settings.log_database else {}
+        log: dict[str, Any] = {"LOG_DATABASE": "raft_log"} if settings.log_database else {}
         self.cluster: Cluster = Cluster(workdir, **log)
         self.nodes: list[Node] = list(self.cluster.founders)
 

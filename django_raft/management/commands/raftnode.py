@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from django.core.checks import Tags
 from django.core.exceptions import ImproperlyConfigured
@@ -14,7 +14,7 @@ from ...node import events
 
 
 class Command(BaseCommand):
-    requires_system_checks: ClassVar[list[str]] = [
+    requires_system_checks = [  # noqa: RUF012  (Django reads it from the class)
         *(
             tag
             for name, tag in vars(Tags).items()
