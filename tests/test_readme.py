@@ -51,6 +51,61 @@ def blocks() -> dict[str, str]:
     return found
 
 
+IMPORT_HANDLERS = re.compile(r"from \. import ([\w, ]+?)  #")
+
+
+def steps() -> list[tuple[str, str]]:
+    """The README's blocks in the order a reader meets them, as the reader applies them:
+    after a new module of handlers, the app's ``apps.py`` imports it too, as the README
+    says to."""
+    found: list[tuple[str, str]] = []
+    apps = ""
+    for where, code in MARKED.findall(README):
+        found.append((where, code))
+        if where == "myapp/apps.py":
+            apps = code
+        elif where.startswith("myapp/") and "@django_raft.command" in code and apps:
+            module = Path(where).stem
+            imported = IMPORT_HANDLERS.search(apps)
+            assert imported, "apps.py imports its modules of handlers"
+            if module not in imported[1].split(", "):
+                told = f"`from . import {imported[1]}, {module}`"
+                assert told in README, f"the README tells to import {module} in apps.py"
+                apps = apps.replace(imported[0], f"from . import {imported[1]}, {module}  #")
+                found.append(("myapp/apps.py", apps))
+    return found
+
+
+def _imported_modules(where: str, code: str) -> set[str]:
+    """The project's modules a block imports (``myapp.models``...), by dotted name."""
+    package = ".".join(Path(where).parent.parts)
+    found = set()
+    for relative, names in re.findall(r"^\s*from (\.\w*) import (\w+(?:, \w+)*)", code, re.M):
+        base = package + (relative if relative != "." else "")
+        found |= {f"{package}.{n}" for n in names.split(", ")} if relative == "." else {base}
+    for module in re.findall(r"^\s*from ((?:myapp|myproject)[\w.]*) import", code, re.M):
+        found.add(module)
+    return found
+
+
+def test_each_block_imports_only_what_the_reader_has_written_by_then() -> None:
+    """Followed in order, the README never imports a module it shows only later (the
+    first ``manage.py check`` of a reader would fail with an ImportError)."""
+    written: set[str] = set()
+    for where, code in steps():
+        if not where.startswith("shell"):
+            written.add(where.removesuffix(".py").replace("/", "."))
+        missing = _imported_modules(where, code) - written
+        assert not missing, f"{where} imports {missing} before the README shows them"
+
+
+def test_the_reader_makes_the_app_s_migrations() -> None:
+    """The commands a reader runs before the first shell block make the app's tables."""
+    before_shell = README[: README.index("<!-- readme-test: shell -->")]
+    assert "python manage.py makemigrations myapp" in before_shell
+    assert before_shell.index("makemigrations myapp") < before_shell.rindex("manage.py migrate")
+
+
 def test_every_python_block_is_tested() -> None:
     assert README.count("```python\n") == len(MARKED.findall(README)) >= 5
 
@@ -83,16 +138,12 @@ def test_the_settings_example_builds_each_server_s_settings(
 
 @pytest.mark.slow
 def test_the_project_of_the_readme_runs_a_node_and_takes_commands(tmp_path: Path) -> None:
+    """The README followed in order: each file as it shows it; the reader's commands
+    (makemigrations, migrate, raftnode) before the first shell block; the node restarted
+    when the blocks met since it started changed the project's code."""
     project = tmp_path / "project"
-    for where, code in blocks().items():
-        if where.startswith("shell"):
-            continue
-        path = project / where
-        path.parent.mkdir(parents=True, exist_ok=True)
-        (path.parent / "__init__.py").touch()
-        path.write_text(code + (SCAFFOLD if where.endswith("settings.py") else ""))
+    (project / "manage.py").parent.mkdir(parents=True)
     (project / "manage.py").write_text(MANAGE)
-    (project / "myproject" / "urls.py").write_text("urlpatterns = []\n")
     port = free_port()
     address = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAFT_", "DJANGO_"))}
@@ -117,33 +168,59 @@ def test_the_project_of_the_readme_runs_a_node_and_takes_commands(tmp_path: Path
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 
-    manage("makemigrations", "myapp", "-v", "0")
-    manage("migrate", "-v", "0")
-    log = (tmp_path / "node.log").open("wb")
-    node = subprocess.Popen(
-        [sys.executable, "manage.py", "raftnode", "--bootstrap"],
-        cwd=project,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
+    def start() -> subprocess.Popen[bytes]:
+        node = subprocess.Popen(
+            [sys.executable, "manage.py", "raftnode", "--bootstrap"],
+            cwd=project,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         with override_settings(DJANGO_RAFT={"SECRET": "readme-secret-" + "r" * 32}):
             wait_for(
                 lambda: raise_for(post(address, "status", {}, 1.0))["state"] == "leader",
                 30,
                 "the node to lead",
             )
-        check = (
-            "\nfrom myapp.models import Flag\n"
-            "print(list(Flag.objects.values_list('name', 'enabled')))\n"
-            "print(django_raft.status()['state'])\n"
-        )
-        out = manage("shell", "-v", "0", "-c", blocks()["shell"] + check)
-        coordination = manage("shell", "-v", "0", "-c", blocks()["shell-coordination"])
+        return node
+
+    def stop(node: subprocess.Popen[bytes] | None) -> None:
+        if node is not None:
+            node.terminate()
+            node.wait(timeout=30)
+
+    check = (
+        "\nfrom myapp.models import Flag\n"
+        "print(list(Flag.objects.values_list('name', 'enabled')))\n"
+        "print(django_raft.status()['state'])\n"
+    )
+    outputs: dict[str, str] = {}
+    node: subprocess.Popen[bytes] | None = None
+    changed = False
+    log = (tmp_path / "node.log").open("wb")
+    try:
+        for where, code in steps():
+            if where == "shell-beat":  # needs the shared PostgreSQL database it describes
+                continue
+            if where.startswith("shell"):
+                if node is None:
+                    manage("makemigrations", "myapp", "-v", "0")
+                    manage("migrate", "-v", "0")
+                if node is None or changed:
+                    stop(node)
+                    node, changed = start(), False
+                extra = check if where == "shell" else ""
+                outputs[where] = manage("shell", "-v", "0", "-c", code + extra)
+                continue
+            path = project / where
+            path.parent.mkdir(parents=True, exist_ok=True)
+            (path.parent / "__init__.py").touch()
+            path.write_text(code + (SCAFFOLD if where == "myproject/settings.py" else ""))
+            if where == "myproject/settings.py":
+                (project / "myproject" / "urls.py").write_text("urlpatterns = []\n")
+            changed = True
     finally:
-        node.terminate()
-        node.wait(timeout=30)
+        stop(node)
         log.close()
-    assert out.splitlines() == ["[('beta', True)]", "leader"]
-    assert coordination.splitlines() == ["refused", "True", "True"]
+    assert outputs["shell"].splitlines() == ["[('beta', True)]", "leader"]
+    assert outputs["shell-coordination"].splitlines() == ["refused", "True", "True"]

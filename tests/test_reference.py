@@ -96,3 +96,36 @@ def test_the_table_of_contents_links_to_headings_that_exist() -> None:
     }
     links = set(re.findall(r"\]\(#([a-z0-9-]+)\)", REFERENCE))
     assert links and links <= headings
+
+
+def command_options_documented(command: str) -> dict[str, str]:
+    """The options of ``manage.py command``'s table, by long name: their meaning."""
+    text = REFERENCE.split(f"\n### `manage.py {command}`\n", 1)[1].split("\n#", 1)[0]
+    found = {}
+    for line in text.splitlines():
+        if line.startswith("| `-"):
+            cell, meaning = line.strip("|").split(" | ", 1)
+            found.update({name: meaning for name in re.findall(r"--[\w-]+", cell)})
+    return found
+
+
+def test_every_command_option_is_in_its_table_with_its_default() -> None:
+    from django.core.management import BaseCommand, load_command_class
+
+    django_s = {a.dest for a in BaseCommand().create_parser("manage.py", "any")._actions}
+    for command in re.findall(r"^### `manage\.py (\w+)`", REFERENCE, re.MULTILINE):
+        parser = load_command_class("django_raft", command).create_parser("manage.py", command)
+        options = {
+            next(o for o in action.option_strings if o.startswith("--")): action
+            for action in parser._actions
+            if action.option_strings and action.dest not in django_s
+        }
+        documented = command_options_documented(command)
+        assert set(documented) == set(options), command
+        for name, action in options.items():
+            stated = re.search(r"\(default ([\d.]+)\)", documented[name])
+            if action.default in (None, False):
+                assert stated is None, f"{command} {name}: no default to state"
+            else:
+                assert stated, f"{command} {name}: say its default ({action.default})"
+                assert float(stated[1]) == action.default, f"{command} {name}"

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.http import Http404
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework import generics, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.pagination import CursorPagination
@@ -35,6 +35,7 @@ from ..exceptions import (
 )
 from ..protocol.answers import failure
 from .permissions import RaftPermission, WriteThrottle
+from .schema import extend_schema
 from .serializers import (
     AddMemberSerializer,
     CommandSerializer,

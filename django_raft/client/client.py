@@ -47,7 +47,7 @@ from ..protocol.request import (
     READ_INDEX,
     TIMEOUT_RULE,
 )
-from ..protocol.send import Unsent, post, send_command
+from ..protocol.send import NO_ADDRESS, Unsent, post, send_command
 
 __all__ = ["Client", "default_client", "do", "status"]
 
@@ -301,7 +301,7 @@ class Client:
             node = local.current()
             if node is not None:
                 return node.address
-            raise ClusterUnreachableError("DJANGO_RAFT['ADDRESS'] names no node to send to")
+            raise ClusterUnreachableError(NO_ADDRESS)
         now = time.monotonic()
         first = raft_settings.ADDRESS if local_first else self._leader
         with self._lock:
@@ -416,7 +416,16 @@ def status(address: str | None = None, timeout: float = 2.0) -> dict[str, Any]:
     node = local.current()
     if node is not None and address is None:
         return node.status()
-    answer = post(address or raft_settings.ADDRESS, "status", {}, timeout)
+    target = address or raft_settings.ADDRESS
+    if not target:
+        raise ClusterUnreachableError(
+            "no node to ask: set DJANGO_RAFT['ADDRESS'] (RAFT_ADDRESS) to this server's node,"
+            " or pass one: status('http://...')"
+        )
+    try:
+        answer = post(target, "status", {}, timeout)
+    except Unsent as error:  # named by its public class, as every caller knows it
+        raise ClusterUnreachableError(str(error)) from error.__cause__
     value = raise_for(answer)
     if not isinstance(value, dict):
         raise ClusterUnreachableError(f"bad status answer {value!r}")

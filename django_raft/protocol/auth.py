@@ -239,7 +239,7 @@ class Verifier:
         ]
         present = [value for value in values if isinstance(value, str) and value]
         if len(present) != len(values):
-            return "missing signature headers: only cluster members and clients may call this"
+            return "missing signature headers: " + _compare_secrets(kinds)
         sender, receiver, timestamp, nonce, digest, signature = present
         if receiver != self.node_id and not (receiver == ANY_NODE and CLIENT in kinds):
             return f"addressed to {receiver!r}, not to this node"
@@ -256,8 +256,23 @@ class Verifier:
                 matched = kind
                 break
         if matched is None:
-            return "wrong signature: only cluster members and clients may call this"
+            return "wrong signature: " + _compare_secrets(kinds)
         refused = self.nonces.admit(nonce, int(timestamp) / 1000, self.clock())
         if refused is not None:
             return refused
         return Checked(matched, sender, length, digest)
+
+
+def _compare_secrets(kinds: tuple[str, ...]) -> str:
+    """What to check when a request is not signed with a key of ``kinds`` (names only:
+    never a secret)."""
+    if CLIENT in kinds:
+        return (
+            "only cluster members and clients may call this; the caller's secret is not this"
+            " node's: compare RAFT_SECRET and RAFT_CLIENT_SECRET (DJANGO_RAFT['SECRET'],"
+            " ['CLIENT_SECRET']) in the calling process and in the node's"
+        )
+    return (
+        "only cluster members may call this; the caller's node secret is not this node's:"
+        " compare RAFT_SECRET (DJANGO_RAFT['SECRET']) on both nodes"
+    )

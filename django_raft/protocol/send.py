@@ -17,13 +17,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..conf import raft_settings
-from ..exceptions import ClusterUnreachableError
+from ..exceptions import ClusterUnreachableError, InvalidRequestError
 from . import command_stream
 from .auth import ANY_NODE, CLIENT, Signer, derive_keys
 from .connection import NodeConnection, NotSentError
 from .tls import client_context
 
-__all__ = ["AnswerAbandoned", "Unsent", "post", "send_command"]
+__all__ = ["NO_ADDRESS", "AnswerAbandoned", "Unsent", "post", "send_command"]
 
 CONNECT_TIMEOUT = 1.0
 """Seconds to open a connection to a node."""
@@ -37,6 +37,27 @@ class Unsent(ClusterUnreachableError):
     """The request never reached the node (connection refused): certainly not applied."""
 
 
+NO_ADDRESS = (
+    "no node address to send to: set DJANGO_RAFT['ADDRESS'] (RAFT_ADDRESS) to this"
+    " server's node, or CLUSTER (RAFT_CLUSTER) to the members' id=URL pairs"
+)
+
+
+def _unsent(address: str, error: Exception) -> Unsent:
+    """The ``Unsent`` error for ``address``: why (the socket's own words) and what to check."""
+    reason = error.__cause__ if isinstance(error.__cause__, OSError) else error
+    return Unsent(
+        f"cannot reach the node at {address} ({reason}): is its raftnode running, and is"
+        " this address right in DJANGO_RAFT['ADDRESS'] / ['CLUSTER']?"
+    )
+
+
+def _not_json(error: Exception) -> InvalidRequestError:
+    """The error of a request whose body (a command's arguments) is not JSON: refused
+    here, as a node refuses it, before anything is sent."""
+    return InvalidRequestError(f"the arguments must be JSON values: {error}")
+
+
 class AnswerAbandoned(ClusterUnreachableError):
     """The command was sent, and its sender stopped waiting for the answer (``abandon``):
     it may be applied."""
@@ -45,9 +66,16 @@ class AnswerAbandoned(ClusterUnreachableError):
 def post(address: str, route: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
     """POST a signed JSON request to a node's client route; return its JSON answer.
 
-    Raise ``ClusterUnreachableError`` when the node does not answer.
+    Raise ``ClusterUnreachableError`` when the node does not answer (``Unsent`` when
+    there is no address, naming the settings), ``InvalidRequestError`` when ``body`` is
+    not JSON (nothing is sent).
     """
-    data = json.dumps(body).encode()
+    if not address:
+        raise Unsent(NO_ADDRESS)
+    try:
+        data = json.dumps(body).encode()
+    except (TypeError, ValueError) as error:
+        raise _not_json(error) from error
     url = f"{address.rstrip('/')}/{raft_settings.URL_PREFIX}{route}"
     keys = derive_keys(raft_settings.SECRET, raft_settings.CLIENT_SECRET)
     signer = Signer(keys.client, CLIENT, raft_settings.NODE_ID or "client")
@@ -58,7 +86,7 @@ def post(address: str, route: str, body: dict[str, Any], timeout: float) -> dict
             urlsplit(url).path, data, headers, MAX_ANSWER, timeout=timeout + 1.0
         )
     except NotSentError as error:
-        raise Unsent(f"cannot reach {address}: {error}") from error
+        raise _unsent(address, error) from error
     except (OSError, HTTPException, ValueError) as error:
         raise ClusterUnreachableError(
             f"{address} did not answer: {error or type(error).__name__}"
@@ -85,7 +113,10 @@ def send_command(
     command stream to the node (over plain HTTP, when the node serves one), anything
     else as a request. Raise ``ClusterUnreachableError`` when no answer comes:
     ``Unsent`` when the command certainly did not reach the node, ``AnswerAbandoned`` when
-    ``abandon()`` gave a reason to stop waiting (streams only; see ``CommandStream``)."""
+    ``abandon()`` gave a reason to stop waiting (streams only; see ``CommandStream``);
+    ``InvalidRequestError`` when ``body`` is not JSON (nothing is sent)."""
+    if not address:
+        raise Unsent(NO_ADDRESS)
     if body.get("read") or not address.startswith("http:"):
         return post(address, "command", body, timeout)
     keys = derive_keys(raft_settings.SECRET, raft_settings.CLIENT_SECRET)
@@ -98,11 +129,13 @@ def send_command(
             max(min(timeout, command_stream.HANDSHAKE_TIMEOUT), 0.01),
         )
     except NotSentError as error:
-        raise Unsent(f"cannot reach {address}: {error}") from error
+        raise _unsent(address, error) from error
     if found is None:
         return post(address, "command", body, timeout)
     try:
         return found.call(body, timeout, abandon)
+    except TypeError as error:  # raised by its encoding, before anything is sent
+        raise _not_json(error) from error
     except command_stream.Abandoned as error:
         raise AnswerAbandoned(str(error)) from error
     except command_stream.StreamBroken as error:

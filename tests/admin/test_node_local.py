@@ -376,3 +376,47 @@ def test_the_runner_timers_fill_the_histograms() -> None:
     assert "django_raft_disk_wal_fsync_duration_seconds_count" in text
     assert 'django_raft_network_peer_sent_messages_total{type="append_entries"}' in text
     assert 'django_raft_network_peer_received_messages_total{type="heartbeat"}' in text
+
+
+def test_rafttransfer_to_the_leader_succeeds_with_nothing_to_do(
+    local: Local, caplog: pytest.LogCaptureFixture
+) -> None:
+    term = local.node.status()["term"]
+    assert run("rafttransfer", "n1") == "n1 already leads\n"
+    assert local.node.status()["term"] == term
+    assert not [r for r in caplog.records if r.getMessage().startswith("Conflict")]
+
+
+def test_a_wrong_secret_says_what_to_compare_and_the_node_logs_why(
+    local: Local, caplog: pytest.LogCaptureFixture
+) -> None:
+    from django_raft.node.http import views
+
+    views._refusals.update(logged_at=float("-inf"), unlogged=0)  # earlier tests' refusals
+    data = b"{}"
+    url = f"{local.address}/raft/status"
+    headers = signed_headers(url, data, "not-the-secret-" + "x" * 32)
+    with caplog.at_level(logging.WARNING):
+        answer = requests.post(url, data=data, headers=headers, timeout=10)
+    assert answer.status_code == 403
+    message = answer.json()["error"]
+    assert "RAFT_SECRET" in message and "RAFT_CLIENT_SECRET" in message
+    logged = [r.getMessage() for r in caplog.records if "/raft/status" in r.getMessage()]
+    assert logged == [f"raft: refused POST /raft/status from 'client': {message}"]
+    assert SECRET not in logged[0]
+
+
+def test_arguments_that_are_not_json_are_an_invalid_request(local: Local) -> None:
+    from django_raft.exceptions import InvalidRequestError
+    from django_raft.protocol.send import post, send_command
+
+    django_raft.do("kv.set", key="k", value="v")  # opens this process's session
+    last = local.node.status()["last_index"]
+    with pytest.raises(InvalidRequestError, match="JSON"):
+        django_raft.do("kv.set", key="k", value=object())  # in the node's process
+    body = {"name": "kv.set", "arguments": {"key": "k", "value": {1, 2}}}
+    with pytest.raises(InvalidRequestError, match="JSON"):
+        send_command(local.address, body, 5.0)  # on a command stream
+    with pytest.raises(InvalidRequestError, match="JSON"):
+        post(local.address, "command", body, 5.0)  # as a request
+    assert local.node.status()["last_index"] == last

@@ -8,6 +8,28 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ...client import operations
 from ...core import RaftError
+from .rafttransfer import message
+
+
+def report_line(report: dict[str, Any]) -> str:
+    """The snapshot report in words: what was taken and how far the log was compacted."""
+    index, compacted = report["index"], report["compacted_to"]
+    what = "snapshot taken" if report["taken"] else "nothing new to snapshot; the snapshot stands"
+    taken = (
+        f"{what} at #{index} (term {report['term']}): {report['size']} bytes in "
+        f"{report['seconds'] * 1000:.1f} ms"
+    )
+    if compacted <= 0:
+        return (
+            f"{taken}; the log is not compacted yet: the node keeps ENTRIES_AFTER_SNAPSHOT "
+            "entries before its snapshot for followers that lag"
+        )
+    if compacted < index:
+        return (
+            f"{taken}; log entries #1 to #{compacted} removed (#{compacted + 1} to #{index} "
+            "kept for followers that lag: ENTRIES_AFTER_SNAPSHOT)"
+        )
+    return f"{taken}; log entries #1 to #{compacted} removed"
 
 
 class Command(BaseCommand):
@@ -20,9 +42,5 @@ class Command(BaseCommand):
         try:
             report = operations.take_snapshot(options["node"])
         except (RaftError, ValueError, NotImplementedError) as error:
-            raise CommandError(f"{type(error).__name__}: {error}") from error
-        what = "snapshot taken" if report["taken"] else "nothing new; the snapshot stands"
-        self.stdout.write(
-            f"{what} at #{report['index']} (term {report['term']}): {report['size']} bytes in "
-            f"{report['seconds'] * 1000:.1f} ms; log compacted up to #{report['compacted_to']}"
-        )
+            raise CommandError(message(error)) from error
+        self.stdout.write(report_line(report))

@@ -1,13 +1,22 @@
-"""``manage.py raftstatus``: the cluster table, every member asked at once (``--json``)."""
+"""``manage.py raftstatus``: the cluster table, every member asked at once (``--json``).
+
+Its exit status makes it a health check: ``HEALTHY`` (0) when a leader is known and every
+member answers within the lag budget, ``DEGRADED`` (1) when a leader is known but the
+verdict names a problem (a member unreachable or behind), ``NO_LEADER`` (2) when no
+answering node knows a leader, ``UNREACHABLE`` (3) when no node answered at all.
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ...client import monitor
+
+HEALTHY, DEGRADED, NO_LEADER, UNREACHABLE = 0, 1, 2, 3
+"""The exit statuses."""
 
 COLUMNS = (
     ("ID", "node_id"),
@@ -47,7 +56,31 @@ class Command(BaseCommand):
         cluster = monitor.gather(timeout=options["timeout"])
         if options["json"]:
             self.stdout.write(json.dumps(cluster.as_dict(), indent=2))
-            return
-        self.stdout.write(table(cluster.as_dict()["members"]))
-        verdict = "healthy" if cluster.healthy else "UNHEALTHY: " + "; ".join(cluster.problems)
-        self.stdout.write(f"\nleader {cluster.leader or 'none'}, term {cluster.term}: {verdict}")
+        else:
+            self.stdout.write(table(cluster.as_dict()["members"]))
+            verdict = "healthy" if cluster.healthy else "UNHEALTHY: " + "; ".join(cluster.problems)
+            leader = cluster.leader or "none"
+            self.stdout.write(f"\nleader {leader}, term {cluster.term}: {verdict}")
+        status, why = health(cluster)
+        if status != HEALTHY:
+            raise CommandError(why, returncode=status)
+
+
+def health(cluster: monitor.ClusterView) -> tuple[int, str]:
+    """The exit status for ``cluster`` and what it means."""
+    if not cluster.members:
+        return UNREACHABLE, (
+            "no member to ask: set DJANGO_RAFT['ADDRESS'] (RAFT_ADDRESS) to this server's "
+            "node, or CLUSTER (RAFT_CLUSTER) to the members"
+        )
+    if not any(member.reachable for member in cluster.members):
+        addresses = ", ".join(member.address or member.node_id for member in cluster.members)
+        return UNREACHABLE, (
+            f"no node answered ({addresses}): is raftnode running there, and are "
+            "DJANGO_RAFT['ADDRESS'] / ['CLUSTER'] and the secrets right?"
+        )
+    if not cluster.leader:
+        return NO_LEADER, "no leader: the cluster cannot commit (is a majority of voters up?)"
+    if not cluster.healthy:
+        return DEGRADED, "degraded: " + "; ".join(cluster.problems)
+    return HEALTHY, "healthy"

@@ -10,6 +10,7 @@ nothing; the node keeps running.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ MAX_RPC_BODY = 64 << 20
 MAX_CLIENT_BODY = flow.MAX_REQUEST
 DRAIN_CHUNK = 64 << 10
 """Bytes read at a time from a refused request's body (dropped as they come)."""
+logger = logging.getLogger(__name__)
 
 
 def _error(status: int, message: str, kind: type[RaftError] = InvalidRequestError) -> JsonResponse:
@@ -73,8 +75,26 @@ def authenticate(
         return Answer.error(413, f"request body over {limit} bytes")
     checked = verifier().check("POST", path, header, length, (NODE,) if rpc else (CLIENT, NODE))
     if isinstance(checked, str):
+        _log_refusal(path, str(header(NODE_HEADER) or ""), checked)
         return Answer.error(403, checked)
     return checked
+
+
+_refusals = {"logged_at": float("-inf"), "unlogged": 0.0}
+
+
+def _log_refusal(path: str, sender: str, reason: str) -> None:
+    """Log why a request was refused (Django would log only "Forbidden: <path>"), at
+    most once a second: a peer with the wrong secret retries many times a second."""
+    now = time.monotonic()
+    if now - _refusals["logged_at"] < 1.0:
+        _refusals["unlogged"] += 1
+        return
+    unlogged = int(_refusals["unlogged"])
+    more = f" (and {unlogged} refused since the last such line)" if unlogged else ""
+    _refusals.update(logged_at=now, unlogged=0)
+    sender = sender[:MAX_NODE_ID_LENGTH] or "?"
+    logger.warning("raft: refused POST %s from %r: %s%s", path, sender, reason, more)
 
 
 def admit(sender: str, length: int) -> flow.Ticket | Answer:
@@ -116,6 +136,8 @@ def _read_body(request: HttpRequest, limit: int, rpc: bool = False) -> bytes | J
 def _unread(refused: Answer) -> JsonResponse:
     response = JsonResponse(json.loads(refused.body), status=refused.status)
     response["Connection"] = "close"  # the body is unread: do not let the server read it
+    if refused.status == 403:
+        response._has_been_logged = True  # type: ignore[attr-defined]  # authenticate() did
     return response
 
 
