@@ -176,13 +176,19 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeCluster:
     return cluster
 
 
-def test_each_command_carries_the_first_unanswered_number(fake: FakeCluster) -> None:
-    shared = Client(timeout=5)
+def hold_the_first(fake: FakeCluster, shared: Client) -> threading.Thread:
+    """Send number 1 from a thread and keep it unanswered (``fake.held[1]``)."""
     fake.held[1] = threading.Event()
     slow = threading.Thread(target=shared.do, args=("kv.incr",), kwargs={"key": "a"})
     slow.start()
     while not fake.bodies:
         time.sleep(0.001)
+    return slow
+
+
+def test_each_command_carries_the_first_unanswered_number(fake: FakeCluster) -> None:
+    shared = Client(timeout=5)
+    slow = hold_the_first(fake, shared)
     assert shared.do("kv.incr", key="b") == 2
     assert shared.do("kv.incr", key="c") == 3
     fake.held[1].set()
@@ -198,11 +204,7 @@ def test_a_thread_waits_while_max_outstanding_are_unanswered(
 ) -> None:
     monkeypatch.setattr(client, "MAX_OUTSTANDING", 3)
     shared = Client(timeout=5)
-    fake.held[1] = threading.Event()
-    slow = threading.Thread(target=shared.do, args=("kv.incr",), kwargs={"key": "a"})
-    slow.start()
-    while not fake.bodies:
-        time.sleep(0.001)
+    slow = hold_the_first(fake, shared)
     assert shared.do("kv.incr", key="b") == 2
     assert shared.do("kv.incr", key="c") == 3
     # 1 is still unanswered: 4 would be 3 above it. Nothing is sent until it is answered.

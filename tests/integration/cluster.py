@@ -281,5 +281,8 @@ class Cluster:
         return index
 
     def close(self) -> None:
+        """Kill every node, resuming first those a test paused (SIGSTOP)."""
         for node in self.nodes.values():
+            if node.running():
+                node.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
             node.kill()

@@ -35,9 +35,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         cluster.start(program=PROGRAM)
         yield cluster
     finally:
-        for node in cluster.nodes.values():
-            if node.running():
-                node.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
         cluster.close()
 
 

@@ -128,9 +128,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         cluster.start()
         yield cluster
     finally:
-        for node in cluster.nodes.values():
-            if node.running():
-                node.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
         cluster.close()
 
 
