@@ -66,7 +66,15 @@ def local(transactional_db: None) -> Iterator[Local]:
     with override_settings(DJANGO_RAFT=settings):
         node, server = start_node("n1", address, f"127.0.0.1:{port}", True, None, threads=4)
         try:
-            wait_for(lambda: node.status()["state"] == "leader", 10, "n1 to lead")
+            # Leading, and its term's first entry applied: the status holds still.
+            wait_for(
+                lambda: (
+                    (status := node.status())["state"] == "leader"
+                    and status["applied"] == status["last_index"]
+                ),
+                10,
+                "n1 to lead and apply its first entry",
+            )
             yield Local(node, address)
         finally:
             node.stop()
