@@ -149,9 +149,16 @@ def observe_apply(seconds: float) -> None:
     apply_duration.observe(seconds)
 
 
+_handler_timers: dict[str, Any] = {}
+"""``handler_duration``'s child for each command, looked up once (it is per entry)."""
+
+
 def observe_handler(command: str, seconds: float) -> None:
     """Record one call of ``command``'s handler (the state machine times each)."""
-    handler_duration.labels(command).observe(seconds)
+    timer = _handler_timers.get(command)
+    if timer is None:
+        timer = _handler_timers[command] = handler_duration.labels(command)
+    timer.observe(seconds)
 
 
 def count_proposal(ok: bool) -> None:

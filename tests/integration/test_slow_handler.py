@@ -99,13 +99,11 @@ def test_a_leader_steps_down_on_time_while_its_handler_runs(cluster: Cluster) ->
     )
     for node in followers:
         node.process.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
-    stopped = time.monotonic()
     status: dict[str, Any] = wait_for(
         lambda: (s := leader.status())["state"] != "leader" and s,
         5,
         "the leader cut off from its followers to step down",
     )
-    assert time.monotonic() - stopped < 5
     assert status["applied"] < status["commit"], "the handler finished first: nothing shown"
     for node in followers:
         node.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
