@@ -254,9 +254,7 @@ class _PeerSender(threading.Thread):
                 return False  # the sender thread cuts it up
             data = writer.frame(payload)
             try:
-                sent = sock.send(data, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                sent = 0
+                sent = stream.send_now(sock, data)
             except OSError:
                 self._close()  # the stream is gone: the batch goes to a new one
                 return False

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import socket
 import struct
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
@@ -37,6 +39,7 @@ __all__ = [
     "FrameParser",
     "FrameReader",
     "FrameWriter",
+    "send_now",
     "stream_key",
 ]
 
@@ -69,6 +72,18 @@ def stream_key(node_key: bytes, nonce: str, sender: str, receiver: str, lane: st
 
 def _tag(key: bytes, number: int, payload: bytes) -> bytes:
     return hmac.digest(key, _NUMBER.pack(number) + payload, hashlib.sha256)[:TAG_SIZE]
+
+
+def send_now(sock: socket.socket, data: bytes) -> int:
+    """Write what ``sock`` takes at once; return how many bytes that was (0 when its
+    buffer is full). Never waits, whatever the socket's timeout: a socket with one waits
+    for room even when told ``MSG_DONTWAIT``. Plain sockets only (not TLS)."""
+    try:
+        if sock.gettimeout() is None:  # a blocking file: only the flag keeps it from waiting
+            return sock.send(data, socket.MSG_DONTWAIT)
+        return os.write(sock.fileno(), data)  # the file is non-blocking: never waits
+    except BlockingIOError:
+        return 0
 
 
 class FrameWriter:

@@ -334,6 +334,41 @@ def test_heartbeats_reach_a_peer_that_stopped_reading_replication(
     assert MessageType.APPEND not in peer.kinds("control")
 
 
+def test_sending_never_blocks_the_caller_when_a_peer_stops_reading(
+    transport: Transport, fake_peer: Any
+) -> None:
+    """The loop sends: however full a peer's stream is, ``send`` returns at once. (Its
+    writes straight to the socket once waited for room up to the stream's timeout,
+    five seconds, when the buffer was exactly full.)"""
+    peer = fake_peer(stuck=("data",))
+    transport.set_address("n2", peer.address)
+    transport.send([append(0, size=10)])
+    wait_for(lambda: peer.handshakes.count("data") == 1, 5, "the data stream")
+    slowest, index = 0.0, 0
+    until = time.monotonic() + 4
+    while time.monotonic() < until:  # the buffer fills within a second or two
+        index += 1
+        started = time.monotonic()
+        transport.send([append(index, size=3000)])
+        slowest = max(slowest, time.monotonic() - started)
+    assert slowest < 0.5, f"send took {slowest:.2f} s"
+
+
+def test_send_now_writes_what_fits_and_never_waits() -> None:
+    for timeout in (None, 5.0):
+        near, far = socket.socketpair()
+        with near, far:
+            near.settimeout(timeout)
+            written = 0
+            started = time.monotonic()
+            while (sent := stream.send_now(near, b"x" * 65536)) > 0:
+                written += sent
+            assert time.monotonic() - started < 1
+            assert written > 0
+            assert far.recv(10) == b"x" * 10
+            assert near.gettimeout() == timeout
+
+
 def test_batches_on_one_lane_arrive_in_the_order_they_were_queued(
     transport: Transport, fake_peer: Any
 ) -> None:
