@@ -35,10 +35,10 @@ MAX_RUN = 1024
 hands them over faster than they are applied) are applied as one."""
 
 
-class AwaitedFuture(Future[Outcome]):
-    """The future of a blocking ``propose``: only its caller waits on it, and no code but
-    the node's own is attached to it, so the applier resolves it itself (one thread
-    hand-off fewer than through the completer)."""
+class InlineFuture(Future[Outcome]):
+    """A proposal's future that only the node's own short, non-blocking callbacks are
+    attached to (a blocking ``propose``, a client's command stream): the applier
+    resolves it itself, one thread hand-off fewer than through the completer."""
 
 
 @dataclass(slots=True)
@@ -222,8 +222,8 @@ class Applier:
             elif outcome is None:  # applied before: a snapshot overtook it
                 error = CommandTimeoutError("the command was applied; its outcome is unknown")
                 completions.append((waiting.future, None, error))
-            elif isinstance(waiting.future, AwaitedFuture):
-                waiting.future.set_result(outcome)  # no callback to run
+            elif isinstance(waiting.future, InlineFuture):
+                waiting.future.set_result(outcome)  # its callbacks are short: run them here
             else:
                 completions.append((waiting.future, outcome, None))
         self.completer.complete(completions)

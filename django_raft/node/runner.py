@@ -58,7 +58,7 @@ from ..core import (
 from ..exceptions import ApplyError, CommandTimeoutError, OverloadedError, StopError
 from ..protocol import local
 from . import metrics, submit
-from .applier import Applied, Applier, AwaitedFuture, Forget, Restore, Waiting
+from .applier import Applied, Applier, Forget, InlineFuture, Restore, Waiting
 from .applier import Run as ApplyRun
 from .dispatch import Completer, SignalDispatcher
 from .snapshotting import take_snapshot
@@ -339,7 +339,7 @@ class RaftNode:
             return []  # the loop is behind: the sender will retry
         return slot.messages
 
-    def propose_async(self, data: bytes) -> Future[Outcome]:
+    def propose_async(self, data: bytes, *, inline: bool = False) -> Future[Outcome]:
         """Propose a command without waiting; the future resolves once it is applied here.
 
         The future's result is the command's ``Outcome``; its exception is a
@@ -347,8 +347,10 @@ class RaftNode:
         outstanding: nothing was proposed), ``StopError`` or another ``RaftError``.
         Its done-callbacks run on the node's completer thread, in log order: keep them
         short, since a slow one delays the other callers' answers (never the loop).
+        ``inline``: the callbacks never block and take microseconds (the node's own),
+        so the applier runs them itself when the command is applied.
         """
-        future: Future[Outcome] = Future()
+        future: Future[Outcome] = InlineFuture() if inline else Future()
         if not self._room.acquire(blocking=False):
             future.set_exception(self._overloaded())
             return future
@@ -365,7 +367,7 @@ class RaftNode:
         deadline = time.monotonic() + timeout
         if not self._room.acquire(timeout=max(0.0, timeout)):
             raise self._overloaded()
-        future = AwaitedFuture()
+        future = InlineFuture()
         self._enqueue_proposal(data, future)
         return future.result(max(0.0, deadline - time.monotonic()))
 

@@ -89,7 +89,7 @@ class RequestHost(Protocol):
 
     def propose(self, data: bytes, timeout: float) -> Outcome: ...
 
-    def propose_async(self, data: bytes) -> Future[Outcome]: ...
+    def propose_async(self, data: bytes, *, inline: bool = False) -> Future[Outcome]: ...
 
     def read_index(self, timeout: float) -> int: ...
 
@@ -129,7 +129,8 @@ def submit(
     """Run a client request on this node; the future of its JSON answer.
 
     With ``pool``, nothing here waits: a leader's proposal is answered from the node's
-    completer thread, a read or a forwarded write runs on ``pool``. Without one, the
+    applier thread (the answer's callbacks must be short), a read or a forwarded write
+    runs on ``pool``. Without one, the
     caller's thread runs them and the future is done on return. ``leading``: whether
     this node leads, when the caller just looked.
     """
@@ -148,15 +149,15 @@ def submit(
 def _propose(
     node: RequestHost, request: Request, answer: Future[dict[str, Any]], pool: Executor | None
 ) -> None:
-    """Propose a write here (this node leads); with ``pool``, answer from the completer
-    thread, else wait in this thread for the loop to hand over the outcome."""
+    """Propose a write here (this node leads); with ``pool``, answer from the applier
+    thread, else wait in this thread for the outcome."""
     data = proposal(request)
     if isinstance(data, dict):
         answer.set_result(data)
     elif pool is None:
         _settle(node, request, _proposed_here(node, data, request.deadline), answer, pool)
     else:
-        node.propose_async(data).add_done_callback(
+        node.propose_async(data, inline=True).add_done_callback(
             lambda proposed: _settle(node, request, _outcome_of(proposed), answer, pool)
         )
 

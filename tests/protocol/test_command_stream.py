@@ -320,6 +320,25 @@ def test_a_stream_runs_at_most_max_in_flight_commands_at_once(
     }
 
 
+def test_answers_a_slow_reader_leaves_unread_arrive_whole_and_in_order(
+    running: Running, hand_made: list[HandMade]
+) -> None:
+    """Answers are written as commands are applied, by the applier when the socket takes
+    them at once; the rest wait for the stream's writer. A client that reads nothing for
+    a while (megabytes of answers pile up) still gets every answer, in frames whose
+    numbers and tags check out (the parser refuses a frame out of order)."""
+    commands.register("tests.big", lambda context, n: f"{n}:" + "x" * 200_000)
+    client = HandMade(running)
+    hand_made.append(client)
+    assert client.sock is not None
+    for n in range(60):  # 12 MB of answers, far beyond the sockets' buffers
+        client.send([[n, {"name": "tests.big", "arguments": {"n": n}, "timeout": 20}]])
+    time.sleep(1.0)
+    answers = client.answers(60)
+    assert sorted(answers) == list(range(60))
+    assert all(answers[n]["value"] == f"{n}:" + "x" * 200_000 for n in range(60))
+
+
 def test_command_streams_beyond_the_bound_are_closed_at_once(
     running: Running, hand_made: list[HandMade], monkeypatch: pytest.MonkeyPatch
 ) -> None:

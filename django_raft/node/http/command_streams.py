@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -103,7 +104,13 @@ def requests_of(payload: bytes) -> list[tuple[int, Any]]:
 class _Answers(threading.Thread):
     """Writes a stream's answers: whatever is ready goes in one frame. An empty frame
     from the client is answered with an empty frame (``pong``): a client that waits
-    for answers tells a slow command from a node that stopped answering."""
+    for answers tells a slow command from a node that stopped answering.
+
+    An answer that finds this thread idle is written by whoever puts it, when the
+    socket takes it without waiting (``stream.send_now``): one thread hand-off fewer on
+    the path of every command. What the socket does not take at once, this thread
+    writes (``_backlog``) before anything else.
+    """
 
     def __init__(self, sock: socket.socket, key: bytes, name: str) -> None:
         super().__init__(name=f"raft-answers-{name}", daemon=True)
@@ -113,11 +120,36 @@ class _Answers(threading.Thread):
         self._wakeup = threading.Condition(threading.Lock())
         self._stopped = False
         self._pong = False
+        self._busy = False
+        """Whether this thread is writing (frames must go out in the order made)."""
+        self._backlog = b""
 
     def put(self, number: int, answer: dict[str, Any]) -> None:
         with self._wakeup:
+            idle = not (self._ready or self._busy or self._backlog or self._stopped)
+            if idle and self._write_now([(number, answer)]):
+                return
             self._ready.append((number, answer))
             self._wakeup.notify()
+
+    def _write_now(self, answers: list[tuple[int, dict[str, Any]]]) -> bool:
+        """Write a frame of answers without waiting (hold ``_wakeup``); False: leave
+        them to this thread."""
+        if isinstance(self._sock, ssl.SSLSocket):
+            return False
+        try:
+            data = self._writer.frame(json.dumps(answers).encode())
+            sent = stream.send_now(self._sock, data)
+        except (OSError, ValueError) as error:
+            logger.info("raft: answers to a command stream failed: %s", error)
+            shut(self._sock)
+            self._stopped = True
+            self._wakeup.notify()
+            return True
+        if sent < len(data):
+            self._backlog = data[sent:]
+            self._wakeup.notify()
+        return True
 
     def pong(self) -> None:
         """Write a frame soon, empty if no answer is ready (the client pinged)."""
@@ -134,20 +166,31 @@ class _Answers(threading.Thread):
         ready = self._ready
         while True:
             with self._wakeup:
-                while not ready and not self._stopped and not self._pong:
+                while not (ready or self._backlog or self._stopped or self._pong):
                     self._wakeup.wait()
                 if self._stopped:
                     return
                 answers = list(ready)
                 ready.clear()
-                self._pong = False
+                pong, self._pong = self._pong, False
+                backlog, self._backlog = self._backlog, b""
+                self._busy = True
+                try:  # made holding the lock: a frame ``put`` made comes before it
+                    payload = json.dumps(answers).encode() if answers else b""
+                    data = self._writer.frame(payload) if answers or pong else b""
+                except ValueError as error:
+                    logger.error("raft: an answer to a command stream failed: %s", error)
+                    shut(self._sock)
+                    return
             try:
-                payload = json.dumps(answers).encode() if answers else b""
-                self._sock.sendall(self._writer.frame(payload))
+                self._sock.sendall(backlog + data)
             except (OSError, ValueError) as error:
                 logger.info("raft: answers to a command stream failed: %s", error)
                 shut(self._sock)
                 return
+            finally:
+                with self._wakeup:
+                    self._busy = False
 
 
 class _Dispatcher:
