@@ -53,15 +53,21 @@ from ..core import (
     RaftError,
     RawNode,
     Ready,
+    Snapshot,
     StateType,
 )
-from ..exceptions import ApplyError, CommandTimeoutError, OverloadedError, StopError
+from ..exceptions import (
+    ApplyError,
+    CommandTimeoutError,
+    NodeServerError,
+    OverloadedError,
+    StopError,
+)
 from ..protocol import local
-from . import metrics, submit
+from . import events, metrics, submit
 from .applier import Applied, Applier, Forget, InlineFuture, Restore, Waiting
 from .applier import Run as ApplyRun
 from .dispatch import Completer, SignalDispatcher
-from .snapshotting import take_snapshot
 from .statemachine import Outcome, StateMachine, check_snapshot
 from .storage import DjangoStorage
 from .transport import Transport
@@ -148,6 +154,15 @@ class TransferLeadership:
 class TakeSnapshot:
     """Snapshot the state now and compact the log; ``future`` gets what was taken."""
 
+    future: Future[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotWanted:
+    """A ``TakeSnapshot`` waiting for a snapshot at ``index`` or later (started when asked)."""
+
+    index: int
+    started: float
     future: Future[dict[str, Any]]
 
 
@@ -280,6 +295,7 @@ class RaftNode:
         self._dropped_since_log = 0
         self._dropped_logged_at = 0.0
         self._snapshotting = False
+        self._snapshots_wanted: list[SnapshotWanted] = []
         self.snapshot_failures = 0
         """Snapshots that could not be saved (each logged; the next is tried when due)."""
         self._status: dict[str, Any] = self._make_status()
@@ -586,9 +602,7 @@ class RaftNode:
     ) -> None:
         raw = self.raw
         if isinstance(request, TakeSnapshot):
-            taken = take_snapshot(self)
-            self.applier.hand_over(Forget(taken["compacted_to"]))
-            request.future.set_result(taken)
+            self._want_snapshot(request.future)
         elif isinstance(request, ProposeConfChange):
             index = raw.propose_conf_change(request.change)
             self._pending[index] = Waiting(raw.basic_status().term, request.future)
@@ -736,9 +750,71 @@ class RaftNode:
                 still.append((index, future))
         self._read_waiting = still
 
+    def _want_snapshot(self, future: Future[dict[str, Any]]) -> None:
+        """A snapshot asked for now (``TakeSnapshot``): saved like any other, in the
+        snapshot thread (the application's state hooks never run on the loop); answered
+        at once when the stored snapshot already covers every applied entry."""
+        applied = self.raw.basic_status().applied
+        stored = self.storage.snapshot()
+        if applied <= stored.metadata.index:
+            future.set_result(self._snapshot_report(stored, 0.0, taken=False))
+            return
+        self._snapshots_wanted.append(SnapshotWanted(applied, time.perf_counter(), future))
+        self._start_snapshot()
+
+    def _snapshot_report(
+        self, snapshot: Snapshot, seconds: float, *, taken: bool
+    ) -> dict[str, Any]:
+        """What ``take_snapshot`` answers: the snapshot's index, term, size, the seconds it
+        took, how far the log is compacted and whether it was taken for this request."""
+        metadata = snapshot.metadata
+        return {
+            "index": metadata.index,
+            "term": metadata.term,
+            "size": len(snapshot.data),
+            "seconds": seconds,
+            "compacted_to": self.storage.first_index() - 1,
+            "taken": taken,
+        }
+
+    def _answer_snapshots_wanted(self, saved: int | None) -> None:
+        """A save of the state as of index ``saved`` ended (None: it failed). Answer the
+        ``TakeSnapshot`` requests the stored snapshot now covers; save again for those
+        asked after that save began; fail the others."""
+        stored = self.storage.snapshot()
+        still = []
+        for wanted in self._snapshots_wanted:
+            if saved is None or (saved >= wanted.index > stored.metadata.index):
+                wanted.future.set_exception(
+                    NodeServerError(
+                        f"node {self.node_id!r} could not save a snapshot (logged on the node)"
+                    )
+                )
+            elif stored.metadata.index >= wanted.index:
+                seconds = time.perf_counter() - wanted.started
+                wanted.future.set_result(self._snapshot_report(stored, seconds, taken=True))
+                self.signals.send(
+                    events.snapshot_taken,
+                    node_id=self.node_id,
+                    index=stored.metadata.index,
+                    size=len(stored.data),
+                    seconds=seconds,
+                )
+            else:
+                still.append(wanted)
+        self._snapshots_wanted = still
+        if still:
+            self._start_snapshot()
+
     def _maybe_snapshot(self) -> None:
-        """Start saving a snapshot when one is due, in a thread: it may take seconds."""
-        if self._snapshotting or not self.raw.snapshot_due():
+        """Start saving a snapshot when one is due."""
+        if not self._snapshotting and self.raw.snapshot_due():
+            self._start_snapshot()
+
+    def _start_snapshot(self) -> None:
+        """Save a snapshot of the applied state in a thread (it may take seconds), unless
+        one is being saved."""
+        if self._snapshotting:
             return
         connection = connections[self.machine.alias]
         if connection.vendor == "sqlite" and connection.is_in_memory_db():  # type: ignore[attr-defined]
@@ -771,6 +847,7 @@ class RaftNode:
         self._snapshotting = False
         if saved.data is None:
             self.snapshot_failures += 1
+            self._answer_snapshots_wanted(None)
             return
         try:
             snapshot = self.raw.create_snapshot(saved.index, saved.data)
@@ -779,11 +856,12 @@ class RaftNode:
             logger.info(
                 "raft: node %s drops its snapshot at %s: %s", self.node_id, saved.index, error
             )
-            return
-        self.storage.create_snapshot(snapshot)
-        compacted_to = self.raw.compact_index(snapshot)
-        self.storage.compact(compacted_to)
-        self.applier.hand_over(Forget(compacted_to))
+        else:
+            self.storage.create_snapshot(snapshot)
+            compacted_to = self.raw.compact_index(snapshot)
+            self.storage.compact(compacted_to)
+            self.applier.hand_over(Forget(compacted_to))
+        self._answer_snapshots_wanted(saved.index)
 
     def _make_status(self) -> dict[str, Any]:
         status = self.raw.status()
@@ -870,6 +948,9 @@ class RaftNode:
         for _, future in self._read_waiting:
             if not future.done():
                 future.set_exception(error)
+        for wanted in self._snapshots_wanted:
+            wanted.future.set_exception(error)
+        self._snapshots_wanted.clear()
         self._pending.clear()
         self._reads.clear()
         self._read_waiting.clear()

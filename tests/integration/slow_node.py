@@ -4,7 +4,9 @@
 
 ``test.sleep(seconds, tag)`` sleeps, then counts its application in the key
 ``slow:<tag>`` (so each node's database shows how many times it ran there), and returns
-``tag``. Everything else is the demo project's.
+``tag``. With ``SLOW_SNAPSHOT=<seconds>`` in the environment, saving a snapshot of the
+state (the application's state hooks) takes that much longer. Everything else is the
+demo project's.
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ def main() -> None:
         return tag
 
     commands.register("test.sleep", sleep)
+    slow_snapshot = float(os.environ.get("SLOW_SNAPSHOT", "0"))
+    if slow_snapshot:
+        from django_raft.node import statemachine
+
+        def save(using: str) -> bytes:
+            time.sleep(slow_snapshot)
+            return statemachine._dump_models(using)
+
+        commands.state_hooks(save, statemachine._load_models)
     call_command("raftnode", *sys.argv[1:])
 
 

@@ -112,3 +112,53 @@ def test_a_leader_steps_down_on_time_while_its_handler_runs(cluster: Cluster) ->
     cluster.leader()
     cluster.wait_applied()
     assert counts(cluster, "deposed") == [[("1",)]] * 3
+
+
+@pytest.fixture
+def slow_snapshots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    monkeypatch.setenv("SLOW_SNAPSHOT", "3")  # the nodes' state hooks take 3 s to save
+    log: dict[str, Any] = {} if POSTGRES else {"LOG_DATABASE": "raft_log"}
+    cluster = Cluster(tmp_path, **log)
+    try:
+        cluster.start(program=PROGRAM)
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def test_a_snapshot_asked_for_is_saved_beside_the_loop(slow_snapshots: Cluster) -> None:
+    """``raftsnapshot`` on the leader: the application's state hooks take 3 s, in the
+    snapshot thread; the loop goes on (no election, short turns, commands answered) and
+    the answer comes when the snapshot is stored."""
+    cluster = slow_snapshots
+    leader = cluster.leader()
+    term = leader.status()["term"]
+    for n in range(5):
+        assert leader.do("kv.set", key=f"k{n}", value="v")["ok"]
+    asked = in_thread_post(leader, "snapshot", {"timeout": 20})
+    time.sleep(0.5)
+    started = time.monotonic()
+    assert leader.do("kv.set", key="during", value="v", timeout=5)["ok"]
+    assert time.monotonic() - started < 2, "a command waited for the snapshot"
+    while asked.thread.is_alive():  # type: ignore[attr-defined]
+        assert terms(cluster) == {term}, "an election started while a snapshot was saved"
+        asked.thread.join(0.2)  # type: ignore[attr-defined]
+    answer = asked()
+    assert answer["ok"], answer
+    assert answer["value"]["taken"] and answer["value"]["seconds"] >= 3
+    assert answer["value"]["index"] >= 6
+    assert leader.status()["max_turn_ms"] < 1000
+
+
+def in_thread_post(node: Node, route: str, body: dict[str, Any]) -> Callable[[], Any]:
+    """Post to a route from another thread; return what waits for its answer."""
+    answers: list[dict[str, Any]] = []
+    thread = threading.Thread(target=lambda: answers.append(node.post(route, body, 30)))
+    thread.start()
+
+    def answer() -> Any:
+        thread.join(40)
+        return answers[0]
+
+    answer.thread = thread  # type: ignore[attr-defined]
+    return answer
