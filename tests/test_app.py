@@ -29,3 +29,29 @@ def test_no_missing_migrations() -> None:
     except SystemExit:
         pytest.fail(f"models changed without a migration:\n{out.getvalue()}")
     assert "No changes detected" in out.getvalue()
+
+
+def test_raftnode_skips_the_checks_of_what_a_node_never_serves() -> None:
+    """A node renders no template, resolves no URL of the project and shows no admin:
+    those checks (which import every template tag library, URL module and ModelAdmin)
+    are left to ``manage.py check``; the models', the database's and django_raft's run."""
+    from django.core import checks as django_checks
+
+    from django_raft import checks
+    from django_raft.management.commands.raftnode import Command
+
+    ran: list[str] = []
+    registry = django_checks.registry.CheckRegistry()
+    for tag in (
+        django_checks.Tags.templates,
+        django_checks.Tags.urls,
+        django_checks.Tags.admin,
+        django_checks.Tags.models,
+        django_checks.Tags.database,
+        checks.TAG,
+    ):
+        registry.register(lambda tag=tag, **kwargs: ran.append(tag) or [], tag)
+    registry.run_checks(tags=Command.requires_system_checks, include_deployment_checks=False)
+    assert sorted(ran) == sorted(
+        [django_checks.Tags.models, django_checks.Tags.database, checks.TAG]
+    )

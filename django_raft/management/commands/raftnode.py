@@ -18,13 +18,14 @@ class Command(BaseCommand):
         *(
             tag
             for name, tag in vars(Tags).items()
-            if not name.startswith("_") and tag not in (Tags.urls, Tags.admin)
+            if not name.startswith("_") and tag not in (Tags.urls, Tags.admin, Tags.templates)
         ),
         checks.TAG,
     ]
-    """Every check but those of the URL configuration and the admin: the node serves
-    neither, and checking them (importing every URL module, every ModelAdmin) would delay
-    its start by a few tenths of a second (``manage.py check`` still runs them)."""
+    """Every check but those of the URL configuration, the admin and the templates: the
+    node serves none of them, and checking them (importing every URL module, every
+    ModelAdmin, every template tag library) would delay its start by a few tenths of a
+    second (``manage.py check`` still runs them)."""
     help = (
         "Run the Raft node of this server: the consensus loop and its HTTP routes. "
         "Found a new cluster with --bootstrap (members from DJANGO_RAFT['CLUSTER'], or this "
