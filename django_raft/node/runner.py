@@ -67,7 +67,7 @@ from ..protocol import local
 from . import events, metrics, submit
 from .applier import Applied, Applier, Forget, InlineFuture, Restore, Waiting
 from .applier import Run as ApplyRun
-from .dispatch import Completer, SignalDispatcher
+from .dispatch import Completer, Completion, SignalDispatcher
 from .statemachine import Outcome, StateMachine, check_snapshot
 from .storage import DjangoStorage
 from .transport import Transport
@@ -137,9 +137,13 @@ class ProposeConfChange:
 
 @dataclass(frozen=True, slots=True)
 class ReadIndex:
-    """Ask for a linearizable read; ``future`` gets the index to wait for."""
+    """Ask for a linearizable read; ``future`` gets the index to wait for, or a
+    ``CommandTimeoutError`` once ``deadline`` (``time.monotonic()``) has passed.
+    ``notify``: callbacks are attached, so the completer thread resolves it."""
 
     future: Future[int]
+    deadline: float
+    notify: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,8 +285,8 @@ class RaftNode:
         self._room = threading.BoundedSemaphore(max_pending)
         self._pending: dict[int, Waiting] = {}
         self._held: deque[Propose] = deque()
-        self._reads: dict[bytes, Future[int]] = {}
-        self._read_waiting: list[tuple[int, Future[int]]] = []
+        self._reads: dict[bytes, ReadIndex] = {}
+        self._read_waiting: list[tuple[int, ReadIndex]] = []
         self._read_ids = itertools.count()
         self._slots: dict[str, ReplySlot] = {}
         self._notices: list[Message] = []
@@ -396,8 +400,18 @@ class RaftNode:
     def read_index(self, timeout: float) -> int:
         """Wait until a linearizable read may be served here; return its index."""
         future: Future[int] = Future()
-        self._submit(ReadIndex(future))
+        self._submit(ReadIndex(future, time.monotonic() + timeout))
         return future.result(timeout)
+
+    def read_index_async(self, timeout: float) -> Future[int]:
+        """``read_index`` without waiting: the future's callbacks run on the completer
+        thread once it has the index, or a ``CommandTimeoutError`` after ``timeout``."""
+        future: Future[int] = Future()
+        if self.stopping.is_set():
+            future.set_exception(StopError(f"node {self.node_id!r} is stopping"))
+        else:
+            self.inbox.put(ReadIndex(future, time.monotonic() + timeout, notify=True))
+        return future
 
     def transfer_leadership(self, transferee: str, timeout: float) -> None:
         """Ask the leader to hand over to ``transferee``."""
@@ -474,6 +488,7 @@ class RaftNode:
                     if now - next_tick > 10 * self.tick_interval:
                         next_tick = now + self.tick_interval  # fell far behind: skip ahead
                     self._watch_leader(now)
+                    self._expire_reads(now)
                     if now - self._commit_written_at >= COMMIT_WRITE_INTERVAL:
                         self.storage.write_commit()
                         self._commit_written_at = now
@@ -609,7 +624,7 @@ class RaftNode:
         elif isinstance(request, ReadIndex):
             context = f"{self.node_id}:{next(self._read_ids)}".encode()
             raw.read_index(context)
-            self._reads[context] = request.future
+            self._reads[context] = request
         else:
             raw.transfer_leadership(request.transferee)
             request.future.set_result(None)
@@ -656,9 +671,9 @@ class RaftNode:
             if ready.committed_entries:
                 self._hand_over(ready.committed_entries)
             for read_state in ready.read_states:
-                future = self._reads.pop(read_state.context, None)
-                if future is not None:
-                    self._read_waiting.append((read_state.index, future))
+                asked = self._reads.pop(read_state.context, None)
+                if asked is not None:
+                    self._read_waiting.append((read_state.index, asked))
             raw.advance(ready)
             self._serve_reads()
             if time.monotonic() >= deadline:
@@ -743,12 +758,32 @@ class RaftNode:
             return
         applied = self.raw.basic_status().applied
         still = []
-        for index, future in self._read_waiting:
-            if applied >= index:
-                future.set_result(index)
-            else:
-                still.append((index, future))
+        notified: list[Completion] = []
+        for index, asked in self._read_waiting:
+            if applied < index:
+                still.append((index, asked))
+            elif asked.notify:
+                notified.append((asked.future, index, None))
+            elif not asked.future.done():
+                asked.future.set_result(index)
         self._read_waiting = still
+        self.completer.complete(notified)
+
+    def _expire_reads(self, now: float) -> None:
+        """Fail the reads whose deadline passed: their ReadIndex round may never end
+        (this node lost its leadership, or the leader dropped the request)."""
+        late = [context for context, asked in self._reads.items() if asked.deadline <= now]
+        expired = [self._reads.pop(context) for context in late]
+        if any(asked.deadline <= now for _, asked in self._read_waiting):
+            expired += [asked for _, asked in self._read_waiting if asked.deadline <= now]
+            self._read_waiting = [(i, a) for i, a in self._read_waiting if a.deadline > now]
+        if not expired:
+            return
+        error = CommandTimeoutError("no read index in time")
+        for asked in expired:
+            if not asked.notify and not asked.future.done():
+                asked.future.set_exception(error)
+        self.completer.complete([(a.future, None, error) for a in expired if a.notify])
 
     def _want_snapshot(self, future: Future[dict[str, Any]]) -> None:
         """A snapshot asked for now (``TakeSnapshot``): saved like any other, in the
@@ -942,12 +977,9 @@ class RaftNode:
         for proposal in self._held:
             proposal.future.set_exception(error)
         self._held.clear()
-        for future in self._reads.values():
-            if not future.done():
-                future.set_exception(error)
-        for _, future in self._read_waiting:
-            if not future.done():
-                future.set_exception(error)
+        for asked in (*self._reads.values(), *(asked for _, asked in self._read_waiting)):
+            if not asked.future.done():
+                asked.future.set_exception(error)
         for wanted in self._snapshots_wanted:
             wanted.future.set_exception(error)
         self._snapshots_wanted.clear()

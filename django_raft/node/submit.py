@@ -53,6 +53,7 @@ from .statemachine import StateMachine
 __all__ = [
     "Request",
     "forward",
+    "index_only",
     "outcome_answer",
     "parse",
     "read_command",
@@ -93,6 +94,8 @@ class RequestHost(Protocol):
 
     def read_index(self, timeout: float) -> int: ...
 
+    def read_index_async(self, timeout: float) -> Future[int]: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Request:
@@ -129,8 +132,8 @@ def submit(
     """Run a client request on this node; the future of its JSON answer.
 
     With ``pool``, nothing here waits: a leader's proposal is answered from the node's
-    applier thread (the answer's callbacks must be short), a read or a forwarded write
-    runs on ``pool``. Without one, the
+    applier thread, a read index from its completer thread (the answer's callbacks must
+    be short), a read-only command or a forwarded write runs on ``pool``. Without one, the
     caller's thread runs them and the future is done on return. ``leading``: whether
     this node leads, when the caller just looked.
     """
@@ -139,11 +142,36 @@ def submit(
     if isinstance(request, dict):
         answer.set_result(request)
         return answer
+    if pool is not None and index_only(body):
+        _read_index(node, request, answer)
+        return answer
     if request.read or not (_leads(node) if leading is None else leading):
         _elsewhere(node, request, answer, pool)
         return answer
     _propose(node, request, answer, pool)
     return answer
+
+
+def index_only(body: Any) -> bool:
+    """Whether a request body asks for a read index alone (``read()``): its answer waits
+    on the loop, never on a thread (``submit`` with a pool)."""
+    return isinstance(body, dict) and bool(body.get("read")) and body.get("name") == READ_INDEX
+
+
+def _read_index(node: RequestHost, request: Request, answer: Future[dict[str, Any]]) -> None:
+    """Answer with a read index once the node has applied it, from its completer thread."""
+
+    def done(found: Future[int]) -> None:
+        error = found.exception()
+        if error is None:
+            answer.set_result(outcome_answer(Outcome(ok=True, value=found.result())))
+        elif isinstance(error, RaftError):
+            answer.set_result(failure(error))
+        else:
+            answer.set_result(failure(NodeServerError, f"{type(error).__name__} (logged)"))
+            logger.error("raft: a read index failed", exc_info=error)
+
+    node.read_index_async(_remaining(request.deadline)).add_done_callback(done)
 
 
 def _propose(

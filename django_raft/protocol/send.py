@@ -21,6 +21,7 @@ from ..exceptions import ClusterUnreachableError, InvalidRequestError
 from . import command_stream
 from .auth import ANY_NODE, CLIENT, Signer, derive_keys
 from .connection import NodeConnection, NotSentError
+from .request import READ_INDEX
 from .tls import client_context
 
 __all__ = ["NO_ADDRESS", "AnswerAbandoned", "Unsent", "post", "send_command"]
@@ -109,15 +110,15 @@ def send_command(
     timeout: float,
     abandon: Callable[[], str] | None = None,
 ) -> dict[str, Any]:
-    """Send a command body to a node; its JSON answer. A write goes on this process's
-    command stream to the node (over plain HTTP, when the node serves one), anything
-    else as a request. Raise ``ClusterUnreachableError`` when no answer comes:
+    """Send a command body to a node; its JSON answer. A write or a read index goes on
+    this process's command stream to the node (over plain HTTP, when the node serves
+    one), anything else as a request. Raise ``ClusterUnreachableError`` when no answer comes:
     ``Unsent`` when the command certainly did not reach the node, ``AnswerAbandoned`` when
     ``abandon()`` gave a reason to stop waiting (streams only; see ``CommandStream``);
     ``InvalidRequestError`` when ``body`` is not JSON (nothing is sent)."""
     if not address:
         raise Unsent(NO_ADDRESS)
-    if body.get("read") or not address.startswith("http:"):
+    if not address.startswith("http:") or (body.get("read") and body.get("name") != READ_INDEX):
         return post(address, "command", body, timeout)
     keys = derive_keys(raft_settings.SECRET, raft_settings.CLIENT_SECRET)
     signer = Signer(keys.client, CLIENT, raft_settings.NODE_ID or "client")

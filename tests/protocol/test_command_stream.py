@@ -291,6 +291,63 @@ def test_open_streams_are_a_metric(running: Running, hand_made: list[HandMade]) 
     wait_for(lambda: served() == 1, 10, "the closed stream to leave the count")
 
 
+def test_a_read_index_on_a_stream_needs_no_thread_of_the_node(
+    running: Running, hand_made: list[HandMade], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``read()`` asks for its index on the stream; the node answers it from the loop's
+    round, not from one of the few threads that run read-only commands: with every one
+    of those busy, a read index is still answered at once."""
+    release = threading.Event()
+    started: list[int] = []
+
+    def wait(context: commands.Context, n: int) -> int:
+        started.append(n)
+        release.wait(10)
+        return n
+
+    commands.register("tests.hold", wait, read_only=True)
+    monkeypatch.setattr(command_streams, "SLOW_THREADS", 2)
+    monkeypatch.setattr(command_streams, "_slow", None)  # a pool of the patched size
+    client = HandMade(running)
+    hand_made.append(client)
+    try:
+        for n in range(2):
+            client.send([[n, {"name": "tests.hold", "arguments": {"n": n}, "read": True}]])
+        wait_for(lambda: len(started) == 2, 10, "the threads to be taken")
+        client.send([[7, {"name": READ_INDEX, "arguments": {}, "read": True, "timeout": 5}]])
+        answer = client.answers(1)[7]
+        assert answer["ok"] and answer["value"] >= 1, answer
+        assert len(started) == 2
+    finally:
+        release.set()
+    assert set(client.answers(2)) == {0, 1}
+
+
+def test_a_read_index_the_core_never_gives_fails_at_its_deadline(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ReadIndex round that never ends (the core dropped the request: leadership
+    lost) answers ``CommandTimeoutError`` by the caller's deadline, not never."""
+    monkeypatch.setattr(running.node.raw, "read_index", lambda context: None)
+    started = time.monotonic()
+    found = running.node.read_index_async(0.3)
+    error = found.exception(timeout=5)
+    assert type(error).__name__ == "CommandTimeoutError", error
+    assert 0.3 <= time.monotonic() - started < 2
+
+
+def test_a_client_asks_for_a_read_index_on_its_stream(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_post(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a read index went as an HTTP request")
+
+    monkeypatch.setattr(send, "post", no_post)
+    body = {"name": READ_INDEX, "arguments": {}, "read": True}
+    answer = send.send_command(running.address, body, 5)
+    assert answer["ok"] and answer["value"] >= 1, answer
+
+
 def test_a_stream_runs_at_most_max_in_flight_commands_at_once(
     running: Running, hand_made: list[HandMade], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,9 +1,10 @@
 """The node's side of command streams (``command_stream``): read requests, answer them.
 
 A stream's thread reads frames of requests and hands each to ``submit.submit``: a write
-on the leader is proposed at once and answered from the completer thread when it is
-applied; anything else (a follower's forwarding, a read, a command the leader lost)
-runs on a few threads of the stream server's own.
+on the leader is proposed at once and answered from the applier thread when it is
+applied, a read index (``read()``) answered from the completer thread when the node has
+it; anything else (a follower's forwarding, a read-only command, a command the leader
+lost) runs on a few threads of the stream server's own.
 Another thread per stream writes the answers, every answer ready in one frame, so a
 client that reads slowly delays only itself. At most ``MAX_IN_FLIGHT`` commands of a
 stream run at once: beyond that the stream is not read until one is answered.
@@ -38,7 +39,7 @@ from ...protocol.command_stream import MAX_IN_FLIGHT, MAX_REQUEST_FRAME, PING
 from ...protocol.connection import shut
 from .. import flow
 from ..runner import RaftNode
-from ..submit import submit
+from ..submit import index_only, submit
 
 __all__ = ["ADMIT_WAIT", "REFUSING", "SLOW_LANE", "SLOW_THREADS", "serve"]
 
@@ -217,7 +218,7 @@ class _Dispatcher:
         One that runs on the slow threads (``leading`` says whether it will) takes a
         place in their queue first (``SLOW_LANE``), or is refused."""
         slot = None
-        if not leading or (isinstance(body, dict) and body.get("read")):
+        if not index_only(body) and (not leading or (isinstance(body, dict) and body.get("read"))):
             slot = _slow_lane.take(self.name, 1, stream=self.lane, peer=self.peer)
             if slot is None:
                 self.answer(number, _overloaded(self.node, self.name), ticket)
