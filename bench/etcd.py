@@ -1,7 +1,7 @@
 """Benchmark django-raft against etcd: both in one run, same machine, same Python clients.
 
     bench/etcd [--rounds 1] [--only write-1,read-1] [--tiny] [--systems etcd,django-raft]
-               [--repo PATH] [--out DIR] [--no-plot]
+               [--operations N] [--repo PATH] [--out DIR] [--no-plot]
 
 Each round starts a fresh 3-member cluster of each system on 127.0.0.1, alternating
 which goes first, and runs the selected rows on it with the same number of operations:
@@ -888,6 +888,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", help=f"comma-separated rows: {','.join(ROWS)}")
     parser.add_argument("--systems", help=f"comma-separated: {','.join(SYSTEMS)} (both)")
     parser.add_argument("--tiny", action="store_true", help="a few operations: checks the harness")
+    parser.add_argument(
+        "--operations", type=int, help="calls of the write-1 and read-1 rows (default 2000)"
+    )
     parser.add_argument("--repo", type=Path, default=ROOT, help="django-raft checkout to run")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
     parser.add_argument("--no-plot", action="store_true", help="write no PNG")
@@ -907,6 +910,10 @@ def main(argv: list[str] | None = None) -> int:
     if options.rounds is not None:
         settings = replace(settings, rounds=max(1, options.rounds))
     settings = replace(settings, log_database=options.log_database)
+    if options.operations is not None:
+        if options.operations < 1:
+            parser.error("--operations must be at least 1")
+        settings = replace(settings, write_1=options.operations, read_1=options.operations)
     repo = options.repo.resolve()
     if "django-raft" in systems and not (repo / "manage.py").exists():
         parser.error(f"--repo {repo}: no manage.py there")
