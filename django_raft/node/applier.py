@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from ..core import ConfChange, Entry, EntryType, NotLeaderError, ProposalDroppedError, Snapshot
 from ..exceptions import CommandTimeoutError
 from . import events, metrics
-from .dispatch import Completer, Completion
+from .dispatch import Completer, Completion, together
 from .outcome import Outcome
 from .statemachine import StateMachine
 
@@ -198,8 +198,23 @@ class Applier:
         with metrics.applying():
             outcomes = self.machine.apply(entries)
         completions: list[Completion] = []
-        changes = []
-        for entry in entries:
+        changes: list[ConfChange] = []
+        with together():
+            self._answer(run, outcomes, completions, changes)
+        self.completer.complete(completions)
+        self._report(Applied(entries[-1].index, tuple(changes)))
+
+    def _answer(
+        self,
+        run: Run,
+        outcomes: dict[int, Outcome],
+        completions: list[Completion],
+        changes: list[ConfChange],
+    ) -> None:
+        """Answer the proposals waiting for a run's entries: this node's own (inline)
+        here, the others through the completer (``completions``); collect the run's
+        membership changes."""
+        for entry in run.entries:
             if entry.type is EntryType.CONF_CHANGE:
                 changes.append(ConfChange.decode(entry.data))
             waiting = run.waiting.get(entry.index)
@@ -226,8 +241,6 @@ class Applier:
                 waiting.future.set_result(outcome)  # its callbacks are short: run them here
             else:
                 completions.append((waiting.future, outcome, None))
-        self.completer.complete(completions)
-        self._report(Applied(entries[-1].index, tuple(changes)))
 
     def _fail(self, run: Run, error: Exception) -> None:
         self.completer.complete(

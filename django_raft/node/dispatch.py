@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, InvalidStateError
+from contextlib import contextmanager
 from typing import Any
 
 import django.dispatch
@@ -82,6 +84,37 @@ class SignalDispatcher:
 Completion = tuple[Future[Any], Any, BaseException | None]
 """A future, and the result (or the error) to give it."""
 
+_together = threading.local()
+
+
+@contextmanager
+def together() -> Iterator[None]:
+    """Callers' futures resolved in this block, in this thread, are answered together:
+    a flush registered with ``after_together`` runs once, when the block ends (a run's
+    answers leave in one frame per client stream, not one frame each)."""
+    outer = getattr(_together, "flushes", None)
+    if outer is not None:  # already inside one: the outer block flushes
+        yield
+        return
+    flushes: dict[int, Callable[[], None]] = {}
+    _together.flushes = flushes
+    try:
+        yield
+    finally:
+        _together.flushes = None
+        for flush in flushes.values():
+            flush()
+
+
+def after_together(owner: object, flush: Callable[[], None]) -> bool:
+    """Inside a ``together`` block of this thread, run ``flush`` once at its end (once per
+    ``owner``) and return True; elsewhere return False (the caller flushes now)."""
+    flushes: dict[int, Callable[[], None]] | None = getattr(_together, "flushes", None)
+    if flushes is None:
+        return False
+    flushes.setdefault(id(owner), flush)
+    return True
+
 
 class Completer:
     """A thread that hands the loop's results to the callers' futures, in order.
@@ -116,13 +149,19 @@ class Completer:
             batch = self._queue.get()
             if batch is None:
                 return
-            for future, result, error in batch:
-                try:
-                    if error is not None:
-                        future.set_exception(error)
-                    else:
-                        future.set_result(result)
-                except InvalidStateError:
-                    continue  # cancelled, or failed meanwhile because the node stopped
-                except Exception:
-                    logger.exception("raft: a command's done-callback raised")
+            with together():
+                _resolve(batch)
+
+
+def _resolve(batch: list[Completion]) -> None:
+    """Give each future its result or its error (its callbacks run here)."""
+    for future, result, error in batch:
+        try:
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+        except InvalidStateError:
+            continue  # cancelled, or failed meanwhile because the node stopped
+        except Exception:
+            logger.exception("raft: a command's done-callback raised")

@@ -37,7 +37,7 @@ from ...protocol import stream
 from ...protocol.answers import failure
 from ...protocol.command_stream import MAX_IN_FLIGHT, MAX_REQUEST_FRAME, PING
 from ...protocol.connection import shut
-from .. import flow
+from .. import dispatch, flow
 from ..runner import RaftNode
 from ..submit import index_only, submit
 
@@ -127,10 +127,21 @@ class _Answers(threading.Thread):
 
     def put(self, number: int, answer: dict[str, Any]) -> None:
         with self._wakeup:
-            idle = not (self._ready or self._busy or self._backlog or self._stopped)
-            if idle and self._write_now([(number, answer)]):
-                return
             self._ready.append((number, answer))
+        if not dispatch.after_together(self, self.flush):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the answers ready, in one frame, now if this thread is idle."""
+        with self._wakeup:
+            if not self._ready:
+                return
+            if not (self._busy or self._backlog or self._stopped):
+                answers = list(self._ready)
+                self._ready.clear()
+                if self._write_now(answers):
+                    return
+                self._ready.extendleft(reversed(answers))
             self._wakeup.notify()
 
     def _write_now(self, answers: list[tuple[int, dict[str, Any]]]) -> bool:
