@@ -1,0 +1,7 @@
+"""The fault suite: real raftnode processes under faults, their histories checked.
+
+``checker`` (linearizability), ``client`` (the recorded operations), ``proxy`` (per-link
+TCP proxies), ``cluster`` (the nodes), ``nemesis`` (kill, pause, partitions, latency),
+``run`` (a seeded run and ``scripts/faults``), ``lazyfs`` and ``power`` (power cuts on
+a FUSE filesystem that drops what was not fsynced), ``disk`` (full and failing disks).
+"""
