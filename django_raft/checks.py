@@ -7,7 +7,9 @@ without hiding the others; every id is listed in docs/reference.md.
 from __future__ import annotations
 
 import inspect
+import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from django.apps import apps
@@ -15,7 +17,9 @@ from django.core.checks import CheckMessage, Error, Warning, register
 from django.db import router
 from django.db.models import Model
 
+from . import models
 from .conf import _RULES, DEFAULTS, raft_settings
+from .core import ConfChange, ConfChangeType, EntryType
 
 TAG = "django_raft"
 """The tag of django_raft's checks (``manage.py check --tag django_raft``)."""
@@ -63,6 +67,7 @@ IDS: dict[str, str] = {
     "TLS_CA": "django_raft.E045",
     "TLS_CLIENT_AUTH": "django_raft.E046",
     "MAX_COMMAND_SIZE": "django_raft.E047",
+    "METRICS_TOKEN": "django_raft.E048",
     "weak-secret": "django_raft.E050",
     "weak-client-secret": "django_raft.E051",
     "tls-pair": "django_raft.E052",
@@ -73,6 +78,8 @@ IDS: dict[str, str] = {
     "handler-writes-unreplicated-model": "django_raft.W003",
     "beat-schedule-local": "django_raft.W004",
     "beat-schedule-partly-replicated": "django_raft.W005",
+    "stored-membership-differs": "django_raft.W006",
+    "no-pre-vote-nor-check-quorum": "django_raft.E036",
 }
 """The id of each problem: a setting's name for a value that breaks its own rule."""
 
@@ -93,6 +100,9 @@ _HINTS: dict[str, str] = {
         "raftnode --join URL."
     ),
     "core-config": "Change the settings the message names.",
+    "no-pre-vote-nor-check-quorum": (
+        "Turn DJANGO_RAFT['PRE_VOTE'] or CHECK_QUORUM back on (both are on by default)."
+    ),
     "weak-secret": (
         "Set DJANGO_RAFT['SECRET'] to the output of "
         '`python -c "import secrets; print(secrets.token_urlsafe(48))"` on every node.'
@@ -210,6 +220,118 @@ def check_handler_models(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
                 )
             )
     return messages
+
+
+STORED_TAG = "django_raft_stored"
+"""The tag of the checks that read the node's database (``manage.py check`` runs them;
+``raftnode`` logs the same at its start instead)."""
+
+
+@register(STORED_TAG)
+def check_stored_membership(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Warn when the membership stored in this node's database disagrees with
+    ``ADDRESS``/``CLUSTER`` (a node that moved, or settings that were never updated).
+
+    Reads only, and only a database that exists and was migrated: a check must not
+    create a database file.
+    """
+    if not raft_settings.NODE_ID or raft_settings.coded_problems():
+        return []
+    log_alias, alias = raft_settings.log_database, raft_settings.DATABASE
+    try:
+        if not all(_migrated(each) for each in {log_alias, alias}):
+            return []
+        found = membership_disagreements(
+            stored_membership(log_alias, alias),
+            raft_settings.NODE_ID,
+            raft_settings.ADDRESS,
+            raft_settings.CLUSTER,
+        )
+    except Exception:  # no database to read: nothing to compare
+        return []
+    if not found:
+        return []
+    return [
+        Warning(
+            f"the membership stored in this node's database disagrees with DJANGO_RAFT: "
+            f"{'; '.join(found)}.",
+            hint="The stored membership is what the cluster uses; membership changes go "
+            "through the log (manage.py raftmembers). Update DJANGO_RAFT['ADDRESS'] and "
+            f"CLUSTER to match it. See {REFERENCE}.",
+            id=IDS["stored-membership-differs"],
+        )
+    ]
+
+
+def stored_membership(log_alias: str, alias: str) -> dict[str, str]:
+    """The members this node has stored, with their addresses ("" when none is known).
+
+    The membership applied (``Member`` rows in ``alias``), then the membership changes
+    in the log (``log_alias``) replayed over it in order: what the node starts with.
+    Reads only.
+    """
+    members = dict(models.Member.objects.using(alias).values_list("node_id", "address"))
+    rows = (
+        models.LogEntry.objects.using(log_alias)
+        .filter(type=EntryType.CONF_CHANGE.value)
+        .order_by("index")
+        .values_list("data", flat=True)
+    )
+    for data in rows:
+        try:
+            change = ConfChange.decode(bytes(data))
+        except Exception:  # a stored entry the core would refuse too
+            continue
+        if change.type is ConfChangeType.REMOVE:
+            members.pop(change.node_id, None)
+        else:
+            members[change.node_id] = change.context or members.get(change.node_id, "")
+    return members
+
+
+def membership_disagreements(
+    stored: Mapping[str, str], node_id: str, address: str, cluster: Mapping[str, str]
+) -> list[str]:
+    """Where the stored membership and the settings (``ADDRESS``, ``CLUSTER``) disagree.
+
+    Nothing when nothing is stored yet. Members missing from ``CLUSTER`` are not named:
+    ``CLUSTER`` lists the founders, and others may have joined since.
+    """
+    if not stored:
+        return []
+    found = []
+    if node_id not in stored:
+        found.append(
+            f"this node ({node_id!r}) is not among the stored members "
+            f"({', '.join(sorted(stored))}): removed, or not added yet"
+        )
+    elif stored[node_id] and address and stored[node_id] != address:
+        found.append(
+            f"this node's stored address is {stored[node_id]!r}, its ADDRESS is {address!r}"
+        )
+    for member, url in sorted(cluster.items()):
+        if member not in stored:
+            found.append(f"CLUSTER names {member!r}, which is not a stored member")
+        elif stored[member] and stored[member] != url and member != node_id:
+            found.append(
+                f"CLUSTER gives {member!r} the address {url!r}, the stored membership "
+                f"{stored[member]!r}"
+            )
+    return found
+
+
+def _migrated(alias: str) -> bool:
+    """Whether the database ``alias`` exists and holds django_raft's tables."""
+    from django.db import connections
+
+    from .models import Member
+
+    connection = connections[alias]
+    name = str(connection.settings_dict.get("NAME") or "")
+    in_memory = name in ("", ":memory:") or "mode=memory" in name
+    if connection.vendor == "sqlite" and not in_memory and not os.path.exists(name):
+        return False
+    return Member._meta.db_table in connection.introspection.table_names()
 
 
 BEAT_MODELS = (

@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "PRE_VOTE": True,
     "CHECK_QUORUM": True,
     "SIGNAL_TASKS": {},
+    "METRICS_TOKEN": "",
 }
 """Every setting, with go-raft's defaults where go-raft had one."""
 
@@ -172,6 +173,11 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         ),
         "a dict of signal name (from django_raft.signals) -> Celery task name",
     ),
+    # The bearer token the metrics route asks for ("": it answers anyone).
+    "METRICS_TOKEN": (
+        lambda v: isinstance(v, str) and (v == "" or (v.isascii() and v.isprintable())),
+        'a string of printable ASCII characters (a bearer token), or "" (public metrics)',
+    ),
 }
 
 
@@ -181,6 +187,7 @@ PROBLEMS: tuple[str, ...] = (
     "heartbeat-below-tick",
     "tick-too-short",
     "election-not-above-heartbeat",
+    "no-pre-vote-nor-check-quorum",
     "node-not-in-cluster",
     "core-config",
     "weak-secret",
@@ -276,6 +283,17 @@ class RaftSettings:
                     "election-not-above-heartbeat",
                     "DJANGO_RAFT['ELECTION_TIMEOUT'] must be greater than HEARTBEAT_INTERVAL, "
                     "by at least one TICK_INTERVAL",
+                )
+            )
+        if not self.PRE_VOTE and not self.CHECK_QUORUM:
+            found.append(
+                (
+                    "no-pre-vote-nor-check-quorum",
+                    "DJANGO_RAFT['PRE_VOTE'] and CHECK_QUORUM are both off: then nothing "
+                    "stops a node that missed its removal, or came back from a partition, "
+                    "from forcing new terms again and again (each new term restarts a "
+                    "snapshot transfer to a lagging follower from its start), and the "
+                    "cluster may never settle. Keep at least one of them on",
                 )
             )
         if node and self.CLUSTER and self.NODE_ID not in self.CLUSTER:

@@ -1,6 +1,7 @@
 """Models of django_raft: the durable Raft state of this node, and what it reports.
 
-``LogEntry``, ``HardState`` and ``Snapshot`` are written only by ``DjangoStorage``;
+``LogEntry``, ``HardState``, ``Snapshot`` and ``NodeIdentity`` are written only by
+``DjangoStorage``;
 ``Member``, ``AppliedState`` and ``EntryOutcome`` only by the ``StateMachine``, in the
 same transaction as the command handlers' changes. Rows of the single-row models have
 the primary key ``SINGLETON``. What a running node reports about itself (state, leader)
@@ -152,6 +153,27 @@ class Snapshot(SingletonModel):
 
     def __str__(self) -> str:
         return f"snapshot at #{self.index} (term {self.term})"
+
+
+class NodeIdentity(SingletonModel):
+    """Which node and cluster this database belongs to, recorded at the node's first start.
+
+    A node refuses to start on a database that names another node (or, joining, another
+    cluster): two nodes sharing one database would corrupt each other's log.
+    ``cluster_id`` is derived from the founding membership (empty when unknown: a node
+    started before it was recorded, or one waiting to be added).
+    """
+
+    node_id = models.CharField("node id", max_length=MAX_NODE_ID_LENGTH)
+    cluster_id = models.CharField("cluster id", max_length=64, blank=True, default="")
+    created_at = models.DateTimeField("recorded at", auto_now_add=True)
+
+    class Meta:
+        verbose_name = "node identity"
+        verbose_name_plural = "node identity"
+
+    def __str__(self) -> str:
+        return f"node {self.node_id} of cluster {self.cluster_id or '(unknown)'}"
 
 
 class Member(models.Model):

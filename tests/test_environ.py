@@ -80,6 +80,7 @@ def test_every_setting_can_be_given_and_is_parsed_after_its_default() -> None:
         "RAFT_PRE_VOTE": "false",
         "RAFT_CHECK_QUORUM": "Yes",
         "RAFT_SIGNAL_TASKS": "leader_changed=app.tasks.on_leader",
+        "RAFT_METRICS_TOKEN": "",
     }
     assert {f"RAFT_{name}" for name in DEFAULTS} <= set(environ)
     built = settings_from_env(environ=environ)

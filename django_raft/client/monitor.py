@@ -185,7 +185,7 @@ def _build(
     view = ClusterView(members=rows, leader=leader_id, term=term)
     view.progress_known = any(row.progress for row in rows)
     view.events = _merge_events(statuses)
-    view.problems = _verdict(view, voters)
+    view.problems = _verdict(view, voters) + _slow_links(statuses)
     view.healthy = not view.problems
     return view
 
@@ -221,6 +221,22 @@ def _merge_events(statuses: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     merged = [event for status in statuses.values() for event in status.get("events", [])]
     merged.sort(key=lambda event: event.get("time", 0), reverse=True)
     return merged[:50]
+
+
+def _slow_links(statuses: dict[str, dict[str, Any]]) -> list[str]:
+    """The links a node reports too slow for the election timeout (``node/rtt.py``)."""
+    found = []
+    for node_id, status in sorted(statuses.items()):
+        trips = status.get("round_trips")
+        if not isinstance(trips, dict) or not isinstance(trips.get("peers"), dict):
+            continue
+        for peer in trips.get("too_slow") or []:
+            median = (trips["peers"].get(peer) or {}).get("p50_ms")
+            found.append(
+                f"round trip {node_id} to {peer} ({median} ms) too large for the election "
+                f"timeout (limit {trips.get('limit_ms')} ms)"
+            )
+    return found
 
 
 def _verdict(view: ClusterView, voters: set[str]) -> list[str]:

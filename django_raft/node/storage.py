@@ -13,6 +13,7 @@ it returns, which Raft requires before any message that depends on it is sent.
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -21,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
-from django.db import connections, transaction
+from django.db import DatabaseError, IntegrityError, OperationalError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.signals import connection_created
 from django.db.models import QuerySet
@@ -46,7 +47,11 @@ from ..proto import raft_pb2
 
 __all__ = [
     "DjangoStorage",
+    "IdentityError",
     "LogNotEmptyError",
+    "check_identity",
+    "claim_identity",
+    "cluster_id_of",
     "make_durable",
     "redoable_transaction",
     "write_lock",
@@ -74,6 +79,10 @@ def _sqlite_variables(connection: BaseDatabaseWrapper) -> int:
 
 class LogNotEmptyError(RuntimeError):
     """``bootstrap`` was asked of a node that already has Raft state."""
+
+
+class IdentityError(ImproperlyConfigured):
+    """The database belongs to another node, or to another cluster."""
 
 
 @dataclass(slots=True)
@@ -176,6 +185,9 @@ class DjangoStorage:
         self._state = self._load()
         self._commit_unwritten = False
         """Whether the commit index in memory is ahead of the stored one."""
+        self.identity: tuple[str, str] = ("", "")
+        """The node id and cluster id this database was claimed for (``claim_identity``),
+        once the node process has claimed it."""
 
     # -- loading -----------------------------------------------------------------------
 
@@ -416,13 +428,18 @@ class DjangoStorage:
         self._commit(state, None)
 
     def bootstrap(
-        self, voters: Sequence[str], addresses: Mapping[str, str]
+        self,
+        voters: Sequence[str],
+        addresses: Mapping[str, str],
+        node_id: str | None = None,
     ) -> tuple[HardState, list[Entry]]:
         """Write the log a brand-new cluster starts with; return what was written.
 
         It is ``core.bootstrap(voters)`` with each voter's address as the context of its
         membership change, so that every node learns the addresses from the log. Refuse
-        (``LogNotEmptyError``) when this node already has any Raft state.
+        (``LogNotEmptyError``) when this node already has any Raft state. With
+        ``node_id``, the database is claimed for that node of the new cluster in the
+        same transaction (``claim_identity``).
         """
         hard_state, entries = bootstrap(voters)
         changes = [ConfChange.decode(entry.data) for entry in entries]
@@ -448,6 +465,8 @@ class DjangoStorage:
                     f"(last index {state.last}, term {state.hard_state.term}); only a "
                     "brand-new node is bootstrapped"
                 )
+            if node_id is not None:
+                _claim(using, node_id, cluster_id_of(addresses, voters))
             self._write(state, hard_state, entries, None)
         self._commit(state, None)
         return hard_state, entries
@@ -603,6 +622,95 @@ class DjangoStorage:
 
     def _log(self) -> QuerySet[models.LogEntry]:
         return models.LogEntry.objects.using(self.alias)
+
+
+# -- whose database this is ------------------------------------------------------------
+
+
+def cluster_id_of(addresses: Mapping[str, str], voters: Sequence[str] | None = None) -> str:
+    """The id of the cluster founded with ``voters`` (all of ``addresses`` by default).
+
+    Derived from the founding members and their addresses, so that every founder, each
+    bootstrapping its own database from the same ``CLUSTER``, records the same id.
+    """
+    ids = sorted(addresses if voters is None else voters)
+    founding = "\n".join(f"{node_id}={addresses.get(node_id, '')}" for node_id in ids)
+    return hashlib.sha256(b"django-raft/cluster/1\n" + founding.encode()).hexdigest()[:32]
+
+
+def _describe(alias: str) -> str:
+    """The database ``alias`` as an operator knows it: its alias and name (file)."""
+    return f"{alias!r} ({connections[alias].settings_dict.get('NAME')})"
+
+
+def _stored_identity(alias: str) -> tuple[str, str] | None:
+    try:
+        row = (
+            models.NodeIdentity.objects.using(alias)
+            .filter(pk=models.SINGLETON)
+            .values_list("node_id", "cluster_id")
+            .first()
+        )
+    except DatabaseError as error:
+        if models.NodeIdentity._meta.db_table in connections[alias].introspection.table_names():
+            raise
+        raise ImproperlyConfigured(
+            f"database {_describe(alias)} lacks django_raft's tables (or their latest "
+            f"migration): run `manage.py migrate --database {alias}` first"
+        ) from error
+    return None if row is None else (row[0], row[1])
+
+
+def check_identity(alias: str, node_id: str, cluster_id: str = "") -> tuple[str, str] | None:
+    """Refuse (``IdentityError``) a database recorded for another node or cluster.
+
+    Reads only. ``cluster_id`` (when known, e.g. from the member a node joins through) is
+    compared with the recorded one when that is known too. Return the recorded
+    ``(node_id, cluster_id)``, or None when nothing is recorded yet.
+    """
+    stored = _stored_identity(alias)
+    if stored is None:
+        return None
+    owner, owner_cluster = stored
+    if owner != node_id:
+        raise IdentityError(
+            f"database {_describe(alias)} belongs to node {owner!r}, not to node {node_id!r}: "
+            "each node needs a database of its own (DJANGO_RAFT['DATABASE'] and LOG_DATABASE). "
+            "Nothing was written."
+        )
+    if cluster_id and owner_cluster and owner_cluster != cluster_id:
+        raise IdentityError(
+            f"database {_describe(alias)} holds node {owner!r} of cluster {owner_cluster}, "
+            f"not of cluster {cluster_id}: a node joins another cluster only with a new "
+            "(migrated, empty) database. Nothing was written."
+        )
+    return stored
+
+
+def claim_identity(alias: str, node_id: str, cluster_id: str = "") -> None:
+    """Record the database ``alias`` as node ``node_id``'s (of ``cluster_id``, if known).
+
+    Refuse (``IdentityError``, nothing written) a database recorded for another node or
+    cluster, even one claimed by another process at the same moment. A known cluster id
+    fills in one recorded as unknown.
+    """
+    try:
+        with write_lock(alias), transaction.atomic(using=alias, durable=True):
+            _claim(alias, node_id, cluster_id)
+    except (IntegrityError, OperationalError):
+        # Another process claimed it meanwhile (SQLite refuses a writer whose read is
+        # stale): what it recorded says whether this node may go on.
+        check_identity(alias, node_id, cluster_id)
+        raise
+
+
+def _claim(alias: str, node_id: str, cluster_id: str) -> None:
+    stored = check_identity(alias, node_id, cluster_id)
+    rows = models.NodeIdentity.objects.using(alias)
+    if stored is None:
+        rows.create(pk=models.SINGLETON, node_id=node_id, cluster_id=cluster_id)
+    elif cluster_id and not stored[1]:
+        rows.filter(pk=models.SINGLETON).update(cluster_id=cluster_id)
 
 
 # -- durability ------------------------------------------------------------------------

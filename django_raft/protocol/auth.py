@@ -13,18 +13,19 @@ the receiver, a timestamp, a nonce and the SHA-256 of the body. Everything but t
 travels in headers, so a node checks the signature *before* it reads the body, and
 reads a body only up to the length the signed headers announced. A request outside the
 time window, or with a nonce seen before, is refused; the nonce memory is bounded (when
-full, the oldest nonce is forgotten and nothing as old as it is accepted any more).
+full, the nonce signed earliest is forgotten and nothing signed as early is accepted any
+more; never one signed after the present, so a fresh request is never refused for it).
 Verification never raises: any header of any characters is just a refusal.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import hmac
 import secrets
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -142,15 +143,27 @@ class Signer:
 class NonceCache:
     """The nonces of the requests accepted within the time window, at most ``capacity``.
 
-    When full, the oldest nonce is forgotten and ``floor`` rises to its time: a request
-    signed at or before ``floor`` is refused, since its nonce may have been forgotten.
+    When full, the nonce signed earliest is forgotten and ``floor`` rises to its time: a
+    request signed at or before ``floor`` is refused, since its nonce may have been
+    forgotten. Only nonces signed at or before the present are ever forgotten, so the
+    floor never passes the present and a fresh request is never refused for it: those
+    signed ahead of this node's clock (a client's clock may run ahead, within the
+    window) are kept apart, ``capacity // FUTURE_SHARE`` at most, and a request signed
+    ahead while that many are kept is refused instead.
     """
+
+    FUTURE_SHARE = 10
 
     def __init__(self, window: float, capacity: int = NONCE_CAPACITY) -> None:
         self.window = window
         self.capacity = capacity
+        self.future_capacity = max(1, capacity // self.FUTURE_SHARE)
         self.floor = 0.0
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._seen: dict[str, float] = {}
+        self._past: list[tuple[float, str]] = []
+        """Heap of the nonces signed at or before the present (as last looked), by time."""
+        self._future: list[tuple[float, str]] = []
+        """Heap of the nonces signed after the present, by time."""
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -163,16 +176,29 @@ class NonceCache:
         with self._lock:
             if signed_at <= self.floor:
                 return "signed too long ago to be checked for replay"
-            if nonce in self._seen:
-                return "replayed: this nonce was seen before"
             seen = self._seen
+            if nonce in seen:
+                return "replayed: this nonce was seen before"
+            past, future = self._past, self._future
+            while future and future[0][0] <= now:  # signed ahead, now due
+                heapq.heappush(past, heapq.heappop(future))
             horizon = now - self.window
-            while seen and next(iter(seen.values())) < horizon:
-                seen.popitem(last=False)
-            while len(seen) >= self.capacity:
-                _, oldest = seen.popitem(last=False)
-                self.floor = max(self.floor, oldest)
+            while past and past[0][0] < horizon:
+                del seen[heapq.heappop(past)[1]]
+            if signed_at > now:
+                if len(future) >= self.future_capacity:
+                    return (
+                        f"signed {signed_at - now:.1f} s ahead of this node's clock, and too "
+                        "many requests signed ahead are remembered (check the clocks)"
+                    )
+                heapq.heappush(future, (signed_at, nonce))
+            else:
+                heapq.heappush(past, (signed_at, nonce))
             seen[nonce] = signed_at
+            while len(seen) > self.capacity and past:
+                oldest, forgotten = heapq.heappop(past)
+                del seen[forgotten]
+                self.floor = max(self.floor, oldest)
         return None
 
 

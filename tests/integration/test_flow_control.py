@@ -101,7 +101,13 @@ class _FloodStream:
         self.outcomes: Counter[str] = Counter()
         self.room = threading.Semaphore(MAX_IN_FLIGHT)
         self.stopped = threading.Event()
-        self.sock, self.writer, self.parser = self._open()
+        self.threads: list[threading.Thread] = []
+        opened = self._open()
+        self.refused = opened is None
+        """Refused at its handshake: this client holds its share of the node's streams."""
+        if opened is None:
+            return
+        self.sock, self.writer, self.parser = opened
         self.threads = [
             threading.Thread(target=self._write, daemon=True),
             threading.Thread(target=self._read, daemon=True),
@@ -109,7 +115,7 @@ class _FloodStream:
         for thread in self.threads:
             thread.start()
 
-    def _open(self) -> tuple[socket.socket, stream.FrameWriter, stream.FrameParser]:
+    def _open(self) -> tuple[socket.socket, stream.FrameWriter, stream.FrameParser] | None:
         signer = Signer(derive_keys(SECRET).client, CLIENT, self.sender)
         path = "/raft/command/stream"
         headers = signer.headers("POST", path, ANY_NODE, b"")
@@ -132,6 +138,9 @@ class _FloodStream:
         while len(body) < length:
             body += sock.recv(4096)
         accepted, _, node_id = body.partition(b" ")
+        if head_part.startswith(b"HTTP/1.1 503") and b"OverloadedError" in body:
+            sock.close()
+            return None
         assert head_part.startswith(b"HTTP/1.1 200") and accepted == PROTOCOL, answer[:300]
         up, down = stream_keys(signer.key, headers[NONCE_HEADER], self.sender, node_id.decode())
         sock.settimeout(None)
@@ -165,6 +174,8 @@ class _FloodStream:
 
     def close(self) -> None:
         self.stopped.set()
+        if self.refused:
+            return
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         for thread in self.threads:
@@ -258,6 +269,7 @@ def flood_cluster(tmp_path: Path, at: str, **flood: Any) -> Counter[str]:
         outcomes: Counter[str] = Counter()
         for stream_flood in floods:
             outcomes.update(stream_flood.outcomes)
+        refused_streams = sum(stream_flood.refused for stream_flood in floods)
         latencies, failures = result[0]
         growth = {node_id: sampler.peak[node_id] - idle[node_id] for node_id in idle}
         figures = {
@@ -265,6 +277,7 @@ def flood_cluster(tmp_path: Path, at: str, **flood: Any) -> Counter[str]:
             "peak_mib": {k: round(v / 2**20) for k, v in sampler.peak.items()},
             "growth_mib": {k: round(v / 2**20) for k, v in growth.items()},
             "flood": dict(outcomes),
+            "flood_streams_refused": refused_streams,
             "flood_seconds": round(time.monotonic() - started, 1),
             "other_writes": len(latencies),
             "other_p50_ms": round(statistics.median(latencies) * 1000, 1),
@@ -284,6 +297,7 @@ def flood_cluster(tmp_path: Path, at: str, **flood: Any) -> Counter[str]:
         assert cluster.leader() is leader
         cluster.wait_applied(timeout=60)
         assert leader.status()["term"] == term
+        outcomes["streams refused"] = refused_streams
         return outcomes
     finally:
         cluster.close()
@@ -302,9 +316,11 @@ def test_a_flood_of_large_commands_is_refused_without_losing_the_leader_or_memor
 def test_a_flood_of_small_commands_at_a_follower_keeps_it_and_its_leader(
     tmp_path: Path,
 ) -> None:
-    """200 streams to a follower, 1,024 small commands in flight on each: what the
-    follower forwards to its leader is bounded as well."""
+    """200 streams to a follower from one client, 1,024 small commands in flight on
+    each: the client gets its share of the follower's streams (the others are refused at
+    their handshake), and what the follower forwards to its leader is bounded as well."""
     outcomes = flood_cluster(
         tmp_path, "follower", streams_per_node=200, size=64, frame_commands=256
     )
     assert outcomes["OverloadedError"] > outcomes["ok"]
+    assert outcomes["streams refused"] > 0

@@ -401,9 +401,10 @@ def test_command_streams_beyond_the_bound_are_closed_at_once(
 ) -> None:
     monkeypatch.setattr(node_server, "MAX_COMMAND_STREAMS", 2)
     kept = [HandMade(running), HandMade(running)]  # same sender: two streams all the same
-    refused = HandMade(running)
-    hand_made.extend([*kept, refused])
-    assert refused.closed_by_node()
+    refused = HandMade(running)  # both kept are busy (just opened): refused at once
+    hand_made.extend(kept)
+    assert refused.status == 503 and b"OverloadedError" in refused.answer
+    refused.connection.close()
     for client in kept:
         client.send([[1, kv_set("a", "1")]])
         assert client.answers(1)[1]["ok"]

@@ -148,8 +148,8 @@ def _validate_allowing_removed_ids(conf_state: ConfState, change: ConfChange) ->
     validate_conf_change(ConfState(conf_state.voters, conf_state.learners), change)
 
 
-def _stale_answered_only_with_pre_vote_or_check_quorum(self: Raft, message: Message) -> None:
-    if message.type in _FROM_LEADER and (self.config.check_quorum or self.config.pre_vote):
+def _stale_answered_only_with_check_quorum(self: Raft, message: Message) -> None:
+    if message.type in _FROM_LEADER and self.config.check_quorum:
         self._send(
             Message(
                 type=MessageType.APPEND_RESPONSE, to=message.sender, sender=self.id, term=self.term
@@ -303,7 +303,7 @@ MUTANTS = (
         "stale_term_unanswered",
         "Figure 2: a request from an older term is answered with the current term",
         frozenset({STALE_TERM}),
-        ((Raft, "_step_stale", _stale_answered_only_with_pre_vote_or_check_quorum),),
+        ((Raft, "_step_stale", _stale_answered_only_with_check_quorum),),
     ),
     Mutant(
         "stale_acks_survive_a_new_term",

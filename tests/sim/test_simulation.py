@@ -12,7 +12,7 @@ import os
 import pytest
 
 from .invariants import InvariantViolation
-from .simulation import Simulation, Stats
+from .simulation import ALLOWED_ELECTION_SETTINGS, Simulation, Stats
 
 SCHEDULES = int(os.environ.get("SIM_SCHEDULES", "500"))
 TICKS = int(os.environ.get("SIM_TICKS", "1000"))
@@ -79,7 +79,7 @@ def test_schedules_exercise_every_fault() -> None:
     assert totals.snapshots_installed > 5
     assert totals.transfers > 5
     assert totals.reads_served > 100
-    assert settings == {(True, True), (True, False), (False, True), (False, False)}
+    assert settings == {(True, True), (True, False), (False, True)}
     assert totals.reuse_refused > 0
     assert totals.reads_reused > 5
     assert totals.stale_answered > 100
@@ -94,3 +94,31 @@ def test_violation_names_the_seed_and_replay_command() -> None:
     assert "seed 3" in hint
     assert "SIM_SEED=3" in hint
     assert "-k replay" in hint
+
+
+def test_schedules_run_only_the_election_settings_a_node_accepts() -> None:
+    """Both pre-vote and check-quorum off is refused (``ALLOWED_ELECTION_SETTINGS`` says
+    why); the simulator draws every other combination, and no refused one."""
+    from django.core.checks import ERROR
+    from django.test import override_settings
+
+    from django_raft import checks
+    from django_raft.conf import raft_settings
+
+    drawn = {
+        (simulation.faults.pre_vote, simulation.faults.check_quorum)
+        for simulation in (Simulation(seed, ticks=1) for seed in range(200))
+    }
+    assert drawn == set(ALLOWED_ELECTION_SETTINGS)
+    for pre_vote in (True, False):
+        for check_quorum in (True, False):
+            raft = {"PRE_VOTE": pre_vote, "CHECK_QUORUM": check_quorum}
+            with override_settings(DJANGO_RAFT=raft):
+                found = [what for what, _ in raft_settings.coded_problems()]
+                messages = checks.check_settings()
+            if (pre_vote, check_quorum) in drawn:
+                assert found == [] and messages == []
+            else:
+                assert found == ["no-pre-vote-nor-check-quorum"]
+                assert [(m.id, m.level) for m in messages] == [("django_raft.E036", ERROR)]
+                assert "never settle" in messages[0].msg

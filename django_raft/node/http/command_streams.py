@@ -205,10 +205,44 @@ class _Answers(threading.Thread):
                     self._busy = False
 
 
+class Activity:
+    """When a command stream last started a command, and how many of its commands run:
+    the server closes only an idle stream to make room for a new one."""
+
+    __slots__ = ("_lock", "last", "running")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.last = time.monotonic()
+        self.running = 0
+
+    def started(self) -> None:
+        with self._lock:
+            self.last = time.monotonic()
+            self.running += 1
+
+    def finished(self) -> None:
+        with self._lock:
+            self.running -= 1
+            self.last = time.monotonic()
+
+    def idle(self, seconds: float) -> bool:
+        """Whether none of its commands runs, and none started or ended for ``seconds``."""
+        return self.running == 0 and time.monotonic() - self.last >= seconds
+
+
 class _Dispatcher:
     """Runs one stream's commands on the node and hands their answers to the writer."""
 
-    def __init__(self, node: RaftNode, answers: _Answers, name: str, peer: bool) -> None:
+    def __init__(
+        self,
+        node: RaftNode,
+        answers: _Answers,
+        name: str,
+        peer: bool,
+        activity: Activity | None = None,
+    ) -> None:
+        self.activity = activity
         self.node = node
         self.answers = answers
         self.name = name
@@ -222,12 +256,16 @@ class _Dispatcher:
                 ticket.release()
         self.answers.put(number, answer)
         self.room.release()
+        if self.activity is not None:
+            self.activity.finished()
 
     def run(self, number: int, body: Any, leading: bool, ticket: flow.Ticket) -> None:
         """Start a command that holds ``ticket``; its answer comes later (``answer``).
 
         One that runs on the slow threads (``leading`` says whether it will) takes a
         place in their queue first (``SLOW_LANE``), or is refused."""
+        if self.activity is not None:
+            self.activity.started()
         slot = None
         if not index_only(body) and (not leading or (isinstance(body, dict) and body.get("read"))):
             slot = _slow_lane.take(self.name, 1, stream=self.lane, peer=self.peer)
@@ -239,18 +277,24 @@ class _Dispatcher:
 
 
 def serve(
-    node: RaftNode, source: BinaryIO, sock: socket.socket, keys: tuple[bytes, bytes], name: str
+    node: RaftNode,
+    source: BinaryIO,
+    sock: socket.socket,
+    keys: tuple[bytes, bytes],
+    name: str,
+    activity: Activity | None = None,
 ) -> None:
     """Serve one command stream until it ends, breaks or lies (then it is closed).
 
     ``keys``: the requests' and the answers' (``command_stream.stream_keys``); ``name``:
-    the client's, as it signed the handshake (a member's id: a node forwarding).
+    the client's, as it signed the handshake (a member's id: a node forwarding);
+    ``activity``: where its commands are counted (the server tells idle streams by it).
     """
     reader = stream.FrameReader(source, keys[0], MAX_REQUEST_FRAME)
     answers = _Answers(sock, keys[1], name)
     answers.start()
     peer = name in node.transport.addresses
-    dispatcher = _Dispatcher(node, answers, name, peer)
+    dispatcher = _Dispatcher(node, answers, name, peer, activity)
     budget = flow.budget_of(node)
     share = budget.stream(peer)
     admitted: list[flow.Ticket | None] = []

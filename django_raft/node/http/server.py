@@ -28,23 +28,37 @@ from cheroot import wsgi
 from cheroot.workers.threadpool import ThreadPool
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers.wsgi import WSGIHandler
-from django.db import connections
+from django.db import IntegrityError, OperationalError, connections
 from django.http import Http404, HttpRequest, HttpResponseBase, JsonResponse
 from django.urls import set_urlconf
 from django.utils.log import log_response
 
+from ...checks import membership_disagreements, stored_membership
 from ...conf import is_node_url, raft_settings
-from ...exceptions import InvalidRequestError, NodeServerError, NodeStoppedError, StopError
-from ...models import HardState
+from ...exceptions import (
+    InvalidRequestError,
+    NodeServerError,
+    NodeStoppedError,
+    OverloadedError,
+    StopError,
+)
+from ...models import HardState, NodeIdentity
 from ...protocol import command_stream, stream, tls
 from ...protocol.answers import failure
 from ...protocol.auth import NODE, NONCE_HEADER
 from ...protocol.connection import shut
 from ...protocol.wire import WireError
-from .. import metrics
+from .. import metrics, rtt
 from ..runner import RaftNode
 from ..statemachine import StateMachine
-from ..storage import DjangoStorage, make_durable
+from ..storage import (
+    DjangoStorage,
+    LogNotEmptyError,
+    check_identity,
+    claim_identity,
+    cluster_id_of,
+    make_durable,
+)
 from ..transport import unframe
 from . import command_streams, views
 
@@ -234,6 +248,18 @@ class _Accepted:
 COMMANDS = "commands"
 MAX_COMMAND_STREAMS = 256
 """Clients' command streams open at once at most."""
+MAX_COMMAND_STREAMS_PER_CLIENT = 64
+"""Command streams one client (its name and host) holds at once at most: a fair share,
+so that one client cannot take every slot."""
+STREAM_IDLE = 1.0
+"""Seconds after which a command stream with no command running, and none started or
+answered meanwhile, counts as idle: when the slots are taken, an idle stream is closed
+to make room for a new one (its client opens another when it has a command), so
+keep-alives alone cannot hold a slot."""
+MAX_REQUEST_HEADERS = 32 << 10
+"""Bytes of a request's line and headers at most (a signed request needs well under
+2 KiB): a longer request line is answered 414, longer headers 413, and the connection
+is closed."""
 
 
 MAX_STREAMS = 256
@@ -272,6 +298,13 @@ def _accept_command_stream(
         return views.Answer.error(503, "no Raft node runs in this process", NodeStoppedError)
     if environ.get("wsgi.url_scheme") != "http":
         return views.Answer.error(400, "command streams are served over plain HTTP only")
+    streams: _Streams | None = getattr(_handoff, "command_streams", None)
+    client = (sender, str(environ.get("REMOTE_ADDR", "")))
+    if streams is not None and not streams.room(client):
+        # Refused before it is accepted: the client sends its commands as requests.
+        return views.Answer.error(
+            503, "no room for another command stream: every slot is busy", OverloadedError
+        )
     keys = views.verifier().keys
     key = keys.node if kind == NODE else keys.client
     _handoff.stream = _Accepted(
@@ -381,21 +414,25 @@ class _Connection(cheroot_server.HTTPConnection):
                 watchdog.disarm(token)
             self.raft_shaken = True
         _handoff.stream = None
+        _handoff.command_streams = self.server.command_streams
         keep = bool(super().communicate())
         accepted: _Accepted | None = _handoff.stream
         if accepted is None:
             return keep
         _handoff.stream = None
         commands = accepted.lane == COMMANDS
+        client = activity = None
         if commands:
             name = (accepted.sender, str(id(self)))
+            client = (accepted.sender, str(self.remote_addr or ""))
+            activity = self._activity = command_streams.Activity()
             streams = self.server.command_streams
             serve: Callable[[_Accepted, tuple[str, str]], None] = self._serve_commands
         else:
             name = (accepted.sender, accepted.lane)
             streams = self.server.streams
             serve = self._serve_stream
-        if keep and streams.open(name, self.socket):
+        if keep and streams.open(name, self.socket, client, activity):
             # The stream gets a thread of its own: request threads stay free for
             # requests, and a new stream needs one only for its handshake.
             self._stream_thread = threading.Thread(
@@ -456,7 +493,14 @@ class _Connection(cheroot_server.HTTPConnection):
             if node is not None:
                 sock.settimeout(CONNECTION_TIMEOUT)
                 up, down = accepted.keys
-                command_streams.serve(node, self.rfile, sock, (up, down), accepted.sender)
+                command_streams.serve(
+                    node,
+                    self.rfile,
+                    sock,
+                    (up, down),
+                    accepted.sender,
+                    self._activity,
+                )
         finally:
             server.command_streams.close(name, sock)
             self.close()
@@ -477,40 +521,102 @@ class _PeerLane:
 class _Streams:
     """The peers' open streams, one per sender and lane: a sender that opens a new one
     (its old one broke on its side) ends the old one, and a stopping server ends all.
-    At most ``MAX_STREAMS`` are open at once; with ``commands``, the clients' command
-    streams instead (one per connection), at most ``MAX_COMMAND_STREAMS``."""
+    At most ``MAX_STREAMS`` are open at once.
+
+    With ``commands``, the clients' command streams instead (one per connection), at
+    most ``MAX_COMMAND_STREAMS``, and ``MAX_COMMAND_STREAMS_PER_CLIENT`` per client (its
+    name and host). When a new stream finds no slot (its client's share, or all), the
+    stream idle the longest (``STREAM_IDLE``) of the client holding the most is closed
+    to make room; only when every candidate is busy is the new one refused."""
 
     def __init__(self, commands: bool = False) -> None:
         self._open: dict[tuple[str, str], socket.socket] = {}
+        self._clients: dict[tuple[str, str], tuple[str, str] | None] = {}
+        self._active: dict[tuple[str, str], command_streams.Activity] = {}
         self._lock = threading.Lock()
         self._commands = commands
         self._gauge = metrics.streams_open.labels("command" if commands else "peer")
         self._gauge.set(0)
+        self.evicted = 0
+        """Idle command streams closed to make room for new ones."""
 
-    def open(self, name: tuple[str, str], sock: socket.socket) -> bool:
+    def _victim(self, client: tuple[str, str] | None) -> tuple[bool, tuple[str, str] | None]:
+        """Whether a stream of ``client`` can open, and the stream to close first (None:
+        there is room). Hold the lock."""
+        if not self._commands:
+            return True, None
+        mine = [name for name, owner in self._clients.items() if owner == client]
+        if len(mine) >= MAX_COMMAND_STREAMS_PER_CLIENT:
+            candidates = mine
+        elif len(self._open) >= MAX_COMMAND_STREAMS:
+            candidates = list(self._open)
+        else:
+            return True, None
+        held: dict[tuple[str, str] | None, int] = {}
+        for owner in self._clients.values():
+            held[owner] = held.get(owner, 0) + 1
+        idle = [name for name in candidates if self._active[name].idle(STREAM_IDLE)]
+        if not idle:
+            return False, None
+        return True, max(
+            idle, key=lambda name: (held[self._clients[name]], -self._active[name].last)
+        )
+
+    def room(self, client: tuple[str, str] | None) -> bool:
+        """Whether a new stream of ``client`` would find a slot (or make one)."""
+        with self._lock:
+            if not self._commands:
+                return len(self._open) < MAX_STREAMS
+            return self._victim(client)[0]
+
+    def open(
+        self,
+        name: tuple[str, str],
+        sock: socket.socket,
+        client: tuple[str, str] | None = None,
+        activity: command_streams.Activity | None = None,
+    ) -> bool:
         """Record a stream; False (and it is not recorded) when too many are open."""
+        evicted = None
         with self._lock:
             old = self._open.get(name)
-            limit = MAX_COMMAND_STREAMS if self._commands else MAX_STREAMS
-            if old is None and len(self._open) >= limit:
-                logger.warning("raft: %d streams are open: %r's is refused", limit, name)
-                return False
+            if old is None:
+                if not self._commands and len(self._open) >= MAX_STREAMS:
+                    logger.warning("raft: %d streams are open: %r's is refused", MAX_STREAMS, name)
+                    return False
+                possible, victim = self._victim(client)
+                if not possible:
+                    logger.warning("raft: every command stream slot is busy: %r's is refused", name)
+                    return False
+                if victim is not None:
+                    evicted = self._forget(victim)
+                    self.evicted += 1
             self._open[name] = sock
+            self._clients[name] = client
+            self._active[name] = activity or command_streams.Activity()
             self._gauge.set(len(self._open))
-        if old is not None:
-            shut(old)
+        for stale in (old, evicted):
+            if stale is not None:
+                shut(stale)
         return True
+
+    def _forget(self, name: tuple[str, str]) -> socket.socket:
+        self._clients.pop(name, None)
+        self._active.pop(name, None)
+        return self._open.pop(name)
 
     def close(self, name: tuple[str, str], sock: socket.socket) -> None:
         with self._lock:
             if self._open.get(name) is sock:
-                del self._open[name]
+                self._forget(name)
                 self._gauge.set(len(self._open))
 
     def close_all(self) -> None:
         with self._lock:
             socks = list(self._open.values())
             self._open.clear()
+            self._clients.clear()
+            self._active.clear()
             self._gauge.set(0)
         for sock in socks:
             shut(sock)
@@ -531,6 +637,7 @@ class NodeServer(wsgi.Server):
 
     ConnectionClass = _Connection
     keep_alive_conn_limit = MAX_KEEP_ALIVE
+    max_request_header_size = MAX_REQUEST_HEADERS
 
     def prepare(self) -> None:
         """Bind, and start the peers' threads as well."""
@@ -565,8 +672,13 @@ class NodeServer(wsgi.Server):
             return
         super().process_conn(conn)
 
+    prober: rtt.Prober | None = None
+    """Times the round trips to the peers (``rtt``), once the node runs."""
+
     def stop(self) -> None:
         """Stop serving, the peers' threads and streams too."""
+        if self.prober is not None:
+            self.prober.stop()
         streams = getattr(self, "streams", None)
         if streams is not None:
             streams.close_all()
@@ -614,10 +726,16 @@ def start_node(
     join: str | None,
     threads: int = DEFAULT_THREADS,
 ) -> tuple[RaftNode, wsgi.Server]:
-    """Open storage, bootstrap or join if asked, start the loop and the HTTP server."""
+    """Open storage, bind, bootstrap or join if asked, start the loop and the HTTP server.
+
+    Nothing is written before the port is bound: a node that cannot listen (or whose
+    database belongs to another node) leaves its database as it found it, so a corrected
+    retry starts (or bootstraps) as if the first try never happened.
+    """
     alias = raft_settings.DATABASE
     log_alias = raft_settings.log_database
     make_durable(alias)
+    aliases = [log_alias] if log_alias == alias else [log_alias, alias]
     if log_alias != alias:
         make_durable(log_alias)
         check_log_database(log_alias, alias)
@@ -630,16 +748,75 @@ def start_node(
             node_id,
             alias,
         )
+    for each in aliases:
+        check_identity(each, node_id)
+    cluster_id = member_cluster_id(join) if join else ""
+    if cluster_id:
+        for each in aliases:
+            check_identity(each, node_id, cluster_id)
     storage = DjangoStorage(log_alias)
-    machine = StateMachine(alias, node_id)
-    if bootstrap and storage.last_index() == 0:
-        cluster = raft_settings.CLUSTER or {node_id: address}
-        storage.bootstrap(sorted(cluster), cluster)
-    # A crash between persisting a received snapshot and restoring it leaves the state
-    # machine behind the log's start: restore it first.
-    machine.catch_up(storage.snapshot())
-    node = RaftNode(node_id, address, storage, machine)
+    server = _bound_server(bind, threads)
+    try:
+        cluster_id = _claim(storage, aliases, node_id, address, bootstrap, cluster_id)
+        storage.identity = (node_id, cluster_id or _stored_cluster_id(log_alias))
+        warn_of_membership(node_id, address, log_alias, alias)
+        machine = StateMachine(alias, node_id)
+        # A crash between persisting a received snapshot and restoring it leaves the
+        # state machine behind the log's start: restore it first.
+        machine.catch_up(storage.snapshot())
+        node = RaftNode(node_id, address, storage, machine)
+    except BaseException:
+        server.stop()
+        raise
     node.transport.set_address(node_id, address)
+    tune_interpreter()
+    threading.Thread(target=server.serve, name="raft-http", daemon=True).start()
+    node.start()
+    server.prober = rtt.Prober(
+        node.transport, rtt.RoundTrips(node_id, raft_settings.ELECTION_TIMEOUT)
+    )
+    server.prober.start()
+    if join:
+        ask_to_join(join, node_id, address)
+    return node, server
+
+
+def _claim(
+    storage: DjangoStorage,
+    aliases: list[str],
+    node_id: str,
+    address: str,
+    bootstrap: bool,
+    cluster_id: str,
+) -> str:
+    """Claim the databases for this node (and found the cluster, with ``bootstrap``);
+    return the cluster id. Another process claiming them at the same moment makes one
+    of the two refuse (``IdentityError``), whichever wrote second."""
+    deadline = time.monotonic() + CLAIM_WAIT
+    while True:
+        try:
+            if bootstrap and storage.last_index() == 0:
+                cluster = raft_settings.CLUSTER or {node_id: address}
+                storage.bootstrap(sorted(cluster), cluster, node_id)
+                cluster_id = cluster_id_of(cluster)
+            for each in aliases:
+                claim_identity(each, node_id, cluster_id)
+            return cluster_id
+        except (IntegrityError, OperationalError, LogNotEmptyError) as error:
+            # Written meanwhile by another process: refused if it claimed them.
+            for each in aliases:
+                check_identity(each, node_id)
+            if not isinstance(error, OperationalError) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
+
+
+CLAIM_WAIT = 10.0
+"""Seconds a node retries claiming a database another writer holds locked."""
+
+
+def _bound_server(bind: str, threads: int) -> NodeServer:
+    """The node's HTTP server, listening on ``bind`` (not serving yet)."""
     host, port = parse_bind(bind)
     server = NodeServer(
         (host, port),
@@ -656,12 +833,38 @@ def start_node(
             raft_settings.TLS_CLIENT_AUTH,
         )
     server.prepare()
-    tune_interpreter()
-    threading.Thread(target=server.serve, name="raft-http", daemon=True).start()
-    node.start()
-    if join:
-        ask_to_join(join, node_id, address)
-    return node, server
+    return server
+
+
+def _stored_cluster_id(alias: str) -> str:
+    row = NodeIdentity.objects.using(alias).values_list("cluster_id", flat=True).first()
+    return row or ""
+
+
+def warn_of_membership(node_id: str, address: str, log_alias: str, alias: str) -> list[str]:
+    """Log (WARNING) where the stored membership and ``ADDRESS``/``CLUSTER`` disagree."""
+    found = membership_disagreements(
+        stored_membership(log_alias, alias), node_id, address, raft_settings.CLUSTER
+    )
+    if found:
+        logger.warning(
+            "raft: node %s: the membership stored in its database disagrees with its "
+            "settings: %s. The stored membership is what the cluster uses (changes go "
+            "through the log: raftmembers); update DJANGO_RAFT['ADDRESS']/CLUSTER to match.",
+            node_id,
+            "; ".join(found),
+        )
+    return found
+
+
+def member_cluster_id(member: str) -> str:
+    """The cluster id a running member reports ("" when it has none recorded)."""
+    from ...protocol.answers import raise_for
+    from ...protocol.send import post
+
+    value = raise_for(post(member, "status", {}, raft_settings.COMMAND_TIMEOUT))
+    found = value.get("cluster_id", "") if isinstance(value, dict) else ""
+    return found if isinstance(found, str) else ""
 
 
 def check_log_database(log_alias: str, alias: str) -> None:

@@ -28,7 +28,7 @@ from ...protocol.answers import failure
 from ...protocol.auth import CLIENT, NODE, NODE_HEADER, Checked, Verifier, derive_keys
 from ...protocol.request import TIMEOUT_RULE, valid_timeout
 from ...protocol.wire import MAX_TERM_JUMP, WireError, decode_message
-from .. import flow, metrics
+from .. import flow, metrics, rtt
 from ..runner import RaftNode
 from ..submit import forward, run_on_node, submit
 from ..transport import BATCH_PATH, CONTENT_TYPE, PATHS, frame, unframe
@@ -197,6 +197,8 @@ def rpc_answer(path: str, body: bytes, sender: str | None) -> Answer:
     node = RaftNode.current
     if node is None or node.stopping.is_set():
         return Answer.error(503, "no Raft node runs in this process", NodeStoppedError)
+    if path == rtt.PING_PATH:  # a peer times its round trip to this node
+        return Answer(200, "text/plain", b"pong")
     try:
         messages = unframe(body) if path == BATCH_PATH else [decode_message(body)]
     except WireError as error:
