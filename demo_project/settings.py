@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit
 
 from django.core.exceptions import ImproperlyConfigured
 
+from django_raft import __version__
 from django_raft.environ import settings_from_env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -125,7 +126,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 
 REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
-SPECTACULAR_SETTINGS = {"TITLE": "django-raft", "VERSION": "0.1.0"}
+SPECTACULAR_SETTINGS = {"TITLE": "django-raft", "VERSION": __version__}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

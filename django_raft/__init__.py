@@ -7,6 +7,9 @@ and does not depend on Django.
 
 from typing import Any
 
+__version__ = "0.1.0"
+"""This release's version (read by ``pyproject.toml`` when the package is built)."""
+
 __all__ = [
     "Client",
     "LeaderState",

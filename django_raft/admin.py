@@ -13,8 +13,10 @@ Any staff user with the view permissions sees the pages; acting needs
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
+import django
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
@@ -30,9 +32,10 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from . import commands, logview
-from .client import monitor, operations
+from .client import monitor, operations, post, raise_for
 from .conf import raft_settings
 from .core import RaftError
+from .management.commands.raftsnapshot import report_line
 from .models import AppliedState, HardState, LogEntry, Member, Snapshot
 
 MEMBER_PERMISSION = "django_raft.change_member"
@@ -40,6 +43,8 @@ SNAPSHOT_PERMISSION = "django_raft.change_snapshot"
 COUNT_CAP = 10_000
 """A filtered log page counts at most this many matching entries (a filter by command:
 ``logview.SCAN_MATCHES``, then the page links to the entries before)."""
+CHART_WINDOW = 600.0
+"""Seconds of a node's history the dashboard's charts show (a node keeps ten minutes)."""
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -69,6 +74,10 @@ def _propose(request: HttpRequest, what: str, call: Any) -> bool:
     return True
 
 
+# http when no scheme is typed; Django 4.2 has no assume_scheme but assumes http.
+_ASSUME_HTTP: dict[str, Any] = {"assume_scheme": "http"} if django.VERSION >= (5, 0) else {}
+
+
 class AddMemberForm(forms.Form):
     """A node to add: its id, its address and whether it votes."""
 
@@ -76,8 +85,8 @@ class AddMemberForm(forms.Form):
     address = forms.URLField(
         label="address",
         max_length=2048,
-        assume_scheme="http",
         help_text="Where the other nodes reach it.",
+        **_ASSUME_HTTP,
     )
     role = forms.ChoiceField(
         choices=(("voter", "voter"), ("learner", "learner (gets the log, does not vote)")),
@@ -157,26 +166,30 @@ class MemberAdmin(admin.ModelAdmin):
         }
 
     def dashboard_view(self, request: HttpRequest) -> HttpResponse:
-        """The cluster table, the leader's replication progress, events and health."""
+        """The cluster table, the charts of a node's recent history, the leader's
+        replication progress, events and health."""
         if not self.has_view_permission(request):
             return self._refuse(request)
         cluster = monitor.gather()
         context = {
             **self._context(request, "Raft cluster"),
             "cluster": cluster,
+            "history": node_history(cluster, request.GET.get("node", "")),
             "data_url": reverse("admin:django_raft_dashboard_data"),
         }
         return TemplateResponse(request, "admin/django_raft/dashboard.html", context)
 
     def dashboard_data(self, request: HttpRequest) -> JsonResponse:
-        """The dashboard's data as JSON, with the table rendered, for its self-refresh."""
+        """The dashboard's data as JSON, with the table rendered, for its self-refresh;
+        ``?node=ID&since=T``: that node's history samples taken after ``T``."""
         if not self.has_view_permission(request):
             return JsonResponse({"error": "permission denied"}, status=403)
         cluster = monitor.gather()
         html = render_to_string(
             "admin/django_raft/_cluster.html", {"cluster": cluster}, request=request
         )
-        return JsonResponse({"cluster": cluster.as_dict(), "html": html})
+        history = node_history(cluster, request.GET.get("node", ""), _since(request))
+        return JsonResponse({"cluster": cluster.as_dict(), "html": html, "history": history})
 
     def _refuse(self, request: HttpRequest) -> HttpResponse:
         from django.core.exceptions import PermissionDenied
@@ -268,6 +281,61 @@ class MemberAdmin(admin.ModelAdmin):
             lambda: operations.transfer_leadership(node_id),
         )
         return None
+
+
+def _since(request: HttpRequest) -> float:
+    """The ``since`` query parameter: a finite number of seconds, else 0 (everything)."""
+    try:
+        since = float(request.GET.get("since", "0")[:32])
+    except ValueError:
+        return 0.0
+    return since if math.isfinite(since) else 0.0
+
+
+def history_member(cluster: monitor.ClusterView, wanted: str = "") -> monitor.MemberView | None:
+    """The member whose history the charts show: ``wanted``, else this server's node
+    (``ADDRESS``), else the leader, else the first member with an address."""
+    members = [m for m in cluster.members if m.address]
+    own = raft_settings.ADDRESS.rstrip("/")
+    for chosen in (
+        next((m for m in members if m.node_id == wanted), None) if wanted else None,
+        next((m for m in members if m.address.rstrip("/") == own), None) if own else None,
+        next((m for m in members if m.node_id == cluster.leader), None),
+        members[0] if members else None,
+    ):
+        if chosen is not None:
+            return chosen
+    return None
+
+
+def node_history(
+    cluster: monitor.ClusterView, wanted: str = "", since: float = 0.0
+) -> dict[str, Any]:
+    """One member's history samples taken after ``since`` (its ``overview`` route), for
+    the dashboard's charts; with ``error`` set, and no samples, when it does not answer."""
+    member = history_member(cluster, wanted)
+    found: dict[str, Any] = {
+        "node": member.node_id if member is not None else "",
+        "nodes": [m.node_id for m in cluster.members if m.address],
+        "window": CHART_WINDOW,
+        "samples": [],
+        "error": "",
+    }
+    if member is None:
+        found["error"] = "no member with a known address"
+        return found
+    body = {"timeout": monitor.TIMEOUT, "history": since}
+    try:
+        value = raise_for(post(member.address, "overview", body, monitor.TIMEOUT - 1.0))
+    except Exception as error:  # unreachable, refused, or not a node: the page goes on
+        found["error"] = f"{member.node_id} did not answer: {error}"
+        return found
+    samples = value.get("history") if isinstance(value, dict) else None
+    if not isinstance(samples, list):
+        found["error"] = f"{member.node_id} keeps no history (an older version)"
+        return found
+    found["samples"] = samples
+    return found
 
 
 class LogPaginator(Paginator):
@@ -404,7 +472,8 @@ class LogEntryAdmin(ReadOnlyAdmin):
     ordering = ("-index",)
     paginator = LogPaginator
     show_full_result_count = False
-    show_facets = admin.ShowFacets.NEVER  # facets count over the whole log
+    if django.VERSION >= (5, 0):  # Django 4.2 has no facets
+        show_facets = admin.ShowFacets.NEVER  # facets count over the whole log
     list_per_page = 50
     fields = ("index", "term", "type", "command", "size", "is_applied", "outcome_whole", "payload")
     readonly_fields = fields
@@ -577,13 +646,8 @@ class SnapshotAdmin(ReadOnlyAdmin):
             except (RaftError, ValueError, NotImplementedError) as error:
                 messages.error(request, f"Take a snapshot: failed — {error}")
             else:
-                messages.success(
-                    request,
-                    f"Snapshot at #{report['index']} (term {report['term']}): "
-                    f"{report['size']} bytes in {report['seconds'] * 1000:.1f} ms; "
-                    f"log compacted up to #{report['compacted_to']}."
-                    + ("" if report["taken"] else " (nothing new to snapshot)"),
-                )
+                line = report_line(report)  # raftsnapshot's words, so both say the same
+                messages.success(request, f"{line[0].upper()}{line[1:]}.")
             return HttpResponseRedirect(reverse("admin:django_raft_snapshot_changelist"))
         context = {
             **self.admin_site.each_context(request),

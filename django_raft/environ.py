@@ -13,6 +13,9 @@ parsed after the type of its default: text as is, numbers as numbers, booleans a
 comma-separated items. Other ``RAFT_*`` variables are ignored. A malformed value raises
 ``ImproperlyConfigured`` naming the variable and the form it expects; whether a
 well-formed value is valid (a URL, a positive timeout) is left to ``manage.py check``.
+
+For development, ``local_node()`` runs several nodes of one project on one machine: the
+node id picks its port and its SQLite file (see its docstring).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -51,6 +55,59 @@ def settings_from_env(
         if variable in environ:
             result[name] = parse(variable, environ[variable], default)
     return result
+
+
+@dataclass(frozen=True)
+class LocalNode:
+    """One node of a cluster on this machine: its id, port and database file name."""
+
+    node_id: str
+    port: int
+    cluster: dict[str, str]
+    """Every node's id and address."""
+
+    @property
+    def address(self) -> str:
+        """Where this node listens, on 127.0.0.1."""
+        return self.cluster[self.node_id]
+
+    @property
+    def database(self) -> str:
+        """The node's own SQLite file name, e.g. ``db-n2.sqlite3``."""
+        return f"db-{self.node_id}.sqlite3"
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """``NODE_ID``, ``ADDRESS`` and ``CLUSTER`` for ``DJANGO_RAFT``."""
+        return {"NODE_ID": self.node_id, "ADDRESS": self.address, "CLUSTER": dict(self.cluster)}
+
+
+def local_node(
+    size: int = 3,
+    port: int = 8001,
+    environ: Mapping[str, str] | None = None,
+    prefix: str = PREFIX,
+) -> LocalNode:
+    """The node of a ``size``-node cluster on this machine that this process is (development).
+
+    The nodes are ``n1`` to ``n<size>``; ``RAFT_NODE_ID`` says which one this process
+    is (``n1`` when unset, as for a web process or a shell), and node ``nK`` listens on
+    127.0.0.1 at ``port + K - 1`` (``RAFT_LOCAL_PORT`` overrides ``port``). Use its
+    ``settings`` in ``DJANGO_RAFT`` and its ``database`` as the SQLite file name, so that
+    each node has a database of its own. Raise ``ImproperlyConfigured`` for another id.
+    """
+    environ = os.environ if environ is None else environ
+    first = port
+    if prefix + "LOCAL_PORT" in environ:
+        first = parse(prefix + "LOCAL_PORT", environ[prefix + "LOCAL_PORT"], port)
+    ids = [f"n{k}" for k in range(1, size + 1)]
+    node_id = environ.get(prefix + "NODE_ID", "").strip() or ids[0]
+    if node_id not in ids:
+        _fail(prefix + "NODE_ID", node_id, f"one of {', '.join(ids)} for local_node(size={size})")
+    if not 0 < first <= 65536 - size:
+        _fail(prefix + "LOCAL_PORT", str(first), f"a port from 1 to {65536 - size}")
+    cluster = {n: f"http://127.0.0.1:{first + k}" for k, n in enumerate(ids)}
+    return LocalNode(node_id, first + ids.index(node_id), cluster)
 
 
 def parse(variable: str, text: str, default: Any) -> Any:

@@ -129,3 +129,36 @@ def test_every_command_option_is_in_its_table_with_its_default() -> None:
             else:
                 assert stated, f"{command} {name}: say its default ({action.default})"
                 assert float(stated[1]) == action.default, f"{command} {name}"
+
+
+def test_every_check_in_the_table_exists() -> None:
+    """No row for a check id the code no longer has (each id in the code is in the
+    reference: tests/test_settings.py)."""
+    from django_raft.checks import IDS, UNLISTED
+
+    rows = set(re.findall(r"^\| `(django_raft\.[EW]\d+)`", section("System checks"), re.M))
+    assert rows and rows <= set(IDS.values()) | {UNLISTED}
+
+
+def test_every_http_route_is_in_the_table() -> None:
+    """The routes a node serves (its URLconf, and the streams opened on ``rpc/`` and
+    ``command``) are the rows of the table, and no other."""
+    from django_raft.node.http.urls import urlpatterns
+    from django_raft.protocol import command_stream, stream
+
+    served = {re.sub(r"<\w+:\w+>", "<name>", str(p.pattern)) for p in urlpatterns}
+    served |= {"rpc/" + stream.STREAM_PATH, command_stream.PATH}
+    assert set(table_rows("HTTP routes")) == served
+
+
+def test_raftstatus_exit_statuses_are_the_code_s() -> None:
+    from django_raft.management.commands import raftstatus
+
+    text = REFERENCE.split("\n### `manage.py raftstatus`\n", 1)[1].split("\n### ", 1)[0]
+    rows = dict(re.findall(r"^\| (\d) \| (\w[\w ]*):", text, re.M))
+    assert rows == {
+        str(raftstatus.HEALTHY): "Healthy",
+        str(raftstatus.DEGRADED): "Degraded",
+        str(raftstatus.NO_LEADER): "No leader",
+        str(raftstatus.UNREACHABLE): "No node answered",
+    }

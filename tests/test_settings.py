@@ -12,6 +12,7 @@ import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -129,6 +130,7 @@ BAD_VALUES: list[tuple[str, Any]] = [
         for value in ({"no_such_signal": "t"}, {"committed": ""}, {"committed": 5}, ["x"], None)
     ],
     *[(name, value) for name in ("PRE_VOTE", "CHECK_QUORUM") for value in (1, 0, "yes", None)],
+    *[("METRICS_TOKEN", value) for value in (None, 5, "é", "a\nb")],
 ]
 
 
@@ -295,7 +297,6 @@ def test_a_node_needs_node_id_and_address() -> None:
             "ELECTION_TIMEOUT_THRESHOLD_PERCENT": 1,
             "ENTRIES_AFTER_SNAPSHOT": 0,
             "PRE_VOTE": False,
-            "CHECK_QUORUM": False,
         },
         dict(DEFAULTS),
     ],
@@ -373,9 +374,9 @@ def no_node(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Any, ...]]]:
     """Record instead of starting a node, so a missed validation cannot block the test."""
     started: list[tuple[Any, ...]] = []
 
-    def fake_start_node(*args: Any) -> tuple[None, None]:
+    def fake_start_node(*args: Any) -> tuple[Any, None]:
         started.append(args)
-        return None, None
+        return SimpleNamespace(failure=None), None  # a node that stopped cleanly
 
     monkeypatch.setattr(server, "start_node", fake_start_node)
     monkeypatch.setattr(server, "serve_forever", lambda node, http_server: None)

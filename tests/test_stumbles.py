@@ -6,9 +6,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
@@ -181,3 +184,119 @@ def test_confirmation_pages_show_the_whole_breadcrumb_trail(admin_client: Client
     crumbs = _breadcrumbs(page)
     assert home in crumbs and app in crumbs and members in crumbs
     assert crumbs.rstrip().endswith("Promote to voter")
+
+
+@pytest.mark.django_db
+def test_the_admin_s_snapshot_message_says_what_was_compacted(
+    admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.contrib.messages import get_messages
+
+    from django_raft.client import operations
+
+    report = {"index": 10, "term": 2, "size": 99, "seconds": 0.004, "taken": True}
+    monkeypatch.setattr(operations, "take_snapshot", lambda: {**report, "compacted_to": 0})
+    response = admin_client.post(reverse("admin:django_raft_snapshot_take"))
+    assert response.status_code == 302
+    [message] = [str(m) for m in get_messages(response.wsgi_request)]
+    assert "compacted up to #0" not in message and "not compacted yet" in message
+    assert message.startswith("Snapshot taken at #10 (term 2): 99 bytes in 4.0 ms; ")
+    assert "ENTRIES_AFTER_SNAPSHOT" in message  # the setting that keeps them
+
+
+# -- raftmembers and the operations ---------------------------------------------------------
+
+
+def test_raftmembers_names_the_public_error_not_the_sender_s_class() -> None:
+    address = f"http://127.0.0.1:{free_port()}"
+    settings = {"ADDRESS": address, "NODE_ID": "n1", "CLUSTER": {"n1": address}}
+    for arguments in (["remove", "n2"], ["add", "n4", "http://127.0.0.1:1"]):
+        with override_settings(DJANGO_RAFT=settings), pytest.raises(CommandError) as raised:
+            call_command("raftmembers", *arguments, stdout=io.StringIO())
+        message = str(raised.value)
+        prefix = f"{arguments[0]} {arguments[1]}: ClusterUnreachableError: cannot reach the node"
+        assert message.startswith(prefix) and address in message
+        assert "Unsent" not in message
+
+
+def test_raftmembers_without_members_names_the_settings() -> None:
+    with override_settings(DJANGO_RAFT={}), pytest.raises(CommandError) as raised:
+        call_command("raftmembers", stdout=io.StringIO())
+    assert "RAFT_ADDRESS" in str(raised.value) and "RAFT_CLUSTER" in str(raised.value)
+    assert raised.value.returncode == raftstatus.UNREACHABLE
+
+
+def test_an_operation_without_an_address_names_the_setting_to_set() -> None:
+    from django_raft.client import operations
+
+    for operation in (
+        lambda: operations.remove_member("n2"),
+        lambda: operations.add_member("n4", "http://127.0.0.1:1"),
+        lambda: operations.transfer_leadership("n2"),
+        lambda: operations.take_snapshot(),
+    ):
+        with override_settings(DJANGO_RAFT={}), pytest.raises(ClusterUnreachableError) as raised:
+            operation()
+        message = str(raised.value)
+        assert message.startswith("no node to ask: set DJANGO_RAFT['ADDRESS'] (RAFT_ADDRESS)")
+        assert "http://" in message  # what a value looks like
+
+
+# -- the API's leadership transfer ------------------------------------------------------------
+
+
+@pytest.fixture
+def leading_node(transactional_db: None) -> Iterator[Any]:
+    """One node in this process that leads, its address in DJANGO_RAFT['ADDRESS']."""
+    from django_raft.node.http.server import start_node
+    from tests.integration.cluster import wait_for
+
+    port = free_port()
+    address = f"http://127.0.0.1:{port}"
+    settings = {"SECRET": "stumbles-" + "s" * 32, "NODE_ID": "n1", "ADDRESS": address}
+    with override_settings(DJANGO_RAFT=settings):
+        node, server = start_node("n1", address, f"127.0.0.1:{port}", True, None, threads=4)
+        try:
+            wait_for(
+                lambda: (s := node.status())["state"] == "leader" and s["applied"] == s["commit"],
+                10,
+                "n1 to lead",
+            )
+            yield node
+        finally:
+            node.stop()
+            server.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_api_s_transfer_to_the_leader_succeeds_with_nothing_to_do(
+    leading_node: Any, admin_client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    term = leading_node.status()["term"]
+    response = admin_client.post(
+        "/api/raft/leadership-transfer", {"node_id": "n1"}, content_type="application/json"
+    )
+    assert response.status_code == 200, response.content
+    assert response.json() == {"ok": True, "value": {"leader": "n1"}}
+    assert leading_node.status()["term"] == term and leading_node.status()["state"] == "leader"
+    assert not [r for r in caplog.records if r.getMessage().startswith("Conflict")]
+    response = admin_client.post(
+        "/api/raft/leadership-transfer", {"node_id": "n7"}, content_type="application/json"
+    )
+    assert response.status_code == 409  # a node that is not a voter is still refused
+    assert response.json()["error_type"] == "UnknownPeerError"
+
+
+# -- what the scripts say about themselves -------------------------------------------------
+
+
+def test_the_readme_and_scripts_test_give_the_same_time_for_quick() -> None:
+    """The quick run's time, as scripts/test's header and the README state it (measured:
+    update both together)."""
+    header = (ROOT / "scripts" / "test").read_text().split("set -euo", 1)[0]
+    stated = re.search(r"scripts/test --quick .*?: about (\d+) seconds", header, re.DOTALL)
+    readme = (ROOT / "README.md").read_text()
+    told = re.search(r"`scripts/test --quick` skips[^.]*?runs in\s+about (\d+) seconds", readme)
+    assert stated and told, "both say how long scripts/test --quick takes, in seconds"
+    assert stated[1] == told[1]
+    assert 10 <= int(told[1]) <= 60  # what it takes on 2 cores, not "a minute" or "instant"

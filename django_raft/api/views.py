@@ -181,7 +181,29 @@ class LeadershipTransferView(RaftAPIView):
         serializer = NodeIdSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         node_id = serializer.validated_data["node_id"]
-        return _answer(lambda: operations.transfer_leadership(node_id))
+        return _answer(lambda: _transfer(node_id))
+
+
+def _transfer(node_id: str) -> Any:
+    """Hand leadership to ``node_id``; nothing to do, and no error, when it already leads
+    (as ``rafttransfer`` says): asked first, so the leader is not asked to hand over to
+    itself, and again when the leader refused (it may have taken over meanwhile)."""
+    if _leader() == node_id:
+        return {"leader": node_id}
+    try:
+        return operations.transfer_leadership(node_id)
+    except MembershipError:
+        if _leader() == node_id:
+            return {"leader": node_id}
+        raise
+
+
+def _leader() -> str:
+    """The leader our node knows of ("" when it cannot be asked or knows none)."""
+    try:
+        return str(client.status().get("leader") or "")
+    except RaftError:
+        return ""
 
 
 class SnapshotView(RaftAPIView):

@@ -20,7 +20,10 @@ from .monitor import gather, known_members
 def _node_address(address: str | None = None) -> str:
     found = address or raft_settings.ADDRESS
     if not found:
-        raise ClusterUnreachableError("DJANGO_RAFT['ADDRESS'] names no node to ask")
+        raise ClusterUnreachableError(
+            "no node to ask: set DJANGO_RAFT['ADDRESS'] (RAFT_ADDRESS) to the URL of this"
+            " server's node, e.g. http://127.0.0.1:8001"
+        )
     return str(found)
 
 

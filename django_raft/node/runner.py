@@ -64,7 +64,7 @@ from ..exceptions import (
     StopError,
 )
 from ..protocol import local
-from . import events, metrics, submit
+from . import events, history, metrics, rtt, submit
 from .applier import Applied, Applier, Forget, InlineFuture, Restore, Waiting
 from .applier import Run as ApplyRun
 from .dispatch import Completer, Completion, SignalDispatcher
@@ -302,10 +302,14 @@ class RaftNode:
         self._snapshots_wanted: list[SnapshotWanted] = []
         self.snapshot_failures = 0
         """Snapshots that could not be saved (each logged; the next is tried when due)."""
+        self.failure: BaseException | None = None
+        """What stopped the loop, when it did not stop because it was told to."""
         self._status: dict[str, Any] = self._make_status()
         self._last_leader_contact = time.monotonic()
         self._threshold_warned = False
         self._thread = threading.Thread(target=self._run, name=f"raft-loop-{node_id}", daemon=True)
+        self.history = history.Sampler(self)
+        """Recent samples of this node's status, for the admin's charts."""
         self.applier = Applier(
             f"raft-apply-{node_id}",
             machine,
@@ -325,10 +329,12 @@ class RaftNode:
         self.completer.start()
         self.applier.start()
         self._thread.start()
+        self.history.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop (what was persisted stays), fail waiting callers with StopError."""
         self.stopping.set()
+        self.history.stop()
         self.inbox.put(Wake())
         self._thread.join(timeout)
         self.applier.stop(STOP_APPLY_TIMEOUT)
@@ -495,7 +501,8 @@ class RaftNode:
                 self._process_ready(started + self.turn_budget)
                 self._max_turn = max(self._max_turn, time.monotonic() - started)
                 self._update_status()
-        except Exception:
+        except Exception as error:
+            self.failure = error
             logger.exception("raft: node %s loop crashed", self.node_id)
             raise
         finally:
@@ -910,6 +917,8 @@ class RaftNode:
         status["signals_dropped"] = self.signals.dropped
         status["messages_dropped"] = dict(self.raw.dropped)
         status["snapshot_failures"] = self.snapshot_failures
+        status["cluster_id"] = self.storage.identity[1]
+        status["round_trips"] = rtt.reported()
         return status
 
     def _update_status(self) -> None:

@@ -2,9 +2,12 @@
 
 Three ``raftnode`` processes and one web process (``runserver``, sharing n1's database as
 a web process on n1's server would). The browser logs in, sees one leader and three
-reachable members, transfers leadership from the admin and watches the dashboard show the
-new leader without a reload, adds a learner, sees the log entries' outcomes (a result, an
-error), and opens a log entry to see its decoded arguments. On failure a screenshot is
+reachable members, sees the charts of a node's recent history draw the commands it sends
+(commit rate, apply lag per member, leader changes, handler time), transfers leadership
+from the admin and watches the dashboard show the new leader without a reload, and the
+charts mark the change; adds a learner, sees the log entries' outcomes (a result, an
+error), opens a log entry to see its decoded arguments, and finally sees the charts keep
+their points and say so when their node stops answering. On failure a screenshot is
 saved (its path is printed); with ``ADMIN_SCREENSHOTS=docs/img`` the dashboard, members
 and log pages are saved there.
 """
@@ -12,8 +15,10 @@ and log pages are saved there.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,6 +142,37 @@ def save(page: Page, name: str) -> None:
         page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True, clip=clip)
 
 
+SERIES = """([chart, name]) => {
+  const path = document.querySelector(`#raft-chart-${chart} path[data-series="${name}"]`);
+  if (!path) { return null; }
+  const d = path.getAttribute("d");
+  return {points: Number(path.dataset.points), max: Number(path.dataset.max || "NaN"),
+          coordinates: (d.match(/[ML]/g) || []).length + (d.match(/H/g) || []).length};
+}"""
+
+
+def series(page: Page, chart: str, name: str) -> dict[str, float] | None:
+    """What one line of a chart holds: its points, largest value, coordinates drawn."""
+    found: dict[str, float] | None = page.evaluate(SERIES, [chart, name])
+    return found
+
+
+def wait_series(page: Page, chart: str, name: str, points: int, above: float = 0.0) -> None:
+    """Wait until a chart's line has ``points`` points or more, one of them over ``above``."""
+    page.wait_for_function(
+        f"""(args) => {{ const s = ({SERIES})(args);
+            return s !== null && s.points >= {points} && s.max > {above}; }}""",
+        arg=[chart, name],
+    )
+
+
+def choose_history(page: Page, node_id: str) -> None:
+    """Show ``node_id``'s history in the charts, and wait for its samples."""
+    page.select_option("#raft-history-node", node_id)
+    expect(page.locator("#raft-charts")).to_have_attribute("data-node", node_id)
+    expect(page.locator("#raft-history-status")).to_contain_text("samples, one a second")
+
+
 def test_operate_the_cluster_from_a_browser(site: tuple[Cluster, Web], page: Page) -> None:
     cluster, web = site
     p = page
@@ -155,9 +191,25 @@ def test_operate_the_cluster_from_a_browser(site: tuple[Cluster, Web], page: Pag
     expect(p.locator('tr.raft-member[data-state="leader"]')).to_have_count(1)
     old = cluster.leader().node_id
     expect(p.locator("#raft-leader")).to_have_text(old)
+
+    # The charts: this server's node (n1) by default, drawing the commands sent in bursts.
+    expect(p.locator("#raft-charts")).to_have_attribute("data-node", "n1")
+    for burst in range(3):
+        time.sleep(1.2)
+        for i in range(15):
+            cluster.nodes["n1"].do("kv.set", key=f"chart-{burst}-{i}", value="x")
     cluster.nodes["n1"].do("kv.set", key="browser", value="hello from the log page")
     cluster.nodes["n1"].do("kv.incr", key="browser")  # fails: its outcome is an error
-    save(p, "dashboard")
+    wait_series(p, "commit", "commit_rate", points=3)
+    commit = series(p, "commit", "commit_rate")
+    assert commit is not None and commit["max"] > 1 and commit["coordinates"] >= 3
+    wait_series(p, "handler", "handler_mean", points=1)
+    assert (series(p, "handler", "handler_p99") or {}).get("points", 0) >= 1
+    assert series(p, "lag", "lag:n1") is not None
+    term = series(p, "leader", "term")
+    assert term is not None and term["points"] >= 3
+    expect(p.locator("#raft-now-commit")).to_contain_text("/s · commit #")
+    assert p.locator("#raft-chart-commit text", has_text="UTC").count() == 1
 
     # Transfer leadership from a member's page, in a second tab; the first one follows.
     target = next(n.node_id for n in cluster.founders if n.node_id != old)
@@ -172,6 +224,10 @@ def test_operate_the_cluster_from_a_browser(site: tuple[Cluster, Web], page: Pag
     expect(p.locator(f'tr.raft-member[data-node="{target}"]')).to_have_attribute(
         "data-state", "leader"
     )
+    # n1's history saw the leader change: a line on the leader chart, naming the new one.
+    expect(p.locator(f'#raft-chart-leader line.raft-marker[data-leader="{target}"]')).to_have_count(
+        1, timeout=15_000
+    )
 
     # Add a learner through the form, start it, and see it join.
     learner = cluster.add_node("n4")
@@ -185,6 +241,13 @@ def test_operate_the_cluster_from_a_browser(site: tuple[Cluster, Web], page: Pag
     row = p.locator('tr.raft-member[data-node="n4"]')
     expect(row).to_have_attribute("data-reachable", "yes", timeout=20_000)
     expect(row.locator("td").nth(2)).to_have_text("learner")
+    # The new leader's history: the lag of every member, as it sees their match index.
+    choose_history(p, target)
+    for member in ("n1", "n2", "n3", "n4"):
+        wait_series(p, "lag", f"lag:{member}", points=1, above=-1)
+    expect(p.locator("#raft-legend-lag .raft-legend-item")).to_have_count(4)
+    wait_series(p, "commit", "commit_rate", points=3)
+    save(p, "dashboard")
     other.goto(f"{web.url}/admin/django_raft/member/")
     save(other, "members")
 
@@ -198,3 +261,16 @@ def test_operate_the_cluster_from_a_browser(site: tuple[Cluster, Web], page: Pag
     other.locator("#result_list tr", has_text="kv.set").first.locator("th a").click()
     expect(other.locator("pre.raft-payload")).to_contain_text('"key": "browser"')
     expect(other.locator("pre.raft-payload")).to_contain_text("hello from the log page")
+
+    # The charts' node stops answering: they keep what they drew and say so.
+    choose_history(p, old)
+    wait_series(p, "commit", "commit_rate", points=2, above=-1)
+    drawn = series(p, "commit", "commit_rate")
+    cluster.nodes[old].kill()
+    expect(p.locator("#raft-history-status")).to_contain_text(f"{old} did not answer")
+    expect(p.locator("#raft-charts")).to_have_class(re.compile(r"\braft-stale\b"))
+    kept = series(p, "commit", "commit_rate")
+    assert drawn is not None and kept is not None and kept["points"] >= drawn["points"]
+    expect(p.locator(f'tr.raft-member[data-node="{old}"]')).to_have_attribute(
+        "data-reachable", "no"
+    )

@@ -280,7 +280,7 @@ def test_take_snapshot_from_the_admin_asks_then_reports(local: Local, admin_clie
     done = admin_client.post(url, follow=True)
     notes = [str(m) for m in done.context["messages"]]
     applied = local.node.status()["applied"]
-    assert notes and notes[0].startswith(f"Snapshot at #{applied} ")
+    assert notes and notes[0].startswith(f"Snapshot taken at #{applied} ")
     assert Snapshot.objects.get().index == applied
 
 

@@ -8,7 +8,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ...client import monitor, operations
 from ...core import RaftError
-from .raftstatus import table
+from .raftstatus import UNREACHABLE, health, table
+from .rafttransfer import message
 
 
 class Command(BaseCommand):
@@ -30,7 +31,10 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         action = options.get("action") or "list"
         if action == "list":
-            self.stdout.write(table(monitor.gather().as_dict()["members"]))
+            cluster = monitor.gather()
+            if not cluster.members:  # nothing to list: say which settings name the members
+                raise CommandError(health(cluster)[1], returncode=UNREACHABLE)
+            self.stdout.write(table(cluster.as_dict()["members"]))
             return
         node_id = options["node_id"]
         try:
@@ -45,5 +49,6 @@ class Command(BaseCommand):
                 operations.remove_member(node_id)
                 done = f"removed {node_id}"
         except (RaftError, ValueError, NotImplementedError) as error:
-            raise CommandError(f"{action} {node_id}: {type(error).__name__}: {error}") from error
+            # The error's public name (ClusterUnreachableError, not the sender's subclass).
+            raise CommandError(f"{action} {node_id}: {message(error)}") from error
         self.stdout.write(done)

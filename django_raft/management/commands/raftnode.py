@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import checks
 from ...conf import is_node_url, raft_settings
+from ...core import RaftError
 from ...node import events
 
 
@@ -101,6 +102,14 @@ class Command(BaseCommand):
             raise CommandError(f"cannot listen on {bind}: {error}") from error
         except ImproperlyConfigured as error:
             raise CommandError(str(error)) from error
+        except RaftError as error:
+            if join is None:
+                raise
+            raise CommandError(f"cannot join through {join}: {error}") from error
         self.stdout.write(f"raftnode {node_id} listening on {bind} ({address})")
         serve_forever(node, server)
+        if node.failure is not None:  # a supervisor restarts it, once the cause is fixed
+            raise CommandError(
+                f"raftnode {node_id} stopped after a failure: {node.failure} (logged above)"
+            )
         self.stdout.write(f"raftnode {node_id} stopped")

@@ -3,11 +3,13 @@ metrics.
 
 ``overview``, ``transfer`` and ``snapshot`` are signed like the client routes (the same
 check, from ``views``); ``metrics`` answers a plain GET in Prometheus' text format, so a
-scraper needs no secret. None of them writes anything but through the node's loop.
+scraper needs no secret (only the bearer token ``METRICS_TOKEN``, when that is set).
+None of them writes anything but through the node's loop.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from typing import Any
 
@@ -16,6 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from ...conf import raft_settings
 from ...core import RaftError
 from ...exceptions import CommandTimeoutError
 from ...protocol.answers import failure
@@ -24,6 +27,15 @@ from ..runner import RaftNode
 from ..submit import forward
 from .views import _client_request, _error, _running_node, node_id_of
 
+
+def _bears(authorization: str, token: str) -> bool:
+    """Whether an Authorization header carries ``token`` (compared in constant time)."""
+    scheme, _, given = authorization.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode("utf-8", "replace"), token.encode()
+    )
+
+
 TRANSFER_WAIT = 2.0
 """Seconds a transfer waits for the new leader to be known before answering."""
 
@@ -31,12 +43,18 @@ TRANSFER_WAIT = 2.0
 @csrf_exempt
 @require_POST
 def overview(request: HttpRequest) -> JsonResponse:
-    """Answer with the node's status, its recent events and when each peer was last heard."""
+    """Answer with the node's status, its recent events and when each peer was last heard
+    (and with ``{"history": t}``, its samples taken after ``t``: ``history``)."""
     checked = _client_request(request)
     if isinstance(checked, JsonResponse):
         return checked
-    _, node, _ = checked
+    payload, node, _ = checked
     value = describe(node)
+    if "history" in payload:  # the dashboard's charts: the samples after this time
+        since = payload["history"]
+        if not isinstance(since, int | float) or isinstance(since, bool):
+            return _error(400, "history: the time of the last sample seen (seconds)")
+        value["history"] = node.history.since(since)
     return JsonResponse({"ok": True, "value": value})
 
 
@@ -99,7 +117,17 @@ def snapshot(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """Prometheus metrics of the node running in this process."""
+    """Prometheus metrics of the node running in this process (with ``METRICS_TOKEN``
+    set: only for a request that carries it, ``Authorization: Bearer <token>``)."""
+    token = raft_settings.METRICS_TOKEN
+    if token and not _bears(request.headers.get("Authorization", ""), token):
+        response = _error(
+            401,
+            "the metrics are private: send DJANGO_RAFT['METRICS_TOKEN'] "
+            "as a bearer token (Authorization: Bearer ...)",
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="raft metrics"'
+        return response
     node = _running_node()
     if isinstance(node, JsonResponse):
         return node
