@@ -53,7 +53,6 @@ from .statemachine import StateMachine
 __all__ = [
     "Request",
     "forward",
-    "index_only",
     "outcome_answer",
     "parse",
     "read_command",
@@ -142,7 +141,7 @@ def submit(
     if isinstance(request, dict):
         answer.set_result(request)
         return answer
-    if pool is not None and index_only(body):
+    if pool is not None and _index_only(body):
         _read_index(node, request, answer)
         return answer
     if request.read or not (_leads(node) if leading is None else leading):
@@ -152,7 +151,7 @@ def submit(
     return answer
 
 
-def index_only(body: Any) -> bool:
+def _index_only(body: Any) -> bool:
     """Whether a request body asks for a read index alone (``read()``): its answer waits
     on the loop, never on a thread (``submit`` with a pool)."""
     return isinstance(body, dict) and bool(body.get("read")) and body.get("name") == READ_INDEX

@@ -23,7 +23,7 @@ from django_raft import commands
 from django_raft.client import Client
 from django_raft.conf import raft_settings
 from django_raft.exceptions import ClusterUnreachableError
-from django_raft.node import submit
+from django_raft.node import flow, submit
 from django_raft.node.http import command_streams
 from django_raft.node.http import server as node_server
 from django_raft.protocol import command_stream, send
@@ -321,6 +321,38 @@ def test_a_read_index_on_a_stream_needs_no_thread_of_the_node(
     finally:
         release.set()
     assert set(client.answers(2)) == {0, 1}
+
+
+def test_read_indexes_are_bounded_like_the_other_reads(
+    running: Running, hand_made: list[HandMade], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each read index is a heartbeat round for the core: beyond the reads' lane a
+    stream's read index is refused at once (``OverloadedError``), like a read-only
+    command, instead of piling up on the loop."""
+    one = flow.Limits(node=1, client=1, stream=1, peer=1, floor=0, reserve=0)
+    monkeypatch.setattr(command_streams, "_slow_lane", flow.Budget(one))
+    release = threading.Event()
+    started: list[int] = []
+
+    def hold(context: commands.Context) -> int:
+        started.append(1)
+        release.wait(10)
+        return 1
+
+    commands.register("tests.hold_lane", hold, read_only=True)
+    client = HandMade(running)
+    hand_made.append(client)
+    try:
+        client.send([[0, {"name": "tests.hold_lane", "arguments": {}, "read": True}]])
+        wait_for(lambda: started == [1], 10, "the lane's one place to be taken")
+        client.send([[1, {"name": READ_INDEX, "arguments": {}, "read": True, "timeout": 5}]])
+        refused = client.answers(1)[1]
+        assert refused["error_type"] == "OverloadedError", refused
+    finally:
+        release.set()
+    assert client.answers(1)[0]["ok"]
+    client.send([[2, {"name": READ_INDEX, "arguments": {}, "read": True, "timeout": 5}]])
+    assert client.answers(1)[2]["ok"]
 
 
 def test_a_read_index_the_core_never_gives_fails_at_its_deadline(

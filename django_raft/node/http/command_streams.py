@@ -39,7 +39,7 @@ from ...protocol.command_stream import MAX_IN_FLIGHT, MAX_REQUEST_FRAME, PING
 from ...protocol.connection import shut
 from .. import dispatch, flow
 from ..runner import RaftNode
-from ..submit import index_only, submit
+from ..submit import submit
 
 __all__ = ["ADMIT_WAIT", "REFUSING", "SLOW_LANE", "SLOW_THREADS", "serve"]
 
@@ -68,7 +68,9 @@ SLOW_LANE = flow.Limits(
 )
 """Commands waiting for or running on the slow threads at most (one each: a follower's
 forwarding, reads), shared like bytes are (``flow``): past a few hundred, a command
-would wait there longer than its deadline, so it is refused at once instead."""
+would wait there longer than its deadline, so it is refused at once instead. A read
+index takes a place too, though it waits on the loop, not on a thread: each is a
+heartbeat round for the core, so they are bounded like the reads that run here."""
 _slow_lane = flow.Budget(SLOW_LANE)
 _MAX_ID = (1 << 63) - 1
 _slow: ThreadPoolExecutor | None = None
@@ -262,12 +264,12 @@ class _Dispatcher:
     def run(self, number: int, body: Any, leading: bool, ticket: flow.Ticket) -> None:
         """Start a command that holds ``ticket``; its answer comes later (``answer``).
 
-        One that runs on the slow threads (``leading`` says whether it will) takes a
-        place in their queue first (``SLOW_LANE``), or is refused."""
+        A read, or one that runs on the slow threads (``leading`` says whether it will),
+        takes a place in their lane first (``SLOW_LANE``), or is refused."""
         if self.activity is not None:
             self.activity.started()
         slot = None
-        if not index_only(body) and (not leading or (isinstance(body, dict) and body.get("read"))):
+        if not leading or (isinstance(body, dict) and body.get("read")):
             slot = _slow_lane.take(self.name, 1, stream=self.lane, peer=self.peer)
             if slot is None:
                 self.answer(number, _overloaded(self.node, self.name), ticket)
