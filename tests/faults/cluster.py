@@ -110,6 +110,9 @@ class Node:
         self.log_path = cluster.workdir / f"{node_id}.log"
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
+        self.fresh = False
+        """A member added through the log after the founding (``FaultCluster.replace``):
+        it never bootstraps."""
 
     @property
     def database(self) -> Path:
@@ -165,11 +168,19 @@ class Node:
             (self.data_dir / name).write_bytes(data)
 
     def start(self, wait: bool = True) -> None:
-        """Start raftnode (again: same port, same database); wait until it answers."""
+        """Start raftnode (again: same port, same database); wait until it answers.
+
+        A founding node starts with ``--bootstrap`` (a no-op once it has a log); a new
+        one without, and waits to be added."""
         assert not self.running()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "raftnode", "--bootstrap"],
+                [
+                    sys.executable,
+                    "manage.py",
+                    "raftnode",
+                    *(() if self.fresh else ("--bootstrap",)),
+                ],
                 cwd=ROOT,
                 env=self.env(),
                 stdout=log,
@@ -246,6 +257,8 @@ class FaultCluster:
         ports = {f"n{i + 1}": free_port() for i in range(size)}
         self.network = Network(ports) if proxies else None
         self.nodes = [Node(self, node_id, port) for node_id, port in ports.items()]
+        self.retired: list[Node] = []
+        """Members removed (``replace``), stopped but still killed by ``close``."""
         if proxies:
             # A snapshot carries the leader's stored membership, whose addresses are the
             # leader's own proxies: a node that installed one would route around the
@@ -258,8 +271,9 @@ class FaultCluster:
     def canonical_addresses(self) -> dict[str, str]:
         if self.network is None:
             return {}
+        ports = self.network.ports
         return {
-            link.address: self.node(target).address
+            link.address: f"http://127.0.0.1:{ports[target]}"
             for (_, target), link in self.network.links.items()
         }
 
@@ -350,7 +364,25 @@ class FaultCluster:
                 )
         return found
 
+    def replace(self, victim: Node) -> Node:
+        """Retire ``victim`` (removed from the cluster, and now killed) and start a new
+        node with an id never used, to be added through the log."""
+        victim.kill()
+        self.nodes.remove(victim)
+        self.retired.append(victim)
+        number = 1 + max(int(n.node_id[1:]) for n in self.nodes + self.retired)
+        new = Node(self, f"n{number}", free_port())
+        new.fresh = True
+        if self.network is not None:
+            self.network.add(new.node_id, new.port)
+        new.prepare()
+        self.nodes.append(new)
+        new.start()
+        return new
+
     def close(self) -> None:
+        for node in self.retired:
+            node.kill()
         for node in self.nodes:
             if node.paused:
                 node.resume()

@@ -112,6 +112,7 @@ class Network:
     """The proxies of every ordered pair of nodes, and the faults they inject."""
 
     def __init__(self, ports: dict[str, int]) -> None:
+        self.ports = dict(ports)
         self.links: dict[tuple[str, str], Link] = {
             (a, b): Link(a, b, port) for a in ports for b, port in ports.items() if a != b
         }
@@ -123,6 +124,15 @@ class Network:
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=10)
+
+    def add(self, node_id: str, port: int) -> None:
+        """Links between a new node (listening on ``port``) and every node known."""
+        new = [Link(other, node_id, port) for other in self.ports]
+        new += [Link(node_id, other, their_port) for other, their_port in self.ports.items()]
+        self.ports[node_id] = port
+        for link in new:
+            self.links[(link.source, link.target)] = link
+            self._run(link.start())
 
     def address(self, source: str, target: str) -> str:
         """Where ``source`` reaches ``target``."""

@@ -355,6 +355,11 @@ def run(
                 break
             fault = inject(cluster, rng, rng.choice(faults))
             report.faults.append(fault)
+            if fault.get("disrupted"):
+                report.failures.append(
+                    f"removed member {fault['nodes'][0]} moved the others' term by "
+                    f"{fault['disrupted']} while it ran"
+                )
             say(
                 f"  {fault['at'] - origin:6.1f} s  {fault['fault']:<12} "
                 f"{','.join(fault['nodes']):<6} {fault['held_s']:.1f} s"

@@ -2,7 +2,8 @@
 
 Three raftnode processes behind per-link proxies, three client processes writing,
 reading (``read()`` then the database, and the read route) and incrementing, while the
-nemesis kills, pauses, partitions (minority, bridge, one-way) and slows the network.
+nemesis kills, pauses, partitions (minority, bridge, one-way), slows the network and
+replaces members (remove, add as a learner, promote).
 The history must be linearizable, every counter must hold its acknowledged increments
 exactly once, and the nodes' rows and logs must be identical; the planted stale reader
 (no read index) must be caught. Longer runs: ``scripts/faults --seed N --seconds S``.
@@ -19,7 +20,9 @@ from tests.faults.run import run
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SEED = 2
-"""Its schedule: kill, partition, pause, bridge, kill, one-way, pause, bridge."""
+MEMBERSHIP = ("member", "kill-leader", "pause", "partition")
+"""Seed 2 draws from these: member, pause, kill-leader, pause, member."""
+"""Its schedule: kill, member, pause, latency, member, partition, pause, pause."""
 
 
 def test_a_seeded_fault_run_is_linearizable_and_the_planted_stale_reads_are_caught(
@@ -36,3 +39,25 @@ def test_a_seeded_fault_run_is_linearizable_and_the_planted_stale_reads_are_caug
     # these faults, and the checker says so.
     assert report.planted_reads > 0, summary
     assert report.planted_verdict is False, summary
+
+
+def test_members_replaced_under_faults_keep_every_check_and_never_disrupt(
+    tmp_path: Path,
+) -> None:
+    """Replace members (remove, learner, promote) between leader kills and pauses,
+    through the proxies: still linearizable, exact counters, identical nodes, and no
+    removed node moved the others' term while it ran."""
+    report = run(
+        SEED,
+        25.0,
+        tmp_path,
+        MEMBERSHIP,
+        planted=False,
+        say=lambda line: None,
+    )
+    summary = report.summary()
+    replaced = [f for f in report.faults if f["fault"] == "member"]
+    assert len(replaced) >= 2, summary
+    assert all(f["disrupted"] == 0 for f in replaced), summary
+    assert report.acknowledged_writes >= 100, summary
+    assert report.ok, summary
