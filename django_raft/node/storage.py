@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -46,6 +47,7 @@ from ..core import (
 from ..proto import raft_pb2
 
 __all__ = [
+    "DiskSyncError",
     "DjangoStorage",
     "IdentityError",
     "LogNotEmptyError",
@@ -75,6 +77,11 @@ def _sqlite_variables(connection: BaseDatabaseWrapper) -> int:
     if raw is not None and hasattr(raw, "getlimit"):
         return int(raw.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
     return 999
+
+
+class DiskSyncError(OSError):
+    """A node's SQLite file could not be written back and synced (a checkpoint failed):
+    the node stops rather than trying again (see ``checkpoint``)."""
 
 
 class LogNotEmptyError(RuntimeError):
@@ -379,6 +386,7 @@ class DjangoStorage:
             self._write(state, hard_state, entries, snapshot)
         self._commit_unwritten = False
         self._commit(state, snapshot)
+        checkpoint(self.alias)
 
     def write_commit(self) -> None:
         """Store the commit index if it moved since the last write, without a disk sync.
@@ -793,6 +801,52 @@ def redoable_transaction(alias: str) -> Iterator[None]:
             if relax:
                 with connection.cursor() as cursor:
                     cursor.execute("PRAGMA synchronous=FULL")
+        checkpoint(alias)
+
+
+CHECKPOINT_INTERVAL = 1.0
+"""Seconds between two checkpoints of a node's SQLite file (``checkpoint``)."""
+_checkpointed: dict[str, float] = {}
+
+
+def checkpoint(alias: str, force: bool = False) -> None:
+    """Copy the write-ahead log of a node's SQLite file into the file and sync it, at
+    most once a ``CHECKPOINT_INTERVAL`` (``force``: now); raise ``DiskSyncError`` if
+    that fails.
+
+    SQLite would checkpoint by itself after a commit (``wal_autocheckpoint``) and ignore
+    a failure there: a failed sync of the state's file (whose commits wait for no sync,
+    ``redoable_transaction``) would pass unseen. After a failed sync the kernel's cache
+    no longer says what the disk holds, so the node must stop, not try again (what
+    PostgreSQL learnt from "fsyncgate"): ``make_durable`` turns the automatic
+    checkpoints off and the writer that committed calls this instead.
+    """
+    connection = connections[alias]
+    if (
+        connection.vendor != "sqlite"
+        or alias not in _durable_aliases
+        or connection.is_in_memory_db()  # type: ignore[attr-defined]
+    ):
+        return
+    name = str(connection.settings_dict["NAME"])
+    now = time.monotonic()
+    if not force and now - _checkpointed.get(name, 0.0) < CHECKPOINT_INTERVAL:
+        return
+    _checkpointed[name] = now
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            cursor.fetchall()
+    except OperationalError as error:
+        code = getattr(error.__cause__, "sqlite_errorname", "")
+        if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return  # another connection's turn: the next commit checkpoints
+        raise DiskSyncError(
+            f"the SQLite file {name} could not be synced to its disk ({error}): the node "
+            "stops rather than trusting what the disk holds. Fix the disk, then restart "
+            "it: whatever was not synced is applied again from the log, or comes from "
+            "the other members"
+        ) from error
 
 
 def _on_connection_created(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
@@ -805,6 +859,7 @@ def _make_connection_durable(connection: BaseDatabaseWrapper) -> None:
         if connection.vendor == "sqlite":
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA wal_autocheckpoint=0")  # ``checkpoint`` does it
             return
         for setting in ("synchronous_commit", "fsync"):
             cursor.execute(f"SHOW {setting}")

@@ -3,12 +3,14 @@ lost, and once the disk is fixed it restarts and rejoins.
 
 The leader's log file (``LOG_DATABASE``) on a ``tests.faults.lazyfs`` mount starts
 failing every write with ENOSPC under client load, for 3 s; then the disk is fixed and
-the node restarted. Every combination (ENOSPC and EIO on writes, EIO on fsync; the log
-and the state file; leader and follower): ``scripts/faults --disk-faults
-enospc-write,eio-write,eio-fsync``.
+the node restarted; a failed sync of a follower's state file stops it too. Every
+combination (ENOSPC and EIO on writes, EIO on fsync; the log and the state file; leader
+and follower): ``scripts/faults --disk-faults enospc-write,eio-write,eio-fsync``.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +47,18 @@ def test_a_node_stopped_by_its_disk_exits_with_a_failure_status(
     _, observed = full_log_disk
     assert observed.exited and observed.returncode not in (0, None), observed.summary()
     assert any("stopped after a failure" in line for line in observed.log), observed.summary()
+
+
+def test_a_failed_sync_of_the_state_file_stops_the_node_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """The state's commits wait for no sync (they are redone from the log), so its
+    file is synced only when it is checkpointed: a failure there must stop the node
+    too, never pass unseen (SQLite ignores the failures of its own checkpoints)."""
+    report, observed = disk_fault_run(
+        tmp_path, "eio-fsync", "state", "follower", held=3.0, say=lambda x: None
+    )
+    summary = observed.summary() + "\n" + report.summary()
+    assert observed.exited and observed.returncode not in (0, None), summary
+    assert any("could not be synced to its disk" in line for line in observed.log), summary
+    assert report.ok, summary
