@@ -2,16 +2,17 @@
 was applied, and how fast do commands get through a paused leader?
 
     .venv/bin/python bench/fault_run.py                     # both scenarios (~2.5 minutes)
-    .venv/bin/python bench/fault_run.py --quick             # a ~20 s "truth" run, one pause
+    .venv/bin/python bench/fault_run.py --quick             # short truth run, one pause (~50 s)
     .venv/bin/python bench/fault_run.py --scenario truth --seconds 60 --clients 4 --threads 2
     .venv/bin/python bench/fault_run.py --scenario paused --pauses 3 --pause-seconds 6
     (--seed N repeats a run's faults; --results DIR; --keep keeps the nodes' logs)
 
-Each scenario starts 3 ``manage.py raftnode`` processes of ``bench.settings`` on
-127.0.0.1 (each its own SQLite file in a temporary directory, durable as by default) and
-client processes configured like web processes (``ADDRESS`` one node, ``CLUSTER`` all of
-them) that call ``do("kv.set", key=<unique>, value=<unique>)`` in a loop and record, per
-call, the outcome (``ok`` or the exception's class name) and when it started and ended.
+Each scenario starts 3 ``manage.py raftnode`` processes of the demo project on 127.0.0.1
+(``tests.faults.cluster.FaultCluster`` with no proxies: each its own SQLite file in a
+temporary directory, durable as by default) and client processes configured like web
+processes (``ADDRESS`` one node, ``CLUSTER`` all of them) that call ``do("kv.set",
+key=<unique>, value=<unique>)`` in a loop and record, per call, the outcome (``ok`` or
+the exception's class name) and when it started and ended.
 
 - ``truth``: half the client processes use ``django_raft.do`` (a session), half
   ``Client(session=False)``, while faults follow each other: kill -9 of the leader or of
@@ -43,7 +44,6 @@ import platform
 import random
 import re
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -52,7 +52,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -60,14 +59,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.faults.cluster import SECRET, FaultCluster, Node, kill_group, status_of  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
-SECRET = "fault-run-secret-" + "f" * 32
-"""The node secret (raftnode refuses one shorter than 32 characters)."""
 COMMAND = "kv.set"
-START_TIMEOUT = 60.0
-"""Seconds a (re)started node has to answer its status route (2 cores, busy)."""
-LEADER_TIMEOUT = 20.0
-CONVERGE_TIMEOUT = 90.0
 CLIENT_GRACE = 20.0
 """Seconds client processes have to finish their calls in flight once told to stop."""
 
@@ -92,198 +87,32 @@ DOCUMENTED: dict[str, str] = {
 # -- processes ----------------------------------------------------------------------------
 
 
-def kill_group(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGKILL) -> None:
-    """Send ``sig`` to the process group of a child started with ``start_new_session``."""
-    if process is not None and process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        if sig == signal.SIGKILL:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=30)
+def django_raft_source(node: Node) -> str:
+    """The file ``node``'s tree and settings import django_raft from (to tell which tree
+    runs)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "shell",
+            "-c",
+            "import django_raft; print(django_raft.__file__)",
+        ],
+        cwd=ROOT,
+        env=node.env(),
+        check=True,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    paths = [p for p in done.stdout.splitlines() if p.endswith(".py")]  # not shell's banner
+    return paths[-1] if paths else done.stdout.strip()
 
 
-def status_of(address: str, timeout: float = 0.5) -> dict[str, Any] | None:
-    """A node's status through the public client API, or None when it does not answer."""
-    import django_raft
-
-    try:
-        value: dict[str, Any] = django_raft.status(address, timeout=timeout)
-    except Exception:
-        return None
-    return value
-
-
-class Node:
-    """One raftnode process of ``bench.settings`` with its own SQLite file and port."""
-
-    def __init__(self, node_id: str, address: str, workdir: Path, cluster: str) -> None:
-        self.node_id = node_id
-        self.address = address
-        self.database = workdir / f"{node_id}.sqlite3"
-        self.log_path = workdir / f"{node_id}.log"
-        self.cluster = cluster
-        self.process: subprocess.Popen[bytes] | None = None
-        self.paused = False
-
-    def env(self) -> dict[str, str]:
-        """The node's environment: ``demo_project.settings`` reads the RAFT_* variables."""
-        env = dict(os.environ)
-        env.pop("DATABASE_URL", None)
-        env.update(
-            {
-                "DJANGO_SETTINGS_MODULE": "bench.settings",
-                "DJANGO_SQLITE_PATH": str(self.database),
-                "RAFT_NODE_ID": self.node_id,
-                "RAFT_ADDRESS": self.address,
-                "RAFT_SECRET": SECRET,
-                "RAFT_CLUSTER": self.cluster,
-            }
-        )
-        return env
-
-    def manage(self, *arguments: str) -> str:
-        """Run a management command of this node's tree and settings; its output."""
-        done = subprocess.run(
-            [sys.executable, "manage.py", *arguments],
-            cwd=ROOT,
-            env=self.env(),
-            check=True,
-            timeout=300,
-            capture_output=True,
-            text=True,
-        )
-        return done.stdout
-
-    def start(self) -> None:
-        """Start raftnode (again: same port, same database) and wait until it answers."""
-        assert not self.running()
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "manage.py", "raftnode", "--bootstrap"],
-                cwd=ROOT,
-                env=self.env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self.paused = False
-        deadline = time.monotonic() + START_TIMEOUT
-        while status_of(self.address) is None:
-            if not self.running():
-                raise RuntimeError(f"{self.node_id} exited at start; see {self.log_path}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.node_id} did not answer within {START_TIMEOUT} s")
-            time.sleep(0.05)
-
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        """kill -9 (a paused node too)."""
-        kill_group(self.process)
-        self.paused = False
-
-    def pause(self) -> None:
-        """SIGSTOP: the process is frozen, its sockets stay open."""
-        kill_group(self.process, signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        kill_group(self.process, signal.SIGCONT)
-        self.paused = False
-
-    def up(self) -> bool:
-        """Running and not paused: a node that can answer."""
-        return self.running() and not self.paused
-
-    def keys(self, prefix: str) -> dict[str, int]:
-        """Every key of this run in the node's own database, with its version (writes)."""
-        with contextlib.closing(
-            sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=30)
-        ) as db:
-            rows = db.execute(
-                "SELECT key, version FROM kv_keyvalue WHERE key LIKE ?", (prefix + "%",)
-            ).fetchall()
-        return {str(key): int(version) for key, version in rows}
-
-
-class Cluster:
-    """Three nodes founded together on free ports of 127.0.0.1."""
-
-    def __init__(self, workdir: Path, size: int = 3) -> None:
-        from tests.integration.cluster import free_port
-
-        ids = [f"n{i + 1}" for i in range(size)]
-        self.addresses = {i: f"http://127.0.0.1:{free_port()}" for i in ids}
-        spec = ",".join(f"{k}={v}" for k, v in self.addresses.items())
-        self.spec = spec
-        self.nodes = [Node(i, self.addresses[i], workdir, spec) for i in ids]
-
-    def start(self) -> str:
-        """Migrate every database, start every node, wait for a leader; return the file
-        the nodes import django_raft from (to tell which tree runs)."""
-        with ThreadPoolExecutor(len(self.nodes)) as pool:
-            list(pool.map(lambda node: node.manage("migrate", "--noinput", "-v", "0"), self.nodes))
-            source = self.nodes[0].manage(
-                "shell", "-c", "import django_raft; print(django_raft.__file__)"
-            )
-            list(pool.map(Node.start, self.nodes))
-        self.leader()
-        paths = [p for p in source.splitlines() if p.endswith(".py")]  # not shell's banner
-        return paths[-1] if paths else source.strip()
-
-    def leader(self, timeout: float = LEADER_TIMEOUT) -> Node:
-        """The one leader every node that is up follows."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            up = [n for n in self.nodes if n.up()]
-            statuses = {n.node_id: status_of(n.address) for n in up}
-            leaders = [i for i, s in statuses.items() if s and s.get("state") == "leader"]
-            if (
-                len(leaders) == 1
-                and all(s is not None for s in statuses.values())
-                and {s["leader"] for s in statuses.values() if s} == {leaders[0]}
-            ):
-                return next(n for n in self.nodes if n.node_id == leaders[0])
-            time.sleep(0.05)
-        raise RuntimeError(f"no leader every running node follows within {timeout} s")
-
-    def heal(self) -> None:
-        """Resume paused nodes and restart dead ones."""
-        for node in self.nodes:
-            if node.paused:
-                node.resume()
-        start_all([n for n in self.nodes if not n.running()])
-
-    def converge(self, timeout: float = CONVERGE_TIMEOUT) -> int:
-        """Wait until every node has applied the same index, its commit index, twice in
-        a row half a second apart (nothing is still arriving); return it."""
-        deadline = time.monotonic() + timeout
-        last = -1
-        while time.monotonic() < deadline:
-            statuses = [status_of(n.address, 2.0) for n in self.nodes]
-            if all(statuses):
-                applied = {s["applied"] for s in statuses if s}
-                commits = {s["commit"] for s in statuses if s}
-                if len(applied) == 1 and applied == commits:
-                    index = int(applied.pop())
-                    if index == last:
-                        return index
-                    last = index
-            time.sleep(0.5)
-        raise RuntimeError(f"the nodes did not converge within {timeout} s")
-
-    def close(self) -> None:
-        for node in self.nodes:
-            node.kill()
-
-
-def start_all(nodes: list[Node]) -> None:
-    """Start several nodes at once (each waits until it answers)."""
-    if nodes:
-        with ThreadPoolExecutor(len(nodes)) as pool:
-            list(pool.map(Node.start, nodes))
+def key_versions(node: Node, prefix: str) -> dict[str, int]:
+    """Every key of this run in the node's own database, with its version (writes)."""
+    rows = node.query("SELECT key, version FROM kv_keyvalue")
+    return {str(key): int(version) for key, version in rows if str(key).startswith(prefix)}
 
 
 @dataclass
@@ -378,7 +207,7 @@ def client_main(config_path: str) -> None:
     os.environ.pop("DATABASE_URL", None)
     os.environ.update(
         {
-            "DJANGO_SETTINGS_MODULE": "bench.settings",
+            "DJANGO_SETTINGS_MODULE": "demo_project.settings",
             "DJANGO_SQLITE_PATH": str(Path(spec.output).with_suffix(".sqlite3")),
             "RAFT_ADDRESS": spec.address,
             "RAFT_CLUSTER": spec.cluster,
@@ -443,7 +272,7 @@ def client_main(config_path: str) -> None:
 FAULTS = ("kill-leader", "kill-random", "pause-leader", "kill-followers")
 
 
-def inject(cluster: Cluster, rng: random.Random, kind: str) -> dict[str, Any]:
+def inject(cluster: FaultCluster, rng: random.Random, kind: str) -> dict[str, Any]:
     """One fault, healed before it returns; what was done to which nodes, for how long."""
     leader = cluster.leader()
     began = time.monotonic()
@@ -466,7 +295,7 @@ def inject(cluster: Cluster, rng: random.Random, kind: str) -> dict[str, Any]:
         for node in victims:
             node.kill()
         time.sleep(down)
-        start_all(victims)
+        cluster.heal()  # restarts the dead ones, together
     return {
         "fault": kind,
         "nodes": [n.node_id for n in victims],
@@ -480,11 +309,12 @@ def inject(cluster: Cluster, rng: random.Random, kind: str) -> dict[str, Any]:
 def truth(options: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Scenario 1: calls under faults, then every node's database against the outcomes."""
     rng = random.Random(options.seed)
-    cluster = Cluster(workdir)
+    cluster = FaultCluster(workdir, proxies=False)
     clients: list[ClientProcess] = []
     prefix = "t-"
     try:
-        node_source = cluster.start()
+        cluster.start()
+        node_source = django_raft_source(cluster.nodes[0])
         origin = time.monotonic()
         deadline = origin + options.seconds
         for k in range(options.clients):
@@ -517,7 +347,7 @@ def truth(options: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         ended = time.monotonic()
         cluster.leader()
         index = cluster.converge()
-        keys = {n.node_id: n.keys(prefix) for n in cluster.nodes}
+        keys = {n.node_id: key_versions(n, prefix) for n in cluster.nodes}
     finally:
         for client in clients:
             kill_group(client.process)
@@ -674,7 +504,7 @@ def line(cells: Iterable[object], widths: Iterable[int]) -> str:
 # -- scenario 2: a paused leader ------------------------------------------------------------
 
 
-def first_election(cluster: Cluster, stopped: Node, term: int, until: float) -> float | None:
+def first_election(cluster: FaultCluster, stopped: Node, term: int, until: float) -> float | None:
     """Poll the other nodes until one says it leads in a later term; when (or None)."""
     others = [n for n in cluster.nodes if n is not stopped and n.up()]
     found: list[float] = []
@@ -699,12 +529,13 @@ def first_election(cluster: Cluster, stopped: Node, term: int, until: float) -> 
 
 def paused(options: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Scenario 2: steady load with sessions; the leader SIGSTOPped and resumed."""
-    cluster = Cluster(workdir)
+    cluster = FaultCluster(workdir, proxies=False)
     clients: list[ClientProcess] = []
     prefix = "p-"
     pauses: list[dict[str, Any]] = []
     try:
-        node_source = cluster.start()
+        cluster.start()
+        node_source = django_raft_source(cluster.nodes[0])
         origin = time.monotonic()
         for k, node in enumerate(cluster.nodes):
             spec = ClientSpec(
@@ -746,7 +577,7 @@ def paused(options: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         cluster.close()
     sources, calls = records(clients, node_source)
     addresses = {c.spec.name: c.spec.address for c in clients}
-    ids = {v: k for k, v in cluster.addresses.items()}
+    ids = {n.address: n.node_id for n in cluster.nodes}
     return {
         "pause_seconds": options.pause_seconds,
         "pauses": [measure(p, calls, origin, addresses, ids) for p in pauses],
@@ -865,21 +696,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def setup_django(workdir: Path) -> None:
-    """Configure this process as a client (for ``django_raft.status``)."""
-    os.environ.pop("DATABASE_URL", None)
-    os.environ.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "bench.settings",
-            "DJANGO_SQLITE_PATH": str(workdir / "harness.sqlite3"),
-            "RAFT_SECRET": SECRET,
-        }
-    )
-    import django
-
-    django.setup()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scenario", choices=("truth", "paused", "both"), default="both")
@@ -913,7 +729,6 @@ def main(argv: list[str] | None = None) -> int:
         "machine_before": machine(),
     }
     workdir = Path(tempfile.mkdtemp(prefix="raft-fault-"))
-    setup_django(workdir)
     runs: list[tuple[str, Callable[[argparse.Namespace, Path], dict[str, Any]]]] = []
     if options.scenario in ("truth", "both"):
         runs.append(("truth", truth))
