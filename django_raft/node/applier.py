@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ..core import ConfChange, Entry, EntryType, NotLeaderError, ProposalDroppedError, Snapshot
 from ..exceptions import CommandTimeoutError
-from . import events, metrics
+from . import events, metrics, storage
 from .dispatch import Completer, Completion, together
 from .outcome import Outcome
 from .statemachine import StateMachine
@@ -203,6 +203,7 @@ class Applier:
             self._answer(run, outcomes, completions, changes)
         self.completer.complete(completions)
         self._report(Applied(entries[-1].index, tuple(changes)))
+        storage.checkpoint(sum(len(entry.data) for entry in entries))  # answers are out
 
     def _answer(
         self,

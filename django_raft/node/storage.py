@@ -386,7 +386,6 @@ class DjangoStorage:
             self._write(state, hard_state, entries, snapshot)
         self._commit_unwritten = False
         self._commit(state, snapshot)
-        checkpoint(self.alias)
 
     def write_commit(self) -> None:
         """Store the commit index if it moved since the last write, without a disk sync.
@@ -801,52 +800,61 @@ def redoable_transaction(alias: str) -> Iterator[None]:
             if relax:
                 with connection.cursor() as cursor:
                     cursor.execute("PRAGMA synchronous=FULL")
-        checkpoint(alias)
 
 
 CHECKPOINT_INTERVAL = 1.0
-"""Seconds between two checkpoints of a node's SQLite file (``checkpoint``)."""
+"""Seconds between two checkpoints of a node's SQLite files (``checkpoint``) at most."""
+CHECKPOINT_BYTES = 4 << 20
+"""Bytes of entries applied that make a checkpoint due sooner: each copies about this
+much (SQLite's own automatic checkpoints come every 1,000 pages, 4 MiB)."""
 _checkpointed: dict[str, float] = {}
+_unchecked = 0
+"""Bytes of entries applied since the last checkpoint."""
 
 
-def checkpoint(alias: str, force: bool = False) -> None:
-    """Copy the write-ahead log of a node's SQLite file into the file and sync it, at
-    most once a ``CHECKPOINT_INTERVAL`` (``force``: now); raise ``DiskSyncError`` if
-    that fails.
+def checkpoint(applied: int) -> None:
+    """Copy the write-ahead log of each of the node's SQLite files into the file and
+    sync it, once ``CHECKPOINT_BYTES`` of entries were applied (``applied``: by the run
+    just applied) or ``CHECKPOINT_INTERVAL`` passed; raise ``DiskSyncError`` if that
+    fails. The apply thread calls it after each run: never the loop, which a long
+    checkpoint would hold up.
 
     SQLite would checkpoint by itself after a commit (``wal_autocheckpoint``) and ignore
     a failure there: a failed sync of the state's file (whose commits wait for no sync,
     ``redoable_transaction``) would pass unseen. After a failed sync the kernel's cache
     no longer says what the disk holds, so the node must stop, not try again (what
     PostgreSQL learnt from "fsyncgate"): ``make_durable`` turns the automatic
-    checkpoints off and the writer that committed calls this instead.
+    checkpoints off, and this does them instead. A checkpoint runs beside the writers
+    (``PASSIVE``): it takes no ``write_lock``.
     """
-    connection = connections[alias]
-    if (
-        connection.vendor != "sqlite"
-        or alias not in _durable_aliases
-        or connection.is_in_memory_db()  # type: ignore[attr-defined]
-    ):
-        return
-    name = str(connection.settings_dict["NAME"])
+    global _unchecked
+    _unchecked += applied
+    heavy = _unchecked >= CHECKPOINT_BYTES
+    if heavy:
+        _unchecked = 0
     now = time.monotonic()
-    if not force and now - _checkpointed.get(name, 0.0) < CHECKPOINT_INTERVAL:
-        return
-    _checkpointed[name] = now
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            cursor.fetchall()
-    except OperationalError as error:
-        code = getattr(error.__cause__, "sqlite_errorname", "")
-        if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-            return  # another connection's turn: the next commit checkpoints
-        raise DiskSyncError(
-            f"the SQLite file {name} could not be synced to its disk ({error}): the node "
-            "stops rather than trusting what the disk holds. Fix the disk, then restart "
-            "it: whatever was not synced is applied again from the log, or comes from "
-            "the other members"
-        ) from error
+    for alias in sorted(_durable_aliases):
+        connection = connections[alias]
+        if connection.vendor != "sqlite" or connection.is_in_memory_db():  # type: ignore[attr-defined]
+            continue
+        name = str(connection.settings_dict["NAME"])
+        if not heavy and now - _checkpointed.get(name, 0.0) < CHECKPOINT_INTERVAL:
+            continue
+        _checkpointed[name] = now
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                cursor.fetchall()
+        except OperationalError as error:
+            code = getattr(error.__cause__, "sqlite_errorname", "")
+            if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+                continue  # another connection's turn: the next run checkpoints
+            raise DiskSyncError(
+                f"the SQLite file {name} could not be synced to its disk ({error}): the "
+                "node stops rather than trusting what the disk holds. Fix the disk, then "
+                "restart it: whatever was not synced is applied again from the log, or "
+                "comes from the other members"
+            ) from error
 
 
 def _on_connection_created(sender: Any, connection: BaseDatabaseWrapper, **kwargs: Any) -> None:
