@@ -84,7 +84,7 @@ def run(machine: StateMachine, command: str, batches: int, size: int) -> dict[st
     }
 
 
-def _record_nothing(alias: str, outcomes: dict[int, Any]) -> None:
+def _record_nothing(alias: str, outcomes: dict[int, Any], notes: Any = None) -> None:
     """Outcome recording turned off."""
 
 

@@ -11,13 +11,23 @@ __version__ = "0.1.0"
 """This release's version (read by ``pyproject.toml`` when the package is built)."""
 
 __all__ = [
+    "Announcement",
     "Client",
+    "Election",
+    "Event",
     "LeaderState",
     "LeaderWork",
     "Leadership",
     "Lock",
+    "ado",
+    "alock",
+    "announce",
+    "announcements",
+    "aread",
+    "awatch",
     "command",
     "do",
+    "elected",
     "is_leader",
     "leader_only",
     "leadership",
@@ -25,9 +35,14 @@ __all__ = [
     "read",
     "register",
     "status",
+    "watch",
 ]
 
 _HOMES = {
+    "ado": "client.aio",
+    "alock": "client.aio",
+    "aread": "client.aio",
+    "awatch": "client.aio",
     "Client": "client.client",
     "do": "client.client",
     "status": "client.client",
@@ -40,6 +55,13 @@ _HOMES = {
     "is_leader": "client.leader",
     "leader_only": "client.leader",
     "leadership": "client.leader",
+    "Event": "client.watch",
+    "watch": "client.watch",
+    "Announcement": "client.registrations",
+    "announce": "client.registrations",
+    "announcements": "client.registrations",
+    "Election": "client.elections",
+    "elected": "client.elections",
 }
 
 

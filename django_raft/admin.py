@@ -31,12 +31,12 @@ from django.urls import URLPattern, path, reverse
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
-from . import commands, logview
+from . import commands, logview, replicated
 from .client import monitor, operations, post, raise_for
 from .conf import raft_settings
 from .core import RaftError
 from .management.commands.raftsnapshot import report_line
-from .models import AppliedState, HardState, LogEntry, Member, Snapshot
+from .models import AppliedState, HardState, LogEntry, Member, Registration, Snapshot
 
 MEMBER_PERMISSION = "django_raft.change_member"
 SNAPSHOT_PERMISSION = "django_raft.change_snapshot"
@@ -658,3 +658,28 @@ class SnapshotAdmin(ReadOnlyAdmin):
             "action": "",
         }
         return TemplateResponse(request, "admin/django_raft/confirm.html", context)
+
+
+@admin.register(Registration)
+class RegistrationAdmin(ReadOnlyAdmin):
+    """Who is alive: the live announcements (``django_raft.announce``) on this node's
+    database, with how long each lives unrenewed, in log time."""
+
+    list_display = ("key", "value", "holder", "token", "ttl")
+    search_fields = ("key", "holder")
+
+    @admin.display(description="TTL (s)", ordering="ttl_ms")
+    def ttl(self, registration: Registration) -> str:
+        return f"{registration.ttl_ms / 1000:g}"
+
+    def get_list_display(self, request: HttpRequest) -> list[Any]:
+        """The stored columns, and when each expires unrenewed, from one look at the
+        log time for the whole page."""
+        now = replicated.log_time(logview.alias_of(Registration))
+
+        @admin.display(description="expires in (s of log time)", ordering="expires_ms")
+        def expires_in(registration: Registration) -> str:
+            left = registration.expires_ms - now
+            return f"{left / 1000:.1f}" if left > 0 else "expired (to be swept)"
+
+        return [*self.list_display, expires_in]

@@ -31,16 +31,17 @@ admitted them; should the handler read the log time (``locks.check_token`` does)
 its calls were stamped with different ones, the run is applied again call by call, so
 that each call sees its own.
 
-django_raft's own commands (sessions, locks, beat claims; named in ``protocol.request``)
-are builtins: their names are taken in every process (``is_builtin``), the node
-registers their handlers when it loads its apply pipeline, ``reset`` keeps them, and
-``names`` leaves them out.
+django_raft's own commands (sessions, locks, beat claims, registrations, the clock
+entry; named in ``protocol.request``) are builtins: their names are taken in every
+process (``is_builtin``), the node registers their handlers when it loads its apply
+pipeline, ``reset`` keeps them, and ``names`` leaves them out.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -49,7 +50,17 @@ from typing import Any, TypeVar
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS
 
-from .protocol.request import BEAT_CLAIM, KEEP_ALIVE, LOCK_ACQUIRE, LOCK_RELEASE, OPEN_SESSION
+from .protocol.request import (
+    ANNOUNCE,
+    ANNOUNCE_RENEW,
+    ANNOUNCE_WITHDRAW,
+    BEAT_CLAIM,
+    CLOCK,
+    KEEP_ALIVE,
+    LOCK_ACQUIRE,
+    LOCK_RELEASE,
+    OPEN_SESSION,
+)
 
 __all__ = [
     "Call",
@@ -57,6 +68,8 @@ __all__ = [
     "Handler",
     "StateHooks",
     "UnknownCommandError",
+    "changed",
+    "changes_to",
     "check_call",
     "command",
     "get",
@@ -86,6 +99,10 @@ class Context:
     index: int
     term: int
     using: str = DEFAULT_DB_ALIAS
+
+    def changed(self, model: type[Any] | str, pk: Any, *, call: Call | None = None) -> None:
+        """Tell watches that this command changed row ``pk`` of ``model`` (see ``changed``)."""
+        changed(model, pk, call=call)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +137,53 @@ class UnknownCommandError(LookupError):
     """No handler is registered under the command's name."""
 
 
-_BUILTIN = frozenset((OPEN_SESSION, KEEP_ALIVE, LOCK_ACQUIRE, LOCK_RELEASE, BEAT_CLAIM))
+_changes = threading.local()
+"""Where the changes declared on this thread go (``changes_to``): the node's apply
+thread sets it while it applies a run."""
+
+
+def changed(model: type[Any] | str, pk: Any, *, call: Call | None = None) -> None:
+    """Tell watches that the entry being applied changed row ``pk`` of ``model`` (a model
+    class or its ``"app_label.ModelName"``).
+
+    Saves and deletes of model instances are seen without it (Django's ``post_save`` and
+    ``post_delete``); declare the writes that send no signal: ``update()``,
+    ``bulk_create()``, ``bulk_update()``, raw SQL. In a batch handler, pass the ``call``
+    that made the change, else it counts for every call of the batch. Outside a node's
+    apply thread it does nothing.
+    """
+    record = getattr(_changes, "record", None)
+    if record is None:
+        return
+    label = model.lower() if isinstance(model, str) else model._meta.label_lower
+    record(label, str(pk), None if call is None else call.index)
+
+
+@contextmanager
+def changes_to(record: Callable[[str, str, int | None], None]) -> Iterator[None]:
+    """Send the changes declared on this thread (``changed``) to ``record(label, pk,
+    index or None)`` meanwhile."""
+    previous = getattr(_changes, "record", None)
+    _changes.record = record
+    try:
+        yield
+    finally:
+        _changes.record = previous
+
+
+_BUILTIN = frozenset(
+    (
+        OPEN_SESSION,
+        KEEP_ALIVE,
+        LOCK_ACQUIRE,
+        LOCK_RELEASE,
+        BEAT_CLAIM,
+        ANNOUNCE,
+        ANNOUNCE_RENEW,
+        ANNOUNCE_WITHDRAW,
+        CLOCK,
+    )
+)
 """The builtin commands' names: reserved wherever the registry is imported, even where
 their handlers (the node's) are not."""
 
@@ -221,7 +284,8 @@ def is_batch(name: str) -> bool:
 
 def is_builtin(name: str) -> bool:
     """Whether ``name`` is one of django_raft's own commands (sessions, locks, beat
-    claims): always session-tracked, and never an application's."""
+    claims, registrations, the clock entry): always session-tracked, and never an
+    application's."""
     return name in _BUILTIN
 
 

@@ -33,10 +33,12 @@ __all__ = [
     "ConfChangePendingError",
     "DuplicatePeerError",
     "InvalidRequestError",
+    "KeyTakenError",
     "LockNotHeldError",
     "MembershipError",
     "NodeServerError",
     "NodeStoppedError",
+    "NotElectedError",
     "NotLeaderError",
     "OverloadedError",
     "ProposalDroppedError",
@@ -46,6 +48,7 @@ __all__ = [
     "StaleReadError",
     "StaleTokenError",
     "UnknownPeerError",
+    "WatchCompactedError",
     "may_have_applied",
 ]
 
@@ -105,6 +108,18 @@ class LockNotHeldError(RaftError):
     granted too late: its TTL, counted from when the request was sent, had passed."""
 
 
+class KeyTakenError(RaftError):
+    """``announce()`` found the key announced by another live process: nothing changed
+    (as ZooKeeper's ``NodeExists``). It is free once that process withdraws it or stops
+    renewing it."""
+
+
+class NotElectedError(RaftError):
+    """An election's leadership was not won in time, or was lost (its lease passed
+    while the campaigner could not renew it, or a newer leader took over): the call
+    changed nothing, and the campaigner's fencing token is refused by ``check_token``."""
+
+
 class NodeServerError(RaftError):
     """The node failed while serving the request (the failure is logged on the node):
     whether the command was applied is unknown."""
@@ -116,13 +131,32 @@ class StaleReadError(RaftError):
     commands. Nothing was appended; try again (the node may be down or catching up)."""
 
 
+class WatchCompactedError(RaftError):
+    """A watch asked for entries the log no longer holds: they were compacted into a
+    snapshot (etcd's ``ErrCompacted``). Reload the state you derive from the changes,
+    then watch again from ``applied_index``; ``first_index`` is the oldest index a watch
+    can still start after, minus one (the snapshot's index plus one)."""
+
+    def __init__(self, message: str = "", first_index: int = 0, applied_index: int = 0) -> None:
+        self.first_index = first_index
+        self.applied_index = applied_index
+        super().__init__(
+            message
+            or f"entries up to {first_index - 1} were compacted away: reload the state and "
+            f"watch again from {applied_index}"
+        )
+
+
 NOT_APPLIED: tuple[type[Exception], ...] = (
     ClusterUnreachableError,
     CommandFailedError,
+    WatchCompactedError,
     InvalidRequestError,
+    KeyTakenError,
     LockNotHeldError,
     MembershipError,
     NodeStoppedError,
+    NotElectedError,
     NotLeaderError,
     OverloadedError,
     ProposalDroppedError,

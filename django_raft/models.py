@@ -77,8 +77,9 @@ class LogEntry(models.Model):
 class EntryOutcome(models.Model):
     """What applying a log entry gave, for the entries whose outcome says something.
 
-    Only an error, or a result that is not None, is recorded: an entry at or below the
-    applied index without a row was applied and returned None; one above it is pending.
+    Only an error, a result that is not None, rows changed (``changes``, for watches) or
+    a command that did not run (``ran``) is recorded: an entry at or below the applied
+    index without a row was applied and returned None; one above it is pending.
     Every node records the same rows (the apply is deterministic); they are discarded
     with the log (``DjangoStorage.compact``) and when a snapshot replaces the state.
     """
@@ -102,6 +103,19 @@ class EntryOutcome(models.Model):
         "truncated",
         default=False,
         help_text=f"The result's JSON was cut to {MAX_RESULT_LENGTH} characters.",
+    )
+    changes = models.TextField(
+        "rows changed",
+        blank=True,
+        default="",
+        help_text='The rows the command changed, for watches: a JSON list of ["app_label.'
+        'model", "pk"] pairs; empty when none was seen.',
+    )
+    ran = models.BooleanField(
+        "ran",
+        default=True,
+        help_text="False when the command's session answered it without running it (a "
+        "retry of a command already applied) or refused it.",
     )
 
     class Meta:
@@ -281,3 +295,28 @@ class BeatTask(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} at {self.last_slot_ms}"
+
+
+class Registration(models.Model):
+    """A key announced by a client session, alive while the session renews it.
+
+    Gone, on every node at the same entry, once the log time passes ``expires_ms`` or its
+    session expires (etcd's leases, ZooKeeper's ephemeral nodes). ``token`` is the index
+    of the entry that announced it (for an election's, the leader's fencing token).
+    Written only by the state machine; renewals move ``expires_ms`` without a save, so
+    watches see announcements, changes of value and removals, not keep-alives.
+    """
+
+    key = models.CharField("key", max_length=MAX_COMMAND_LENGTH, primary_key=True)
+    value = models.TextField("value (JSON)", default="null")
+    holder = models.CharField("holder's client id", max_length=64)
+    ttl_ms = models.PositiveBigIntegerField("time to live (ms)")
+    expires_ms = models.PositiveBigIntegerField("expires (log time, ms)")
+    token = models.PositiveBigIntegerField("token")
+
+    class Meta:
+        verbose_name = "registration"
+        indexes = (models.Index(fields=["expires_ms"], name="django_raft_registration_exp"),)
+
+    def __str__(self) -> str:
+        return f"{self.key} (held by session {self.holder})"

@@ -80,6 +80,7 @@ def set_values(context: Context, calls: Sequence[Call]) -> list[Any]:
         versions[key] = version
         values[key] = (value, version)
         results[position] = version
+        context.changed(KeyValue, key, call=calls[position])  # bulk_create sends no signal
     _write(context, values)
     return results
 
@@ -154,6 +155,7 @@ def incr_values(context: Context, calls: Sequence[Call]) -> list[Any]:
             results[position] = error
             continue
         results[position] = result
+        context.changed(KeyValue, key, call=calls[position])
     _write(context, values)
     return results
 

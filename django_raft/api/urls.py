@@ -16,6 +16,7 @@ urlpatterns = [
     path("log", views.LogListView.as_view(), name="log"),
     path("log/<int:index>", views.LogEntryView.as_view(), name="entry"),
     path("commands", views.CommandsView.as_view(), name="commands"),
+    path("registrations", views.RegistrationsView.as_view(), name="registrations"),
     path("health", views.HealthView.as_view(), name="health"),
     path("schema", schema.view, name="schema"),
 ]

@@ -32,6 +32,7 @@ from ..exceptions import (
     NodeServerError,
     NodeStoppedError,
     OverloadedError,
+    StaleReadError,
 )
 from ..protocol.answers import failure
 from .permissions import RaftPermission, WriteThrottle
@@ -67,6 +68,7 @@ _STATUS: tuple[tuple[type[Exception], int], ...] = (
     (NodeStoppedError, 503),
     (OverloadedError, 503),
     (ClusterUnreachableError, 503),
+    (StaleReadError, 503),
     (DuplicatePeerError, 409),
     (MembershipError, 409),
     (RaftError, 409),
@@ -373,6 +375,28 @@ class CommandsView(RaftAPIView):
             # The same sessions, another deadline: retries stay exactly-once.
             submitter = dataclasses.replace(submitter, timeout=data["timeout"])
         return _answer(lambda: submitter.do(data["name"], **data["arguments"]))
+
+
+class RegistrationsView(RaftAPIView):
+    """Who is alive: the live announcements as this server's database holds them, like
+    the log's routes (``django_raft.announcements()`` lists them linearizably)."""
+
+    read_permission = "django_raft.view_registration"
+
+    @extend_schema(
+        parameters=[OpenApiParameter("prefix", str, description="Keys starting so (all: '')")],
+        responses={200: OpenApiTypes.OBJECT, **_ERROR_RESPONSES},
+        summary="Live announcements",
+    )
+    def get(self, request: Request) -> Response:
+        from ..client.registrations import announcements
+
+        prefix = request.query_params.get("prefix", "")
+        return _answer(
+            lambda: [
+                dataclasses.asdict(found) for found in announcements(prefix, stale=True).values()
+            ]
+        )
 
 
 class HealthView(APIView):

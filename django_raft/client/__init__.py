@@ -1,7 +1,8 @@
 """What runs in web, shell and worker processes: the client of the cluster.
 
 ``Client``/``do``/``status`` (``client``), linearizable reads (``reads``), locks with
-fencing tokens (``locks``), leader-only work (``leader``), and the monitor and cluster
+fencing tokens (``locks``), their async twins (``aio``: ``ado``, ``aread``, ``alock``,
+``awatch``), leader-only work (``leader``), and the monitor and cluster
 operations the admin, the API and the management commands use (``monitor``,
 ``operations``). It speaks ``django_raft.protocol`` and never imports the node.
 """

@@ -15,6 +15,9 @@ its parent's. Each command also tells the cluster the lowest sequence number who
 answer the client has not seen (``first_unanswered``), so the nodes forget the outcomes
 below it; at most ``MAX_OUTSTANDING`` numbers are given out above it, and a thread that
 would pass that waits for the oldest outstanding command to be answered.
+
+The async client (``aio``: ``ado``, ``Client.ado``) drives the same decisions
+(``Attempts``, the session's numbers) and shares the session; only its waiting differs.
 """
 
 from __future__ import annotations
@@ -70,6 +73,115 @@ _RETRYABLE = (
     ProposalDroppedError,
 )
 
+NO_SESSION = "no session could be opened in time; nothing was sent"
+TOO_MANY = (
+    f"{MAX_OUTSTANDING} commands of this process are outstanding above its oldest "
+    "unanswered one; nothing was sent"
+)
+READ_INDEX_BODY: dict[str, Any] = {"name": READ_INDEX, "arguments": {}, "read": True}
+LEARN_BODY: dict[str, Any] = {"addresses": True}
+"""What a client asks a node's ``status`` route to learn the members' addresses."""
+
+
+def check_name(command: object) -> None:
+    """Refuse a command name that is not a non-empty string (nothing is sent)."""
+    if not isinstance(command, str) or not command:
+        raise InvalidRequestError("a command name is a non-empty string")
+
+
+def session_body(
+    command: str, arguments: dict[str, Any], session: _Session, sequence: int, floor: int
+) -> dict[str, Any]:
+    """The body of ``command`` sent as number ``sequence`` of ``session``."""
+    return {
+        "name": command,
+        "arguments": arguments,
+        "client_id": session.client_id,
+        "sequence": sequence,
+        "first_unanswered": floor,
+    }
+
+
+def local_node(address: str) -> local.LocalNode | None:
+    """The node of this process when ``address`` is its own (then a call is a
+    ``submit``, no request), else None."""
+    node = local.current()
+    return node if node is not None and address in ("", node.address) else None
+
+
+class Attempts:
+    """The attempts of one call, whoever sends them (``Client`` blocking, the async
+    client awaiting): which node to try next, what each answer means for the call, and
+    the answer that tells the truth about the command at the end.
+
+    Once an attempt may have reached the log, a failure is a ``CommandTimeoutError``
+    whatever later attempts were told (``settled``). Without ``retry`` (no session),
+    nothing is sent again after such an attempt. A read appends nothing, whatever
+    happens. The caller loops: ``next()`` (None at the deadline), send, ``unreachable``
+    for a send that raised, ``settle`` (None: stop; else seconds to pause), then
+    ``learn`` the members if ``learn`` says so, and ``answer()``.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        body: dict[str, Any],
+        deadline: float,
+        retry: bool = False,
+        local_first: bool = False,
+    ) -> None:
+        self.client = client
+        self.body = body
+        self.deadline = deadline
+        self.retry = retry
+        self.local_first = local_first
+        self.read = bool(body.get("read"))
+        self.last: dict[str, Any] = failure(ClusterUnreachableError, "no node answered in time")
+        self.lost = ""
+        """Why an earlier attempt may have been applied ("" while none may have)."""
+        self.learn = False
+        """Whether the leader that answered is unknown: the caller asks the members."""
+        self._count = itertools.count()
+
+    def next(self) -> tuple[str, dict[str, Any], float] | None:
+        """The next attempt's address, payload and seconds; None past the deadline."""
+        remaining = _remaining(self.deadline)
+        if remaining <= 0:
+            return None
+        seconds = min(remaining, ATTEMPT_TIMEOUT)
+        address = self.client._pick(next(self._count), self.local_first)
+        return address, {**self.body, "timeout": seconds}, seconds
+
+    def unreachable(self, address: str, error: ClusterUnreachableError) -> dict[str, Any]:
+        """The answer of an attempt whose send raised ``error``: nothing applied when it
+        was ``Unsent`` (or a read), else the command may have been."""
+        self.client._suspect(address)
+        if isinstance(error, Unsent) or self.read:
+            return failure(ClusterUnreachableError, str(error))
+        return failure(CommandTimeoutError, f"{error}{LOST}")
+
+    def settle(self, address: str, answer: dict[str, Any]) -> float | None:
+        """Take in an attempt's answer: None when the call ends with it, else the
+        seconds to pause before the next attempt."""
+        self.last = answer
+        if answer.get("ok"):
+            self.learn = self.client._remember(answer)
+            return None
+        if not self.read and leaves_open(answer):
+            self.lost = str(answer.get("error", ""))
+        error_type = answer.get("error_type") or ""
+        if error_type not in _RETRYABLE_NAMES or (self.lost and not self.retry):
+            return None
+        if error_type == "CommandTimeoutError":
+            return 0.0
+        self.client._forget(address)
+        return min(RETRY_PAUSE, _remaining(self.deadline))
+
+    def answer(self) -> dict[str, Any]:
+        """The call's answer: the last one, unless it hides that an earlier attempt may
+        have been applied."""
+        return settled(self.last, self.lost)
+
 
 @dataclass
 class Client:
@@ -104,29 +216,20 @@ class Client:
 
     def do(self, command: str, /, **arguments: Any) -> Any:
         """Run ``command`` through the log with ``arguments``; return its handler's result."""
-        if not isinstance(command, str) or not command:
-            raise InvalidRequestError("a command name is a non-empty string")
+        check_name(command)
         deadline = time.monotonic() + self._seconds()
         if not self.session:
             return raise_for(self._attempts({"name": command, "arguments": arguments}, deadline))
         for first_try in (True, False):
             session = self._current(deadline)
             sequence, floor = self._take(session, deadline)
-            body = {
-                "name": command,
-                "arguments": arguments,
-                "client_id": session.client_id,
-                "sequence": sequence,
-                "first_unanswered": floor,
-            }
+            body = session_body(command, arguments, session, sequence, floor)
             try:
                 answer = self._attempts(body, deadline, retry=True)
             finally:
                 self._answered(session, sequence)
-            if answer.get("error_type") == "SessionExpiredError":
-                self._expired(session)  # not applied: open a new session, send again
-                if first_try:
-                    continue
+            if self._again(answer, session, first_try):
+                continue
             return raise_for(answer)
         raise AssertionError("unreachable")
 
@@ -139,9 +242,21 @@ class Client:
         """A read index from a leader that confirmed its leadership after this call
         began. This server's node (``ADDRESS``) is asked first: it answers once it has
         applied the index itself."""
-        body = {"name": READ_INDEX, "arguments": {}, "read": True}
         deadline = time.monotonic() + self._seconds()
-        return int(raise_for(self._attempts(body, deadline, retry=True, local_first=True)))
+        return int(raise_for(self._attempts(READ_INDEX_BODY, deadline, True, local_first=True)))
+
+    async def ado(self, command: str, /, **arguments: Any) -> Any:
+        """``do()`` for async code: awaits the answer without blocking the event loop
+        (``django_raft.client.aio``); same session, retries and errors."""
+        from .aio import client_do
+
+        return await client_do(self, command, arguments)
+
+    async def aread_index(self) -> int:
+        """``read_index()`` for async code (``django_raft.client.aio``)."""
+        from .aio import client_read_index
+
+        return await client_read_index(self)
 
     # -- sessions
 
@@ -149,9 +264,11 @@ class Client:
         """Open a new session through the log; return its client id (a session apart
         from the one ``do()`` uses, for ``send``)."""
         deadline = time.monotonic() + self._seconds() if deadline is None else deadline
+        return str(raise_for(self._attempts(self._open_session_body(), deadline, retry=True)))
+
+    def _open_session_body(self) -> dict[str, Any]:
         timeout = self.session_timeout or raft_settings.SESSION_TIMEOUT
-        body = {"name": OPEN_SESSION, "arguments": {"timeout_ms": int(timeout * 1000)}}
-        return str(raise_for(self._attempts(body, deadline, retry=True)))
+        return {"name": OPEN_SESSION, "arguments": {"timeout_ms": int(timeout * 1000)}}
 
     def send(self, command: str, arguments: dict[str, Any], client_id: str, sequence: int) -> Any:
         """Run ``command`` as number ``sequence`` of session ``client_id``, retrying until
@@ -171,42 +288,60 @@ class Client:
     def _current(self, deadline: float) -> _Session:
         """This process's session: opened on first use by one thread while the others
         wait, and opened anew in a forked child (its parent's is not its own)."""
-        session = self._session
-        if session is not None and session.pid == os.getpid():
+        session = self._mine()
+        if session is not None:
             return session
         if not self._opening.acquire(timeout=_remaining(deadline)):
-            raise ClusterUnreachableError("no session could be opened in time; nothing was sent")
+            raise ClusterUnreachableError(NO_SESSION)
         try:
-            session = self._session
-            if session is None or session.pid != os.getpid():
-                session = _Session(self.open_session(deadline), os.getpid())
-                self._session = session
-            return session
+            return self._mine() or self._opened(self.open_session(deadline))
         finally:
             self._opening.release()
+
+    def _mine(self) -> _Session | None:
+        """This process's open session, if it has one."""
+        session = self._session
+        return session if session is not None and session.pid == os.getpid() else None
+
+    def _opened(self, client_id: str) -> _Session:
+        """Make the session just opened (``client_id``) this process's."""
+        session = self._session = _Session(client_id, os.getpid())
+        return session
 
     def _take(self, session: _Session, deadline: float) -> tuple[int, int]:
         """The next sequence number of ``session`` and the floor to send with it; waits
         while ``MAX_OUTSTANDING`` numbers are outstanding above the floor."""
         with self._numbers:
-            while session.next - session.floor() >= MAX_OUTSTANDING:
+            while (taken := self._try_take(session)) is None:
                 remaining = _remaining(deadline)
                 if remaining <= 0:
-                    raise OverloadedError(
-                        f"{MAX_OUTSTANDING} commands of this process are outstanding "
-                        "above its oldest unanswered one; nothing was sent"
-                    )
+                    raise OverloadedError(TOO_MANY)
                 self._numbers.wait(remaining)
-            sequence = session.next
-            session.next += 1
-            session.waiting.add(sequence)
-            return sequence, session.floor()
+            return taken
+
+    def _try_take(self, session: _Session) -> tuple[int, int] | None:
+        """``_take`` without waiting: None while ``MAX_OUTSTANDING`` are outstanding.
+        Call it holding ``_numbers``."""
+        if session.next - session.floor() >= MAX_OUTSTANDING:
+            return None
+        sequence = session.next
+        session.next += 1
+        session.waiting.add(sequence)
+        return sequence, session.floor()
 
     def _answered(self, session: _Session, sequence: int) -> None:
         """``sequence`` is no longer awaited (answered, or given up: never sent again)."""
         with self._numbers:
             session.waiting.discard(sequence)
             self._numbers.notify_all()
+
+    def _again(self, answer: dict[str, Any], session: _Session, first_try: bool) -> bool:
+        """Whether to send a command again in a new session: its session had expired
+        (so it was not applied), and this was its first try."""
+        if answer.get("error_type") != "SessionExpiredError":
+            return False
+        self._expired(session)
+        return first_try
 
     def _expired(self, session: _Session) -> None:
         """``session`` expired: the next command opens a new one (unless a thread did)."""
@@ -239,50 +374,27 @@ class Client:
         retry: bool = False,
         local_first: bool = False,
     ) -> dict[str, Any]:
-        """Send until an answer that is not worth retrying, or the deadline.
-
-        The answer tells the truth about the command: once an attempt may have reached
-        the log, a failure is a ``CommandTimeoutError`` whatever later attempts were
-        told (``_settled``). Without ``retry`` (no session), nothing is sent again after
-        such an attempt. A read appends nothing, whatever happens.
-        """
-        read = bool(body.get("read"))
-        answer: dict[str, Any] = failure(ClusterUnreachableError, "no node answered in time")
-        lost = ""  # why an earlier attempt may have been applied
-        for attempt in itertools.count():
-            remaining = _remaining(deadline)
-            if remaining <= 0:
-                break
-            seconds = min(remaining, ATTEMPT_TIMEOUT)
-            payload = {**body, "timeout": seconds}
-            address = self._pick(attempt, local_first)
-            node = local.current()
+        """Send until an answer that is not worth retrying, or the deadline (``Attempts``
+        decides which node, whether to go on and what the answer says)."""
+        attempts = Attempts(self, body, deadline, retry, local_first)
+        while (attempt := attempts.next()) is not None:
+            address, payload, seconds = attempt
+            node = local_node(address)
             try:
-                if node is not None and address in ("", node.address):
+                if node is not None:
                     answer = node.submit(payload)
                 else:
                     answer = send_command(address, payload, seconds)
-            except Unsent as error:
-                answer = failure(ClusterUnreachableError, str(error))
-                self._suspect(address)
             except ClusterUnreachableError as error:
-                if read:  # a read appends nothing: its loss is not a command's
-                    answer = failure(ClusterUnreachableError, str(error))
-                else:
-                    answer = failure(CommandTimeoutError, f"{error}{LOST}")
-                self._suspect(address)
-            if answer.get("ok"):
-                self._remember(answer)
-                return answer
-            if not read and leaves_open(answer):
-                lost = str(answer.get("error", ""))
-            error_type = answer.get("error_type") or ""
-            if error_type not in _RETRYABLE_NAMES or (lost and not retry):
+                answer = attempts.unreachable(address, error)
+            pause = attempts.settle(address, answer)
+            if pause is None:
                 break
-            if error_type != "CommandTimeoutError":
-                self._forget(address)
-                time.sleep(min(RETRY_PAUSE, _remaining(deadline)))
-        return settled(answer, lost)
+            if pause:
+                time.sleep(pause)
+        if attempts.learn:
+            self.learn()
+        return attempts.answer()
 
     def addresses(self) -> list[str]:
         """Every member address known: ``ADDRESS`` first, then ``CLUSTER``, then learnt."""
@@ -316,7 +428,9 @@ class Client:
         with self._lock:
             self._suspects[address] = time.monotonic() + SUSPECT_FOR
 
-    def _remember(self, answer: dict[str, Any]) -> None:
+    def _remember(self, answer: dict[str, Any]) -> bool:
+        """Remember the leader an answer names; whether its address is unknown and the
+        members should be asked (``learn``)."""
         leader = answer.get("leader")
         if isinstance(leader, str) and leader:
             with self._lock:
@@ -324,7 +438,8 @@ class Client:
             if known:
                 self._leader = known
             elif not self._leader:
-                self.learn()
+                return True
+        return False
 
     def _forget(self, address: str) -> None:
         if self._leader == address:
@@ -334,19 +449,25 @@ class Client:
         """Ask the nodes for the members' addresses and the leader."""
         for address in self.addresses():
             try:
-                value = raise_for(post(address, "status", {"addresses": True}, timeout))
+                value = raise_for(post(address, "status", LEARN_BODY, timeout))
             except RaftError:
                 continue
-            learnt = value.get("addresses") if isinstance(value, dict) else None
-            if isinstance(learnt, dict):
-                with self._lock:
-                    self._addresses.update(
-                        {str(k): str(v) for k, v in learnt.items() if isinstance(v, str)}
-                    )
-                    leader = self._addresses.get(str(value.get("leader", "")))
-                if leader:
-                    self._leader = leader
+            if self._learnt(value):
                 return
+
+    def _learnt(self, value: Any) -> bool:
+        """Take in a node's status (asked with ``LEARN_BODY``); whether it had the members."""
+        learnt = value.get("addresses") if isinstance(value, dict) else None
+        if not isinstance(learnt, dict):
+            return False
+        with self._lock:
+            self._addresses.update(
+                {str(k): str(v) for k, v in learnt.items() if isinstance(v, str)}
+            )
+            leader = self._addresses.get(str(value.get("leader", "")))
+        if leader:
+            self._leader = leader
+        return True
 
 
 @dataclass

@@ -78,38 +78,71 @@ class Lock:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             sent = time.monotonic()
-            answer: Any = self.client.do(
-                LOCK_ACQUIRE, name=self.name, ttl_ms=int(self.ttl * 1000), owner=self.owner
-            )
-            if answer["acquired"]:
-                self.token, self.expires = int(answer["token"]), sent + self.ttl
-                late = time.monotonic() - self.expires
-                if late >= 0:
+            answer = self.client.do(LOCK_ACQUIRE, **self.request())
+            if self.granted(answer, sent):
+                if (late := self.too_late()) is not None:
                     self._give_back()
-                    raise LockNotHeldError(
-                        f"lock {self.name!r} was granted {late + self.ttl:.3f} s after the "
-                        f"request, past its TTL of {self.ttl:g} s: another client may hold it"
-                    )
+                    raise late
                 return self.token
             if not blocking:
                 return 0
-            if deadline is not None and time.monotonic() >= deadline:
-                raise LockNotHeldError(f"lock {self.name!r} is held by another client")
+            if self.gave_up(deadline):
+                raise self.taken()
             time.sleep(RETRY_PAUSE)
 
     def renew(self) -> int:
         """Extend the TTL of a lock this client holds; raise ``LockNotHeldError`` if lost."""
         token = self.acquire(blocking=False)
-        if token != self.token or not token:
-            raise LockNotHeldError(f"lock {self.name!r} was lost (token {self.token})")
+        self.check_renewed(token)
         return token
 
     def release(self) -> bool:
         """Give the lock back; return whether it was still held with this token."""
         if not self.token:
             return False
+        return bool(self.client.do(LOCK_RELEASE, **self.release_arguments()))
+
+    # -- the decisions, shared with the async lock (``aio.AsyncLock``)
+
+    def request(self) -> dict[str, Any]:
+        """The arguments of an acquisition (or renewal) of this lock."""
+        return {"name": self.name, "ttl_ms": int(self.ttl * 1000), "owner": self.owner}
+
+    def granted(self, answer: Any, sent: float) -> bool:
+        """Take in the answer to an acquisition sent at ``sent`` (``time.monotonic()``):
+        whether it granted the lock, held until ``sent + ttl``."""
+        if not answer["acquired"]:
+            return False
+        self.token, self.expires = int(answer["token"]), sent + self.ttl
+        return True
+
+    def too_late(self) -> LockNotHeldError | None:
+        """The error of a grant that came after its lease had ended, or None."""
+        late = time.monotonic() - self.expires
+        if late < 0:
+            return None
+        return LockNotHeldError(
+            f"lock {self.name!r} was granted {late + self.ttl:.3f} s after the "
+            f"request, past its TTL of {self.ttl:g} s: another client may hold it"
+        )
+
+    def gave_up(self, deadline: float | None) -> bool:
+        """Whether an acquisition that waits until ``deadline`` is over."""
+        return deadline is not None and time.monotonic() >= deadline
+
+    def taken(self) -> LockNotHeldError:
+        """The error of an acquisition that gave up."""
+        return LockNotHeldError(f"lock {self.name!r} is held by another client")
+
+    def check_renewed(self, token: int) -> None:
+        """Raise ``LockNotHeldError`` unless a renewal gave back the token held."""
+        if token != self.token or not token:
+            raise LockNotHeldError(f"lock {self.name!r} was lost (token {self.token})")
+
+    def release_arguments(self) -> dict[str, Any]:
+        """The arguments of a release of the token held; from now on it is not."""
         token, self.token, self.expires = self.token, 0, 0.0
-        return bool(self.client.do(LOCK_RELEASE, name=self.name, token=token, owner=self.owner))
+        return {"name": self.name, "token": token, "owner": self.owner}
 
     def remaining(self) -> float:
         """Seconds the lease surely lasts from now (0 when it may have ended)."""

@@ -19,6 +19,7 @@ already read (a transaction's snapshot would not see the database catch up).
 commands (for dashboards). A read-only command (``@command(name, read_only=True)``)
 runs its handler on the node that obtained the index, after the same round, and
 appends nothing to the log (``node.submit.read_command``, on the node).
+``django_raft.aread()`` is the same for async code (``client.aio``).
 """
 
 from __future__ import annotations
@@ -65,13 +66,19 @@ def read_index(timeout: float | None = None) -> int:
     while (applied := applied_index()) < index:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise StaleReadError(
-                f"this server's database applied #{applied}, not the read index #{index}, "
-                f"within {seconds:g} s (is its raftnode running?); nothing was read"
-            )
+            raise stale_error(applied, index, seconds)
         time.sleep(min(pause, left))
         pause = min(pause * 2, 0.05)
     return index
+
+
+def stale_error(applied: int, index: int, seconds: float) -> StaleReadError:
+    """The error of a read whose database had applied only ``applied`` when its
+    ``seconds`` to reach the read index ``index`` ran out."""
+    return StaleReadError(
+        f"this server's database applied #{applied}, not the read index #{index}, "
+        f"within {seconds:g} s (is its raftnode running?); nothing was read"
+    )
 
 
 @contextmanager

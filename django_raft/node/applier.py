@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from ..core import ConfChange, Entry, EntryType, NotLeaderError, ProposalDroppedError, Snapshot
 from ..exceptions import CommandTimeoutError
-from . import events, metrics, storage
+from . import events, metrics, storage, watch
 from .dispatch import Completer, Completion, together
 from .outcome import Outcome
 from .statemachine import StateMachine
@@ -104,7 +104,7 @@ class Applier:
     ) -> None:
         self.machine = machine
         self.completer = completer
-        self._report = report
+        self._report = watch.reporting(machine, report)  # and wakes the watches
         self._leader = leader
         self._failed = failed
         self._jobs: queue.SimpleQueue[Run | Restore | Forget | None] = queue.SimpleQueue()

@@ -2,10 +2,12 @@
 
 The state machine calls ``record`` in the transaction that applies a run of entries, so
 the rows commit with the handlers' writes and the applied index, and every node records
-the same ones. Only outcomes that say something are stored: an error, or a result other
-than None (its JSON cut to ``MAX_RESULT_LENGTH`` characters). An entry at or below the
-applied index without a row was applied and gave None; one above it is pending. That
-keeps the apply path to one INSERT per run, and none for commands that return nothing.
+the same ones. Only outcomes that say something are stored: an error, a result other
+than None (its JSON cut to ``MAX_RESULT_LENGTH`` characters), rows changed or a command
+that did not run (the notes ``watch.Recorder`` takes, for watches). An entry at or below
+the applied index without a row was applied, gave None and changed nothing seen; one
+above it is pending. That keeps the apply path to one INSERT per run, and none for
+commands that return nothing and change nothing.
 """
 
 from __future__ import annotations
@@ -22,30 +24,36 @@ from .outcome import Outcome
 
 __all__ = ["ROWS_PER_INSERT", "record"]
 
-ROWS_PER_INSERT = 200
-"""Rows per INSERT (4 parameters each: within SQLite's 999)."""
+ROWS_PER_INSERT = 160
+"""Rows per INSERT (6 parameters each: within SQLite's 999)."""
+_WIDTH = 6
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def record(alias: str, outcomes: dict[int, Outcome]) -> None:
-    """Store the outcomes of a run that say something: errors, results other than None."""
+def record(
+    alias: str, outcomes: dict[int, Outcome], notes: dict[int, tuple[str, bool]] | None = None
+) -> None:
+    """Store the outcomes of a run that say something: errors, results other than None,
+    and those with ``notes`` (by index: the rows changed as JSON, whether it ran)."""
     rows: list[Any] = []
+    notes = notes or {}
     for index, outcome in outcomes.items():
+        changes, ran = notes.get(index, ("", True))
         if not outcome.ok:
-            rows += (index, False, outcome.error, False)
-        elif outcome.value is not None:
+            rows += (index, False, outcome.error, False, changes, ran)
+        elif outcome.value is not None or index in notes:
             text = _json(outcome.value)
             cut = len(text) > MAX_RESULT_LENGTH
-            rows += (index, True, text[:MAX_RESULT_LENGTH] if cut else text, cut)
+            rows += (index, True, text[:MAX_RESULT_LENGTH] if cut else text, cut, changes, ran)
     if not rows:
         return
     connection = connections[alias]
     connection.ensure_connection()
-    step = 4 * ROWS_PER_INSERT
+    step = _WIDTH * ROWS_PER_INSERT
     for start in range(0, len(rows), step):
         chunk = rows[start : start + step]
-        statement = _insert(connection.vendor, len(chunk) // 4)
+        statement = _insert(connection.vendor, len(chunk) // _WIDTH)
         if connection.vendor == "sqlite":
             # Straight to sqlite3: Django's cursor would rewrite every %s of the statement.
             connection.connection.execute(statement, chunk)
@@ -72,7 +80,7 @@ def _insert(vendor: str, count: int) -> str:
     replaced rather than an error that would stop the node applying.
     """
     placeholder = "?" if vendor == "sqlite" else "%s"
-    row = "(" + ", ".join([placeholder] * 4) + ")"
+    row = "(" + ", ".join([placeholder] * _WIDTH) + ")"
     index, *others = [f'"{field.column}"' for field in EntryOutcome._meta.concrete_fields]
     updates = ", ".join(f"{column} = excluded.{column}" for column in others)
     return (

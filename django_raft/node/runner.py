@@ -64,7 +64,7 @@ from ..exceptions import (
     StopError,
 )
 from ..protocol import local
-from . import events, history, metrics, rtt, submit
+from . import clock, events, history, metrics, rtt, submit
 from .applier import Applied, Applier, Forget, InlineFuture, Restore, Waiting
 from .applier import Run as ApplyRun
 from .dispatch import Completer, Completion, SignalDispatcher
@@ -318,6 +318,10 @@ class RaftNode:
             leader=lambda: str(self._status.get("leader", "")),
             failed=lambda error: self.inbox.put(ApplyFailed(error)),
         )
+        self.clock = clock.ClockProposer(
+            machine.alias, lambda data: self.propose_async(data, inline=True)
+        )
+        """Proposes clock entries while registrations exist (``clock``)."""
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -495,6 +499,7 @@ class RaftNode:
                         next_tick = now + self.tick_interval  # fell far behind: skip ahead
                     self._watch_leader(now)
                     self._expire_reads(now)
+                    self.clock.tick(self._status["state"] == "leader", now)
                     if now - self._commit_written_at >= COMMIT_WRITE_INTERVAL:
                         self.storage.write_commit()
                         self._commit_written_at = now

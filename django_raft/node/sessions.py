@@ -33,7 +33,8 @@ entry by entry.
 The builtin commands' handlers (open a session, keep it alive, take and release a lock,
 claim beat slots) live here too, beside the state they change, and are registered in
 ``commands`` on import: the state machine dispatches them like an application's, with a
-``BuiltinContext``.
+``BuiltinContext``. Those of registrations (keys that live while their session renews
+them) and of the clock entry live in ``registrations``, whose expiry the sweep runs too.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from ..core import Entry
 from ..models import SINGLETON, BeatTask, ClientSession, Lock, LogClock
 from ..protocol.request import (
     BEAT_CLAIM,
+    CLOCK,
     KEEP_ALIVE,
     LOCK_ACQUIRE,
     LOCK_RELEASE,
@@ -59,6 +61,7 @@ from ..protocol.request import (
     OPEN_SESSION,
 )
 from ..protocol.wire import DecodedCommand
+from . import registrations
 from .outcome import Outcome
 
 __all__ = [
@@ -171,6 +174,7 @@ class Run:
                 expired.delete()
                 for client in ids:
                     self._sessions[client] = None
+            registrations.sweep(self.using, self._now, ids)
             self._swept = self._now
         return self._now
 
@@ -178,6 +182,8 @@ class Run:
         """Write the sessions and the clock this run changed."""
         self._write_sessions()
         clock = (self._now, self._swept)
+        if self._clock_read:
+            registrations.publish(self.using, self._now)
         if not self._clock_read or clock == self._stored_clock:
             return  # not read (no session-tracked command), or unchanged
         with connections[self.using].cursor() as cursor:
@@ -248,8 +254,8 @@ def admit(run: Run, entry: Entry, command: DecodedCommand) -> Admitted | Outcome
     them in order)."""
 
     now = run.advance(command.time_ms)
-    if command.name == OPEN_SESSION:
-        return Admitted(now, 0, False)  # it opens a session: it runs in none
+    if command.name in (OPEN_SESSION, CLOCK):
+        return Admitted(now, 0, False)  # it opens a session, or moves the clock: no session
     if not command.client_id:
         return Outcome(ok=False, error=f"{EXPIRED}: {command.name} needs a session")
     row = run.session(command.client_id)
@@ -414,6 +420,8 @@ def _release_locks_of(using: str, client_ids: list[str]) -> None:
     names = [name for name, holder in held if holder.partition("/")[0] in gone]
     if names:
         Lock.objects.using(using).filter(name__in=names).update(holder="")
+        for name in names:
+            commands.changed(Lock, name)  # update() sends no signal: tell the watches
 
 
 def _acquire(context: BuiltinContext, /, **arguments: Any) -> Outcome:
@@ -452,6 +460,8 @@ def _release(context: BuiltinContext, /, **arguments: Any) -> Outcome:
         return Outcome(ok=False, error=_OWNER_RULE)
     locks = Lock.objects.using(context.using).filter(pk=name, holder=holder, token=token)
     released = locks.update(holder="")
+    if released:
+        commands.changed(Lock, name)
     return Outcome(ok=True, value=bool(released))
 
 
@@ -494,7 +504,8 @@ commands._register_builtin(BEAT_CLAIM, _claim)
 
 
 def dump(using: str) -> bytes:
-    """The sessions, the locks, the periodic tasks' slots and the log clock, as JSON."""
+    """The sessions, the locks, the periodic tasks' slots, the registrations and the log
+    clock, as JSON."""
     clock = LogClock.objects.using(using).filter(pk=SINGLETON).values_list("time_ms", "swept_ms")
     state = {
         "clock": list(clock.first() or (0, 0)),
@@ -526,12 +537,14 @@ def dump(using: str) -> bytes:
             .order_by("pk")
             .values_list("name", "last_slot_ms")
         ],
+        "registrations": registrations.dump(using),
     }
     return json.dumps(state, separators=(",", ":")).encode()
 
 
 def load(data: bytes, using: str) -> None:
-    """Replace the sessions, locks, slots and log clock by those ``dump`` wrote.
+    """Replace the sessions, locks, slots, registrations and log clock by those ``dump``
+    wrote (a snapshot without registrations has none).
 
     Sessions of an older snapshot (no floor, no other outcomes: one command at a time)
     get their last sequence for floor."""
@@ -563,3 +576,4 @@ def load(data: bytes, using: str) -> None:
     BeatTask.objects.using(using).bulk_create(
         BeatTask(name=name, last_slot_ms=last) for name, last in state.get("beat", [])
     )
+    registrations.load(state.get("registrations", []), using, time_ms)

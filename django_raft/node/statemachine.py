@@ -46,7 +46,7 @@ from ..core import ConfChange, ConfChangeType, Entry, EntryType, Snapshot
 from ..exceptions import ApplyError
 from ..models import MAX_ADDRESS_LENGTH, SINGLETON, AppliedState, EntryOutcome, Member
 from ..protocol.wire import DecodedCommand, decode_envelope
-from . import metrics, outcome_log, sessions
+from . import metrics, outcome_log, sessions, watch
 from .outcome import Outcome, describe_error
 from .storage import redoable_transaction, write_lock
 
@@ -183,10 +183,12 @@ class StateMachine:
         run.load(call.client_id for call in calls if isinstance(call, DecodedCommand))
         outcomes: dict[int, Outcome] = {}
         execute = partial(self._apply_one, run=run, fast=fast)
-        with run.active():
+        recorder = watch.Recorder(self.alias)
+        with run.active(), recorder.recording():
             position = 0
             while position < len(todo):
                 entry, call = todo[position], calls[position]
+                watch.at(entry.index)
                 if isinstance(call, Outcome):
                     outcomes[entry.index] = call
                 elif call is None:
@@ -201,7 +203,8 @@ class StateMachine:
                 position += 1
             run.save()
         last = todo[-1]
-        outcome_log.record(self.alias, outcomes)
+        notes = recorder.notes(todo, calls, lambda index: outcomes[index].ok)
+        outcome_log.record(self.alias, outcomes, notes)
         self._set_applied(last.index, last.term)
         return outcomes
 
@@ -250,6 +253,8 @@ class StateMachine:
         if not group:
             return position
         run.ambiguous_time = run.moves != moves
+        watch.at(*(entry.index for entry, _, _ in group))
+        watch.ran(*(entry.index for entry, _, _ in group))
         try:
             results = self._apply_batch(
                 group[0][0],
@@ -301,6 +306,7 @@ class StateMachine:
         """Apply one command with its handler, looked up once: a builtin's (with the
         sessions' context), or an application's (its batch handler, if so)."""
         name = command.name
+        watch.ran(entry.index)
         try:
             handler = commands.get(name)
         except commands.UnknownCommandError as error:

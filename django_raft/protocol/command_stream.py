@@ -16,6 +16,8 @@ or node. Commands that several threads send at once travel in one frame and are
 proposed in one turn of the loop; answers come back as commands are applied. A command
 costs no HTTP request on either side. Plain HTTP only: over TLS, a client sends one
 request per command (a TLS connection is not read and written by two threads at once).
+A coroutine's command (``acall``) waits on an asyncio future that the reader thread
+completes: no thread waits for it.
 
 An empty frame keeps a stream alive; the node answers one from the client with one of
 its own. A client waiting for answers pings (``PING``) and breaks a stream whose node
@@ -25,6 +27,7 @@ than a second before the client turns to another member, not the caller's deadli
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -123,12 +126,21 @@ def stream_keys(key: bytes, nonce: str, client: str, node_id: str) -> tuple[byte
 
 
 class _Waiter:
-    __slots__ = ("answer", "event", "sent")
+    """A command waiting for its answer: a thread waits on ``event``; an asyncio task
+    gets ``notify`` called (from the stream's reader thread) instead."""
 
-    def __init__(self) -> None:
+    __slots__ = ("answer", "event", "notify", "sent")
+
+    def __init__(self, notify: Callable[[], None] | None = None) -> None:
         self.event = threading.Event()
+        self.notify = notify
         self.answer: dict[str, Any] | None = None
         self.sent = True
+
+    def done(self) -> None:
+        self.event.set()
+        if self.notify is not None:
+            self.notify()
 
 
 class CommandStream:
@@ -212,23 +224,10 @@ class CommandStream:
         ``timeout``. Raise ``StreamBroken`` when the stream broke first, ``Abandoned``
         as soon as ``abandon()`` (asked every ``_CHECK`` seconds) gives a reason to stop
         waiting, and ``TypeError`` when the body is not JSON."""
-        encoded = json.dumps(body).encode()  # outside the lock: threads encode at once
-        if len(encoded) + 32 > MAX_REQUEST_FRAME:
-            return failure(
-                InvalidRequestError,
-                f"Request Entity Too Large: request body over {MAX_REQUEST_FRAME} bytes",
-            )
         waiter = _Waiter()
-        with self._lock:
-            if self.closed:
-                raise StreamBroken(f"the stream to {self.address} is closed", sent=False)
-            number = next(self._ids)
-            item = b"[%d,%s]" % (number, encoded)
-            if not self._waiting:  # the node's silence counts from the first in flight
-                self._last_heard = max(self._last_heard, time.monotonic())
-            self._waiting[number] = waiter
-            self._pending.append((number, item))
-            self._last_used = time.monotonic()
+        number = self._enqueue(body, waiter)
+        if isinstance(number, dict):
+            return number
         self._flush()
         deadline = time.monotonic() + timeout
         left = timeout
@@ -243,33 +242,110 @@ class CommandStream:
                 if reason:
                     raise Abandoned(reason)
                 return failure(CommandTimeoutError, TIMED_OUT)
+        return self._answer(waiter)
+
+    async def acall(self, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """``call`` for a coroutine: the answer completes an asyncio future from the
+        reader thread (``loop.call_soon_threadsafe``), so no thread waits for it. The
+        frame is written from the event loop at the end of its turn, or left to the
+        thread writing at that moment; a write blocks only when the socket's buffer is
+        full (a node that stopped reading), for ``SEND_TIMEOUT`` at most. Cancelled,
+        the command is no longer awaited (it may still be applied)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def resolve() -> None:
+            if not future.done():
+                future.set_result(None)
+
+        def notify() -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(resolve)
+
+        waiter = _Waiter(notify)
+        number = self._enqueue(body, waiter)
+        if isinstance(number, dict):
+            return number
+        # Written once this turn of the loop ends: the commands of every coroutine that
+        # calls in this turn go in one frame, as those of threads that call at once do.
+        loop.call_soon(self._flush, False)
+        try:
+            await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            with self._lock:
+                self._waiting.pop(number, None)
+            if not waiter.event.is_set():
+                return failure(CommandTimeoutError, TIMED_OUT)
+        except asyncio.CancelledError:
+            with self._lock:
+                self._waiting.pop(number, None)
+            raise
+        return self._answer(waiter)
+
+    def _enqueue(self, body: dict[str, Any], waiter: _Waiter) -> int | dict[str, Any]:
+        """Queue a command for the next frame: its number, or the failure answer of a
+        body over the frame limit. Raise ``StreamBroken`` (not sent) when the stream is
+        closed, ``TypeError`` when the body is not JSON."""
+        encoded = json.dumps(body).encode()  # outside the lock: threads encode at once
+        if len(encoded) + 32 > MAX_REQUEST_FRAME:
+            return failure(
+                InvalidRequestError,
+                f"Request Entity Too Large: request body over {MAX_REQUEST_FRAME} bytes",
+            )
+        with self._lock:
+            if self.closed:
+                raise StreamBroken(f"the stream to {self.address} is closed", sent=False)
+            number = next(self._ids)
+            item = b"[%d,%s]" % (number, encoded)
+            if not self._waiting:  # the node's silence counts from the first in flight
+                self._last_heard = max(self._last_heard, time.monotonic())
+            self._waiting[number] = waiter
+            self._pending.append((number, item))
+            self._last_used = time.monotonic()
+        return number
+
+    def _answer(self, waiter: _Waiter) -> dict[str, Any]:
         if waiter.answer is None:
             raise StreamBroken(f"the stream to {self.address} broke", sent=waiter.sent)
         return waiter.answer
 
-    def _flush(self) -> None:
-        """Write what is queued, in frames of at most ``MAX_REQUEST_FRAME`` bytes."""
-        with self._send_lock:
+    def _flush(self, wait: bool = True) -> None:
+        """Write what is queued, in frames of at most ``MAX_REQUEST_FRAME`` bytes.
+
+        Whoever holds the write lock writes everything queued, again after releasing it
+        if more came meanwhile; so a caller that does not ``wait`` for the lock (a
+        coroutine) leaves its command to the writer at work."""
+        while self._send_lock.acquire(blocking=wait):
+            try:
+                self._write()
+            finally:
+                self._send_lock.release()
             with self._lock:
-                batch, self._pending = self._pending, []
-            if not batch or self.closed:
-                return
-            frames, size, start = [], 2, 0
-            for i, (_, item) in enumerate(batch):
-                if size + len(item) + 1 > MAX_REQUEST_FRAME:
-                    frames.append(batch[start:i])
-                    start, size = i, 2
-                size += len(item) + 1
-            frames.append(batch[start:])
-            for k, part in enumerate(frames):
-                payload = b"[" + b",".join(item for _, item in part) + b"]"
-                try:
-                    self._sock.sendall(self._writer.frame(payload))
-                except OSError as error:
-                    unsent = {number for later in frames[k:] for number, _ in later}
-                    self._break(f"writing to {self.address} failed: {error}", unsent)
+                if not self._pending or self.closed:
                     return
-            self._last_sent = time.monotonic()
+
+    def _write(self) -> None:
+        """Write the queued commands; hold ``_send_lock``."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch or self.closed:
+            return
+        frames, size, start = [], 2, 0
+        for i, (_, item) in enumerate(batch):
+            if size + len(item) + 1 > MAX_REQUEST_FRAME:
+                frames.append(batch[start:i])
+                start, size = i, 2
+            size += len(item) + 1
+        frames.append(batch[start:])
+        for k, part in enumerate(frames):
+            payload = b"[" + b",".join(item for _, item in part) + b"]"
+            try:
+                self._sock.sendall(self._writer.frame(payload))
+            except OSError as error:
+                unsent = {number for later in frames[k:] for number, _ in later}
+                self._break(f"writing to {self.address} failed: {error}", unsent)
+                return
+        self._last_sent = time.monotonic()
 
     def _keepalive(self) -> None:
         if not self._send_lock.acquire(blocking=False):
@@ -282,6 +358,10 @@ class CommandStream:
             self._break(f"writing to {self.address} failed: {error}", set())
         finally:
             self._send_lock.release()
+        with self._lock:
+            queued = bool(self._pending) and not self.closed
+        if queued:  # a coroutine's command, queued while this wrote (it does not wait)
+            self._flush()
 
     def _read(self) -> None:
         """Read answers until the stream closes; keep it alive while it is used."""
@@ -337,7 +417,7 @@ class CommandStream:
                 waiter = self._waiting.pop(pair[0], None)
             if waiter is not None:
                 waiter.answer = pair[1]
-                waiter.event.set()
+                waiter.done()
 
     def _break(self, reason: str, unsent: set[int]) -> None:
         """Close the stream; every command still waiting learns it broke."""
@@ -355,7 +435,7 @@ class CommandStream:
             self._sock.close()
         for number, waiter in waiting.items():
             waiter.sent = number not in unsent
-            waiter.event.set()
+            waiter.done()
 
 
 class Streams:
@@ -375,6 +455,20 @@ class Streams:
         self._refused: dict[tuple[Any, ...], float] = {}
         self._opening: dict[tuple[Any, ...], threading.Lock] = {}
         self._pid = os.getpid()
+
+    def peek(self, address: str, signer: Signer, prefix: str) -> CommandStream | None:
+        """The open stream to ``address``, if there is one; never waits (the async
+        client opens one with ``get`` in a thread only when there is none)."""
+        name = (address, signer.key, signer.kind, signer.sender, prefix)
+        with self._lock:
+            found = self._open.get(name) if self._pid == os.getpid() else None
+        return found if found is not None and not found.closed else None
+
+    def refusing(self, address: str, signer: Signer, prefix: str) -> bool:
+        """Whether ``address`` gets requests, not a stream, for now (see the class)."""
+        name = (address, signer.key, signer.kind, signer.sender, prefix)
+        with self._lock:
+            return self._pid == os.getpid() and time.monotonic() < self._refused.get(name, 0.0)
 
     def get(
         self, address: str, signer: Signer, prefix: str, timeout: float = SEND_TIMEOUT

@@ -2,8 +2,9 @@
 
 The client builds these bodies and the node parses them (``command_fields``), so both
 sides take their rules from here: the names of the builtin commands (sessions, locks,
-beat claims, the read index), the bound on a timeout, and how many commands one session
-may have outstanding (``MAX_OUTSTANDING``).
+beat claims, registrations, the clock entry, the read index) and the bounds of a
+registration, the bound on a timeout, and how many commands one session may have
+outstanding (``MAX_OUTSTANDING``).
 
 A command of a session carries ``client_id``, ``sequence`` and ``first_unanswered``:
 the lowest sequence number of that session whose answer the client has not seen yet
@@ -16,13 +17,22 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "ANNOUNCE",
+    "ANNOUNCE_RENEW",
+    "ANNOUNCE_WITHDRAW",
     "BEAT_CLAIM",
+    "CLOCK",
     "KEEP_ALIVE",
     "LOCK_ACQUIRE",
     "LOCK_RELEASE",
+    "MAX_ANNOUNCED_KEY",
+    "MAX_ANNOUNCED_VALUE",
+    "MAX_ANNOUNCE_TTL_MS",
     "MAX_OUTSTANDING",
+    "MAX_RENEWED",
     "MAX_SLOTS_PER_CLAIM",
     "MAX_TIMEOUT",
+    "MIN_ANNOUNCE_TTL_MS",
     "OPEN_SESSION",
     "READ_INDEX",
     "TIMEOUT_RULE",
@@ -45,6 +55,28 @@ BEAT_CLAIM = "django_raft.beat.claim"
 """Arguments ``task``, ``slots`` (increasing ms); the result lists the slots granted."""
 MAX_SLOTS_PER_CLAIM = 1000
 """Slots one beat claim may ask for."""
+ANNOUNCE = "django_raft.registration.put"
+"""Announces a key with a value that lives while its session renews it: arguments
+``key``, ``value`` (any JSON value), ``ttl_ms``, and ``lock``/``owner``/``token`` (optional:
+a lock the session holds, whose holder may take the key from another session); the
+result says whether it was announced, and its token."""
+ANNOUNCE_RENEW = "django_raft.registration.renew"
+"""Renews a session's registrations and locks in one entry: arguments ``keys`` and
+``locks`` (``[name, owner, token, ttl_ms]`` each); the result lists those it lost."""
+ANNOUNCE_WITHDRAW = "django_raft.registration.withdraw"
+"""Withdraws a session's registration: arguments ``key``, ``token``."""
+CLOCK = "django_raft.clock"
+"""Carries the leader's clock into the log, so that registrations expire in log time
+while nobody writes; no arguments, no session."""
+MIN_ANNOUNCE_TTL_MS = 1000
+MAX_ANNOUNCE_TTL_MS = 86_400_000
+"""The bounds of a registration's time to live (ms)."""
+MAX_ANNOUNCED_KEY = 200
+"""Characters of a registration's key at most."""
+MAX_ANNOUNCED_VALUE = 16_384
+"""Characters of a registration's value (its JSON text) at most."""
+MAX_RENEWED = 1000
+"""Registrations, and locks, one renewal may name at most."""
 READ_INDEX = "django_raft.read_index"
 """The read-only command that only waits for a read index, for ``django_raft.read()``."""
 

@@ -60,7 +60,7 @@ from ..storage import (
     make_durable,
 )
 from ..transport import unframe
-from . import command_streams, views
+from . import command_streams, views, watches
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,7 @@ class NodeApplication(WSGIHandler):
         self._rpc_prefix = prefix + "rpc/"
         self._command_path = prefix + "command"
         self._command_stream_path = prefix + command_stream.PATH
+        self._watch_path = prefix + watches.PATH
 
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware: list[Any] = []
@@ -191,6 +192,9 @@ class NodeApplication(WSGIHandler):
                 return self._fast(environ, start_response, route)
             if path == self._command_path or path == self._command_stream_path:
                 return self._fast(environ, start_response, None)
+        elif path == self._watch_path and environ.get("REQUEST_METHOD") == "GET":
+            body, _handoff.stream = watches.respond(environ, start_response)
+            return body
         return super().__call__(environ, start_response)
 
     def _fast(self, environ: dict[str, Any], start_response: Any, rpc_path: str | None) -> Any:
@@ -345,17 +349,23 @@ class _Request(cheroot_server.HTTPRequest):
 
     def send_headers(self) -> None:
         peer = PEER_HEADER.encode().lower()
-        kept = []
+        watch = watches.WATCH_HEADER.encode().lower()
+        kept, watching = [], False
         for key, value in self.outheaders:
             name = key.lower()
             if name == peer:
                 self.conn.raft_peer = True
+                continue
+            if name == watch:
+                watching = True
                 continue
             if name == b"connection" and value.lower() == b"close":
                 self.close_connection = True
             kept.append((key, value))
         self.outheaders = kept
         super().send_headers()
+        if watching:
+            self.chunked_write = False  # the watch's thread writes the chunks, the last too
 
 
 class _Watchdog(threading.Thread):
@@ -416,10 +426,12 @@ class _Connection(cheroot_server.HTTPConnection):
         _handoff.stream = None
         _handoff.command_streams = self.server.command_streams
         keep = bool(super().communicate())
-        accepted: _Accepted | None = _handoff.stream
+        accepted: _Accepted | watches.Accepted | None = _handoff.stream
         if accepted is None:
             return keep
         _handoff.stream = None
+        if isinstance(accepted, watches.Accepted):
+            return watches.start(self, accepted, keep)
         commands = accepted.lane == COMMANDS
         client = activity = None
         if commands:
@@ -683,6 +695,7 @@ class NodeServer(wsgi.Server):
         if streams is not None:
             streams.close_all()
             self.command_streams.close_all()
+            watches.slots.close_all()
         super().stop()
         watchdog = getattr(self, "watchdog", None)
         if watchdog is not None:

@@ -6,7 +6,7 @@ include them to expose the client API from its web processes.
 
 from django.urls import path
 
-from . import ops, views
+from . import ops, views, watches
 
 app_name = "django_raft"
 
@@ -15,6 +15,7 @@ urlpatterns = [
     path("command", views.command, name="command"),
     path("status", views.status, name="status"),
     path("members", views.members, name="members"),
+    path(watches.PATH, watches.view, name="watch"),
     path("overview", ops.overview, name="overview"),
     path("transfer", ops.transfer, name="transfer"),
     path("snapshot", ops.snapshot, name="snapshot"),
