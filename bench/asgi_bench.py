@@ -50,7 +50,7 @@ django.setup()
 from django.test import override_settings  # noqa: E402
 
 import django_raft  # noqa: E402
-from django_raft.client.aio import read_response  # noqa: E402
+from django_raft.protocol.asend import read_response  # noqa: E402
 from tests.integration.asgi_server import AsgiServer  # noqa: E402
 from tests.integration.cluster import SECRET, Cluster  # noqa: E402
 

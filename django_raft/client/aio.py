@@ -30,41 +30,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import json
-import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 from asgiref.sync import sync_to_async
 from django.db.models import Model
 
 from ..conf import raft_settings
-from ..exceptions import ClusterUnreachableError, OverloadedError, RaftError
-from ..protocol import command_stream, send
-from ..protocol.answers import raise_for
-from ..protocol.auth import ANY_NODE, CLIENT, Signer, derive_keys
-from ..protocol.request import LOCK_ACQUIRE, LOCK_RELEASE, READ_INDEX
-from ..protocol.send import MAX_ANSWER, NO_ADDRESS, AnswerAbandoned, Unsent
-from ..protocol.tls import client_context
+from ..exceptions import ClusterUnreachableError, RaftError
+from ..protocol import asend
+from ..protocol.auth import ANY_NODE
+from ..protocol.request import LOCK_ACQUIRE, LOCK_RELEASE
+from ..protocol.send import Unsent
 from . import reads, watch
-from .client import (
-    LEARN_BODY,
-    NO_SESSION,
-    READ_INDEX_BODY,
-    TOO_MANY,
-    Attempts,
-    Client,
-    _remaining,
-    _Session,
-    check_name,
-    default_client,
-    local_node,
-    session_body,
-)
+from .client import Client, default_client
 from .locks import RETRY_PAUSE, Lock
 
 __all__ = [
@@ -75,13 +56,7 @@ __all__ = [
     "aread",
     "aread_index",
     "awatch",
-    "client_do",
-    "client_read_index",
 ]
-
-POLL = 0.005
-"""Seconds between two looks at a session being opened, or at a free sequence number,
-by another caller (both rare: the first command, and ``MAX_OUTSTANDING`` outstanding)."""
 
 
 async def ado(command: str, /, **arguments: Any) -> Any:
@@ -89,36 +64,7 @@ async def ado(command: str, /, **arguments: Any) -> Any:
     handler's result once committed and applied. The same session, retries and errors
     as ``do()``; the event loop goes on meanwhile. Options belong to a client:
     ``await Client(timeout=...).ado(...)``."""
-    return await client_do(default_client(), command, arguments)
-
-
-async def client_do(client: Client, command: str, arguments: dict[str, Any]) -> Any:
-    """``client.do(command, **arguments)``, awaited (``Client.ado``)."""
-    check_name(command)
-    deadline = time.monotonic() + client._seconds()
-    if not client.session:
-        return raise_for(
-            await _attempts(client, {"name": command, "arguments": arguments}, deadline)
-        )
-    for first_try in (True, False):
-        session = await _current(client, deadline)
-        sequence, floor = await _take(client, session, deadline)
-        body = session_body(command, arguments, session, sequence, floor)
-        try:
-            answer = await _attempts(client, body, deadline, retry=True)
-        finally:
-            client._answered(session, sequence)
-        if client._again(answer, session, first_try):
-            continue
-        return raise_for(answer)
-    raise AssertionError("unreachable")
-
-
-async def client_read_index(client: Client) -> int:
-    """``client.read_index()``, awaited (``Client.aread_index``)."""
-    deadline = time.monotonic() + client._seconds()
-    answer = await _attempts(client, READ_INDEX_BODY, deadline, True, local_first=True)
-    return int(raise_for(answer))
+    return await default_client().ado(command, **arguments)
 
 
 async def aread_index(timeout: float | None = None) -> int:
@@ -313,17 +259,18 @@ class AsyncWatch(watch.Cursor):
 
     async def _open(self, address: str) -> None:
         path = self._path(address)
-        headers = {"Accept": "text/event-stream", **_signer().headers("GET", path, ANY_NODE, b"")}
+        signature = asend.signer().headers("GET", path, ANY_NODE, b"")
+        headers = {"Accept": "text/event-stream", **signature}
         try:
-            reader, writer = await connect(address)
+            reader, writer = await asend.connect(address)
         except Unsent as error:
             raise watch.Lost(str(error)) from error
         self._connection = reader, writer
         self._parser = watch.EventParser()
         try:
-            writer.write(request_bytes("GET", address, path, headers))
+            writer.write(asend.request_bytes("GET", address, path, headers))
             status, head = await asyncio.wait_for(
-                read_head(reader), watch.CONNECT_TIMEOUT + watch.SILENCE
+                asend.read_head(reader), watch.CONNECT_TIMEOUT + watch.SILENCE
             )
             if status == 200 and "chunked" in head.get("transfer-encoding", "").lower():
                 self._heard = time.monotonic()
@@ -386,222 +333,3 @@ def awatch(
 
 
 # -- the client's waiting, awaited
-
-
-async def _current(client: Client, deadline: float) -> _Session:
-    """``Client._current`` awaited: the one opener holds the same lock as a thread
-    would (taken without waiting; others poll), so a process opens one session."""
-    while (session := client._mine()) is None:
-        if client._opening.acquire(blocking=False):
-            try:
-                if (session := client._mine()) is None:
-                    opened = await _attempts(client, client._open_session_body(), deadline, True)
-                    session = client._opened(str(raise_for(opened)))
-                return session
-            finally:
-                client._opening.release()
-        if _remaining(deadline) <= 0:
-            raise ClusterUnreachableError(NO_SESSION)
-        await asyncio.sleep(POLL)
-    return session
-
-
-async def _take(client: Client, session: _Session, deadline: float) -> tuple[int, int]:
-    """``Client._take`` awaited."""
-    while True:
-        with client._numbers:
-            taken = client._try_take(session)
-        if taken is not None:
-            return taken
-        if _remaining(deadline) <= 0:
-            raise OverloadedError(TOO_MANY)
-        await asyncio.sleep(POLL)
-
-
-async def _attempts(
-    client: Client,
-    body: dict[str, Any],
-    deadline: float,
-    retry: bool = False,
-    local_first: bool = False,
-) -> dict[str, Any]:
-    """``Client._attempts`` awaited: the same ``Attempts`` decide."""
-    attempts = Attempts(client, body, deadline, retry, local_first)
-    while (attempt := attempts.next()) is not None:
-        address, payload, seconds = attempt
-        node = local_node(address)
-        try:
-            if node is not None:  # a raftnode process: its node's submit blocks
-                answer = await asyncio.to_thread(node.submit, payload)
-            else:
-                answer = await send_command(address, payload, seconds)
-        except ClusterUnreachableError as error:
-            answer = attempts.unreachable(address, error)
-        pause = attempts.settle(address, answer)
-        if pause is None:
-            break
-        if pause:
-            await asyncio.sleep(pause)
-    if attempts.learn:
-        await _learn(client)
-    return attempts.answer()
-
-
-async def _learn(client: Client, timeout: float = 1.0) -> None:
-    """``Client.learn`` awaited."""
-    for address in client.addresses():
-        try:
-            value = raise_for(await post(address, "status", LEARN_BODY, timeout))
-        except RaftError:
-            continue
-        if client._learnt(value):
-            return
-
-
-# -- sending, awaited
-
-
-def _signer() -> Signer:
-    keys = derive_keys(raft_settings.SECRET, raft_settings.CLIENT_SECRET)
-    return Signer(keys.client, CLIENT, raft_settings.NODE_ID or "client")
-
-
-async def send_command(address: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """``send.send_command`` awaited, with the same errors: a write or a read index on
-    this process's command stream to the node (plain HTTP), anything else as a
-    request."""
-    if not address:
-        raise Unsent(NO_ADDRESS)
-    if not address.startswith("http:") or (body.get("read") and body.get("name") != READ_INDEX):
-        return await post(address, "command", body, timeout)
-    signer = _signer()
-    prefix = raft_settings.URL_PREFIX
-    streams = send._streams
-    found = streams.peek(address, signer, prefix)
-    if found is None and not streams.refusing(address, signer, prefix):
-        wait = max(min(timeout, command_stream.HANDSHAKE_TIMEOUT), 0.01)
-        try:  # a handshake: blocking, once per node while the stream lives
-            found = await asyncio.to_thread(streams.get, address, signer, prefix, wait)
-        except send.NotSentError as error:
-            raise send._unsent(address, error) from error
-    if found is None:
-        return await post(address, "command", body, timeout)
-    try:
-        return await found.acall(body, timeout)
-    except TypeError as error:  # raised by its encoding, before anything is sent
-        raise send._not_json(error) from error
-    except command_stream.Abandoned as error:
-        raise AnswerAbandoned(str(error)) from error
-    except command_stream.StreamBroken as error:
-        if not error.sent:
-            raise Unsent(str(error)) from error
-        raise ClusterUnreachableError(str(error)) from error
-
-
-async def post(address: str, route: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """``send.post`` awaited: a signed JSON POST to a node's client route on an asyncio
-    connection of its own; the same errors (``Unsent`` when it was certainly not sent)."""
-    if not address:
-        raise Unsent(NO_ADDRESS)
-    try:
-        data = json.dumps(body).encode()
-    except (TypeError, ValueError) as error:
-        raise send._not_json(error) from error
-    path = urlsplit(f"{address.rstrip('/')}/{raft_settings.URL_PREFIX}{route}").path
-    headers = _signer().headers("POST", path, ANY_NODE, data)
-    headers["Content-Type"] = "application/json"
-    reader, writer = await connect(address)
-    try:
-        writer.write(request_bytes("POST", address, path, headers, data))
-        status, _, content = await asyncio.wait_for(read_response(reader), timeout + 1.0)
-    except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError) as error:
-        raise ClusterUnreachableError(
-            f"{address} did not answer: {error or type(error).__name__}"
-        ) from error
-    finally:
-        writer.close()
-    try:
-        answer = json.loads(content)
-    except ValueError as error:
-        raise ClusterUnreachableError(f"{address}{path} answered {status} without JSON") from error
-    if not isinstance(answer, dict):
-        raise ClusterUnreachableError(f"{address}{path} answered {answer!r}")
-    return answer
-
-
-@functools.lru_cache(maxsize=8)
-def _tls(cert: str, key: str, ca: str) -> ssl.SSLContext:
-    return client_context(cert, key, ca)
-
-
-async def connect(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """An asyncio connection to a node (TLS for ``https``, with the ``TLS_*`` settings);
-    raise ``Unsent`` when it cannot be opened within ``send.CONNECT_TIMEOUT``."""
-    parts = urlsplit(address)
-    context = None
-    if parts.scheme == "https":
-        context = _tls(raft_settings.TLS_CERT, raft_settings.TLS_KEY, raft_settings.TLS_CA)
-    port = parts.port or (443 if context else 80)
-    try:
-        return await asyncio.wait_for(
-            asyncio.open_connection(parts.hostname or "", port, ssl=context, limit=1 << 20),
-            send.CONNECT_TIMEOUT,
-        )
-    except (OSError, TimeoutError) as error:
-        raise send._unsent(address, error) from error
-
-
-def request_bytes(
-    method: str, address: str, path: str, headers: dict[str, str], body: bytes = b""
-) -> bytes:
-    """An HTTP/1.1 request on a connection of its own: a POST asks the node to close
-    it after the answer; a GET (a watch) keeps it, as the node streams only then."""
-    host = urlsplit(address).netloc
-    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
-    if method == "POST":
-        lines.append("Connection: close")
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    if body or method == "POST":
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-
-async def read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
-    """An HTTP response's status and headers (names in lower case)."""
-    status_line = await reader.readuntil(b"\r\n")
-    parts = status_line.split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-        raise ValueError(f"not an HTTP answer: {status_line[:100]!r}")
-    headers: dict[str, str] = {}
-    while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(parts[1]), headers
-
-
-async def read_response(
-    reader: asyncio.StreamReader, limit: int = MAX_ANSWER
-) -> tuple[int, dict[str, str], bytes]:
-    """A whole HTTP response: status, headers, and a body of at most ``limit`` bytes."""
-    status, headers = await read_head(reader)
-    body = bytearray()
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
-            _grow(body, await reader.readexactly(size), limit)
-            await reader.readexactly(2)
-        await reader.readuntil(b"\r\n")
-    elif "content-length" in headers:
-        length = int(headers["content-length"])
-        if length > limit:
-            raise ValueError(f"answer of more than {limit} bytes")
-        body += await reader.readexactly(length)
-    else:
-        while chunk := await reader.read(1 << 16):
-            _grow(body, chunk, limit)
-    return status, headers, bytes(body)
-
-
-def _grow(body: bytearray, more: bytes, limit: int) -> None:
-    if len(body) + len(more) > limit:
-        raise ValueError(f"answer of more than {limit} bytes")
-    body += more

@@ -16,12 +16,14 @@ answer the client has not seen (``first_unanswered``), so the nodes forget the o
 below it; at most ``MAX_OUTSTANDING`` numbers are given out above it, and a thread that
 would pass that waits for the oldest outstanding command to be answered.
 
-The async client (``aio``: ``ado``, ``Client.ado``) drives the same decisions
-(``Attempts``, the session's numbers) and shares the session; only its waiting differs.
+``Client.ado`` and ``Client.aread_index`` are ``do`` and ``read_index`` for async code
+(``django_raft.client.aio``): the same decisions (``Attempts``, the session's numbers)
+and the same session; only the waiting differs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import threading
@@ -41,7 +43,7 @@ from ..exceptions import (
     NodeStoppedError,
     OverloadedError,
 )
-from ..protocol import local
+from ..protocol import asend, local
 from ..protocol.answers import LOST, failure, leaves_open, raise_for, settled
 from ..protocol.request import (
     MAX_OUTSTANDING,
@@ -62,6 +64,10 @@ def _remaining(deadline: float) -> float:
 ATTEMPT_TIMEOUT = 2.0
 """Seconds one attempt waits for a node before the client tries another."""
 RETRY_PAUSE = 0.05
+POLL = 0.005
+"""Seconds between two looks, in async code, at a session being opened or at a free
+sequence number by another caller (both rare: the first command, and
+``MAX_OUTSTANDING`` outstanding)."""
 SUSPECT_FOR = 1.0
 """Seconds a member that did not answer is tried after the others."""
 _RETRYABLE = (
@@ -246,17 +252,31 @@ class Client:
         return int(raise_for(self._attempts(READ_INDEX_BODY, deadline, True, local_first=True)))
 
     async def ado(self, command: str, /, **arguments: Any) -> Any:
-        """``do()`` for async code: awaits the answer without blocking the event loop
-        (``django_raft.client.aio``); same session, retries and errors."""
-        from .aio import client_do
-
-        return await client_do(self, command, arguments)
+        """``do()`` for async code: the same session, retries and errors, awaited without
+        blocking the event loop (``django_raft.client.aio``)."""
+        check_name(command)
+        deadline = time.monotonic() + self._seconds()
+        if not self.session:
+            body = {"name": command, "arguments": arguments}
+            return raise_for(await self._aattempts(body, deadline))
+        for first_try in (True, False):
+            session = await self._acurrent(deadline)
+            sequence, floor = await self._atake(session, deadline)
+            body = session_body(command, arguments, session, sequence, floor)
+            try:
+                answer = await self._aattempts(body, deadline, retry=True)
+            finally:
+                self._answered(session, sequence)
+            if self._again(answer, session, first_try):
+                continue
+            return raise_for(answer)
+        raise AssertionError("unreachable")
 
     async def aread_index(self) -> int:
-        """``read_index()`` for async code (``django_raft.client.aio``)."""
-        from .aio import client_read_index
-
-        return await client_read_index(self)
+        """``read_index()`` for async code."""
+        deadline = time.monotonic() + self._seconds()
+        answer = await self._aattempts(READ_INDEX_BODY, deadline, True, local_first=True)
+        return int(raise_for(answer))
 
     # -- sessions
 
@@ -395,6 +415,76 @@ class Client:
         if attempts.learn:
             self.learn()
         return attempts.answer()
+
+    # -- the same, awaited (``ado``, ``aread_index``)
+
+    async def _acurrent(self, deadline: float) -> _Session:
+        """``_current`` awaited: the one opener holds the same lock as a thread would
+        (taken without waiting; others poll), so a process opens one session."""
+        while (session := self._mine()) is None:
+            if self._opening.acquire(blocking=False):
+                try:
+                    if (session := self._mine()) is None:
+                        body = self._open_session_body()
+                        opened = await self._aattempts(body, deadline, True)
+                        session = self._opened(str(raise_for(opened)))
+                    return session
+                finally:
+                    self._opening.release()
+            if _remaining(deadline) <= 0:
+                raise ClusterUnreachableError(NO_SESSION)
+            await asyncio.sleep(POLL)
+        return session
+
+    async def _atake(self, session: _Session, deadline: float) -> tuple[int, int]:
+        """``_take`` awaited."""
+        while True:
+            with self._numbers:
+                taken = self._try_take(session)
+            if taken is not None:
+                return taken
+            if _remaining(deadline) <= 0:
+                raise OverloadedError(TOO_MANY)
+            await asyncio.sleep(POLL)
+
+    async def _aattempts(
+        self,
+        body: dict[str, Any],
+        deadline: float,
+        retry: bool = False,
+        local_first: bool = False,
+    ) -> dict[str, Any]:
+        """``_attempts`` awaited: the same ``Attempts`` decide; no thread per call (in a
+        ``raftnode`` process, its node's blocking ``submit`` runs in one)."""
+        attempts = Attempts(self, body, deadline, retry, local_first)
+        while (attempt := attempts.next()) is not None:
+            address, payload, seconds = attempt
+            node = local_node(address)
+            try:
+                if node is not None:
+                    answer = await asyncio.to_thread(node.submit, payload)
+                else:
+                    answer = await asend.send_command(address, payload, seconds)
+            except ClusterUnreachableError as error:
+                answer = attempts.unreachable(address, error)
+            pause = attempts.settle(address, answer)
+            if pause is None:
+                break
+            if pause:
+                await asyncio.sleep(pause)
+        if attempts.learn:
+            await self._alearn()
+        return attempts.answer()
+
+    async def _alearn(self, timeout: float = 1.0) -> None:
+        """``learn`` awaited."""
+        for address in self.addresses():
+            try:
+                value = raise_for(await asend.post(address, "status", LEARN_BODY, timeout))
+            except RaftError:
+                continue
+            if self._learnt(value):
+                return
 
     def addresses(self) -> list[str]:
         """Every member address known: ``ADDRESS`` first, then ``CLUSTER``, then learnt."""

@@ -31,7 +31,7 @@ from django_raft.exceptions import (
     StaleReadError,
 )
 from django_raft.models import SINGLETON, AppliedState
-from django_raft.protocol import send
+from django_raft.protocol import asend, send
 from tests.integration.cluster import SECRET, Cluster, Node, free_port, wait_for
 
 pytestmark = [pytest.mark.integration]
@@ -145,10 +145,10 @@ def test_ado_to_no_node_says_nothing_was_applied(node: Node) -> None:
 
 def test_a_request_on_asyncio_streams_answers_as_the_blocking_one(node: Node) -> None:
     """What goes as a request (https nodes, read-only commands, the members)."""
-    mine = run(aio.post(node.address, "status", {"addresses": True}, 2.0))
+    mine = run(asend.post(node.address, "status", {"addresses": True}, 2.0))
     theirs = send.post(node.address, "status", {"addresses": True}, 2.0)
     assert mine["ok"] and mine["value"]["addresses"] == theirs["value"]["addresses"]
-    refused = run(aio.post(node.address, "command", {"name": 3}, 2.0))
+    refused = run(asend.post(node.address, "command", {"name": 3}, 2.0))
     assert refused == send.post(node.address, "command", {"name": 3}, 2.0)
     assert refused["error_type"] == "InvalidRequestError"
 
@@ -305,7 +305,7 @@ def test_a_stream_call_awaited_past_its_timeout_may_have_applied(node: Node) -> 
     """On a paused node: the awaited call ends at its timeout with the answer that says
     the command may still be applied, and a cancelled one is no longer awaited."""
     run(django_raft.ado("kv.incr", key="s"))  # the stream is open
-    signer = aio._signer()
+    signer = asend.signer()
     stream = send._streams.peek(node.address, signer, raft_settings.URL_PREFIX)
     assert stream is not None
     body = {"name": "kv.incr", "arguments": {"key": "s"}, "timeout": 5}
