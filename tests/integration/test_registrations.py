@@ -26,10 +26,10 @@ from .cluster import ROOT, Cluster, Node, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TTL = 2.0
-BOUND = 0.5
+BOUND = 1.0
 """Seconds past the TTL within which a dead owner's key is gone everywhere: at most 0.25 s
-between two clock entries, one commit and the apply on every node, with room for a
-loaded machine."""
+between two clock entries, one commit and the apply on every node (about 0.3 s at most
+on a quiet machine), with room for two cores busy with other tests' nodes."""
 
 OWNER = """
 import os, sys
