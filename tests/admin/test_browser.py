@@ -157,12 +157,16 @@ def series(page: Page, chart: str, name: str) -> dict[str, float] | None:
     return found
 
 
-def wait_series(page: Page, chart: str, name: str, points: int, above: float = 0.0) -> None:
-    """Wait until a chart's line has ``points`` points or more, one of them over ``above``."""
+def wait_series(
+    page: Page, chart: str, name: str, points: int, above: float = 0.0, timeout: float = 15_000
+) -> None:
+    """Wait until a chart's line has ``points`` points or more, one of them over ``above``
+    (``timeout`` in ms)."""
     page.wait_for_function(
         f"""(args) => {{ const s = ({SERIES})(args);
             return s !== null && s.points >= {points} && s.max > {above}; }}""",
         arg=[chart, name],
+        timeout=timeout,
     )
 
 
@@ -244,7 +248,7 @@ def test_operate_the_cluster_from_a_browser(site: tuple[Cluster, Web], page: Pag
     # The new leader's history: the lag of every member, as it sees their match index.
     choose_history(p, target)
     for member in ("n1", "n2", "n3", "n4"):
-        wait_series(p, "lag", f"lag:{member}", points=1, above=-1)
+        wait_series(p, "lag", f"lag:{member}", points=1, above=-1, timeout=45_000)
     expect(p.locator("#raft-legend-lag .raft-legend-item")).to_have_count(4)
     wait_series(p, "commit", "commit_rate", points=3)
     save(p, "dashboard")

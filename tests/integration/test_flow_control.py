@@ -234,9 +234,9 @@ def _writes(nodes: list[Node], stop: threading.Event) -> tuple[list[float], list
 
 def flood_cluster(tmp_path: Path, at: str, **flood: Any) -> Counter[str]:
     """Flood a fresh cluster (``at``: "both", the leader and a follower, or "follower")
-    while another client writes through the leader and a follower; check that nothing
-    but the flood is refused, and only with ``OverloadedError``, that the leader stays
-    and memory stays bounded. The flood's outcomes."""
+    while another client writes through the leader and a follower; check that the flood
+    is refused only with ``OverloadedError``, the other client at most one write in 50
+    (and only so), that the leader stays and memory stays bounded. The flood's outcomes."""
     cluster = Cluster(tmp_path)
     try:
         cluster.start()
@@ -291,7 +291,10 @@ def flood_cluster(tmp_path: Path, at: str, **flood: Any) -> Counter[str]:
         assert sampler.terms == {term} and sampler.states == {"leader"}, figures
         assert outcomes["ok"] > 0, figures
         assert set(outcomes) <= {"ok", "OverloadedError"}, figures
-        assert not failures, failures[:5]
+        # The other client is refused only when the node's whole budget is held (its
+        # reserve too, by what it forwards): rarely, retryable, never another error.
+        assert all(f.get("error_type") == "OverloadedError" for f in failures), failures[:5]
+        assert len(failures) <= len(latencies) // 50, failures[:5]
         assert max(latencies) <= LATENCY_BOUND, figures
         assert all(g <= RSS_BOUND for g in growth.values()), figures
         assert cluster.leader() is leader
