@@ -227,7 +227,9 @@ def test_made_up_senders_start_no_threads(cluster: Cluster) -> None:
         )
         assert rpc(follower, "requestVote", encode_message(vote), ghost).status_code == 200
     time.sleep(0.5)
-    assert threads_of(follower) <= before + 2
+    # A thread per made-up sender would be 50 more; a loaded machine's request threads
+    # and the node's own may add a few meanwhile.
+    assert threads_of(follower) <= before + 5
     assert cluster.leader().status()["term"] >= term
 
 
