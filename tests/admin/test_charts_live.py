@@ -91,7 +91,15 @@ def test_the_dashboard_passes_on_the_chosen_nodes_new_samples(web: Cluster, view
     client = logged_in(viewer)
     leader = web.leader().node_id
     url = reverse("admin:django_raft_dashboard_data")
-    data = client.get(url, {"node": leader, "since": "0"}).json()
+
+    def led() -> Any:
+        """The history once its last sample was taken as leader (the node may have been
+        sampled before its election)."""
+        found = client.get(url, {"node": leader, "since": "0"}).json()
+        samples = found["history"]["samples"]
+        return found if samples and samples[-1]["state"] == "leader" else None
+
+    data = wait_for(led, 15, "a sample taken by the leader as leader")
     history = data["history"]
     assert history["node"] == leader and history["error"] == ""
     assert history["nodes"] == ["n1", "n2", "n3"]
