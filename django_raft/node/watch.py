@@ -176,10 +176,8 @@ def advanced(alias: str, index: int) -> None:
 
 def reporting(machine: Any, report: Callable[[Any], None]) -> Callable[[Any], None]:
     """``report`` (the applier's, taking an ``Applied``) that also wakes the watches of
-    ``machine``'s database (none for a machine that has no ``alias``)."""
-    alias = getattr(machine, "alias", None)
-    if alias is None:
-        return report
+    ``machine``'s database."""
+    alias = machine.alias
 
     def inner(applied: Any) -> None:
         report(applied)

@@ -21,6 +21,8 @@ class RecordingMachine:
     """Records what it is asked to apply; the first run waits for ``release``."""
 
     node_id = "n1"
+    alias = "recording"
+    """No database: the watches of this alias are woken, and there are none."""
 
     def __init__(self) -> None:
         self.calls: list[Any] = []
