@@ -38,6 +38,7 @@ from ..exceptions import (
 from ..protocol.answers import LOST, failure, settled
 from ..protocol.command_stream import TIMED_OUT
 from ..protocol.request import (
+    CLOCK,
     READ_INDEX,
     TIMEOUT_RULE,
     command_fields,
@@ -421,6 +422,8 @@ def proposal(request: Request) -> bytes | dict[str, Any]:
     """The log entry's data for a command, or the failure that refuses it (an unknown
     command, bad arguments, too large)."""
     name, arguments = request.name, request.arguments
+    if name == CLOCK:
+        return failure(InvalidRequestError, f"{CLOCK} is proposed by the leader alone")
     builtin = commands.is_builtin(name)
     tracked = bool(request.client_id) or builtin
     try:

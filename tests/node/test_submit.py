@@ -12,7 +12,7 @@ import pytest
 from django_raft.client import Client
 from django_raft.node import submit
 from django_raft.protocol.command_stream import CommandStream
-from django_raft.protocol.request import READ_INDEX, TIMEOUT_RULE
+from django_raft.protocol.request import CLOCK, READ_INDEX, TIMEOUT_RULE
 from tests.node.test_node import Running, client
 from tests.protocol.test_command_stream import client_signer
 
@@ -83,7 +83,9 @@ def test_every_door_gives_the_same_answers(running: Running, parses: Parses, ent
     assert read["ok"] and read["value"] >= 1 and "leader" not in read
     written = send(running, kv_set("b", "2"))
     assert written["ok"] and written["leader"] == running.node.node_id
-    assert len(parses) == 5
+    clock = send(running, {"name": CLOCK, "arguments": {}})
+    assert clock["error_type"] == "InvalidRequestError" and "leader alone" in clock["error"]
+    assert len(parses) == 6
 
 
 def test_the_client_in_the_node_s_process_hands_commands_to_it(
