@@ -432,8 +432,10 @@ def test_command_streams_beyond_the_bound_are_closed_at_once(
     running: Running, hand_made: list[HandMade], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(node_server, "MAX_COMMAND_STREAMS", 2)
+    # Both kept stay busy (not idle) however slowly a loaded machine opens the third.
+    monkeypatch.setattr(node_server, "STREAM_IDLE", 60.0)
     kept = [HandMade(running), HandMade(running)]  # same sender: two streams all the same
-    refused = HandMade(running)  # both kept are busy (just opened): refused at once
+    refused = HandMade(running)  # both kept are busy: refused at once
     hand_made.extend(kept)
     assert refused.status == 503 and b"OverloadedError" in refused.answer
     refused.connection.close()
