@@ -7,6 +7,7 @@ sizes past the limit, silence.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -246,10 +247,18 @@ class FakePeer:
             threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
 
     def _serve(self, sock: socket.socket) -> None:
+        """Serves one stream until it ends; the test's teardown closing the socket ends it."""
+        with contextlib.suppress(OSError):
+            self._talk(sock)
+
+    def _talk(self, sock: socket.socket) -> None:
         source = sock.makefile("rb")
         head = b""
         while not head.endswith(b"\r\n\r\n"):
-            head += source.read(1)
+            byte = source.read(1)
+            if not byte:
+                return
+            head += byte
         fields = dict(
             line.split(": ", 1) for line in head.decode().split("\r\n")[1:] if ": " in line
         )
@@ -270,14 +279,11 @@ class FakePeer:
             return
         key = stream_key(NODE_KEY, fields[NONCE_HEADER], "n1", "n2", lane)
         reader = FrameReader(source, key)
-        try:
-            while (payload := reader.read()) is not None:
-                if payload:
-                    with self.changed:
-                        self.received.append((lane, unframe(payload)))
-                        self.changed.notify_all()
-        except OSError:
-            return
+        while (payload := reader.read()) is not None:
+            if payload:
+                with self.changed:
+                    self.received.append((lane, unframe(payload)))
+                    self.changed.notify_all()
 
     def kinds(self, lane: str) -> list[MessageType]:
         with self.changed:
