@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from django.db.models import Count, F, Min, Q
 
@@ -43,8 +43,21 @@ from ..protocol.request import (
 )
 from .outcome import Outcome
 
-if TYPE_CHECKING:
-    from .sessions import BuiltinContext
+
+class BuiltinContext(Protocol):
+    """What these handlers read of their entry (``sessions.BuiltinContext`` is one; the
+    sessions call this module's ``dump``, ``load``, ``publish`` and ``sweep``, so it is
+    named here by its shape, not imported)."""
+
+    @property
+    def using(self) -> str: ...
+
+    @property
+    def now(self) -> int: ...
+
+    index: int
+    client_id: str
+
 
 __all__ = ["Summary", "dump", "load", "log_time", "publish", "refresh", "summary", "sweep"]
 
