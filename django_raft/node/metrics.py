@@ -39,7 +39,8 @@ has_leader = Gauge(
 )
 streams_open = Gauge(
     "django_raft_network_streams_open",
-    "Streams this node serves: from its peers (kind=peer), from clients (kind=command).",
+    "Streams this node serves: from its peers (kind=peer), from clients (kind=command), "
+    "watches (kind=watch).",
     ["kind"],
     registry=REGISTRY,
 )

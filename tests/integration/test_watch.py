@@ -1,12 +1,13 @@
 """Watches against three real raftnode processes: exactly once across a leader kill,
-compaction, filters, bad requests, the bound on watches, a watcher that never reads,
-the cache helper and the recipes of docs/recipes.md.
+compaction, filters, bad requests, the bounds on watches (the node's and each client's
+share), a watcher that never reads, the cache helper and the recipes of docs/recipes.md.
 
 The failover test prints its figures (acknowledged, applied, delivered) with ``-s``.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import statistics
@@ -26,7 +27,7 @@ import django_raft
 from django_raft.client import Client
 from django_raft.contrib.cache import invalidate_on_change, invalidator
 from django_raft.exceptions import RaftError, WatchCompactedError
-from django_raft.node.http.watches import MAX_WATCHES
+from django_raft.node.http.watches import MAX_WATCHES, MAX_WATCHES_PER_CLIENT
 from django_raft.protocol.auth import ANY_NODE, CLIENT, Signer, derive_keys
 from tests.recipes import recipe
 
@@ -64,21 +65,24 @@ def watch_url(node: Node, **parameters: Any) -> str:
     return f"{node.address}/raft/watch" + ("?" + urlencode(parameters) if parameters else "")
 
 
-def signed_get(url: str, secret: str = SECRET) -> dict[str, str]:
+def signed_get(url: str, secret: str = SECRET, sender: str = "test") -> dict[str, str]:
     parts = urlsplit(url)
     path = parts.path + ("?" + parts.query if parts.query else "")
-    signer = Signer(derive_keys(secret).client, CLIENT, "test")
+    signer = Signer(derive_keys(secret).client, CLIENT, sender)
     return signer.headers("GET", path, ANY_NODE, b"")
 
 
-def open_raw(node: Node, **parameters: Any) -> tuple[socket.socket, bytes]:
-    """A watch request on a socket of its own: the socket, and the answer's first bytes."""
+def open_raw(
+    node: Node, *, sender: str = "test", http: str = "1.1", **parameters: Any
+) -> tuple[socket.socket, bytes]:
+    """A watch request of ``sender`` on a socket of its own: the socket, and the answer's
+    first bytes."""
     url = watch_url(node, **parameters)
     parts = urlsplit(url)
     path = parts.path + ("?" + parts.query if parts.query else "")
     sock = socket.create_connection(("127.0.0.1", node.port), timeout=5)
-    head = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{node.port}"]
-    head += [f"{k}: {v}" for k, v in signed_get(url).items()]
+    head = [f"GET {path} HTTP/{http}", f"Host: 127.0.0.1:{node.port}"]
+    head += [f"{k}: {v}" for k, v in signed_get(url, sender=sender).items()]
     sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
     return sock, sock.recv(4096)
 
@@ -187,29 +191,109 @@ def test_bad_requests_are_refused_and_change_nothing(cluster: Cluster) -> None:
     assert node.status()["applied"] == applied
 
 
+def refused_watch(node: Node, sender: str) -> str:
+    """The message of the 503 (``OverloadedError``) that refuses a watch of ``sender``."""
+    url = watch_url(node)
+    headers = signed_get(url, sender=sender)
+    with requests.get(url, headers=headers, timeout=5, stream=True) as refused:
+        assert refused.status_code == 503  # a stream, were it accepted, would never end
+        assert refused.json()["error_type"] == "OverloadedError"
+        return str(refused.json()["error"])
+
+
 def test_the_watches_past_the_bound_are_refused(cluster: Cluster) -> None:
     node = cluster.founders[2]
-    opened = []
+    before = open_watches(node)
+    opened: list[socket.socket] = []
     try:
-        for _ in range(MAX_WATCHES):
-            sock, head = open_raw(node)
+        for number in range(MAX_WATCHES - before):  # from as many clients as shares take
+            sock, head = open_raw(node, sender=f"test-{number // MAX_WATCHES_PER_CLIENT}")
             opened.append(sock)
             assert head.startswith(b"HTTP/1.1 200"), head
-        url = watch_url(node)
-        refused = requests.get(url, headers=signed_get(url), timeout=5)
-        assert refused.status_code == 503
-        assert refused.json()["error_type"] == "OverloadedError"
+        assert f"serves {MAX_WATCHES} watches" in refused_watch(node, "another")
         assert node.do("kv.set", key="bound", value="1")["ok"]  # commands go on
+        assert open_watches(node) == MAX_WATCHES
     finally:
-        for sock in opened:
+        close_all(node, opened, before)
+
+
+def open_watches(node: Node) -> int:
+    """The watches ``node`` serves, as its metrics say."""
+    text = requests.get(f"{node.address}/raft/metrics", timeout=10).text
+    found = re.search(r'django_raft_network_streams_open\{kind="watch"\} (\S+)', text)
+    assert found is not None
+    return int(float(found.group(1)))
+
+
+def close_all(node: Node, opened: list[socket.socket], before: int) -> None:
+    """Close the watches ``opened`` and wait until the node has freed their slots."""
+    for sock in opened:
+        sock.close()
+    wait_for(lambda: open_watches(node) <= before, 15, "the closed watches' slots to be free")
+
+
+def open_until_refused(node: Node, sender: str, opened: list[socket.socket]) -> bytes:
+    """Watches of ``sender`` opened (into ``opened``) until one is refused: its answer."""
+    for _ in range(MAX_WATCHES + 1):
+        sock, head = open_raw(node, sender=sender)
+        if not head.startswith(b"HTTP/1.1 200"):
             sock.close()
+            return head
+        opened.append(sock)
+    raise AssertionError(f"more than {MAX_WATCHES} watches were accepted")
 
-    def room() -> bool:
-        url = watch_url(node)
-        with requests.get(url, headers=signed_get(url), timeout=5, stream=True) as answer:
-            return answer.status_code == 200
 
-    wait_for(room, 10, "the slots of the closed watches to be free")
+def test_a_client_past_its_share_is_refused_while_another_is_served(cluster: Cluster) -> None:
+    """One client takes every slot but the last share's worth, which another still gets
+    (without the share, the first would fill the node)."""
+    node = cluster.founders[2]
+    before = open_watches(node)
+    opened: list[socket.socket] = []
+    try:
+        head = open_until_refused(node, "greedy", opened)
+        assert head.startswith(b"HTTP/1.1 503"), head
+        assert "past its share" in refused_watch(node, "greedy")
+        assert MAX_WATCHES_PER_CLIENT <= len(opened) <= MAX_WATCHES - MAX_WATCHES_PER_CLIENT
+        assert open_watches(node) == before + len(opened)
+        sock, head = open_raw(node, sender="modest")  # the same host, another name
+        opened.append(sock)
+        assert head.startswith(b"HTTP/1.1 200"), head
+    finally:
+        close_all(node, opened, before)
+
+
+def test_a_closed_watch_frees_its_clients_share(cluster: Cluster) -> None:
+    node = cluster.founders[2]
+    before = open_watches(node)
+    opened: list[socket.socket] = []
+
+    def accepted(http: str = "1.1") -> bool:
+        sock, head = open_raw(node, sender="leaving", http=http)
+        ok = head.split(b"\r\n")[0].endswith(b" 200 OK")
+        if ok and http == "1.1":
+            opened.append(sock)
+            return True
+        with sock:
+            # HTTP/1.0 gets no stream: the node frees the slot, then closes the connection.
+            while http == "1.0" and sock.recv(4096):
+                pass
+        return ok
+
+    try:
+        while accepted():
+            assert len(opened) <= MAX_WATCHES - MAX_WATCHES_PER_CLIENT
+        assert "past its share" in refused_watch(node, "leaving")
+        opened.pop().close()
+        wait_for(accepted, 10, "the slot of the closed watch to be free")
+        assert "past its share" in refused_watch(node, "leaving")  # one came back, no more
+        opened.pop().close()
+        wait_for(lambda: accepted("1.0"), 10, "the slot of the closed watch to be free")
+        for _ in range(3):  # each HTTP/1.0 watch gave its slot back before closing
+            assert accepted("1.0")
+        assert accepted()
+        assert "past its share" in refused_watch(node, "leaving")
+    finally:
+        close_all(node, opened, before)
 
 
 def test_a_watcher_that_never_reads_slows_nothing_and_is_dropped(cluster: Cluster) -> None:

@@ -5,7 +5,8 @@ and ``model`` repeatable, every parameter optional) is signed like the client ro
 over the path with its query string and an empty body. It is checked in the request
 thread: a bad signature is a 403, a bad parameter a 400 (``InvalidRequestError``), an
 ``after`` older than the log's start a 410 (``WatchCompactedError``, with ``first_index`` and
-``applied_index``), no room a 503 (``OverloadedError``, ``MAX_WATCHES`` at once). An
+``applied_index``), no room a 503 (``OverloadedError``: ``MAX_WATCHES`` at once, and
+``MAX_WATCHES_PER_CLIENT`` of one client, its signed name and host). An
 accepted watch answers ``200 text/event-stream`` (chunked) and leaves cheroot's request
 threads: its own thread writes the events, read from the database (``node.watch``), as
 the applier reaches them:
@@ -51,12 +52,13 @@ from ...protocol.answers import failure
 from ...protocol.auth import CLIENT, NODE
 from ...protocol.connection import shut
 from ...protocol.wire import MAX_VALUE
-from .. import watch
+from .. import metrics, watch
 from ..runner import RaftNode
 from . import views
 
 __all__ = [
     "MAX_WATCHES",
+    "MAX_WATCHES_PER_CLIENT",
     "PATH",
     "PROGRESS_INTERVAL",
     "SEND_TIMEOUT",
@@ -72,6 +74,13 @@ logger = logging.getLogger(__name__)
 PATH = "watch"
 MAX_WATCHES = 64
 """Watches a node serves at once (each a thread and a database connection or two)."""
+MAX_WATCHES_PER_CLIENT = 16
+"""A client's share (a client: its signed name and host, as for command streams): beyond
+it, a client gets a new watch only while more than this many slots are free. The last
+ones are kept for the others, so one client (a web server leaking its watches, say)
+cannot take every slot, while a node serving mostly its own server's processes (one
+host: one client) still gives them ``MAX_WATCHES`` minus a share. Watches live long, so
+none is closed to make room: a new one is refused."""
 PROGRESS_INTERVAL = 1.0
 """Seconds a watch may go without a line: a progress line follows when nothing matched."""
 SEND_TIMEOUT = 10.0
@@ -90,6 +99,8 @@ class Accepted:
     """A watch whose request was answered 200: its thread serves it next."""
 
     sender: str
+    client: tuple[str, str]
+    """Its sender and host: the share its slot is taken from."""
     after: int
     wanted: watch.Filter
     state_alias: str
@@ -97,23 +108,43 @@ class Accepted:
 
 
 class _Slots:
-    """The watches open: at most ``MAX_WATCHES``, all closed when the server stops."""
+    """The watches open: at most ``MAX_WATCHES``, and past a client's share
+    (``MAX_WATCHES_PER_CLIENT``) only while more than a share is free; all closed when
+    the server stops."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._taken = 0
+        self._held: dict[tuple[str, str], int] = {}
         self._open: set[socket.socket] = set()
+        metrics.streams_open.labels("watch").set(0)
 
-    def take(self) -> bool:
+    def take(self, client: tuple[str, str]) -> str | None:
+        """Take a slot for a watch of ``client``: None, or why there is none."""
         with self._lock:
-            if self._taken >= MAX_WATCHES:
-                return False
+            held = self._held.get(client, 0)
+            free = MAX_WATCHES - self._taken
+            if free <= 0:
+                return f"this node serves {MAX_WATCHES} watches already"
+            if held >= MAX_WATCHES_PER_CLIENT and free <= MAX_WATCHES_PER_CLIENT:
+                return (
+                    f"this client holds {held} watches, past its share "
+                    f"({MAX_WATCHES_PER_CLIENT}): the last {MAX_WATCHES_PER_CLIENT} of this "
+                    f"node's {MAX_WATCHES} are kept for other clients"
+                )
             self._taken += 1
-            return True
+            self._held[client] = held + 1
+            metrics.streams_open.labels("watch").set(self._taken)
+            return None
 
-    def release(self, sock: socket.socket | None = None) -> None:
+    def release(self, client: tuple[str, str], sock: socket.socket | None = None) -> None:
+        """Free a slot ``take`` gave ``client`` (once per slot)."""
         with self._lock:
             self._taken -= 1
+            metrics.streams_open.labels("watch").set(self._taken)
+            held = self._held.pop(client, 0) - 1
+            if held > 0:
+                self._held[client] = held
             self._open.discard(sock)  # type: ignore[arg-type]
 
     def opened(self, sock: socket.socket) -> None:
@@ -231,12 +262,12 @@ def _check(environ: dict[str, Any]) -> tuple[views.Answer, Accepted | None]:
         after = applied
     elif after < compacted:
         return _compacted(compacted + 1, applied, 410), None
-    if not slots.take():
-        return views.Answer.error(
-            503, f"this node serves {MAX_WATCHES} watches already", OverloadedError
-        ), None
+    client = (checked.sender, str(environ.get("REMOTE_ADDR", "")))
+    refused = slots.take(client)
+    if refused is not None:
+        return views.Answer.error(503, refused, OverloadedError), None
     return views.Answer(200, "text/event-stream", b""), Accepted(
-        checked.sender, after, wanted, state_alias, log_alias
+        checked.sender, client, after, wanted, state_alias, log_alias
     )
 
 
@@ -252,7 +283,7 @@ def start(conn: Any, accepted: Accepted, keep: bool) -> bool:
     """Serve an accepted watch on its own thread (``conn`` is cheroot's connection, whose
     answer's headers are sent); False: the request thread is done with the connection."""
     if not keep:  # the connection was to close (an HTTP/1.0 client): no stream
-        slots.release()
+        slots.release(accepted.client)
         return False
     thread = threading.Thread(
         target=_serve, args=(conn, accepted), name=f"raft-watch-{accepted.sender}", daemon=True
@@ -280,7 +311,7 @@ def _serve(conn: Any, accepted: Accepted) -> None:
         logger.exception("raft: the watch of %r failed", accepted.sender)
     finally:
         connections.close_all()
-        slots.release(sock)
+        slots.release(accepted.client, sock)
         conn.close()
 
 
