@@ -1,9 +1,10 @@
 """Three ``manage.py raftnode`` processes of the demo project for fault runs.
 
 Each node has its own SQLite file (durable, as by default) in a directory of its own
-(a FUSE mount for power cuts), runs in a process group of its own, and reaches its
-peers through the per-link proxies of ``tests.faults.proxy`` when there are any. Every
-process started here is killed by ``close()``.
+(a FUSE mount for power cuts), and runs in a process group of its own. When there are
+proxies (``tests.faults.proxy``), every node is known to the others, and to itself, by
+its proxy's address: it listens on its own port, and everything a node sends another
+goes through the other's proxy. Every process started here is killed by ``close()``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -22,7 +24,6 @@ from typing import Any
 
 import requests
 
-from django_raft.core import ConfChange, EntryType
 from tests.faults.proxy import Network
 from tests.integration.cluster import ROOT, free_port
 from tests.signing import signed
@@ -30,6 +31,8 @@ from tests.signing import signed
 SECRET = "fault-suite-secret-" + "f" * 32
 START_TIMEOUT = 60.0
 """Seconds a (re)started node has to answer (2 busy cores; Django imports)."""
+INSTALLED = re.compile(r"snapshot at #\d+ installed")
+"""The line a node logs when it installed a snapshot from its leader."""
 
 
 def kill_group(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGKILL) -> None:
@@ -132,16 +135,16 @@ class Node:
             found[self.log_database.name] = migrated_database("raft_log")
         return found
 
-    def peers(self) -> str:
-        """This node's ``CLUSTER``: itself, and its peers through its proxies."""
+    @property
+    def reached_at(self) -> str:
+        """Where the nodes reach this one (its ``ADDRESS``): its proxy, when there are
+        proxies, else the address it listens on."""
         network = self.cluster.network
+        return self.address if network is None else network.address(self.node_id, self.node_id)
 
-        def reach(node: Node) -> str:
-            if node is self or network is None:
-                return node.address
-            return network.address(self.node_id, node.node_id)
-
-        return ",".join(f"{n.node_id}={reach(n)}" for n in self.cluster.nodes)
+    def peers(self) -> str:
+        """This node's ``CLUSTER``, the same for every node: where each is reached."""
+        return ",".join(f"{n.node_id}={n.reached_at}" for n in self.cluster.nodes)
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -151,7 +154,7 @@ class Node:
                 "DJANGO_SETTINGS_MODULE": "demo_project.settings",
                 "DJANGO_SQLITE_PATH": str(self.database),
                 "RAFT_NODE_ID": self.node_id,
-                "RAFT_ADDRESS": self.address,
+                "RAFT_ADDRESS": self.reached_at,
                 "RAFT_SECRET": SECRET,
                 "RAFT_CLUSTER": self.peers(),
                 **{f"RAFT_{k}": str(v) for k, v in self.cluster.settings.items()},
@@ -179,6 +182,7 @@ class Node:
                     sys.executable,
                     "manage.py",
                     "raftnode",
+                    f"--bind=127.0.0.1:{self.port}",
                     *(() if self.fresh else ("--bootstrap",)),
                 ],
                 cwd=ROOT,
@@ -231,25 +235,31 @@ class Node:
         return {str(k): str(v) for k, v in self.query("SELECT key, value FROM kv_keyvalue")}
 
     def log(self) -> list[tuple[Any, ...]]:
-        """Every log entry this node holds, membership addresses made canonical (each
-        node founds the cluster with its own proxies' addresses for its peers)."""
-        canonical = self.cluster.canonical_addresses()
-        entries = []
-        for index, term, kind, command, data in self.query(
-            'SELECT "index", term, type, command, data FROM django_raft_logentry ORDER BY "index"',
-            self.log_database,
-        ):
-            data = bytes(data)
-            if kind == EntryType.CONF_CHANGE.value:
-                change = ConfChange.decode(data)
-                context = canonical.get(change.context, change.context)
-                data = ConfChange(change.type, change.node_id, context).encode()
-            entries.append((index, term, kind, command, data))
-        return entries
+        """Every log entry this node holds (those not compacted away)."""
+        return [
+            (index, term, kind, command, bytes(data))
+            for index, term, kind, command, data in self.query(
+                'SELECT "index", term, type, command, data FROM django_raft_logentry '
+                'ORDER BY "index"',
+                self.log_database,
+            )
+        ]
+
+    def snapshot_index(self) -> int:
+        """The last index the snapshot this node stores covers (taken here or installed
+        from a leader); 0 when it has none."""
+        rows = self.query('SELECT "index" FROM django_raft_snapshot', self.log_database)
+        return int(rows[0][0]) if rows else 0
+
+    def installs(self) -> int:
+        """Snapshots this node installed from a leader, over all its starts (its log)."""
+        if not self.log_path.exists():
+            return 0
+        return len(INSTALLED.findall(self.log_path.read_text(errors="replace")))
 
 
 class FaultCluster:
-    """Nodes founded together on 127.0.0.1, behind per-link proxies when ``proxies``."""
+    """Nodes founded together on 127.0.0.1, each behind a proxy when ``proxies``."""
 
     def __init__(self, workdir: Path, size: int = 3, proxies: bool = True, **settings: Any) -> None:
         self.workdir = workdir
@@ -259,23 +269,9 @@ class FaultCluster:
         self.nodes = [Node(self, node_id, port) for node_id, port in ports.items()]
         self.retired: list[Node] = []
         """Members removed (``replace``), stopped but still killed by ``close``."""
-        if proxies:
-            # A snapshot carries the leader's stored membership, whose addresses are the
-            # leader's own proxies: a node that installed one would route around the
-            # links the nemesis cuts. Runs through proxies therefore never compact.
-            self.settings.setdefault("SNAPSHOT_THRESHOLD", 10_000_000)
 
     def node(self, node_id: str) -> Node:
         return next(n for n in self.nodes if n.node_id == node_id)
-
-    def canonical_addresses(self) -> dict[str, str]:
-        if self.network is None:
-            return {}
-        ports = self.network.ports
-        return {
-            link.address: f"http://127.0.0.1:{ports[target]}"
-            for (_, target), link in self.network.links.items()
-        }
 
     @property
     def spec(self) -> str:

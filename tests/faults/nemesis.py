@@ -1,4 +1,4 @@
-"""The nemesis of a fault run: seeded faults on real processes and per-link proxies.
+"""The nemesis of a fault run: seeded faults on real processes and the proxies' links.
 
 Each fault is applied, held for a while, then undone before the next begins:
 
@@ -13,8 +13,8 @@ Each fault is applied, held for a while, then undone before the next begins:
   time) and left running for 1-3 s, during which the others' term must not move (a
   removed node never disrupts); then stopped, and a new node (an id never used: a
   removed id never rejoins) added as a learner and promoted to voter once it caught
-  up. One change at a time, as the core requires. Through the proxies, the others reach
-  the new member through the leader's link to it (the address the change carries).
+  up. One change at a time, as the core requires. The change carries the address every
+  node reaches the new member at (its proxy's, when there are proxies).
 
 The schedule depends only on the seed and on what the cluster does (who leads).
 """
@@ -152,10 +152,7 @@ def replace_member(cluster: FaultCluster, victim: Node, held: float) -> tuple[in
     time.sleep(held)
     after = max(int((status_of(n.address) or {"term": 0})["term"]) for n in rest)
     new = cluster.replace(victim)
-    now_leading = cluster.node(leader_among(rest)["id"])
-    network = cluster.network
-    address = new.address if network is None else network.address(now_leading.node_id, new.node_id)
-    body = {"node_id": new.node_id, "address": address}
+    body = {"node_id": new.node_id, "address": new.reached_at}
     change(cluster, rest, {**body, "role": "learner"})
     target = int(leader_among(rest)["commit"])
     deadline = time.monotonic() + CHANGE_TIMEOUT

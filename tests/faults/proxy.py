@@ -1,9 +1,16 @@
-"""Per-link TCP proxies on 127.0.0.1: the network a fault run partitions and slows.
+"""A TCP proxy in front of each node on 127.0.0.1: the network a fault run partitions and slows.
 
-Each node reaches each peer through a proxy of its own (the peer's address in that
-node's ``CLUSTER`` is the proxy's), so the link ``a -> b`` carries exactly what node
-``a`` sends to node ``b``; the answers come back on ``b``'s own streams, through the
-proxy of ``b -> a``. Cutting one link is then a one-way partition.
+Every node reaches node ``b`` at ``b``'s proxy: it is ``b``'s address in every node's
+``CLUSTER`` and ``b``'s own ``ADDRESS``, so the membership stored in the log, and in a
+snapshot, is the same on every node. The proxy tells the senders apart: each
+connection a node opens to a peer (its streams, its round-trip probes, the commands
+it forwards) begins with a signed HTTP request whose ``X-Raft-Node`` header names the
+sending node. The proxy reads that request's head, and the connection then belongs to
+the link ``a -> b``, which carries exactly what node ``a`` sends to node ``b``; the
+answers come back on ``b``'s own streams, through ``a``'s proxy as the link ``b -> a``.
+Cutting one link is then a one-way partition. A connection from no other node (no
+such header, a name that is no node's, a node reaching itself) is forwarded as it is,
+never cut nor slowed.
 
 A cut link closes its open connections and then swallows what arrives on the new ones
 (accepted, read, never forwarded), like a network that drops packets rather than one
@@ -22,62 +29,79 @@ import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from django_raft.protocol.auth import NODE_HEADER
 from tests.integration.cluster import free_port
 
 T = TypeVar("T")
 
+HEAD_LIMIT = 64 * 1024
+"""Bytes of a connection's first request head read at most to find its sender."""
+HEAD_TIMEOUT = 10.0
+"""Seconds a new connection has to send its first request head."""
+CHUNK = 65536
+
+
+def sender_of(head: bytes) -> str | None:
+    """The ``X-Raft-Node`` header of an HTTP request head, or None."""
+    wanted = NODE_HEADER.lower().encode()
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == wanted:
+            return value.strip().decode("latin-1")
+    return None
+
 
 class Link:
-    """The proxy of one direction between two nodes."""
+    """One direction between two nodes: whether it is cut or slowed, and the
+    connections it carries (or swallows)."""
 
-    def __init__(self, source: str, target: str, target_port: int) -> None:
+    def __init__(self, source: str, target: str) -> None:
         self.source = source
         self.target = target
-        self.target_port = target_port
-        self.port = free_port()
         self.cut = False
         self.delay = 0.0
-        self.server: asyncio.AbstractServer | None = None
         self.connections: set[asyncio.StreamWriter] = set()
         self.bytes_forwarded = 0
 
-    @property
-    def address(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-        self._close_all()
-
-    def _close_all(self) -> None:
+    def close_all(self) -> None:
+        """Close every connection of this link, both ends (in the proxies' loop)."""
         for writer in list(self.connections):
             writer.close()
         self.connections.clear()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def carry(
+        self,
+        head: bytes,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        target_port: int,
+    ) -> None:
+        """Serve one connection whose first request head, ``head``, was read already."""
         self.connections.add(writer)
         try:
             if self.cut:
-                while await reader.read(65536):
+                while await reader.read(CHUNK):
                     pass  # swallowed
                 return
             try:
-                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
             except OSError:
                 return
             self.connections.add(up_writer)
-            await asyncio.gather(
-                self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
-            )
+            try:
+                await asyncio.gather(
+                    self._pump(reader, up_writer, head),
+                    self._pump(up_reader, writer),
+                    return_exceptions=True,
+                )
+            finally:
+                self.connections.discard(up_writer)
         finally:
             self.connections.discard(writer)
-            writer.close()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes = b""
+    ) -> None:
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
 
         async def deliver() -> None:
@@ -94,8 +118,10 @@ class Link:
 
         sender = asyncio.ensure_future(deliver())
         try:
+            if first:
+                await queue.put((time.monotonic() + self.delay, first))
             while True:
-                data = await reader.read(65536)
+                data = await reader.read(CHUNK)
                 await queue.put((time.monotonic() + self.delay, data))
                 if not data:
                     break
@@ -108,35 +134,87 @@ class Link:
                 writer.close()
 
 
+class Proxy:
+    """The proxy in front of one node, shared by every sender."""
+
+    def __init__(self, network: Network, target: str, target_port: int) -> None:
+        self.network = network
+        self.target = target
+        self.target_port = target_port
+        self.port = free_port()
+        self.direct = Link("", target)
+        """The connections from no other node: never cut nor slowed."""
+        self.server: asyncio.AbstractServer | None = None
+        self.unread: set[asyncio.StreamWriter] = set()
+        """Connections whose first request head is still awaited."""
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(
+            self._serve, "127.0.0.1", self.port, limit=HEAD_LIMIT
+        )
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in list(self.unread):
+            writer.close()
+        self.direct.close_all()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.unread.add(writer)
+        try:
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
+            except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
+                return  # closed, silent or no HTTP: nothing to forward
+            finally:
+                self.unread.discard(writer)
+            link = self.network.link(sender_of(head), self.target)
+            await link.carry(head, reader, writer, self.target_port)
+        finally:
+            writer.close()
+
+
 class Network:
-    """The proxies of every ordered pair of nodes, and the faults they inject."""
+    """A proxy in front of every node, the links between every ordered pair of nodes,
+    and the faults they inject."""
 
     def __init__(self, ports: dict[str, int]) -> None:
-        self.ports = dict(ports)
-        self.links: dict[tuple[str, str], Link] = {
-            (a, b): Link(a, b, port) for a in ports for b, port in ports.items() if a != b
-        }
+        self.ports: dict[str, int] = {}
+        self.proxies: dict[str, Proxy] = {}
+        self.links: dict[tuple[str, str], Link] = {}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="proxies", daemon=True)
         self.thread.start()
-        for link in self.links.values():
-            self._run(link.start())
+        for node_id, port in ports.items():
+            self.add(node_id, port)
 
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=10)
 
     def add(self, node_id: str, port: int) -> None:
-        """Links between a new node (listening on ``port``) and every node known."""
-        new = [Link(other, node_id, port) for other in self.ports]
-        new += [Link(node_id, other, their_port) for other, their_port in self.ports.items()]
+        """A proxy for a new node (listening on ``port``), and its links with every node
+        known."""
+        for other in self.ports:
+            self.links[(other, node_id)] = Link(other, node_id)
+            self.links[(node_id, other)] = Link(node_id, other)
         self.ports[node_id] = port
-        for link in new:
-            self.links[(link.source, link.target)] = link
-            self._run(link.start())
+        proxy = self.proxies[node_id] = Proxy(self, node_id, port)
+        self._run(proxy.start())
 
     def address(self, source: str, target: str) -> str:
-        """Where ``source`` reaches ``target``."""
-        return self.links[(source, target)].address
+        """Where ``source`` reaches ``target``: ``target``'s proxy, whatever the source."""
+        return self.proxies[target].address
+
+    def link(self, source: str | None, target: str) -> Link:
+        """The link a connection from ``source`` to ``target``'s proxy belongs to: the
+        proxy's direct one when ``source`` is no other node."""
+        found = self.links.get((source or "", target))
+        return found if found is not None else self.proxies[target].direct
 
     def _set(self, pairs: list[tuple[str, str]], cut: bool) -> None:
         def apply() -> None:
@@ -144,7 +222,7 @@ class Network:
                 link = self.links[pair]
                 if link.cut != cut:
                     link.cut = cut
-                    link._close_all()
+                    link.close_all()
 
         self.loop.call_soon_threadsafe(apply)
 
@@ -174,8 +252,20 @@ class Network:
         self.slow(0.0)
 
     def close(self) -> None:
-        for link in self.links.values():
-            with contextlib.suppress(Exception):
-                self._run(link.stop())
+        """Stop every proxy, close every connection, and end the loop's thread."""
+
+        async def stop() -> None:
+            for proxy in self.proxies.values():
+                await proxy.stop()
+            for link in self.links.values():
+                link.close_all()
+            # Connections still being served end here, not with the loop destroyed.
+            tasks = asyncio.all_tasks() - {asyncio.current_task()}
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            self._run(stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)

@@ -9,21 +9,22 @@
     scripts/faults --disk-faults enospc-write,eio-fsync  # full and failing disks
     (--clients N --threads N; --keep keeps the work directory; --json PATH)
 
-Three ``raftnode`` processes of the demo project on 127.0.0.1 (SQLite, durable) behind
-per-link proxies; client processes (``tests.faults.client``) write, read linearizably
-and increment while the nemesis (``tests.faults.nemesis``) kills, pauses, partitions
-and slows. Then everything is healed, the nodes converge, and:
+Three ``raftnode`` processes of the demo project on 127.0.0.1 (SQLite, durable), each
+behind a proxy that tells its senders apart; client processes (``tests.faults.client``)
+write, read linearizably and increment while the nemesis (``tests.faults.nemesis``)
+kills, pauses, partitions and slows. Then everything is healed, the nodes converge, and:
 
 - the history, with a final read of every key from the converged databases, is
   checked for linearizability (``tests.faults.checker``), key by key;
 - every counter holds at least its acknowledged increments and at most those plus
   the unknown ones (nothing acknowledged lost, nothing applied twice);
-- every node's replicated rows and log are identical.
+- every node's replicated rows are identical, and so are the log entries they hold.
 
-Runs through the proxies never compact their logs (a snapshot carries the leader's
-peer addresses, which are its own proxies'); runs of process faults alone snapshot
-every 500 entries. The seed fixes the faults, their durations and their choices; which
-node leads when one begins is up to the run.
+Every node snapshots its state and compacts its log every 500 entries, so a node cut
+off or restarted may be sent a snapshot; the report says how far each node's snapshot
+reaches and how many were installed. Runs of process faults alone go without proxies.
+The seed fixes the faults, their durations and their choices; which node leads when
+one begins is up to the run.
 
 A planted bug rides along: one client reads a node's database with no read index
 (``read(stale=True)``); its reads are checked with the others separately, and must be
@@ -57,6 +58,8 @@ from tests.faults.nemesis import FAULTS, PROCESS_FAULTS, inject
 
 CLIENT_GRACE = 15.0
 """Seconds the clients have to finish their operations once told to stop."""
+SNAPSHOT_THRESHOLD = 500
+"""Entries applied between two snapshots: several in a short run."""
 
 
 class ClientProcess:
@@ -144,6 +147,10 @@ class Report:
     errors: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     """Nodes that did not converge."""
+    snapshots: dict[str, int] = field(default_factory=dict)
+    """Per node at the end, the last index its stored snapshot covers (0: none)."""
+    installs: int = 0
+    """Snapshots installed from a leader, by every node that ran (retired ones too)."""
 
     @property
     def ok(self) -> bool:
@@ -169,6 +176,12 @@ class Report:
             + "; nodes: "
             + ("identical" if not self.differences else "; ".join(self.differences)),
         ]
+        if self.snapshots:
+            lines.append(
+                "  snapshots at "
+                + ", ".join(f"{n} #{i}" for n, i in sorted(self.snapshots.items()))
+                + f"; installed {self.installs}"
+            )
         cuts = [f for f in self.faults if "unsynced_bytes" in f]
         if cuts:
             lines.append(
@@ -285,6 +298,8 @@ def conclude(
     final_at = time.monotonic()
     final = cluster.leader().kv()
     report.differences = cluster.differences()
+    report.snapshots = {n.node_id: n.snapshot_index() for n in cluster.nodes}
+    report.installs = sum(n.installs() for n in cluster.nodes + cluster.retired)
     judge(report, processes, stale, final, final_at)
 
 
@@ -334,11 +349,8 @@ def run(
     """One fault run (its processes all killed before it returns)."""
     rng = random.Random(seed)
     report = Report(seed)
-    if set(faults) <= set(PROCESS_FAULTS):
-        # No proxies: snapshots can be taken, and a restarted node may need one.
-        cluster = FaultCluster(workdir, proxies=False, SNAPSHOT_THRESHOLD=500)
-    else:
-        cluster = FaultCluster(workdir)
+    proxies = not set(faults) <= set(PROCESS_FAULTS)
+    cluster = FaultCluster(workdir, proxies=proxies, SNAPSHOT_THRESHOLD=SNAPSHOT_THRESHOLD)
     processes: list[ClientProcess] = []
     stale: ClientProcess | None = None
     try:
