@@ -4,7 +4,8 @@ Each is its blocking twin (``do``, ``read``, ``lock``, ``watch``) with the waiti
 done by the event loop: the same client, the same one session per process, the same
 retries and the same errors, each saying truthfully whether the command may have been
 applied. The decisions are the blocking client's own (``client.Attempts``, the session's
-numbers, ``Lock``'s lease); only the sending and the waiting differ::
+numbers, ``Lock``'s lease, a watch's ``watch.Cursor``); only the sending and the waiting
+differ::
 
     async def publish(request):
         version = await django_raft.ado("kv.set", key="motd", value=request.POST["text"])
@@ -39,9 +40,8 @@ from asgiref.sync import sync_to_async
 from django.db.models import Model
 
 from ..conf import raft_settings
-from ..exceptions import ClusterUnreachableError, RaftError
+from ..exceptions import RaftError
 from ..protocol import asend
-from ..protocol.auth import ANY_NODE
 from ..protocol.request import LOCK_ACQUIRE, LOCK_RELEASE
 from ..protocol.send import Unsent
 from . import reads, watch
@@ -171,12 +171,14 @@ async def alock(
         await held.release()
 
 
-class AsyncWatch(watch.Cursor):
+class AsyncWatch:
     """``watch.Watch`` for async code: an async iterator of ``watch.Event`` (and an
     async context manager that closes it), read from the node's ``watch`` route on an
     asyncio connection. The same events, once each and in order across failovers
     (it resumes on another member after ``last_index``), and the same errors
-    (``WatchCompactedError``, ``InvalidRequestError``, ``ClusterUnreachableError``).
+    (``WatchCompactedError``, ``InvalidRequestError``, ``ClusterUnreachableError``):
+    the decisions are its ``watch.Cursor``'s (``cursor``), the blocking watch's own;
+    it does the asyncio I/O they ask for.
 
     It connects on ``async with`` (or its first iteration): "from now" (``after=None``)
     means from then. With ``timeout``, an iteration stops when no event came within it;
@@ -190,11 +192,14 @@ class AsyncWatch(watch.Cursor):
         timeout: float | None,
         client: Client,
     ) -> None:
-        super().__init__(after, parameters, timeout, client)
+        self.cursor = watch.Cursor(after, parameters, timeout, client)
         self._connection: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        self._parser = watch.EventParser()
-        self._heard = 0.0
         self._opened = False
+
+    @property
+    def last_index(self) -> int | None:
+        """The index the watch went through (None before anything was read)."""
+        return self.cursor.last_index
 
     def __aiter__(self) -> AsyncWatch:
         return self
@@ -211,101 +216,68 @@ class AsyncWatch(watch.Cursor):
         it within the client's timeout); what follows ``after`` (or now) is kept."""
         if not self._opened:
             self._opened = True
-            await self._connect(time.monotonic() + self._client._seconds(), first=True)
+            self.cursor.start(time.monotonic())
+            await self._run()
 
     def close(self) -> None:
         """Stop watching: the connection is closed; iterating ends."""
-        self._closed = True
+        self.cursor.close()
         self._drop()
 
     async def __anext__(self) -> watch.Event:
         await self.open()
-        deadline = self._deadline()
-        while not self._closed:
-            try:
-                if self._connection is None and not await self._connect(deadline):
-                    break
-                message = await self._next_message(deadline)
-            except watch.Lost:
-                self._lost()
-                continue
-            if message is None:
-                break
-            event = self._take(*message)
-            if event is not None:
-                return event
-        raise StopAsyncIteration
+        self.cursor.begin(time.monotonic())
+        event = await self._run()
+        if event is None:
+            raise StopAsyncIteration
+        return event
 
-    async def _connect(self, deadline: float | None, first: bool = False) -> bool:
-        """Open the watch on a member (the next after a failure) from ``last_index``;
-        False when ``deadline`` passed first. The first waits for the member's first
-        message, so that "from now" is from the opening."""
-        while not self._closed:
-            if deadline is not None and time.monotonic() >= deadline:
-                if first:
-                    raise ClusterUnreachableError("no member of the cluster could serve the watch")
-                return False
-            address = self._next_address()
-            try:
-                await self._open(address)
-                if first and (message := await self._next_message(deadline)) is not None:
-                    self._take(*message)
-                self._attempt = 0
-                return True
-            except watch.Lost:
-                self._lost()
-            await asyncio.sleep(watch.RETRY_PAUSE)
-        return False
+    async def _run(self) -> watch.Event | None:
+        """Do the cursor's steps until it gives an event (None: the iteration is over)."""
+        while True:
+            match self.cursor.step(time.monotonic()):
+                case watch.Event() as event:
+                    return event
+                case watch.Receive(seconds):
+                    await self._receive(seconds)
+                case watch.Connect(address, request):
+                    await self._connect(address, request)
+                case watch.Pause(seconds):
+                    await asyncio.sleep(seconds)
+                case watch.Drop():
+                    self._drop()
+                case None:
+                    return None
 
-    async def _open(self, address: str) -> None:
-        path = self._path(address)
-        signature = asend.signer().headers("GET", path, ANY_NODE, b"")
-        headers = {"Accept": "text/event-stream", **signature}
+    async def _connect(self, address: str, request: bytes) -> None:
+        self._drop()  # a connection left by an interrupted iteration
         try:
             reader, writer = await asend.connect(address)
         except Unsent as error:
-            raise watch.Lost(str(error)) from error
+            self.cursor.broke(str(error))
+            return
         self._connection = reader, writer
-        self._parser = watch.EventParser()
+        answer_timeout = watch.CONNECT_TIMEOUT + watch.SILENCE
         try:
-            writer.write(asend.request_bytes("GET", address, path, headers))
-            status, head = await asyncio.wait_for(
-                asend.read_head(reader), watch.CONNECT_TIMEOUT + watch.SILENCE
-            )
-            if status == 200 and "chunked" in head.get("transfer-encoding", "").lower():
-                self._heard = time.monotonic()
-                return
-            body = await asyncio.wait_for(
-                reader.read(watch.MAX_HEAD), watch.CONNECT_TIMEOUT + watch.SILENCE
-            )
+            writer.write(request)
+            status, head = await asyncio.wait_for(asend.read_head(reader), answer_timeout)
+            encoding = head.get("transfer-encoding", "")
+            if not self.cursor.answered(status, encoding, time.monotonic()):
+                body = await asyncio.wait_for(reader.read(watch.MAX_HEAD), answer_timeout)
+                self.cursor.refusal(body)
         except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError) as error:
-            raise watch.Lost(f"{address} did not answer the watch: {error}") from error
-        self._drop()
-        watch.refused(address, status, body)
+            self.cursor.broke(f"{address} did not answer the watch: {error}")
 
-    async def _next_message(self, deadline: float | None) -> tuple[str, str] | None:
-        """The next ``(event, data)``; None when ``deadline`` passed first."""
+    async def _receive(self, seconds: float) -> None:
         assert self._connection is not None
-        reader = self._connection[0]
-        while (message := self._parser.next()) is None:
-            wait = watch.SILENCE - (time.monotonic() - self._heard)
-            if deadline is not None:
-                if deadline <= time.monotonic():
-                    return None
-                wait = min(wait, deadline - time.monotonic())
-            if wait <= 0:
-                raise watch.Lost(f"the member sent nothing for {watch.SILENCE} s")
-            try:  # read() takes what is there or nothing: a timeout loses no byte
-                data = await asyncio.wait_for(reader.read(1 << 16), wait)
-            except TimeoutError:
-                continue
-            except OSError as error:
-                raise watch.Lost(f"the connection broke: {error}") from error
-            if not data:
-                raise watch.Lost("the member closed the watch")
-            self._heard = time.monotonic()
-            self._parser.feed(data)
-        return message
+        try:  # read() takes what is there or nothing: a timeout loses no byte
+            data = await asyncio.wait_for(self._connection[0].read(1 << 16), seconds)
+        except TimeoutError:
+            return
+        except OSError as error:
+            self.cursor.broke(f"the connection broke: {error}")
+            return
+        self.cursor.received(data, time.monotonic())
 
     def _drop(self) -> None:
         if self._connection is not None:

@@ -12,6 +12,11 @@ across failovers. Entries compacted away before they were read end it with
 
 The stream is read straight from the socket (its own small chunked and event parser),
 so a ``timeout`` that ends an iteration loses nothing: the next one goes on from there.
+
+Every decision (which member next, how long to pause, what an answer or a message
+means, where to resume, when to give up) is ``Cursor``'s, which does no I/O: ``Watch``
+reads with blocking sockets and the async client's ``AsyncWatch`` with asyncio, each
+doing only the steps the cursor gives.
 """
 
 from __future__ import annotations
@@ -24,23 +29,34 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeAlias
 from urllib.parse import urlencode, urlsplit
 
 from django.db.models import Model
 
 from ..conf import raft_settings
-from ..exceptions import ClusterUnreachableError, InvalidRequestError, WatchCompactedError
+from ..exceptions import (
+    ClusterUnreachableError,
+    InvalidRequestError,
+    RaftError,
+    WatchCompactedError,
+)
+from ..protocol import asend
 from ..protocol.answers import ERRORS
-from ..protocol.auth import ANY_NODE, CLIENT, Signer, derive_keys
+from ..protocol.auth import ANY_NODE
 from ..protocol.tls import client_context
 from .client import Client, default_client
 
 __all__ = [
+    "Connect",
     "Cursor",
+    "Drop",
     "Event",
     "EventParser",
     "Lost",
+    "Pause",
+    "Receive",
+    "Step",
     "Watch",
     "refused",
     "watch",
@@ -97,7 +113,7 @@ class Lost(Exception):
 
 class EventParser:
     """Server-sent events out of a chunked HTTP body, fed as bytes arrive (no I/O: the
-    blocking and the async watches read their sockets their own way)."""
+    ``Cursor`` feeds it what the blocking or the async watch read)."""
 
     def __init__(self, buffered: bytes = b"") -> None:
         self._raw = bytearray()
@@ -155,40 +171,37 @@ class EventParser:
         return kind, "\n".join(lines)
 
 
-class _Stream:
-    """One member's watch answer over a raw socket: the chunked body's events."""
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Connect to ``address``, send ``request`` and give the answer's head to
+    ``Cursor.answered`` (and, when it is not the stream, its body to ``Cursor.refusal``)."""
 
-    def __init__(self, sock: socket.socket, buffered: bytes) -> None:
-        self.sock = sock
-        self._parser = EventParser(buffered)
-        self.heard = time.monotonic()
+    address: str
+    request: bytes
 
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
 
-    def next_message(self, deadline: float | None) -> tuple[str, str] | None:
-        """The next ``(event, data)``; None when ``deadline`` passed first."""
-        while (message := self._parser.next()) is None:
-            wait = SILENCE - (time.monotonic() - self.heard)
-            if deadline is not None:
-                if deadline - time.monotonic() <= 0:
-                    return None
-                wait = min(wait, deadline - time.monotonic())
-            if wait <= 0:
-                raise Lost(f"the member sent nothing for {SILENCE} s")
-            self.sock.settimeout(wait)
-            try:
-                data = self.sock.recv(1 << 16)
-            except (TimeoutError, ssl.SSLWantReadError):
-                continue
-            except OSError as error:
-                raise Lost(f"the connection broke: {error}") from error
-            if not data:
-                raise Lost("the member closed the watch")
-            self.heard = time.monotonic()
-            self._parser.feed(data)
-        return message
+@dataclass(frozen=True, slots=True)
+class Receive:
+    """Wait up to ``seconds`` for bytes of the stream and give them to
+    ``Cursor.received`` (nothing when none came in time)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Wait ``seconds`` before trying the next member."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Drop:
+    """Close the connection to the member, if one is open."""
+
+
+Step: TypeAlias = Event | Connect | Receive | Pause | Drop
+"""What a watch's reader does next (``Cursor.step``): deliver an event, or some I/O."""
 
 
 def _labels(models: type[Model] | str | Iterable[type[Model] | str] | None) -> list[str]:
@@ -200,9 +213,19 @@ def _labels(models: type[Model] | str | Iterable[type[Model] | str] | None) -> l
 
 
 class Cursor:
-    """What a watch knows whichever way it reads (``Watch`` blocking, the async client's
-    ``AsyncWatch`` awaiting): its filters, the index it went through (``last_index``),
-    the member it reads from and the next to try, and what each message means."""
+    """What a watch does next, without I/O: ``Watch`` (blocking) and the async client's
+    ``AsyncWatch`` (awaiting) only do the steps it gives and report what came of them.
+
+    It holds the filters, the index the watch went through (``last_index``), the member
+    read from and the next to try, the deadlines, the pause between members and the
+    meaning of each answer and message. The reader calls ``start`` (the opening: a
+    member's stream and its first message, so that "from now" means from then) or
+    ``begin`` (an iteration), then ``step`` until it gives an ``Event`` or None (the
+    iteration is over), doing each other step: for a ``Connect`` it reports ``answered``
+    and, when the answer is not the stream, ``refusal``; for a ``Receive``,
+    ``received``; ``broke`` whenever the connection fails. ``step`` raises the watch's
+    errors, once the connection is dropped.
+    """
 
     def __init__(
         self,
@@ -213,29 +236,155 @@ class Cursor:
     ) -> None:
         self.last_index: int | None = after
         self.timeout = timeout
+        self.lost = ""
+        """Why the watch last left a member ("" while it left none)."""
         self._parameters = parameters
         self._client = client
         self._closed = False
         self._attempt = 0
         self._address = ""
+        self._status = 0
+        self._parser = EventParser()
+        self._heard = 0.0
+        self._deadline: float | None = None
+        self._first = False
+        """The opening: it ends with the member's first message."""
+        self._opening = False
+        """From a ``Connect`` until the watch is open: a failure pauses before the next."""
+        self._streaming = False
+        self._drop = False
+        self._pause = False
+        self._error: RaftError | None = None
 
-    def _drop(self) -> None:
-        """Close the connection to the member, if any."""
+    def start(self, now: float) -> None:
+        """Begin the opening, which raises ``ClusterUnreachableError`` when no member
+        served the watch within the client's timeout."""
+        self._begin(now + self._client._seconds(), first=True)
 
-    def _deadline(self) -> float | None:
-        """When the iteration beginning now stops waiting (None: never)."""
-        return None if self.timeout is None else time.monotonic() + self.timeout
+    def begin(self, now: float) -> None:
+        """Begin an iteration: it waits ``timeout`` from ``now`` for an event."""
+        self._begin(None if self.timeout is None else now + self.timeout, first=False)
 
-    def _next_address(self) -> str:
-        """The member to read from next: this server's node first, then the others."""
+    def close(self) -> None:
+        """Stop watching: every iteration is over at once."""
+        self._closed = True
+
+    def step(self, now: float) -> Step | None:
+        """What to do next: an event to deliver, some I/O, or None when the iteration is
+        over; raise the watch's error once ``Drop`` was given."""
+        while True:
+            if self._drop:
+                self._drop = False
+                return Drop()
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            if self._pause:
+                self._pause = False
+                return Pause(RETRY_PAUSE)
+            if self._closed:
+                return None
+            if not self._streaming:
+                return self._connect(now)
+            message = self._parser.next()
+            if message is None:
+                wait = SILENCE - (now - self._heard)
+                if self._deadline is not None:
+                    if self._deadline <= now:
+                        if self._first:
+                            self._opened()
+                        return None
+                    wait = min(wait, self._deadline - now)
+                if wait > 0:
+                    return Receive(wait)
+                self._lose(f"the member sent nothing for {SILENCE} s")
+                continue
+            event = self._take(*message)
+            if self._first and self._error is None:
+                self._opened()
+                return None
+            if event is not None:
+                return event
+
+    def answered(self, status: int, encoding: str, now: float, buffered: bytes = b"") -> bool:
+        """Take in the head of the member's answer (``encoding``: its
+        ``Transfer-Encoding``) and the bytes read past it: whether it is the stream,
+        which ``received`` goes on with; if not, give its body to ``refusal``."""
+        self._status = status
+        if status != 200 or "chunked" not in encoding.lower():
+            return False
+        self._streaming, self._heard = True, now
+        self._parser = EventParser()
+        self._feed(buffered)
+        if self._streaming and not self._first:
+            self._opened()
+        return True
+
+    def refusal(self, body: bytes) -> None:
+        """Take in the body of an answer that is not the stream: the next member when
+        another may serve the watch, else the error it names."""
+        error = _refusal(self._address, self._status, body)
+        if isinstance(error, Lost):
+            self._lose(str(error))
+        else:
+            self._fail(error)
+
+    def received(self, data: bytes, now: float) -> None:
+        """Take in bytes of the stream (b"": the member closed the connection)."""
+        if not data:
+            self._lose("the member closed the watch")
+            return
+        self._heard = now
+        self._feed(data)
+
+    def broke(self, reason: str) -> None:
+        """The connection to the member failed (or never opened): try another."""
+        self._lose(reason)
+
+    def _begin(self, deadline: float | None, first: bool) -> None:
+        self._deadline, self._first = deadline, first
+        self._opening = self._pause = False
+
+    def _connect(self, now: float) -> Connect | None:
+        """The request to the next member (this server's node first, then the others);
+        None past the deadline, or ``ClusterUnreachableError`` for the opening."""
+        if self._deadline is not None and now >= self._deadline:
+            if self._first:
+                raise ClusterUnreachableError("no member of the cluster could serve the watch")
+            return None
         address = self._address = self._client._pick(self._attempt, local_first=True)
         self._attempt += 1
-        return address
+        self._opening = True
+        path = self._path(address)
+        signature = asend.signer().headers("GET", path, ANY_NODE, b"")
+        headers = {"Accept": "text/event-stream", **signature}
+        return Connect(address, asend.request_bytes("GET", address, path, headers))
 
-    def _lost(self) -> None:
-        """The member stopped serving: drop it, and try it after the others."""
-        self._drop()
+    def _opened(self) -> None:
+        """The watch is open: the next failure starts again from the first member."""
+        self._attempt = 0
+        self._first = self._opening = False
+
+    def _lose(self, reason: str) -> None:
+        """The member stopped serving: drop it, try it after the others, and pause
+        first when it failed before the watch was open."""
+        self.lost = reason
         self._client._suspect(self._address)
+        self._streaming = False
+        self._drop = True
+        self._pause = self._opening
+
+    def _fail(self, error: RaftError) -> None:
+        """The watch ends with ``error``: raised once the connection is dropped."""
+        self._streaming = False
+        self._drop = True
+        self._error = error
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._parser.feed(data)
+        except Lost as error:
+            self._lose(str(error))
 
     def _path(self, address: str) -> str:
         """The route's path on ``address``, with the filters and where to resume."""
@@ -257,8 +406,8 @@ class Cursor:
                 self.last_index = index
             return None
         if kind == "error":
-            self._drop()
-            _raise(payload)
+            self._fail(_typed_error(payload))
+            return None
         if kind != "entry":
             return None
         event = Event.from_json(payload)
@@ -271,25 +420,44 @@ class Cursor:
 def refused(address: str, status: int, body: bytes) -> NoReturn:
     """Raise what a member's answer other than the stream means: ``Lost`` when another
     member may serve the watch, else the typed error."""
+    raise _refusal(address, status, body)
+
+
+def _refusal(address: str, status: int, body: bytes) -> Lost | RaftError:
+    """What a member's answer other than the stream means (see ``refused``)."""
     try:
         answer = json.loads(body)
     except ValueError:
         answer = None
     if not isinstance(answer, dict) or answer.get("ok", True):
-        raise Lost(f"{address} answered the watch with {status}")
+        return Lost(f"{address} answered the watch with {status}")
     if answer.get("error_type") in ELSEWHERE:
-        raise Lost(str(answer.get("error", "")))
-    _raise(answer)
+        return Lost(str(answer.get("error", "")))
+    return _typed_error(answer)
 
 
-class Watch(Cursor):
+def _typed_error(answer: dict[str, Any]) -> RaftError:
+    """The typed error of a node's failing answer."""
+    name = str(answer.get("error_type"))
+    message = str(answer.get("error", "the watch failed"))
+    if name == "WatchCompactedError":
+        return WatchCompactedError(
+            message,
+            first_index=int(answer.get("first_index", 0)),
+            applied_index=int(answer.get("applied_index", 0)),
+        )
+    return ERRORS.get(name, InvalidRequestError)(message)
+
+
+class Watch:
     """An iterator of ``Event``s from the cluster, and a context manager (``close()``).
 
     ``last_index`` is the index it went through: the last event's, or further when the
     member said it read further without a match. Iterating blocks until the next event
     (with ``timeout``: until it passes, then the iteration stops; iterate again to go on
     from where it stopped). Raises ``WatchCompactedError`` when what follows ``last_index``
-    was compacted away, ``InvalidRequestError`` for a filter the node refuses.
+    was compacted away, ``InvalidRequestError`` for a filter the node refuses. The
+    decisions are its ``Cursor``'s; it does the blocking I/O they ask for.
     """
 
     def __init__(
@@ -299,92 +467,91 @@ class Watch(Cursor):
         timeout: float | None,
         client: Client,
     ) -> None:
-        super().__init__(after, parameters, timeout, client)
-        self._stream: _Stream | None = None
-        self._connect(time.monotonic() + client._seconds(), first=True)
+        self.cursor = Cursor(after, parameters, timeout, client)
+        self._sock: socket.socket | None = None
+        self.cursor.start(time.monotonic())
+        self._run()
+
+    @property
+    def last_index(self) -> int | None:
+        """The index the watch went through (None before anything was read)."""
+        return self.cursor.last_index
 
     def __iter__(self) -> Iterator[Event]:
         return self
 
     def __next__(self) -> Event:
-        deadline = self._deadline()
-        while not self._closed:
-            try:
-                if self._stream is None and not self._connect(deadline):
-                    break
-                assert self._stream is not None
-                message = self._stream.next_message(deadline)
-            except Lost:
-                self._lost()
-                continue
-            if message is None:
-                break
-            event = self._take(*message)
-            if event is not None:
-                return event
-        raise StopIteration
+        self.cursor.begin(time.monotonic())
+        event = self._run()
+        if event is None:
+            raise StopIteration
+        return event
 
-    def _connect(self, deadline: float | None, first: bool = False) -> bool:
-        """Open the watch on a member (the next one after a failure) from ``last_index``;
-        False when ``deadline`` passed first. The first connection waits for the
-        member's first line, so that "from now" means from the call to ``watch()``."""
-        while not self._closed:
-            if deadline is not None and time.monotonic() >= deadline:
-                if first:
-                    raise ClusterUnreachableError("no member of the cluster could serve the watch")
-                return False
-            address = self._next_address()
-            try:
-                self._stream = self._open(address)
-                if first and (message := self._stream.next_message(deadline)) is not None:
-                    self._take(*message)
-                self._attempt = 0
-                return True
-            except Lost:
-                self._lost()
-            time.sleep(RETRY_PAUSE)
-        return False
+    def _run(self) -> Event | None:
+        """Do the cursor's steps until it gives an event (None: the iteration is over)."""
+        while True:
+            match self.cursor.step(time.monotonic()):
+                case Event() as event:
+                    return event
+                case Receive(seconds):
+                    self._receive(seconds)
+                case Connect(address, request):
+                    self._connect(address, request)
+                case Pause(seconds):
+                    time.sleep(seconds)
+                case Drop():
+                    self._drop()
+                case None:
+                    return None
 
-    def _open(self, address: str) -> _Stream:
+    def _connect(self, address: str, request: bytes) -> None:
+        self._drop()  # a connection left by an interrupted iteration
         parts = urlsplit(address)
-        path = self._path(address)
-        keys = derive_keys(raft_settings.SECRET, raft_settings.CLIENT_SECRET)
-        signer = Signer(keys.client, CLIENT, raft_settings.NODE_ID or "client")
-        headers = signer.headers("GET", path, ANY_NODE, b"")
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
-            sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+            sock = self._sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
         except OSError as error:
-            raise Lost(f"cannot connect to {address}: {error}") from error
+            self.cursor.broke(f"cannot connect to {address}: {error}")
+            return
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if parts.scheme == "https":
                 context = client_context(
                     raft_settings.TLS_CERT, raft_settings.TLS_KEY, raft_settings.TLS_CA
                 )
-                sock = context.wrap_socket(sock, server_hostname=host)
-            lines = [f"GET {path} HTTP/1.1", f"Host: {parts.netloc}", "Accept: text/event-stream"]
-            lines += [f"{name}: {value}" for name, value in headers.items()]
-            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("utf-8"))
+                sock = self._sock = context.wrap_socket(sock, server_hostname=host)
+            sock.sendall(request)
             status, head, rest = _read_head(sock)
+            encoding = head.get(b"transfer-encoding", b"").decode("latin-1")
+            if not self.cursor.answered(status, encoding, time.monotonic(), rest):
+                self.cursor.refusal(_read_body(sock, head, rest))
         except OSError as error:
-            sock.close()
-            raise Lost(f"{address} did not answer the watch: {error}") from error
-        if status == 200 and b"chunked" in head.get(b"transfer-encoding", b"").lower():
-            return _Stream(sock, rest)
-        body = _read_body(sock, head, rest)
-        sock.close()
-        refused(address, status, body)
+            self.cursor.broke(f"{address} did not answer the watch: {error}")
+
+    def _receive(self, seconds: float) -> None:
+        sock = self._sock
+        if sock is None:  # closed by another thread meanwhile: the next step says so
+            return
+        sock.settimeout(seconds)
+        try:
+            data = sock.recv(1 << 16)
+        except (TimeoutError, ssl.SSLWantReadError):
+            return
+        except OSError as error:
+            self.cursor.broke(f"the connection broke: {error}")
+            return
+        self.cursor.received(data, time.monotonic())
 
     def _drop(self) -> None:
-        if self._stream is not None:
-            self._stream.close()
-            self._stream = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
 
     def close(self) -> None:
         """Stop watching: the connection is closed; iterating ends."""
-        self._closed = True
+        self.cursor.close()
         self._drop()
 
     def __enter__(self) -> Watch:
@@ -400,20 +567,6 @@ class Watch(Cursor):
 
     def __del__(self) -> None:
         self._drop()
-
-
-def _raise(answer: dict[str, Any]) -> NoReturn:
-    """Raise the typed error of a node's failing answer."""
-    name = str(answer.get("error_type"))
-    message = str(answer.get("error", "the watch failed"))
-    if name == "WatchCompactedError":
-        raise WatchCompactedError(
-            message,
-            first_index=int(answer.get("first_index", 0)),
-            applied_index=int(answer.get("applied_index", 0)),
-        )
-    kind = ERRORS.get(name, InvalidRequestError)
-    raise kind(message)
 
 
 def _read_head(sock: socket.socket) -> tuple[int, dict[bytes, bytes], bytes]:

@@ -1,15 +1,13 @@
-"""Watches without a cluster: what applying records, what a watch reads, the parsers.
+"""Watches without a cluster: what applying records, what a watch reads, the route's parameters.
 
 The node's side is driven through a real ``StateMachine`` on the test database (the
-entries written to ``LogEntry`` as the node's storage would); the client's stream
-parser is fed over a real socket pair, cut at every byte.
+entries written to ``LogEntry`` as the node's storage would). The client's decisions
+and its parser are tests/client/test_watch_cursor.py; its I/O, blocking and async,
+tests/client/test_watch_io.py.
 """
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,12 +15,12 @@ import pytest
 
 from demo_project.kv.models import KeyValue
 from django_raft import commands
-from django_raft.client.watch import Event, Lost, Watch, _Stream, watch
+from django_raft.client.watch import watch
 from django_raft.core import Entry, EntryType
-from django_raft.exceptions import InvalidRequestError, WatchCompactedError
+from django_raft.exceptions import InvalidRequestError
 from django_raft.models import SINGLETON, EntryOutcome, LogEntry, Snapshot
 from django_raft.node import watch as node_watch
-from django_raft.node.http.watches import _compacted, _entry, _progress, parse
+from django_raft.node.http.watches import parse
 from django_raft.node.statemachine import StateMachine
 from django_raft.protocol.request import ANNOUNCE, ANNOUNCE_WITHDRAW, OPEN_SESSION
 from django_raft.protocol.wire import encode_command
@@ -220,74 +218,3 @@ def test_watch_refuses_bad_arguments_before_anything_is_sent() -> None:
     ):
         with pytest.raises(InvalidRequestError):
             call()
-
-
-# -- the client's parser -------------------------------------------------------------------
-
-
-def chunked(*messages: bytes) -> bytes:
-    return b"".join(b"%x\r\n%b\r\n" % (len(m), m) for m in messages)
-
-
-def events_from(data: bytes, step: int) -> tuple[list[Event], int | None]:
-    """Feed ``data`` to a watch's parser ``step`` bytes at a time over a socket pair."""
-    ours, theirs = socket.socketpair()
-    stream = _Stream(ours, b"")
-    got = Watch.__new__(Watch)
-    got.last_index = 3
-    got._stream = stream
-    found: list[Event] = []
-    try:
-
-        def send() -> None:
-            for start in range(0, len(data), step):
-                theirs.sendall(data[start : start + step])
-            theirs.close()
-
-        threading.Thread(target=send, daemon=True).start()
-        while True:
-            try:
-                message = stream.next_message(None)
-            except Lost:
-                break
-            assert message is not None
-            event = got._take(*message)
-            if event is not None:
-                found.append(event)
-    finally:
-        ours.close()
-    return found, got.last_index
-
-
-def test_the_parser_reads_events_however_the_bytes_are_cut() -> None:
-    event = {
-        "index": 5,
-        "term": 2,
-        "command": "kv.set",
-        "arguments": {"key": "é\n"},
-        "ok": True,
-        "result": 1,
-        "error": "",
-        "changes": [["kv.keyvalue", "é\n"]],
-    }
-    data = chunked(
-        _progress(3),
-        _entry({**event, "index": 3}),  # at or below last_index: already delivered
-        _entry(event) + _progress(9),
-    )
-    for step in (1, 2, 7, len(data)):
-        found, last = events_from(data, step)
-        assert [(e.index, e.arguments, e.changes) for e in found] == [
-            (5, {"key": "é\n"}, [("kv.keyvalue", "é\n")])
-        ]
-        assert last == 9
-
-
-def test_a_compaction_in_the_stream_raises_the_typed_error() -> None:
-    body = _compacted(41, 90, 410).body
-    data = chunked(_progress(3), b"event: error\ndata: " + body + b"\n\n")
-    with pytest.raises(WatchCompactedError) as raised:
-        events_from(data, 5)
-    assert (raised.value.first_index, raised.value.applied_index) == (41, 90)
-    assert "90" in str(raised.value)
-    assert json.loads(body)["error_type"] == "WatchCompactedError"
