@@ -94,13 +94,7 @@ async def post(address: str, route: str, body: dict[str, Any], timeout: float) -
         ) from error
     finally:
         writer.close()
-    try:
-        answer = json.loads(content)
-    except ValueError as error:
-        raise ClusterUnreachableError(f"{address}{path} answered {status} without JSON") from error
-    if not isinstance(answer, dict):
-        raise ClusterUnreachableError(f"{address}{path} answered {answer!r}")
-    return answer
+    return send.answer_of(f"{address}{path}", status, content)
 
 
 @functools.lru_cache(maxsize=8)

@@ -24,7 +24,7 @@ from .connection import NodeConnection, NotSentError
 from .request import READ_INDEX
 from .tls import client_context
 
-__all__ = ["NO_ADDRESS", "AnswerAbandoned", "Unsent", "post", "send_command"]
+__all__ = ["NO_ADDRESS", "AnswerAbandoned", "Unsent", "answer_of", "post", "send_command"]
 
 CONNECT_TIMEOUT = 1.0
 """Seconds to open a connection to a node."""
@@ -92,6 +92,12 @@ def post(address: str, route: str, body: dict[str, Any], timeout: float) -> dict
         raise ClusterUnreachableError(
             f"{address} did not answer: {error or type(error).__name__}"
         ) from error
+    return answer_of(url, status, content)
+
+
+def answer_of(url: str, status: int, content: bytes) -> dict[str, Any]:
+    """A node's JSON answer from ``url``; ``ClusterUnreachableError`` (may have applied:
+    the request was sent) when it is not a JSON object."""
     try:
         answer = json.loads(content)
     except ValueError as error:
