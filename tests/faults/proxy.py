@@ -175,6 +175,8 @@ class Proxy:
                 self.unread.discard(writer)
             link = self.network.link(sender_of(head), self.target)
             await link.carry(head, reader, writer, self.target_port)
+        except asyncio.CancelledError:
+            return  # closing the network; Python 3.11's server logs a cancelled handler
         finally:
             writer.close()
 
