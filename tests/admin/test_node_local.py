@@ -129,15 +129,27 @@ def test_transfer_to_a_stranger_or_to_itself_is_refused(local: Local) -> None:
     assert local.node.status()["leader"] == "n1"
 
 
+def all_applied(local: Local) -> int:
+    """The applied index, once the status shows every entry applied: the loop counts an
+    entry applied when the applier reports it, just after do() returns."""
+    return wait_for(
+        lambda: (
+            (status := local.node.status())["applied"] == status["commit"] and status["applied"]
+        ),
+        5,
+        "the status to show every entry applied",
+    )
+
+
 def test_metrics_are_served_in_the_prometheus_format(local: Local) -> None:
     fill(3)
+    applied = all_applied(local)
     answer = requests.get(f"{local.address}/raft/metrics", timeout=10)
     assert answer.status_code == 200
     assert answer.headers["Content-Type"].startswith("text/plain")
     text = answer.text
     assert "django_raft_server_is_leader 1.0" in text
     assert "django_raft_server_has_leader 1.0" in text
-    applied = local.node.status()["applied"]
     assert f"django_raft_server_applied_index {float(applied)}" in text
     assert "django_raft_server_leader_changes_seen_total" in text
     assert requests.post(f"{local.address}/raft/metrics", timeout=10).status_code == 405
@@ -145,14 +157,7 @@ def test_metrics_are_served_in_the_prometheus_format(local: Local) -> None:
 
 def test_snapshot_on_demand_stores_it_and_compacts_the_log(local: Local) -> None:
     fill(10)
-    # The loop counts an entry applied once the applier reports it, just after do() returns.
-    applied = wait_for(
-        lambda: (
-            (status := local.node.status())["applied"] == status["commit"] and status["applied"]
-        ),
-        5,
-        "the status to show every entry applied",
-    )
+    applied = all_applied(local)
     answer = local.post("snapshot", {})
     assert answer.status_code == 200, answer.text
     report = answer.json()["value"]
