@@ -74,6 +74,11 @@ RETRY_DELAY = 0.05
 was queued meanwhile is kept, up to ``MAX_QUEUE``)."""
 MAX_HANDSHAKE_REPLY = 4096
 """Bytes of a peer's answer to a stream's handshake read at most."""
+WRITE_NOW_BYTES = 64 << 10
+"""Bytes of entry and snapshot data a batch may carry at most to be written by the loop's own thread
+(``_PeerSender.write_now``): encoding, signing and copying a larger one would hold the
+loop (megabytes cost it tens of milliseconds, and its heartbeats with them), so the
+lane's sender thread writes it."""
 BATCH_PATH = "batch"
 """The route for several framed messages at once (``frame``)."""
 
@@ -103,6 +108,14 @@ def frame(messages: Iterable[Message]) -> bytes:
         parts.append(struct.pack(">I", len(data)))
         parts.append(data)
     return b"".join(parts)
+
+
+def _payload_bytes(messages: Iterable[Message]) -> int:
+    """Bytes of entry and snapshot data the messages carry."""
+    return sum(
+        len(message.data) + sum(len(entry.data) for entry in message.entries)
+        for message in messages
+    )
 
 
 def unframe(data: bytes) -> list[Message]:
@@ -232,8 +245,11 @@ class _PeerSender(threading.Thread):
 
         Called by ``put`` with the queue empty and this thread idle, so nothing queued
         is overtaken. Only plain TCP: a TLS socket cannot be written to without
-        blocking. What the socket does not take at once becomes the backlog.
+        blocking. What the socket does not take at once becomes the backlog. Only small
+        batches (``WRITE_NOW_BYTES``): the caller is the loop.
         """
+        if _payload_bytes(messages) > WRITE_NOW_BYTES:
+            return False
         if not self._lock.acquire(blocking=False):
             return False
         try:

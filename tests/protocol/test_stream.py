@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from django_raft.core import Entry, Message, MessageType
+from django_raft.node import transport as transport_module
 from django_raft.node.http import server as node_server
 from django_raft.node.transport import Transport, frame, unframe
 from django_raft.protocol import stream
@@ -358,6 +359,37 @@ def test_sending_never_blocks_the_caller_when_a_peer_stops_reading(
         transport.send([append(index, size=3000)])
         slowest = max(slowest, time.monotonic() - started)
     assert slowest < 0.5, f"send took {slowest:.2f} s"
+
+
+def test_only_small_batches_are_written_by_the_loops_own_thread(
+    transport: Transport, fake_peer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small batch goes straight to the idle stream from the caller (the loop): no
+    hand-off. A large one is encoded, signed and written by the lane's sender thread:
+    megabytes on the loop held its heartbeats back by tens of milliseconds."""
+    writers: list[tuple[int, str]] = []
+
+    def recording(messages: list[Message]) -> bytes:
+        payload = frame(messages)
+        writers.append((len(payload), threading.current_thread().name))
+        return payload
+
+    monkeypatch.setattr(transport_module, "frame", recording)
+    peer = fake_peer()
+    transport.set_address("n2", peer.address)
+    transport.send([append(0)])  # opens the data stream
+    wait_for(lambda: len(peer.kinds("data")) == 1, 5, "the first AppendEntries")
+
+    def writer_of(index: int, size: int) -> str:
+        writers.clear()
+        transport.send([append(index, size=size)])
+        wait_for(lambda: len(peer.kinds("data")) > index, 5, "the batch")
+        (written,) = writers
+        return written[1]
+
+    caller = threading.current_thread().name
+    assert writer_of(1, transport_module.WRITE_NOW_BYTES) == caller
+    assert writer_of(2, transport_module.WRITE_NOW_BYTES + 1) != caller
 
 
 def test_send_now_writes_what_fits_and_never_waits() -> None:
