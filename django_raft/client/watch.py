@@ -300,7 +300,7 @@ class Cursor:
                 self._lose(f"the member sent nothing for {SILENCE} s")
                 continue
             event = self._take(*message)
-            if self._first and self._error is None:
+            if self._first and self._streaming:
                 self._opened()
                 return None
             if event is not None:
@@ -395,22 +395,25 @@ class Cursor:
         return path + ("?" + urlencode(parameters) if parameters else "")
 
     def _take(self, kind: str, data: str) -> Event | None:
-        """The event a message carries, if new; progress moves ``last_index``."""
+        """The event a message carries, if new; progress moves ``last_index``. A message
+        of a known kind that does not parse leaves the member (skipping it could skip an
+        event; the next member resumes after ``last_index``); other kinds are ignored."""
+        if kind not in ("progress", "error", "entry"):
+            return None
         try:
             payload = json.loads(data)
-        except ValueError:
+            if kind == "error":
+                self._fail(_typed_error(payload))
+                return None
+            if kind == "progress":
+                index = int(payload["index"])
+                if self.last_index is None or index > self.last_index:
+                    self.last_index = index
+                return None
+            event = Event.from_json(payload)
+        except (ValueError, TypeError, KeyError, AttributeError):
+            self._lose(f"the member sent a malformed {kind} message")
             return None
-        if kind == "progress":
-            index = int(payload.get("index", 0))
-            if self.last_index is None or index > self.last_index:
-                self.last_index = index
-            return None
-        if kind == "error":
-            self._fail(_typed_error(payload))
-            return None
-        if kind != "entry":
-            return None
-        event = Event.from_json(payload)
         if self.last_index is not None and event.index <= self.last_index:
             return None  # already delivered (never sent twice by one member)
         self.last_index = event.index

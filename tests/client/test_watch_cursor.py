@@ -138,6 +138,38 @@ def test_a_member_lost_while_streaming_is_left_at_once_and_the_next_resumes_afte
     assert cursor.last_index == 6
 
 
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"event: entry\ndata: {not json\n\n",
+        b"event: entry\ndata: [1, 2]\n\n",
+        b'event: entry\ndata: {"index": 5}\n\n',
+        b'event: progress\ndata: {"index": "five"}\n\n',
+    ],
+)
+def test_a_malformed_message_leaves_the_member_and_skips_no_event(
+    client: Client, garbage: bytes
+) -> None:
+    """A buggy member's garbled message is neither skipped (the event it stood for would
+    be lost) nor raised to the caller: the watch resumes elsewhere after the last event."""
+    cursor = opened(client)
+    cursor.begin(T)
+    cursor.received(chunked(entry(4), garbage, entry(6)), T)
+    assert run(cursor, T) == ["event 4"]
+    assert run(cursor, T) == ["drop", "connect b /raft/watch?after=4"]
+    assert cursor.lost.startswith("the member sent a malformed")
+    assert cursor.answered(200, "chunked", T, chunked(_progress(4), entry(5), entry(6)))
+    assert [run(cursor, T), run(cursor, T)] == [["event 5"], ["event 6"]]
+
+
+def test_a_malformed_first_message_is_no_opening(client: Client) -> None:
+    cursor = Cursor(3, [], None, client)
+    cursor.start(T)
+    assert run(cursor, T) == ["connect a /raft/watch?after=3"]
+    assert cursor.answered(200, "chunked", T, chunked(b"event: progress\ndata: {}\n\n"))
+    assert run(cursor, T) == ["drop", PAUSE, "connect c /raft/watch?after=3"]
+
+
 def test_after_the_opening_a_failure_starts_again_from_this_server_s_node(
     client: Client,
 ) -> None:
