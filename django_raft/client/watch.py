@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, NoReturn, TypeAlias
+from typing import Any, TypeAlias
 from urllib.parse import urlencode, urlsplit
 
 from django.db.models import Model
@@ -58,7 +58,6 @@ __all__ = [
     "Receive",
     "Step",
     "Watch",
-    "refused",
     "watch",
     "watch_parameters",
 ]
@@ -420,14 +419,9 @@ class Cursor:
         return event
 
 
-def refused(address: str, status: int, body: bytes) -> NoReturn:
-    """Raise what a member's answer other than the stream means: ``Lost`` when another
-    member may serve the watch, else the typed error."""
-    raise _refusal(address, status, body)
-
-
 def _refusal(address: str, status: int, body: bytes) -> Lost | RaftError:
-    """What a member's answer other than the stream means (see ``refused``)."""
+    """What a member's answer other than the stream means: ``Lost`` when another member
+    may serve the watch, else the typed error."""
     try:
         answer = json.loads(body)
     except ValueError:
