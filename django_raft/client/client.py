@@ -64,6 +64,11 @@ def _remaining(deadline: float) -> float:
 ATTEMPT_TIMEOUT = 2.0
 """Seconds one attempt waits for a node before the client tries another."""
 RETRY_PAUSE = 0.05
+MIN_ATTEMPT = 0.1
+"""Seconds a retry needs at least: with less left, none is sent and the call ends with
+what the attempts so far were told. A command sent with a few milliseconds to go would
+rarely be answered in time, and an unanswered command may have been applied: it would
+turn a truthful "not applied" into "may have"."""
 POLL = 0.005
 """Seconds between two looks, in async code, at a session being opened or at a free
 sequence number by another caller (both rare: the first command, and
@@ -150,12 +155,14 @@ class Attempts:
         self._count = itertools.count()
 
     def next(self) -> tuple[str, dict[str, Any], float] | None:
-        """The next attempt's address, payload and seconds; None past the deadline."""
+        """The next attempt's address, payload and seconds; None past the deadline, or
+        for a retry, with less than ``MIN_ATTEMPT`` left."""
         remaining = _remaining(self.deadline)
-        if remaining <= 0:
+        attempt = next(self._count)
+        if remaining <= 0 or (attempt and remaining < MIN_ATTEMPT):
             return None
         seconds = min(remaining, ATTEMPT_TIMEOUT)
-        address = self.client._pick(next(self._count), self.local_first)
+        address = self.client._pick(attempt, self.local_first)
         return address, {**self.body, "timeout": seconds}, seconds
 
     def unreachable(self, address: str, error: ClusterUnreachableError) -> dict[str, Any]:

@@ -3,12 +3,15 @@ is refused before anything reaches the log."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from django.test import override_settings
 
 import django_raft
 from django_raft import commands
 from django_raft.client import Client
+from django_raft.client.client import MIN_ATTEMPT, Attempts
 from django_raft.exceptions import ClusterUnreachableError, InvalidRequestError
 from django_raft.protocol.answers import raise_for
 from tests.node.test_node import Running, running, start  # noqa: F401  (fixtures)
@@ -97,3 +100,23 @@ def test_an_expired_session_is_replaced_and_the_command_applied_once(
     django_raft.do("kv.incr", key="other")
     assert client.do("kv.incr", key="e") == 2  # refused in the old session, sent in a new one
     assert client.client_id != first
+
+
+def test_no_retry_is_sent_with_less_than_MIN_ATTEMPT_left() -> None:
+    """A retry sent with milliseconds to go would rarely be answered, and an unanswered
+    command may have been applied: with less than ``MIN_ATTEMPT`` left the call ends
+    with what it was told ("not applied" stays "not applied"). The first attempt always
+    goes."""
+    members = {"a": "http://a.test:8000", "b": "http://b.test:8000"}
+    settings = {"SECRET": "attempt-tests", "ADDRESS": members["a"], "CLUSTER": members}
+    with override_settings(DJANGO_RAFT=settings):
+        client = Client()
+        now = time.monotonic()
+        short = Attempts(client, {"name": "kv.set"}, now + MIN_ATTEMPT / 2)
+        assert short.next() is not None
+        refused = {"ok": False, "error": "no leader", "error_type": "NotLeaderError"}
+        assert short.settle(members["a"], refused) is not None  # retryable
+        assert short.next() is None
+        assert short.answer()["error_type"] == "NotLeaderError"
+        roomy = Attempts(client, {"name": "kv.set"}, now + 10 * MIN_ATTEMPT)
+        assert roomy.next() is not None and roomy.next() is not None
